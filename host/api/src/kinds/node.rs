@@ -1,0 +1,60 @@
+//! `Node` (core v1, cluster-scoped): a host of the pool, registered by its
+//! node agent with capacity, allocatable resources, labels and taints.
+
+use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+use serde_json::Value;
+
+use super::{check_quantities, text_at, typed};
+use crate::registry::{Column, ResourceType, Scope, TenantAccess};
+use crate::validation::{FieldError, dns1123_subdomain};
+
+pub static NODE: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    short_names: &["no"],
+    scope: Scope::Cluster,
+    tenant_access: TenantAccess::ClusterReadable,
+    selectable_fields: &["spec.unschedulable"],
+    validate_name: dns1123_subdomain,
+    validate,
+    columns: &[
+        Column { name: "STATUS", wide: false, value: ready },
+        Column { name: "VERSION", wide: false, value: |n| text_at(n, "status.nodeInfo.kubeletVersion") },
+    ],
+};
+
+fn validate(object: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Err(e) = typed::<Option<NodeSpec>>(object, "spec") {
+        errors.push(e);
+    }
+    match typed::<Option<NodeStatus>>(object, "status") {
+        Err(e) => errors.push(e),
+        Ok(Some(status)) => {
+            check_quantities(status.capacity.as_ref(), "status.capacity", &mut errors);
+            check_quantities(status.allocatable.as_ref(), "status.allocatable", &mut errors);
+        }
+        Ok(None) => {}
+    }
+    errors
+}
+
+fn ready(node: &Value) -> String {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
+        .and_then(|c| c.get("status").and_then(Value::as_str));
+    let mut text = match ready {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        text.push_str(",SchedulingDisabled");
+    }
+    text
+}

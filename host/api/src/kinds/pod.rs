@@ -1,0 +1,170 @@
+//! `Pod` (core v1, namespaced): one or more containers whose images are
+//! Wasm components. Validated here: container names and images, resource
+//! requests and limits (quantities, requests ≤ limits), restart policy.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use serde_json::Value;
+
+use super::{check_quantities, text_at, typed};
+use crate::quantity::Quantity;
+use crate::registry::{Column, ResourceType, Scope, TenantAccess};
+use crate::validation::{FieldError, dns1123_label, dns1123_subdomain};
+
+pub static POD: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    short_names: &["po"],
+    scope: Scope::Namespaced,
+    tenant_access: TenantAccess::Workload,
+    selectable_fields: &["spec.nodeName", "status.phase", "spec.restartPolicy"],
+    validate_name: dns1123_subdomain,
+    validate,
+    columns: &[
+        Column { name: "READY", wide: false, value: ready },
+        Column { name: "STATUS", wide: false, value: status },
+        Column { name: "RESTARTS", wide: false, value: restarts },
+        Column { name: "IP", wide: true, value: |p| text_at(p, "status.podIP") },
+        Column { name: "NODE", wide: true, value: |p| text_at(p, "spec.nodeName") },
+    ],
+};
+
+const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
+
+fn validate(object: &Value) -> Vec<FieldError> {
+    if object.get("spec").is_none_or(Value::is_null) {
+        return vec![FieldError::required("spec")];
+    }
+    let spec: PodSpec = match typed(object, "spec") {
+        Ok(spec) => spec,
+        Err(e) => return vec![e],
+    };
+    let mut errors = Vec::new();
+    if spec.containers.is_empty() {
+        errors.push(FieldError::required("spec.containers"));
+    }
+    let mut names = HashSet::new();
+    for (i, container) in spec.containers.iter().enumerate() {
+        let at = format!("spec.containers[{i}]");
+        if container.name.is_empty() {
+            errors.push(FieldError::required(format!("{at}.name")));
+        } else if let Err(e) = dns1123_label(&container.name) {
+            errors.push(FieldError::invalid(format!("{at}.name"), e));
+        } else if !names.insert(container.name.as_str()) {
+            errors.push(FieldError::duplicate(format!("{at}.name"), &container.name));
+        }
+        if container.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            errors.push(FieldError::required(format!("{at}.image")));
+        }
+        if let Some(resources) = &container.resources {
+            check_quantities(resources.requests.as_ref(), &format!("{at}.resources.requests"), &mut errors);
+            check_quantities(resources.limits.as_ref(), &format!("{at}.resources.limits"), &mut errors);
+            for (resource, request) in resources.requests.iter().flatten() {
+                let limit = resources.limits.as_ref().and_then(|l| l.get(resource));
+                if let (Ok(request), Some(Ok(limit))) = (Quantity::parse(&request.0), limit.map(|l| Quantity::parse(&l.0))) {
+                    if request > limit {
+                        errors.push(FieldError::invalid(
+                            format!("{at}.resources.requests.{resource}"),
+                            format!("must be less than or equal to {resource} limit of {limit}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut env_names = HashSet::new();
+        for (j, env) in container.env.iter().flatten().enumerate() {
+            if env.name.is_empty() {
+                errors.push(FieldError::required(format!("{at}.env[{j}].name")));
+            } else if !env_names.insert(env.name.as_str()) {
+                errors.push(FieldError::duplicate(format!("{at}.env[{j}].name"), &env.name));
+            }
+        }
+    }
+    if let Some(policy) = spec.restart_policy.as_deref() {
+        if !RESTART_POLICIES.contains(&policy) {
+            errors.push(FieldError::not_supported("spec.restartPolicy", policy, RESTART_POLICIES));
+        }
+    }
+    if let Some(seconds) = spec.active_deadline_seconds {
+        if seconds <= 0 {
+            errors.push(FieldError::invalid("spec.activeDeadlineSeconds", "must be greater than 0"));
+        }
+    }
+    if let Some(seconds) = spec.termination_grace_period_seconds {
+        if seconds < 0 {
+            errors.push(FieldError::invalid("spec.terminationGracePeriodSeconds", "must be greater than or equal to 0"));
+        }
+    }
+    errors
+}
+
+fn container_statuses(pod: &Value) -> &[Value] {
+    pod.pointer("/status/containerStatuses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn ready(pod: &Value) -> String {
+    let total = pod.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    let ready = container_statuses(pod).iter().filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true)).count();
+    format!("{ready}/{total}")
+}
+
+fn status(pod: &Value) -> String {
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".into();
+    }
+    for s in container_statuses(pod) {
+        if let Some(reason) = s.pointer("/state/waiting/reason").or_else(|| s.pointer("/state/terminated/reason")).and_then(Value::as_str) {
+            return reason.into();
+        }
+    }
+    match pod.pointer("/status/reason").or_else(|| pod.pointer("/status/phase")).and_then(Value::as_str) {
+        Some(reason) => reason.into(),
+        None => "Pending".into(),
+    }
+}
+
+fn restarts(pod: &Value) -> String {
+    container_statuses(pod).iter().map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum::<i64>().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn accepts_a_minimal_pod() {
+        let pod = json!({"spec": {"containers": [{"name": "hello", "image": "hello:1", "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}]}});
+        assert!(validate(&pod).is_empty());
+    }
+
+    #[test]
+    fn reports_each_bad_field_by_path() {
+        let pod = json!({"spec": {"restartPolicy": "Sometimes", "containers": [
+            {"name": "a", "image": ""},
+            {"name": "a", "image": "x", "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi", "cpu": "lots"}}}
+        ]}});
+        let got = fields(validate(&pod));
+        assert!(got.contains(&"spec.containers[0].image".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.containers[1].name".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.containers[1].resources.limits.cpu".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.containers[1].resources.requests.memory".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.restartPolicy".to_string()), "{got:?}");
+    }
+
+    #[test]
+    fn type_errors_carry_the_path() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x", "args": "not-a-list"}]}});
+        assert_eq!(fields(validate(&pod)), vec!["spec.containers[0].args"]);
+        assert_eq!(fields(validate(&json!({}))), vec!["spec"]);
+        assert_eq!(fields(validate(&json!({"spec": {"containers": []}}))), vec!["spec.containers"]);
+    }
+}
