@@ -1,0 +1,66 @@
+//! The single writer: queues writes and commits whatever is queued in one
+//! transaction (group commit), then publishes the changes to watchers and
+//! answers each request. Ordering: changes are published in revision order,
+//! after their commit.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::sql::SqlBackend;
+use crate::{Change, StoreError, WriteOp};
+
+struct Request {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Vec<Change>, StoreError>>,
+}
+
+/// Sends writes to the writer task.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterHandle {
+    queue: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("op", &self.op).finish_non_exhaustive()
+    }
+}
+
+impl WriterHandle {
+    pub(crate) async fn submit(&self, op: WriteOp) -> Result<Vec<Change>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Request { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+pub(crate) fn spawn(backend: Arc<SqlBackend>, changes: broadcast::Sender<Change>, max_batch: usize) -> WriterHandle {
+    let (queue, mut requests) = mpsc::channel::<Request>(max_batch * 4);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(max_batch);
+        while requests.recv_many(&mut batch, max_batch).await > 0 {
+            let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+            match backend.apply(ops).await {
+                Ok(results) => {
+                    for (result, reply) in results.into_iter().zip(replies) {
+                        if let Ok(committed) = &result {
+                            for change in committed {
+                                // No receivers is fine: nobody is watching.
+                                let _ = changes.send(change.clone());
+                            }
+                        }
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = &error as &dyn std::error::Error, "a write batch failed; nothing in it was committed");
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    });
+    WriterHandle { queue }
+}
