@@ -1,1 +1,138 @@
-fn main() {}
+//! The `kapsel` binary: the supervisor (`kapsel serve`), the CLI that talks
+//! to it (`apply`, `get`, `describe`, `delete`, `token`), and benchmarks
+//! (`kapsel bench`). Commands are thin: they parse flags and call
+//! [`client`] (HTTP to the API) or `kapsel_server::serve`.
+
+mod bench;
+mod client;
+mod commands;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kapsel",
+    version,
+    about = "Kapsel: a multi-tenant workload platform with a Kubernetes-style API and Wasm plug-ins"
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: client::ConnectionArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the supervisor: API server, store (and later controllers, scheduler, local node).
+    Serve(ServeArgs),
+    /// Create or update objects from YAML or JSON files (multi-document YAML, directories, `-` for stdin).
+    Apply(commands::apply::ApplyArgs),
+    /// List objects of a kind, or show one.
+    Get(commands::get::GetArgs),
+    /// Show one object in detail.
+    Describe(commands::get::DescribeArgs),
+    /// Delete an object.
+    Delete(commands::delete::DeleteArgs),
+    /// Issue, list and revoke bearer tokens (IT admins).
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
+    /// Measure the platform (`kapsel bench api`).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory for the database, the admin token and the kubeconfig; created on first start.
+    #[arg(long, env = "KAPSEL_DATA_DIR", default_value = "./kapsel-data")]
+    data_dir: PathBuf,
+    /// Address and port the API listens on.
+    #[arg(long, env = "KAPSEL_LISTEN", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Datastore URL: `postgres://user@host:5432/db`, or `sqlite://PATH`. Default: SQLite in the data directory.
+    #[arg(long, env = "KAPSEL_DATASTORE")]
+    datastore: Option<String>,
+    /// How many of the newest changes to keep for watches to resume from; older ones are compacted.
+    #[arg(long, default_value_t = 10_000)]
+    retained_changes: i64,
+    /// Extra DNS name or IP address for the server certificate (repeatable).
+    #[arg(long)]
+    tls_san: Vec<String>,
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One TLS implementation for the whole process (server and client): rustls with ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", client::describe_error(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            let config = kapsel_server::serve::ServeConfig {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                datastore: args.datastore,
+                store: kapsel_store::StoreOptions {
+                    retained_changes: args.retained_changes,
+                    ..Default::default()
+                },
+                tls_san: args.tls_san,
+            };
+            kapsel_server::serve::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply(args) => commands::apply::run(&cli.connection, args).await,
+        Command::Get(args) => commands::get::run(&cli.connection, args).await,
+        Command::Describe(args) => commands::get::describe(&cli.connection, args).await,
+        Command::Delete(args) => commands::delete::run(&cli.connection, args).await,
+        Command::Token(command) => commands::token::run(&cli.connection, command).await,
+        Command::Bench(command) => bench::run(&cli.connection, command).await,
+    }
+}

@@ -1,1 +1,135 @@
-//! placeholder
+//! Kapsel's supervisor: the Kubernetes-style HTTP API over the object store.
+//!
+//! [`router`] builds the axum application: unauthenticated health checks,
+//! then — behind bearer-token authentication — discovery, OpenAPI, and the
+//! generic resource handler that serves every registered kind. [`serve`]
+//! is `kapsel serve`: it prepares the data directory (database, admin token,
+//! kubeconfig, TLS), opens the store and serves HTTPS until SIGTERM/ctrl-c.
+
+pub mod auth;
+pub mod body;
+pub mod discovery;
+pub mod error;
+pub mod hooks;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod request;
+pub mod resources;
+pub mod serve;
+pub mod table;
+pub mod tls;
+pub mod watch;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use kapsel_store::Store;
+use serde_json::json;
+
+use crate::auth::Authenticator;
+use crate::error::ApiError;
+
+/// What the server says about itself in discovery.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// The `host:port` clients should use.
+    pub advertise_address: String,
+}
+
+/// Shared state of every request handler.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub store: Store,
+    pub auth: Authenticator,
+    pub info: Arc<ServerInfo>,
+}
+
+/// The whole HTTP API.
+pub fn router(app: App) -> Router {
+    let authenticated = Router::new()
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::groups))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_index))
+        .route("/openapi/v3/{*path}", get(openapi::v3_document))
+        .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(authenticated)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Resource URLs go to the generic handler; anything else is 404.
+async fn dispatch(state: State<App>, request: Request) -> Response {
+    let path = request.uri().path();
+    if !(path.starts_with("/api/") || path.starts_with("/apis/")) {
+        return ApiError::NoRoute(format!(
+            "the server could not find the requested resource (path {path:?})"
+        ))
+        .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let identity = parts
+        .extensions
+        .get::<auth::Identity>()
+        .cloned()
+        .expect("authenticated");
+    resources::handle(
+        state,
+        axum::Extension(identity),
+        parts.method,
+        parts.uri,
+        parts.headers,
+        body,
+    )
+    .await
+    .into_response()
+}
+
+async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match app.auth.authenticate(header) {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match app.store.revisions().await {
+        Ok(_) => "ok".into_response(),
+        Err(error) => {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "readiness check failed"
+            );
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "datastore unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}

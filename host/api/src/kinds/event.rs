@@ -17,14 +17,36 @@ pub static EVENT: ResourceType = ResourceType {
     short_names: &["ev"],
     scope: Scope::Namespaced,
     tenant_access: TenantAccess::ReadOnly,
-    selectable_fields: &["involvedObject.kind", "involvedObject.name", "reason", "type"],
+    selectable_fields: &[
+        "involvedObject.kind",
+        "involvedObject.name",
+        "reason",
+        "type",
+    ],
+    status_subresource: false,
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "TYPE", wide: false, value: |e| text_at(e, "type") },
-        Column { name: "REASON", wide: false, value: |e| text_at(e, "reason") },
-        Column { name: "OBJECT", wide: false, value: object },
-        Column { name: "MESSAGE", wide: false, value: |e| text_at(e, "message") },
+        Column {
+            name: "TYPE",
+            wide: false,
+            value: |e| text_at(e, "type"),
+        },
+        Column {
+            name: "REASON",
+            wide: false,
+            value: |e| text_at(e, "reason"),
+        },
+        Column {
+            name: "OBJECT",
+            wide: false,
+            value: object,
+        },
+        Column {
+            name: "MESSAGE",
+            wide: false,
+            value: |e| text_at(e, "message"),
+        },
     ],
 };
 
@@ -37,5 +59,9 @@ fn validate(object: &Value) -> Vec<FieldError> {
 }
 
 fn object(event: &Value) -> String {
-    format!("{}/{}", text_at(event, "involvedObject.kind").to_lowercase(), text_at(event, "involvedObject.name"))
+    format!(
+        "{}/{}",
+        text_at(event, "involvedObject.kind").to_lowercase(),
+        text_at(event, "involvedObject.name")
+    )
 }

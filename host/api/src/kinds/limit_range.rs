@@ -18,6 +18,7 @@ pub static LIMIT_RANGE: ResourceType = ResourceType {
     scope: Scope::Namespaced,
     tenant_access: TenantAccess::ReadOnly,
     selectable_fields: &[],
+    status_subresource: false,
     validate_name: dns1123_subdomain,
     validate,
     columns: &[],
@@ -35,13 +36,25 @@ fn validate(object: &Value) -> Vec<FieldError> {
     for (i, item) in spec.limits.iter().enumerate() {
         let at = format!("spec.limits[{i}]");
         if !LIMIT_TYPES.contains(&item.type_.as_str()) {
-            errors.push(FieldError::not_supported(format!("{at}.type"), &item.type_, LIMIT_TYPES));
+            errors.push(FieldError::not_supported(
+                format!("{at}.type"),
+                &item.type_,
+                LIMIT_TYPES,
+            ));
         }
         check_quantities(item.default.as_ref(), &format!("{at}.default"), &mut errors);
-        check_quantities(item.default_request.as_ref(), &format!("{at}.defaultRequest"), &mut errors);
+        check_quantities(
+            item.default_request.as_ref(),
+            &format!("{at}.defaultRequest"),
+            &mut errors,
+        );
         check_quantities(item.min.as_ref(), &format!("{at}.min"), &mut errors);
         check_quantities(item.max.as_ref(), &format!("{at}.max"), &mut errors);
-        check_quantities(item.max_limit_request_ratio.as_ref(), &format!("{at}.maxLimitRequestRatio"), &mut errors);
+        check_quantities(
+            item.max_limit_request_ratio.as_ref(),
+            &format!("{at}.maxLimitRequestRatio"),
+            &mut errors,
+        );
     }
     errors
 }

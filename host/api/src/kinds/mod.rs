@@ -25,18 +25,32 @@ pub(crate) fn typed<T: DeserializeOwned>(object: &Value, field: &str) -> Result<
     let value = object.get(field).unwrap_or(&Value::Null);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
-        let path = if inner == "." { field.to_string() } else { format!("{field}.{inner}") };
+        let path = if inner == "." {
+            field.to_string()
+        } else {
+            format!("{field}.{inner}")
+        };
         FieldError::invalid(path, e.inner().to_string())
     })
 }
 
 /// Checks that every value of a resource map parses as a non-negative quantity.
-pub(crate) fn check_quantities(map: Option<&BTreeMap<String, K8sQuantity>>, path: &str, errors: &mut Vec<FieldError>) {
+pub(crate) fn check_quantities(
+    map: Option<&BTreeMap<String, K8sQuantity>>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     for (resource, quantity) in map.into_iter().flatten() {
         match Quantity::parse(&quantity.0) {
-            Ok(q) if q.is_negative() => errors.push(FieldError::invalid(format!("{path}.{resource}"), "must be greater than or equal to 0")),
+            Ok(q) if q.is_negative() => errors.push(FieldError::invalid(
+                format!("{path}.{resource}"),
+                "must be greater than or equal to 0",
+            )),
             Ok(_) => {}
-            Err(e) => errors.push(FieldError::invalid(format!("{path}.{resource}"), e.to_string())),
+            Err(e) => errors.push(FieldError::invalid(
+                format!("{path}.{resource}"),
+                e.to_string(),
+            )),
         }
     }
 }

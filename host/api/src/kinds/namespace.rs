@@ -17,9 +17,14 @@ pub static NAMESPACE: ResourceType = ResourceType {
     scope: Scope::Cluster,
     tenant_access: TenantAccess::OwnNamespaces,
     selectable_fields: &["status.phase"],
+    status_subresource: true,
     validate_name: dns1123_label,
     validate: super::no_spec_checks,
-    columns: &[Column { name: "STATUS", wide: false, value: phase }],
+    columns: &[Column {
+        name: "STATUS",
+        wide: false,
+        value: phase,
+    }],
 };
 
 fn phase(object: &Value) -> String {

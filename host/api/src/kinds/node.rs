@@ -18,11 +18,20 @@ pub static NODE: ResourceType = ResourceType {
     scope: Scope::Cluster,
     tenant_access: TenantAccess::ClusterReadable,
     selectable_fields: &["spec.unschedulable"],
+    status_subresource: true,
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "STATUS", wide: false, value: ready },
-        Column { name: "VERSION", wide: false, value: |n| text_at(n, "status.nodeInfo.kubeletVersion") },
+        Column {
+            name: "STATUS",
+            wide: false,
+            value: ready,
+        },
+        Column {
+            name: "VERSION",
+            wide: false,
+            value: |n| text_at(n, "status.nodeInfo.kubeletVersion"),
+        },
     ],
 };
 
@@ -35,7 +44,11 @@ fn validate(object: &Value) -> Vec<FieldError> {
         Err(e) => errors.push(e),
         Ok(Some(status)) => {
             check_quantities(status.capacity.as_ref(), "status.capacity", &mut errors);
-            check_quantities(status.allocatable.as_ref(), "status.allocatable", &mut errors);
+            check_quantities(
+                status.allocatable.as_ref(),
+                "status.allocatable",
+                &mut errors,
+            );
         }
         Ok(None) => {}
     }
@@ -46,7 +59,10 @@ fn ready(node: &Value) -> String {
     let ready = node
         .pointer("/status/conditions")
         .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
         .and_then(|c| c.get("status").and_then(Value::as_str));
     let mut text = match ready {
         Some("True") => "Ready".to_string(),

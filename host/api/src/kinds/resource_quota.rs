@@ -18,9 +18,14 @@ pub static RESOURCE_QUOTA: ResourceType = ResourceType {
     scope: Scope::Namespaced,
     tenant_access: TenantAccess::ReadOnly,
     selectable_fields: &[],
+    status_subresource: true,
     validate_name: dns1123_subdomain,
     validate,
-    columns: &[Column { name: "HARD", wide: false, value: hard }],
+    columns: &[Column {
+        name: "HARD",
+        wide: false,
+        value: hard,
+    }],
 };
 
 fn validate(object: &Value) -> Vec<FieldError> {
@@ -28,7 +33,11 @@ fn validate(object: &Value) -> Vec<FieldError> {
         Err(e) => vec![e],
         Ok(spec) => {
             let mut errors = Vec::new();
-            check_quantities(spec.as_ref().and_then(|s| s.hard.as_ref()), "spec.hard", &mut errors);
+            check_quantities(
+                spec.as_ref().and_then(|s| s.hard.as_ref()),
+                "spec.hard",
+                &mut errors,
+            );
             errors
         }
     }
@@ -38,5 +47,8 @@ fn hard(quota: &Value) -> String {
     let Some(hard) = quota.pointer("/spec/hard").and_then(Value::as_object) else {
         return "<none>".into();
     };
-    hard.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", ")
+    hard.iter()
+        .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -19,12 +19,30 @@ pub static TOKEN: ResourceType = ResourceType {
     scope: Scope::Cluster,
     tenant_access: TenantAccess::None,
     selectable_fields: &["spec.user"],
+    status_subresource: false,
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "USER", wide: false, value: |t| text_at(t, "spec.user") },
-        Column { name: "ADMIN", wide: false, value: |t| t.pointer("/spec/admin").and_then(Value::as_bool).unwrap_or(false).to_string() },
-        Column { name: "ROLES", wide: false, value: roles_column },
+        Column {
+            name: "USER",
+            wide: false,
+            value: |t| text_at(t, "spec.user"),
+        },
+        Column {
+            name: "ADMIN",
+            wide: false,
+            value: |t| {
+                t.pointer("/spec/admin")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string()
+            },
+        },
+        Column {
+            name: "ROLES",
+            wide: false,
+            value: roles_column,
+        },
     ],
 };
 
@@ -93,18 +111,36 @@ fn validate(object: &Value) -> Vec<FieldError> {
             errors.push(FieldError::invalid(format!("spec.roles[{i}].namespace"), e));
         }
     }
-    if let Some(expiry) = &spec.expires_at {
-        if chrono::DateTime::parse_from_rfc3339(expiry).is_err() {
-            errors.push(FieldError::invalid("spec.expiresAt", "must be an RFC 3339 time"));
-        }
+    if let Some(expiry) = &spec.expires_at
+        && chrono::DateTime::parse_from_rfc3339(expiry).is_err()
+    {
+        errors.push(FieldError::invalid(
+            "spec.expiresAt",
+            "must be an RFC 3339 time",
+        ));
     }
     errors
 }
 
 fn roles_column(token: &Value) -> String {
-    let roles: Vec<NamespaceRole> = typed::<TokenSpec>(token, "spec").map(|s| s.roles).unwrap_or_default();
+    let roles: Vec<NamespaceRole> = typed::<TokenSpec>(token, "spec")
+        .map(|s| s.roles)
+        .unwrap_or_default();
     if roles.is_empty() {
         return "<none>".into();
     }
-    roles.iter().map(|r| format!("{}:{}", r.namespace, serde_json::to_value(r.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())).collect::<Vec<_>>().join(",")
+    roles
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r.namespace,
+                serde_json::to_value(r.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -1,0 +1,253 @@
+//! `kapsel bench`: benchmarks that drive a real server over HTTP.
+//!
+//! `kapsel bench api` starts `kapsel serve` as a child process on a free
+//! port with a fresh data directory (or uses `--server`), creates
+//! `--objects` pods with `--concurrency` clients, then reads each back, and
+//! reports throughput and latency percentiles (human-readable or `--json`).
+
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::client::{Client, ConnectionArgs};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Create and then get pods over HTTP; report creates/s, gets/s and latency percentiles.
+    Api(ApiBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApiBenchArgs {
+    /// How many pods to create (and then get).
+    #[arg(long, default_value_t = 20_000)]
+    objects: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Datastore for the server the bench starts (default: SQLite in a temporary directory).
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Benchmark this running server instead of starting one (uses --token or the kubeconfig).
+    #[arg(long = "target")]
+    target: Option<String>,
+}
+
+pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Api(args) => api(connection, args).await,
+    }
+}
+
+/// A `kapsel serve` child process, killed when dropped.
+struct ServerProcess {
+    child: tokio::process::Child,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_server(datastore: Option<&str>) -> anyhow::Result<(ServerProcess, Client)> {
+    let data_dir = tempfile::tempdir().context("creating a data directory for the bench server")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    if let Some(url) = datastore {
+        command.arg("--datastore").arg(url);
+    }
+    command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let child = command.spawn().context("starting kapsel serve")?;
+    let server = ServerProcess {
+        child,
+        _data_dir: data_dir,
+    };
+    let kubeconfig = server
+        ._data_dir
+        .path()
+        .join(kapsel_server::serve::KUBECONFIG_FILE);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if kubeconfig.exists() {
+            let connection = ConnectionArgs {
+                server: None,
+                token: None,
+                kubeconfig: Some(kubeconfig.clone()),
+                certificate_authority: None,
+                insecure_skip_tls_verify: false,
+            };
+            let client = Client::connect(&connection)?;
+            if client.get("/version").await.is_ok() {
+                return Ok((server, client));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the bench server did not become ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pod(namespace: &str, i: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("bench-{i}"), "namespace": namespace, "labels": {"app": "bench", "shard": (i % 16).to_string()}},
+        "spec": {"containers": [{"name": "main", "image": "hello:1", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}}}]},
+    })
+}
+
+/// Runs `total` requests from `concurrency` workers; returns the latency histogram (µs) and elapsed time.
+async fn drive<F, Fut>(
+    total: usize,
+    concurrency: usize,
+    request: F,
+) -> anyhow::Result<(Histogram<u64>, Duration)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let request = Arc::new(request);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, request) = (next.clone(), request.clone());
+        workers.push(tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(histogram);
+                }
+                let sent = Instant::now();
+                request(i).await?;
+                histogram.saturating_record(sent.elapsed().as_micros() as u64);
+            }
+        }));
+    }
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    for worker in workers {
+        merged.add(worker.await??).expect("same bounds");
+    }
+    Ok((merged, started.elapsed()))
+}
+
+fn summary(histogram: &Histogram<u64>, elapsed: Duration, count: usize) -> Value {
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "count": count,
+        "seconds": elapsed.as_secs_f64(),
+        "per_second": count as f64 / elapsed.as_secs_f64(),
+        "p50_ms": ms(0.50),
+        "p99_ms": ms(0.99),
+        "max_ms": histogram.max() as f64 / 1000.0,
+    })
+}
+
+async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.objects > 0 && args.concurrency > 0,
+        "--objects and --concurrency must be positive"
+    );
+    let (_server, client, backend) = match &args.target {
+        Some(url) => {
+            let mut connection = connection.clone();
+            connection.server = Some(url.clone());
+            (None, Client::connect(&connection)?, "external".to_string())
+        }
+        None => {
+            let (server, client) = start_server(args.datastore.as_deref()).await?;
+            let backend = if args
+                .datastore
+                .as_deref()
+                .is_some_and(|d| d.starts_with("postgres"))
+            {
+                "postgres"
+            } else {
+                "sqlite"
+            };
+            (Some(server), client, backend.to_string())
+        }
+    };
+    let namespace = format!("bench-{}", std::process::id());
+    client
+        .post(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        )
+        .await?;
+    let collection = format!("/api/v1/namespaces/{namespace}/pods");
+
+    let (create_client, create_ns, create_path) =
+        (client.clone(), namespace.clone(), collection.clone());
+    let (creates, create_time) = drive(args.objects, args.concurrency, move |i| {
+        let (client, path, body) = (
+            create_client.clone(),
+            create_path.clone(),
+            pod(&create_ns, i),
+        );
+        async move { client.post(&path, &body).await.map(drop) }
+    })
+    .await
+    .context("creating pods")?;
+
+    let (get_client, get_path) = (client.clone(), collection.clone());
+    let (gets, get_time) = drive(args.objects, args.concurrency, move |i| {
+        let (client, path) = (get_client.clone(), format!("{get_path}/bench-{i}"));
+        async move { client.get(&path).await.map(drop) }
+    })
+    .await
+    .context("getting pods")?;
+
+    let report = json!({
+        "benchmark": "api",
+        "datastore": backend,
+        "objects": args.objects,
+        "concurrency": args.concurrency,
+        "create": summary(&creates, create_time, args.objects),
+        "get": summary(&gets, get_time, args.objects),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "kapsel bench api: {} pods, {} clients, {backend} datastore",
+            args.objects, args.concurrency
+        );
+        for phase in ["create", "get"] {
+            let s = &report[phase];
+            println!(
+                "  {phase:<7} {:>9.0}/s   p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
+                s["per_second"].as_f64().unwrap_or_default(),
+                s["p50_ms"].as_f64().unwrap_or_default(),
+                s["p99_ms"].as_f64().unwrap_or_default(),
+                s["max_ms"].as_f64().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

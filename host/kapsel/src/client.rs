@@ -1,0 +1,346 @@
+//! The CLI's connection to a Kapsel server: where it is and which token to
+//! send (`--server`/`--token`, else a kubeconfig from `--kubeconfig`,
+//! `$KUBECONFIG` or `./kapsel-data/kubeconfig.yaml`), and requests that turn
+//! a failure `Status` into an error carrying the server's own message.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use kapsel_api::Status;
+use kapsel_api::registry::{self, ResourceType};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where the kubeconfig `kapsel serve` writes lives by default.
+pub const DEFAULT_KUBECONFIG: &str = "./kapsel-data/kubeconfig.yaml";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// API server URL, e.g. http://127.0.0.1:6443 (overrides the kubeconfig).
+    #[arg(long, global = true, env = "KAPSEL_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token (overrides the kubeconfig).
+    #[arg(long, global = true, env = "KAPSEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Kubeconfig to read the server and token from (default: $KUBECONFIG, then ./kapsel-data/kubeconfig.yaml).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (overrides the kubeconfig).
+    #[arg(long, global = true)]
+    pub certificate_authority: Option<PathBuf>,
+    /// Do not verify the server's certificate (insecure; for debugging only).
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+/// How the client verifies the server.
+#[derive(Debug, Clone, Default)]
+pub struct TlsTrust {
+    /// PEM of the CA to trust; none means the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure: bool,
+}
+
+/// A failure answered by the server, with its `Status`.
+#[derive(Debug, thiserror::Error)]
+#[error("{} ({})", status.message, status.reason)]
+pub struct ApiFailure {
+    pub status: Status,
+}
+
+/// The message to print for a failed command: the server's message for API
+/// failures, the error chain otherwise.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    if let Some(failure) = error.downcast_ref::<ApiFailure>() {
+        let mut text = failure.status.message.clone();
+        if let Some(details) = &failure.status.details {
+            for cause in &details.causes {
+                if !text.contains(&cause.field) {
+                    text.push_str(&format!("\n  {}: {}", cause.field, cause.message));
+                }
+            }
+        }
+        return text;
+    }
+    format!("{error:#}")
+}
+
+#[derive(Debug, Deserialize)]
+struct Kubeconfig {
+    #[serde(rename = "current-context", default)]
+    current_context: String,
+    #[serde(default)]
+    contexts: Vec<Named<ContextEntry>>,
+    #[serde(default)]
+    clusters: Vec<Named<ClusterEntry>>,
+    #[serde(default)]
+    users: Vec<Named<UserEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named<T> {
+    name: String,
+    #[serde(alias = "context", alias = "cluster", alias = "user")]
+    value: T,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContextEntry {
+    cluster: String,
+    user: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ClusterEntry {
+    server: String,
+    #[serde(rename = "certificate-authority-data", default)]
+    ca_data: Option<String>,
+    #[serde(rename = "certificate-authority", default)]
+    ca_file: Option<PathBuf>,
+    #[serde(rename = "insecure-skip-tls-verify", default)]
+    insecure: bool,
+}
+
+/// What a kubeconfig's current context says.
+#[derive(Debug, Default)]
+struct Target {
+    server: Option<String>,
+    token: Option<String>,
+    namespace: Option<String>,
+    trust: TlsTrust,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserEntry {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// An authenticated HTTP client for one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    /// The kubeconfig context's namespace, used when a command has no `-n`.
+    pub default_namespace: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn connect(args: &ConnectionArgs) -> anyhow::Result<Client> {
+        let mut target = match kubeconfig_path(args) {
+            Some(path) => read_kubeconfig(&path)?,
+            None => Target::default(),
+        };
+        if let Some(s) = &args.server {
+            target.server = Some(s.clone());
+        }
+        if let Some(t) = &args.token {
+            target.token = Some(t.clone());
+        }
+        if let Some(path) = &args.certificate_authority {
+            target.trust.ca_pem =
+                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+        }
+        target.trust.insecure |= args.insecure_skip_tls_verify;
+        let Some(server) = target.server else {
+            bail!(
+                "no server to talk to: pass --server and --token, or --kubeconfig (or run `kapsel serve`, which writes {DEFAULT_KUBECONFIG})"
+            );
+        };
+        Client::new(
+            &server,
+            target.token,
+            target.namespace.unwrap_or_else(|| "default".into()),
+            &target.trust,
+        )
+    }
+
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        default_namespace: String,
+        trust: &TlsTrust,
+    ) -> anyhow::Result<Client> {
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tls_backend_rustls();
+        if let Some(pem) = &trust.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .context("parsing the certificate authority")?;
+            builder = builder.tls_certs_only(certificates);
+        }
+        if trust.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().context("setting up the HTTP client")?;
+        Ok(Client {
+            base: server.trim_end_matches('/').to_string(),
+            token,
+            default_namespace,
+            http,
+        })
+    }
+
+    /// Sends a request and decodes the JSON answer; a failure `Status` becomes [`ApiFailure`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Kapsel server at {}", self.base))?;
+        let code = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .context("reading the server's answer")?;
+        if code.is_success() {
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("the server's answer to {method} {path} is not JSON"));
+        }
+        match serde_json::from_slice::<Status>(&bytes) {
+            Ok(status) => Err(ApiFailure { status }.into()),
+            Err(_) => bail!(
+                "{method} {path} failed with HTTP {code}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, object: &Value) -> anyhow::Result<Value> {
+        self.send(
+            Method::POST,
+            path,
+            Some(("application/json", serde_json::to_vec(object)?)),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, object: &Value) -> anyhow::Result<Value> {
+        self.send(
+            Method::PUT,
+            path,
+            Some(("application/json", serde_json::to_vec(object)?)),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::DELETE, path, None).await
+    }
+}
+
+fn kubeconfig_path(args: &ConnectionArgs) -> Option<PathBuf> {
+    if let Some(path) = &args.kubeconfig {
+        return Some(path.clone());
+    }
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        return std::env::split_paths(&list).find(|p| p.exists());
+    }
+    let default = PathBuf::from(DEFAULT_KUBECONFIG);
+    default.exists().then_some(default)
+}
+
+fn read_kubeconfig(path: &Path) -> anyhow::Result<Target> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config: Kubeconfig = serde_yaml::from_str(&text)
+        .with_context(|| format!("parsing kubeconfig {}", path.display()))?;
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == config.current_context)
+        .or(config.contexts.first())
+        .with_context(|| format!("kubeconfig {} has no context", path.display()))?;
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| c.name == context.value.cluster)
+        .with_context(|| {
+            format!(
+                "kubeconfig {}: no cluster {:?}",
+                path.display(),
+                context.value.cluster
+            )
+        })?;
+    let token = config
+        .users
+        .iter()
+        .find(|u| u.name == context.value.user)
+        .and_then(|u| u.value.token.clone());
+    let ca_pem = match (&cluster.value.ca_data, &cluster.value.ca_file) {
+        (Some(data), _) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .with_context(|| {
+                    format!(
+                        "kubeconfig {}: certificate-authority-data is not base64",
+                        path.display()
+                    )
+                })?,
+        ),
+        (None, Some(file)) => {
+            Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?)
+        }
+        (None, None) => None,
+    };
+    Ok(Target {
+        server: Some(cluster.value.server.clone()),
+        token,
+        namespace: context.value.namespace.clone(),
+        trust: TlsTrust {
+            ca_pem,
+            insecure: cluster.value.insecure,
+        },
+    })
+}
+
+/// The kind a command-line name means (`pods`, `po`, `pod`, `Pod`, `tokens.kapsel.io`).
+pub fn resolve_kind(name: &str) -> anyhow::Result<&'static ResourceType> {
+    registry::resolve(name).with_context(|| {
+        let known: Vec<&str> = registry::ALL.iter().map(|r| r.plural).collect();
+        format!(
+            "the server doesn't have a resource type {name:?} (known: {})",
+            known.join(", ")
+        )
+    })
+}
+
+/// The namespace a command acts in: `-n`, else the kubeconfig's, for namespaced kinds only.
+pub fn namespace_for<'a>(
+    resource: &ResourceType,
+    flag: Option<&'a str>,
+    client: &'a Client,
+) -> Option<&'a str> {
+    resource
+        .namespaced()
+        .then(|| flag.unwrap_or(&client.default_namespace))
+}
+
+/// The URL of one object.
+pub fn object_path(resource: &ResourceType, namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{}", resource.collection_path(namespace), name)
+}

@@ -1,0 +1,6 @@
+//! One module per CLI command that talks to the API.
+
+pub mod apply;
+pub mod delete;
+pub mod get;
+pub mod token;

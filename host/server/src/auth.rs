@@ -1,0 +1,374 @@
+//! Authentication and authorization.
+//!
+//! Authentication: bearer tokens only. A token is a random secret; the store
+//! keeps only its SHA-256 in a `Token` object, so a leaked database leaks no
+//! credential. The [`Authenticator`] holds a map from hash to [`Identity`],
+//! loaded at start and kept current by a watch on tokens, so revoking a
+//! token takes effect on the next request.
+//!
+//! Authorization ([`authorize`]): IT admins may do everything; tenants hold
+//! per-namespace roles (`view`, `edit`, `owner`) and each kind's
+//! [`TenantAccess`] says what those roles allow. Lists and watches across
+//! all namespaces are allowed to tenants and *filtered* to their namespaces.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use futures::StreamExt;
+use kapsel_api::kinds::token::{Role, TOKEN, TokenSpec};
+use kapsel_api::registry::TenantAccess;
+use kapsel_api::{ResourceType, Scope};
+use kapsel_store::{ChangeType, Store, StoreError};
+use rand::RngCore as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Who a request is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub admin: bool,
+    pub roles: BTreeMap<String, Role>,
+    /// RFC 3339 expiry, if the token has one.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Identity {
+    /// The role held in `namespace`, if any.
+    pub fn role_in(&self, namespace: &str) -> Option<Role> {
+        self.roles.get(namespace).copied()
+    }
+
+    /// Whether objects in `namespace` are visible to this identity.
+    pub fn sees_namespace(&self, namespace: &str) -> bool {
+        self.admin || self.roles.contains_key(namespace)
+    }
+
+    fn from_spec(spec: &TokenSpec) -> Identity {
+        let mut roles = BTreeMap::new();
+        for grant in &spec.roles {
+            let role = roles.entry(grant.namespace.clone()).or_insert(grant.role);
+            *role = (*role).max(grant.role);
+        }
+        Identity {
+            user: spec.user.clone(),
+            admin: spec.admin,
+            roles,
+            expires_at: spec
+                .expires_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }
+    }
+}
+
+/// The `sha256:<hex>` a token is stored and looked up by.
+pub fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+/// A new random bearer token: `kpl_` and 256 random bits, base64url.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "kpl_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Maps bearer tokens to identities; kept current by a watch on tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    by_hash: Arc<RwLock<HashMap<String, Identity>>>,
+}
+
+impl Authenticator {
+    /// Loads every token and starts following changes to them.
+    pub async fn start(store: &Store) -> Result<Authenticator, StoreError> {
+        let authenticator = Authenticator::default();
+        let listing = store.list(&TOKEN.store_key(), None).await?;
+        for token in &listing.objects {
+            authenticator.apply(ChangeType::Added, token);
+        }
+        let mut changes = store
+            .watch(&TOKEN.store_key(), None, listing.revision)
+            .await?;
+        let follower = authenticator.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                match changes.next().await {
+                    Some(Ok(change)) => follower.apply(change.change_type, &change.object),
+                    Some(Err(StoreError::Compacted { .. })) => {
+                        // Fell behind the change log: reload everything and follow again.
+                        match reload(&follower, &store).await {
+                            Ok(stream) => changes = stream,
+                            Err(error) => {
+                                tracing::error!(
+                                    error = &error as &dyn std::error::Error,
+                                    "token cache reload failed"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(
+                            error = &error as &dyn std::error::Error,
+                            "token watch ended"
+                        );
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        Ok(authenticator)
+    }
+
+    fn apply(&self, change: ChangeType, token: &Value) {
+        let Some(spec) = token
+            .get("spec")
+            .and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok())
+        else {
+            return;
+        };
+        let mut map = self.by_hash.write().expect("token cache lock");
+        match change {
+            ChangeType::Deleted => {
+                map.remove(&spec.secret_hash);
+            }
+            ChangeType::Added | ChangeType::Modified => {
+                map.insert(spec.secret_hash.clone(), Identity::from_spec(&spec));
+            }
+        }
+    }
+
+    /// The identity of an `Authorization` header value, or 401.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Identity, ApiError> {
+        let secret = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Unauthorized: a bearer token is required".into())
+            })?;
+        let identity = self
+            .by_hash
+            .read()
+            .expect("token cache lock")
+            .get(&hash_secret(secret))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "Unauthorized: the token is not valid or has been revoked".into(),
+                )
+            })?;
+        if identity
+            .expires_at
+            .is_some_and(|at| at <= chrono::Utc::now())
+        {
+            return Err(ApiError::Unauthorized(
+                "Unauthorized: the token has expired".into(),
+            ));
+        }
+        Ok(identity)
+    }
+}
+
+async fn reload(
+    authenticator: &Authenticator,
+    store: &Store,
+) -> Result<kapsel_store::WatchStream, StoreError> {
+    let listing = store.list(&TOKEN.store_key(), None).await?;
+    let mut fresh = HashMap::new();
+    for token in &listing.objects {
+        if let Some(spec) = token
+            .get("spec")
+            .and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok())
+        {
+            fresh.insert(spec.secret_hash.clone(), Identity::from_spec(&spec));
+        }
+    }
+    *authenticator.by_hash.write().expect("token cache lock") = fresh;
+    store
+        .watch(&TOKEN.store_key(), None, listing.revision)
+        .await
+}
+
+/// An API verb, as authorization and messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+        }
+    }
+
+    pub fn is_read(self) -> bool {
+        matches!(self, Verb::Get | Verb::List | Verb::Watch)
+    }
+}
+
+/// Decides whether `identity` may `verb` objects of `resource` in
+/// `namespace` (`None`: cluster-scoped, or across all namespaces). For the
+/// `Namespace` kind, `namespace` is the namespace named in the request.
+/// Reads across all namespaces are allowed here and filtered by the caller
+/// with [`Identity::sees_namespace`].
+pub fn authorize(
+    identity: &Identity,
+    verb: Verb,
+    resource: &ResourceType,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    if identity.admin {
+        return Ok(());
+    }
+    let role = namespace.and_then(|ns| identity.role_in(ns));
+    let allowed = match resource.tenant_access {
+        TenantAccess::None => false,
+        TenantAccess::ClusterReadable => verb.is_read(),
+        TenantAccess::OwnNamespaces => verb.is_read() && (namespace.is_none() || role.is_some()),
+        TenantAccess::ReadOnly => verb.is_read() && (namespace.is_none() || role.is_some()),
+        TenantAccess::Workload => match namespace {
+            None => verb.is_read(),
+            Some(_) if verb.is_read() => role.is_some(),
+            Some(_) => role.is_some_and(|r| r >= Role::Edit),
+        },
+    };
+    if allowed {
+        return Ok(());
+    }
+    let scope = match (resource.scope, namespace) {
+        (Scope::Namespaced, Some(ns)) => format!(" in the namespace {ns:?}"),
+        (Scope::Namespaced, None) => " at the cluster scope".into(),
+        (Scope::Cluster, Some(ns)) if resource.kind == "Namespace" => format!(" named {ns:?}"),
+        (Scope::Cluster, _) => " at the cluster scope".into(),
+    };
+    let why = match (role, verb.is_read()) {
+        (Some(role), false) => format!(
+            ": role {:?} in that namespace does not allow it",
+            role_name(role)
+        ),
+        (None, _) if resource.tenant_access == TenantAccess::None => ": only IT admins may".into(),
+        (None, _) if namespace.is_some() && resource.namespaced() => {
+            ": the user holds no role in that namespace".into()
+        }
+        _ => ": only IT admins may".into(),
+    };
+    Err(ApiError::Forbidden(format!(
+        "{plural} is forbidden: User {user:?} cannot {verb} resource {plural:?} in API group {group:?}{scope}{why}",
+        plural = resource.plural,
+        user = identity.user,
+        verb = verb.as_str(),
+        group = resource.group,
+    )))
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::View => "view",
+        Role::Edit => "edit",
+        Role::Owner => "owner",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kapsel_api::kinds::{
+        namespace::NAMESPACE, node::NODE, pod::POD, resource_quota::RESOURCE_QUOTA,
+    };
+
+    fn tenant(roles: &[(&str, Role)]) -> Identity {
+        Identity {
+            user: "alice".into(),
+            admin: false,
+            roles: roles.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn namespace_roles() {
+        let alice = tenant(&[("dev", Role::Edit), ("qa", Role::View)]);
+        assert!(authorize(&alice, Verb::Create, &POD, Some("dev")).is_ok());
+        assert!(authorize(&alice, Verb::Get, &POD, Some("qa")).is_ok());
+        assert!(authorize(&alice, Verb::Delete, &POD, Some("qa")).is_err());
+        let denied = authorize(&alice, Verb::List, &POD, Some("prod")).unwrap_err();
+        let message = denied.to_string();
+        for part in ["\"alice\"", "list", "\"pods\"", "\"prod\""] {
+            assert!(message.contains(part), "{message} lacks {part}");
+        }
+        assert!(
+            authorize(&alice, Verb::List, &POD, None).is_ok(),
+            "all-namespace lists are filtered, not refused"
+        );
+        assert!(authorize(&alice, Verb::Create, &RESOURCE_QUOTA, Some("dev")).is_err());
+        assert!(authorize(&alice, Verb::Get, &RESOURCE_QUOTA, Some("dev")).is_ok());
+        assert!(authorize(&alice, Verb::Get, &NODE, None).is_ok());
+        assert!(authorize(&alice, Verb::Create, &NODE, None).is_err());
+        assert!(authorize(&alice, Verb::Get, &NAMESPACE, Some("dev")).is_ok());
+        assert!(authorize(&alice, Verb::Get, &NAMESPACE, Some("prod")).is_err());
+        assert!(authorize(&alice, Verb::Create, &NAMESPACE, Some("new")).is_err());
+        assert!(authorize(&alice, Verb::List, &TOKEN, None).is_err());
+    }
+
+    #[test]
+    fn tokens_are_hashed_and_checked() {
+        let secret = new_secret();
+        assert!(secret.starts_with("kpl_") && secret.len() > 40);
+        let hash = hash_secret(&secret);
+        assert!(hash.starts_with("sha256:") && !hash.contains(&secret));
+        let auth = Authenticator::default();
+        let spec = serde_json::json!({"spec": {"user": "bob", "roles": [{"namespace": "dev", "role": "view"}], "secretHash": hash}});
+        auth.apply(ChangeType::Added, &spec);
+        let bob = auth
+            .authenticate(Some(&format!("Bearer {secret}")))
+            .unwrap();
+        assert_eq!(bob.role_in("dev"), Some(Role::View));
+        assert!(matches!(
+            auth.authenticate(None),
+            Err(ApiError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(Some("Bearer nope")),
+            Err(ApiError::Unauthorized(_))
+        ));
+        auth.apply(ChangeType::Deleted, &spec);
+        assert!(
+            auth.authenticate(Some(&format!("Bearer {secret}")))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! The one public API error type and its mapping to an HTTP status and a
+//! Kubernetes `Status` body. Handlers return `Result<_, ApiError>`; user
+//! mistakes map to 4xx with the Kubernetes reason, and only faults of the
+//! server itself become 500 `InternalError` (logged with their cause chain).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kapsel_api::{FieldError, ResourceType, Status, StatusCause, StatusDetails};
+use kapsel_store::StoreError;
+
+/// A failed API request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{resource} {name:?} not found")]
+    NotFound { resource: String, name: String },
+    #[error("{0}")]
+    NoRoute(String),
+    #[error("{resource} {name:?} already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error("Operation cannot be fulfilled on {resource} {name:?}: {reason}")]
+    Conflict {
+        resource: String,
+        name: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Expired(String),
+    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        kind: String,
+        group: String,
+        name: String,
+        causes: Vec<FieldError>,
+    },
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request entity too large: limit is {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("internal error: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ApiError {
+    /// A 422 `Invalid` for an object of `resource`.
+    pub fn invalid(resource: &ResourceType, name: &str, causes: Vec<FieldError>) -> Self {
+        ApiError::Invalid {
+            kind: resource.kind.to_string(),
+            group: resource.group.to_string(),
+            name: name.to_string(),
+            causes,
+        }
+    }
+
+    pub fn not_found(resource: &ResourceType, name: &str) -> Self {
+        ApiError::NotFound {
+            resource: qualified(resource),
+            name: name.to_string(),
+        }
+    }
+
+    /// Maps a store failure on `resource`/`name` to the API error a client expects.
+    pub fn from_store(error: StoreError, resource: &ResourceType, name: &str) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::not_found(resource, name),
+            StoreError::AlreadyExists => ApiError::AlreadyExists { resource: qualified(resource), name: name.to_string() },
+            StoreError::Conflict { .. } => ApiError::Conflict {
+                resource: qualified(resource),
+                name: name.to_string(),
+                reason: "the object has been modified; please apply your changes to the latest version and try again".into(),
+            },
+            StoreError::Compacted { requested, oldest } => ApiError::Expired(format!("too old resource version: {requested} ({oldest})")),
+            StoreError::Closed => ApiError::ServiceUnavailable("the server is shutting down".into()),
+            other => ApiError::internal("datastore", other),
+        }
+    }
+
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ApiError::Internal {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Expired(_) => StatusCode::GONE,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The Kubernetes `reason` of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Expired(_) => "Expired",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::Internal { .. } => "InternalError",
+        }
+    }
+
+    /// The `Status` body of this error.
+    pub fn status(&self) -> Status {
+        let status = Status::failure(self.code().as_u16(), self.reason(), self.to_string());
+        match self {
+            ApiError::NotFound { resource, name }
+            | ApiError::AlreadyExists { resource, name }
+            | ApiError::Conflict { resource, name, .. } => {
+                let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
+                status.with_details(StatusDetails {
+                    name: name.clone(),
+                    kind: kind.into(),
+                    group: group.into(),
+                    ..Default::default()
+                })
+            }
+            ApiError::Invalid {
+                kind,
+                group,
+                name,
+                causes,
+            } => status.with_details(StatusDetails {
+                name: name.clone(),
+                kind: kind.clone(),
+                group: group.clone(),
+                causes: causes
+                    .iter()
+                    .map(|c| StatusCause {
+                        reason: c.reason.into(),
+                        message: c.message.clone(),
+                        field: c.field.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            _ => status,
+        }
+    }
+}
+
+/// `pods`, or `tokens.kapsel.io` for a kind outside the core group.
+fn qualified(resource: &ResourceType) -> String {
+    if resource.group.is_empty() {
+        resource.plural.to_string()
+    } else {
+        format!("{}.{}", resource.plural, resource.group)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal { .. } = &self {
+            tracing::error!(error = &self as &dyn std::error::Error, "request failed");
+        }
+        let mut response = (self.code(), axum::Json(self.status())).into_response();
+        if let ApiError::Unauthorized(_) = self {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"kapsel\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,689 @@
+//! The generic resource handler: every kind in the registry is served by
+//! these functions, verb by verb. Kind-specific behaviour lives in the
+//! registration (validation, columns) and in [`crate::hooks`].
+//!
+//! The request path: authenticate (middleware) → parse the target → authorize
+//! → decode → default and stamp server fields → validate → persist → respond.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::selector::{FieldSelector, LabelSelector};
+use kapsel_api::{FieldError, ResourceType, object, validation};
+use kapsel_store::{Key, StoreError, WriteOp};
+use rand::Rng as _;
+use serde_json::{Map, Value, json};
+
+use crate::App;
+use crate::auth::{Identity, Verb, authorize};
+use crate::error::ApiError;
+use crate::request::{Params, Target, parse_path, verb};
+use crate::{body, hooks, patch, table, watch};
+
+/// How many times a patch is retried when the object changes underneath it.
+const PATCH_RETRIES: usize = 5;
+
+/// Serves every `/api/…` and `/apis/…` resource URL.
+pub async fn handle(
+    State(app): State<App>,
+    Extension(identity): Extension<Identity>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let target = parse_path(uri.path())?;
+    let params = Params::parse(uri.query())?;
+    let verb = verb(&method, &target, &params)?;
+    let authz_namespace = if target.resource.kind == NAMESPACE.kind {
+        target.name.as_deref()
+    } else {
+        target.namespace.as_deref()
+    };
+    authorize(&identity, verb, target.resource, authz_namespace)?;
+    match verb {
+        Verb::Get => get(&app, &target, &params, &headers).await,
+        Verb::List => list(&app, &identity, &target, &params, &headers).await,
+        Verb::Watch => watch::serve(&app, &identity, &target, &params, &headers).await,
+        Verb::Create => create(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Update => update(&app, &target, &params, &headers, body).await,
+        Verb::Patch => patch(&app, &target, &params, &headers, body).await,
+        Verb::Delete => delete(&app, &target, &params, &headers, body).await,
+    }
+}
+
+/// The store key of the named object of a target.
+fn key(target: &Target, name: &str) -> Key {
+    Key::new(
+        target.resource.store_key(),
+        target.namespace.clone().unwrap_or_default(),
+        name,
+    )
+}
+
+fn target_name(target: &Target) -> &str {
+    target.name.as_deref().unwrap_or_default()
+}
+
+/// A JSON response, or a one-row `Table` when the client asked for one.
+fn respond(
+    code: StatusCode,
+    resource: &ResourceType,
+    object: Value,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Response {
+    if table::wanted(headers) {
+        let revision = object::resource_version(&object).and_then(Result::ok);
+        return (
+            code,
+            axum::Json(table::table(
+                resource,
+                &[object],
+                revision,
+                params.get("includeObject"),
+                true,
+            )),
+        )
+            .into_response();
+    }
+    (code, axum::Json(object)).into_response()
+}
+
+async fn get(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = target_name(target);
+    let object = app
+        .store
+        .get(&key(target, name))
+        .await
+        .map_err(|e| ApiError::from_store(e, target.resource, name))?;
+    Ok(respond(
+        StatusCode::OK,
+        target.resource,
+        object,
+        params,
+        headers,
+    ))
+}
+
+/// The label and field selectors of a list or watch.
+#[derive(Debug)]
+pub struct Selectors {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Selectors {
+    pub fn parse(resource: &ResourceType, params: &Params) -> Result<Selectors, ApiError> {
+        let labels = LabelSelector::parse(params.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let fields = FieldSelector::parse(
+            params.get("fieldSelector").unwrap_or_default(),
+            resource.selectable_fields,
+        )
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(Selectors { labels, fields })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object::labels(object)) && self.fields.matches(object)
+    }
+
+    /// A namespace the field selector pins (`metadata.namespace=dev`), to narrow the store read.
+    pub fn namespace(&self) -> Option<&str> {
+        self.fields.required_value("metadata.namespace")
+    }
+}
+
+/// Whether a tenant may see `object` in a read across namespaces.
+pub fn visible(identity: &Identity, resource: &ResourceType, object: &Value) -> bool {
+    if identity.admin {
+        return true;
+    }
+    if resource.namespaced() {
+        return object::namespace(object).is_some_and(|ns| identity.sees_namespace(ns));
+    }
+    if resource.kind == NAMESPACE.kind {
+        return object::name(object).is_some_and(|ns| identity.sees_namespace(ns));
+    }
+    true
+}
+
+async fn list(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    let selectors = Selectors::parse(resource, params)?;
+    let namespace = target.namespace.as_deref().or(selectors.namespace());
+    let listing = app
+        .store
+        .list(&resource.store_key(), namespace)
+        .await
+        .map_err(|e| ApiError::from_store(e, resource, ""))?;
+    let items: Vec<Value> = listing
+        .objects
+        .into_iter()
+        .filter(|o| selectors.matches(o) && visible(identity, resource, o))
+        .collect();
+    if table::wanted(headers) {
+        return Ok(axum::Json(table::table(
+            resource,
+            &items,
+            Some(listing.revision),
+            params.get("includeObject"),
+            true,
+        ))
+        .into_response());
+    }
+    Ok(axum::Json(json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version(),
+        "metadata": {"resourceVersion": listing.revision.to_string()},
+        "items": items,
+    }))
+    .into_response())
+}
+
+/// Checks `apiVersion`/`kind` of a body against the URL, filling them in when absent.
+fn check_type(resource: &ResourceType, object: &mut Value) -> Result<(), ApiError> {
+    let expected_version = resource.api_version();
+    let root = object.as_object_mut().expect("decoded bodies are objects");
+    match root.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v != expected_version => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({v}) does not match the expected API version ({expected_version})"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            root.insert("apiVersion".into(), Value::String(expected_version));
+        }
+    }
+    match root.get("kind").and_then(Value::as_str) {
+        Some(k) if k != resource.kind => Err(ApiError::BadRequest(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            resource.kind
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            root.insert("kind".into(), Value::String(resource.kind.into()));
+            Ok(())
+        }
+    }
+}
+
+/// Checks the body's namespace against the URL's, filling it in when absent.
+fn check_namespace(target: &Target, object: &mut Value) -> Result<(), ApiError> {
+    let body_namespace = object::namespace(object).map(str::to_string);
+    if !target.resource.namespaced() {
+        object::metadata_mut(object).remove("namespace");
+        return Ok(());
+    }
+    let Some(namespace) = target.namespace.as_deref() else {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{} are namespaced: use /…/namespaces/{{namespace}}/{}",
+            target.resource.plural, target.resource.plural
+        )));
+    };
+    match body_namespace {
+        Some(ns) if ns != namespace => Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
+        _ => {
+            object::set_meta(object, "namespace", namespace);
+            Ok(())
+        }
+    }
+}
+
+/// Validates metadata (name, labels, annotations) and the kind's own fields.
+fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
+    let name = object::name(object).unwrap_or_default();
+    let mut errors = Vec::new();
+    if let Err(e) = (resource.validate_name)(name) {
+        errors.push(FieldError::invalid("metadata.name", e));
+    }
+    match object.pointer("/metadata/labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(labels)) => {
+            for (k, v) in labels {
+                if let Err(e) = validation::label_key(k) {
+                    errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), e));
+                }
+                match v.as_str() {
+                    Some(text) => {
+                        if let Err(e) = validation::label_value(text) {
+                            errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), e));
+                        }
+                    }
+                    None => errors.push(FieldError::invalid(
+                        format!("metadata.labels[{k}]"),
+                        "label values must be strings",
+                    )),
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::invalid(
+            "metadata.labels",
+            "must be a map of strings",
+        )),
+    }
+    match object.pointer("/metadata/annotations") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(annotations)) => {
+            for (k, v) in annotations {
+                if let Err(e) = validation::label_key(k) {
+                    errors.push(FieldError::invalid(format!("metadata.annotations[{k}]"), e));
+                }
+                if !v.is_string() {
+                    errors.push(FieldError::invalid(
+                        format!("metadata.annotations[{k}]"),
+                        "annotation values must be strings",
+                    ));
+                }
+            }
+            let size: usize = annotations
+                .iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum();
+            if size > 256 * 1024 {
+                errors.push(FieldError::invalid(
+                    "metadata.annotations",
+                    "may not be more than 262144 bytes in total",
+                ));
+            }
+        }
+        Some(_) => errors.push(FieldError::invalid(
+            "metadata.annotations",
+            "must be a map of strings",
+        )),
+    }
+    errors.extend((resource.validate)(object));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(resource, name, errors))
+    }
+}
+
+/// The characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generated_name(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+async fn create(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    if target.subresource.is_some() {
+        return Err(ApiError::MethodNotAllowed(
+            "subresources cannot be created".into(),
+        ));
+    }
+    let bytes = body::read(request).await?;
+    let mut object = body::decode_object(headers, &bytes)?;
+    check_type(resource, &mut object)?;
+    check_namespace(target, &mut object)?;
+    if object::name(&object).is_none() {
+        match object::meta_str(&object, "generateName").filter(|g| !g.is_empty()) {
+            Some(prefix) => {
+                let name = generated_name(prefix);
+                object::set_meta(&mut object, "name", name);
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    resource,
+                    "",
+                    vec![
+                        FieldError::required("metadata.name")
+                            .with_message("name or generateName is required"),
+                    ],
+                ));
+            }
+        }
+    }
+    if object::meta_str(&object, "resourceVersion").is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "resourceVersion should not be set on objects to be created".into(),
+        ));
+    }
+    let meta = object::metadata_mut(&mut object);
+    for server_field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "selfLink",
+    ] {
+        meta.remove(server_field);
+    }
+    meta.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
+    meta.insert("creationTimestamp".into(), Value::String(now()));
+    meta.insert("generation".into(), json!(1));
+    let shown_once = hooks::before_create(resource, identity, &mut object)?;
+    validate(resource, &object)?;
+    let name = object::name(&object).unwrap_or_default().to_string();
+    if let Some(namespace) = &target.namespace {
+        require_namespace(app, namespace).await?;
+    }
+    if params.dry_run()? {
+        return Ok(respond(
+            StatusCode::CREATED,
+            resource,
+            object,
+            params,
+            headers,
+        ));
+    }
+    let created = app
+        .store
+        .create(key(target, &name), object)
+        .await
+        .map_err(|e| ApiError::from_store(e, resource, &name))?;
+    let mut answer = (*created.object).clone();
+    hooks::after_create(resource, &mut answer, shown_once);
+    Ok(respond(
+        StatusCode::CREATED,
+        resource,
+        answer,
+        params,
+        headers,
+    ))
+}
+
+async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiError> {
+    match app
+        .store
+        .get(&Key::new(NAMESPACE.store_key(), "", namespace))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError::from_store(e, &NAMESPACE, namespace)),
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Builds the object to store from a client's new version and the stored one:
+/// server-owned metadata comes from `current`; a write to the object keeps
+/// the stored status, and a write to `/status` changes only the status.
+fn merge_server_fields(target: &Target, current: &Value, mut incoming: Value) -> Value {
+    if target.subresource.as_deref() == Some("status") {
+        let mut next = current.clone();
+        next["status"] = incoming.get("status").cloned().unwrap_or(Value::Null);
+        if let Some(rv) = object::meta_str(&incoming, "resourceVersion") {
+            object::set_meta(&mut next, "resourceVersion", rv.to_string());
+        }
+        return next;
+    }
+    if target.resource.status_subresource {
+        match current.get("status") {
+            Some(status) => incoming["status"] = status.clone(),
+            None => {
+                incoming.as_object_mut().map(|o| o.remove("status"));
+            }
+        }
+    }
+    let current_meta = current
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let meta = object::metadata_mut(&mut incoming);
+    for server_field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match current_meta.get(server_field) {
+            Some(v) => meta.insert(server_field.into(), v.clone()),
+            None => meta.remove(server_field),
+        };
+    }
+    let generation = current_meta
+        .get("generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let spec_changed = incoming.get("spec") != current.get("spec");
+    object::set_meta(
+        &mut incoming,
+        "generation",
+        if spec_changed {
+            generation + 1
+        } else {
+            generation
+        },
+    );
+    incoming
+}
+
+/// Persists `next` over `current` (already merged), checking the revision the client read.
+async fn store_update(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    current: &Value,
+    next: Value,
+) -> Result<Value, ApiError> {
+    let resource = target.resource;
+    let name = target_name(target);
+    hooks::before_update(resource, current, &next)?;
+    validate(resource, &next)?;
+    let expected = match object::resource_version(&next) {
+        Some(Ok(revision)) => Some(revision),
+        Some(Err(message)) => {
+            return Err(ApiError::invalid(
+                resource,
+                name,
+                vec![FieldError::invalid("metadata.resourceVersion", message)],
+            ));
+        }
+        None => None,
+    };
+    if params.dry_run()? {
+        return Ok(next);
+    }
+    let updated = app
+        .store
+        .update(key(target, name), next, expected)
+        .await
+        .map_err(|e| ApiError::from_store(e, resource, name))?;
+    Ok((*updated.object).clone())
+}
+
+async fn update(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    let name = target_name(target);
+    let bytes = body::read(request).await?;
+    let mut object = body::decode_object(headers, &bytes)?;
+    check_type(resource, &mut object)?;
+    check_namespace(target, &mut object)?;
+    match object::name(&object) {
+        Some(n) if n != name => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        Some(_) => {}
+        None => object::set_meta(&mut object, "name", name),
+    }
+    let current = app
+        .store
+        .get(&key(target, name))
+        .await
+        .map_err(|e| ApiError::from_store(e, resource, name))?;
+    let next = merge_server_fields(target, &current, object);
+    let stored = store_update(app, target, params, &current, next).await?;
+    Ok(respond(StatusCode::OK, resource, stored, params, headers))
+}
+
+async fn patch(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    let name = target_name(target);
+    let bytes = body::read(request).await?;
+    let kind = patch::Kind::from_media_type(&body::media_type(headers))?;
+    let document = body::decode_json(&bytes)?;
+    for attempt in 0..PATCH_RETRIES {
+        let current = app
+            .store
+            .get(&key(target, name))
+            .await
+            .map_err(|e| ApiError::from_store(e, resource, name))?;
+        let mut patched = patch::apply(kind, &current, &document)?;
+        if !patched.is_object() {
+            return Err(ApiError::BadRequest(
+                "the patch must leave an object".into(),
+            ));
+        }
+        check_type(resource, &mut patched)?;
+        check_namespace(target, &mut patched)?;
+        if object::name(&patched) != Some(name) {
+            return Err(ApiError::BadRequest(
+                "a patch may not change metadata.name".into(),
+            ));
+        }
+        // A resourceVersion the patch sets is a precondition; otherwise the patch applies to what was read.
+        let client_precondition = object::meta_str(&patched, "resourceVersion")
+            != object::meta_str(&current, "resourceVersion");
+        let next = merge_server_fields(target, &current, patched);
+        match store_update(app, target, params, &current, next).await {
+            Ok(stored) => return Ok(respond(StatusCode::OK, resource, stored, params, headers)),
+            Err(ApiError::Conflict { .. })
+                if !client_precondition && attempt + 1 < PATCH_RETRIES =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Conflict {
+        resource: resource.plural.into(),
+        name: name.into(),
+        reason: "the object kept changing while the patch was applied; try again".into(),
+    })
+}
+
+async fn delete(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    let name = target_name(target);
+    if target.subresource.is_some() {
+        return Err(ApiError::MethodNotAllowed(
+            "subresources cannot be deleted".into(),
+        ));
+    }
+    let bytes = body::read(request).await?;
+    let options: Map<String, Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        body::decode_object(headers, &bytes)?
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let expected = match options
+        .get("preconditions")
+        .and_then(|p| p.get("resourceVersion"))
+        .and_then(Value::as_str)
+    {
+        Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+            ApiError::BadRequest(format!("invalid preconditions.resourceVersion {rv:?}"))
+        })?),
+        None => None,
+    };
+    let key = key(target, name);
+    if params.dry_run()?
+        || options
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"))
+    {
+        let current = app
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(e, resource, name))?;
+        return Ok(respond(StatusCode::OK, resource, current, params, headers));
+    }
+    let op = if resource.kind == NAMESPACE.kind {
+        WriteOp::DeleteNamespace { key }
+    } else {
+        WriteOp::Delete {
+            key,
+            expected_revision: expected,
+        }
+    };
+    let changes = app.store.write(op).await.map_err(|e| match e {
+        StoreError::Conflict { .. } => ApiError::Conflict {
+            resource: resource.plural.into(),
+            name: name.into(),
+            reason:
+                "Precondition failed: the object has been modified since the given resourceVersion"
+                    .into(),
+        },
+        other => ApiError::from_store(other, resource, name),
+    })?;
+    let deleted = changes
+        .first()
+        .map(|c| (*c.object).clone())
+        .unwrap_or(Value::Null);
+    let mut response = respond(StatusCode::OK, resource, deleted, params, headers);
+    if changes.len() > 1 {
+        let note = format!(
+            "299 - \"deleted {} object(s) in namespace {name}\"",
+            changes.len() - 1
+        );
+        if let Ok(value) = HeaderValue::from_str(&note) {
+            response.headers_mut().insert("Warning", value);
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,223 @@
+//! `kapsel serve`: prepare the data directory, open the store, make sure
+//! the built-in IT admin can log in, and serve the API until SIGTERM or
+//! ctrl-c (in-flight requests finish; watches end).
+//!
+//! The data directory holds the SQLite database (unless `--datastore`
+//! names PostgreSQL), `admin.token` (mode 0600, the admin's bearer token),
+//! `tls/` (the cluster CA, see [`crate::tls`]) and `kubeconfig.yaml` (the
+//! server's address, its CA and the admin token, for kapsel and kubectl alike).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kapsel_api::kinds::token::TOKEN;
+use kapsel_store::{Key, Store, StoreError, StoreOptions};
+use serde_json::json;
+
+use crate::auth::{Authenticator, hash_secret, new_secret};
+use crate::{App, ServerInfo, router, tls};
+
+/// Settings of `kapsel serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; `None` means SQLite in the data directory.
+    pub datastore: Option<String>,
+    pub store: StoreOptions,
+    /// Extra DNS names or IP addresses for the server certificate.
+    pub tls_san: Vec<String>,
+}
+
+/// Files `kapsel serve` writes in its data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
+pub const DATABASE_FILE: &str = "kapsel.db";
+
+/// The datastore URL `config` selects.
+pub fn datastore_url(config: &ServeConfig) -> String {
+    config.datastore.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            config.data_dir.join(DATABASE_FILE).display()
+        )
+    })
+}
+
+/// Runs the supervisor until a shutdown signal.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700)).ok();
+    let url = datastore_url(&config);
+    let store = Store::open(&url, config.store.clone())
+        .await
+        .with_context(|| format!("opening the datastore {}", redact(&url)))?;
+    let admin_secret = ensure_admin_token(&config.data_dir, &store).await?;
+    let auth = Authenticator::start(&store)
+        .await
+        .context("loading tokens")?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let certificates = tls::prepare(&config.data_dir, bound, &config.tls_san)?;
+    let advertise = advertised(bound);
+    let kubeconfig = config.data_dir.join(KUBECONFIG_FILE);
+    write_kubeconfig(
+        &kubeconfig,
+        &format!("https://{advertise}"),
+        &certificates.ca_pem,
+        &admin_secret,
+    )?;
+    let listener = tls::TlsListener::new(listener, certificates.server_config)?;
+    tracing::info!(address = %bound, datastore = store.backend_name(), data_dir = %config.data_dir.display(), kubeconfig = %kubeconfig.display(), "kapsel is serving");
+
+    let app = App {
+        store,
+        auth,
+        info: Arc::new(ServerInfo {
+            advertise_address: advertise,
+        }),
+    };
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("kapsel stopped");
+    Ok(())
+}
+
+/// A client-usable address for a bound one (`0.0.0.0` becomes loopback).
+fn advertised(bound: SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        format!("127.0.0.1:{}", bound.port())
+    } else {
+        bound.to_string()
+    }
+}
+
+/// Hides a password in a datastore URL for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Reads (or creates) `admin.token` and makes sure the store holds its hash.
+async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<String> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = new_secret();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            writeln!(file, "{secret}")?;
+            file.sync_all()?;
+            secret
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "{} is empty: delete it and restart to issue a new admin token",
+        path.display()
+    );
+    let hash = hash_secret(&secret);
+    // One admin Token per data directory, named by its hash, so replicas sharing a database keep theirs.
+    let name = format!("admin-{}", &hash["sha256:".len().."sha256:".len() + 10]);
+    let token = json!({
+        "apiVersion": TOKEN.api_version(),
+        "kind": TOKEN.kind,
+        "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
+        "spec": {"user": "admin", "admin": true, "roles": [], "secretHash": hash},
+    });
+    match store
+        .create(Key::new(TOKEN.store_key(), "", &name), token)
+        .await
+    {
+        Ok(_) => tracing::info!(token = %name, file = %path.display(), "issued the IT admin token"),
+        Err(StoreError::AlreadyExists) => {}
+        Err(e) => return Err(e).context("storing the admin token"),
+    }
+    Ok(secret)
+}
+
+/// Writes a kubeconfig (mode 0600) for the admin, as k3s does.
+fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let ca_data = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kapsel", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": "kapsel-admin", "user": {"token": token}}],
+        "contexts": [{"name": "kapsel", "context": {"cluster": "kapsel", "user": "kapsel-admin", "namespace": "default"}}],
+        "current-context": "kapsel",
+        "preferences": {},
+    });
+    let text = serde_yaml::to_string(&config)?;
+    let temporary = path.with_extension("yaml.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

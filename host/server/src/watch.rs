@@ -1,0 +1,213 @@
+//! Watches over HTTP: newline-delimited JSON events
+//! (`{"type":"ADDED|MODIFIED|DELETED|ERROR","object":…}`) streamed while
+//! the connection lasts or until `timeoutSeconds`.
+//!
+//! Without a `resourceVersion` (or with `0`) the watch starts with an
+//! `ADDED` event per current object; with one, it resumes after it. A
+//! revision older than the compaction horizon is answered 410 `Expired`
+//! (or, mid-stream, an `ERROR` event carrying that `Status`), and the
+//! client lists again. Selectors are applied to each event, turning a
+//! change that moves an object out of the selection into `DELETED`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use kapsel_store::{ChangeType, StoreError};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::App;
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::request::{Params, Target};
+use crate::resources::{Selectors, visible};
+use crate::table;
+
+pub async fn serve(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    let selectors = Selectors::parse(resource, params)?;
+    let namespace = target
+        .namespace
+        .clone()
+        .or(selectors.namespace().map(str::to_string));
+    let (initial, after) = match params.get("resourceVersion") {
+        None | Some("0") => {
+            let listing = app
+                .store
+                .list(&resource.store_key(), namespace.as_deref())
+                .await
+                .map_err(|e| ApiError::from_store(e, resource, ""))?;
+            (listing.objects, listing.revision)
+        }
+        Some(text) => {
+            let revision = text
+                .parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {text:?}")))?;
+            (Vec::new(), revision)
+        }
+    };
+    let mut changes = app
+        .store
+        .watch(&resource.store_key(), namespace.as_deref(), after)
+        .await
+        .map_err(|e| ApiError::from_store(e, resource, ""))?;
+    let timeout = params
+        .u64("timeoutSeconds")?
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30 * 60));
+    let encoder = Encoder {
+        resource,
+        as_table: table::wanted(headers),
+        include_object: params.get("includeObject").map(str::to_string),
+        first: true,
+    };
+    let name = target.name.clone();
+    let identity = identity.clone();
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let mut encoder = encoder;
+        let mut selected: HashSet<(String, String)> = HashSet::new();
+        let wanted = |object: &Value| {
+            visible(&identity, resource, object)
+                && name
+                    .as_deref()
+                    .is_none_or(|n| kapsel_api::object::name(object) == Some(n))
+        };
+        for object in initial {
+            if wanted(&object) && selectors.matches(&object) {
+                selected.insert(object_key(&object));
+                if sender
+                    .send(Ok(encoder.event("ADDED", object)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let next = tokio::select! {
+                _ = sender.closed() => return,
+                _ = &mut deadline => return,
+                next = changes.next() => next,
+            };
+            let change = match next {
+                None => return,
+                Some(Err(StoreError::Compacted { requested, oldest })) => {
+                    let status = ApiError::Expired(format!(
+                        "too old resource version: {requested} ({oldest})"
+                    ))
+                    .status();
+                    let _ = sender
+                        .send(Ok(line(json!({"type": "ERROR", "object": status}))))
+                        .await;
+                    return;
+                }
+                Some(Err(error)) => {
+                    let status =
+                        ApiError::ServiceUnavailable(format!("the watch ended: {error}")).status();
+                    let _ = sender
+                        .send(Ok(line(json!({"type": "ERROR", "object": status}))))
+                        .await;
+                    return;
+                }
+                Some(Ok(change)) => change,
+            };
+            let object = (*change.object).clone();
+            if !wanted(&object) {
+                continue;
+            }
+            let key = object_key(&object);
+            let matches = selectors.matches(&object);
+            let was_selected = selected.contains(&key);
+            let kind = match (change.change_type, matches, was_selected) {
+                (ChangeType::Deleted, _, _) => {
+                    selected.remove(&key);
+                    if !matches && !was_selected {
+                        continue;
+                    }
+                    "DELETED"
+                }
+                (_, true, _) => {
+                    selected.insert(key);
+                    change.change_type.as_str()
+                }
+                (ChangeType::Modified, false, true) => {
+                    selected.remove(&key);
+                    "DELETED"
+                }
+                (_, false, _) => continue,
+            };
+            if sender.send(Ok(encoder.event(kind, object))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    Ok((
+        [
+            (http::header::CONTENT_TYPE, "application/json"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn object_key(object: &Value) -> (String, String) {
+    (
+        kapsel_api::object::namespace(object)
+            .unwrap_or_default()
+            .to_string(),
+        kapsel_api::object::name(object)
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// Encodes events as JSON lines, as objects or as one-row `Table`s.
+struct Encoder {
+    resource: &'static kapsel_api::ResourceType,
+    as_table: bool,
+    include_object: Option<String>,
+    first: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, kind: &str, object: Value) -> Bytes {
+        let object = if self.as_table {
+            let revision = kapsel_api::object::resource_version(&object).and_then(Result::ok);
+            let rendered = table::table(
+                self.resource,
+                &[object],
+                revision,
+                self.include_object.as_deref(),
+                self.first,
+            );
+            self.first = false;
+            rendered
+        } else {
+            object
+        };
+        line(json!({"type": kind, "object": object}))
+    }
+}
+
+fn line(value: Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(&value).expect("JSON values serialize");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
