@@ -162,7 +162,7 @@ fn merge_list(existing: &mut Vec<Value>, patch_items: &[Value], key: &str) {
     }
 }
 
-fn reorder(existing: &mut Vec<Value>, order: &[Value], key: &str) {
+fn reorder(existing: &mut [Value], order: &[Value], key: &str) {
     let rank = |v: &Value| {
         order
             .iter()

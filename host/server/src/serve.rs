@@ -58,6 +58,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the datastore {}", redact(&url)))?;
     let admin_secret = ensure_admin_token(&config.data_dir, &store).await?;
+    ensure_default_namespace(&store).await?;
     let auth = Authenticator::start(&store)
         .await
         .context("loading tokens")?;
@@ -158,6 +159,32 @@ async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<St
         Err(e) => return Err(e).context("storing the admin token"),
     }
     Ok(secret)
+}
+
+/// The namespace kubeconfigs point at, as in Kubernetes; created on first start.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+async fn ensure_default_namespace(store: &Store) -> anyhow::Result<()> {
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": DEFAULT_NAMESPACE, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
+        "status": {"phase": "Active"},
+    });
+    match store
+        .create(
+            Key::new(
+                kapsel_api::kinds::namespace::NAMESPACE.store_key(),
+                "",
+                DEFAULT_NAMESPACE,
+            ),
+            namespace,
+        )
+        .await
+    {
+        Ok(_) | Err(StoreError::AlreadyExists) => Ok(()),
+        Err(e) => Err(e).context("creating the default namespace"),
+    }
 }
 
 /// Writes a kubeconfig (mode 0600) for the admin, as k3s does.
