@@ -18,7 +18,7 @@ pub const DEFAULT_KUBECONFIG: &str = "./kapsel-data/kubeconfig.yaml";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
-    /// API server URL, e.g. http://127.0.0.1:6443 (overrides the kubeconfig).
+    /// API server URL, e.g. https://127.0.0.1:6443 (overrides the kubeconfig).
     #[arg(long, global = true, env = "KAPSEL_SERVER")]
     pub server: Option<String>,
     /// Bearer token (overrides the kubeconfig).

@@ -35,7 +35,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the supervisor: API server, store (and later controllers, scheduler, local node).
+    /// Run the supervisor: the Kubernetes-style API server and its datastore.
     Serve(ServeArgs),
     /// Create or update objects from YAML or JSON files (multi-document YAML, directories, `-` for stdin).
     Apply(commands::apply::ApplyArgs),
