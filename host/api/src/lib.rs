@@ -7,6 +7,7 @@
 //! Objects travel and are stored as `serde_json::Value`; each kind's typed
 //! shape (from `k8s-openapi` for the core kinds) is used to validate them.
 
+pub mod fields;
 pub mod kinds;
 pub mod object;
 pub mod quantity;

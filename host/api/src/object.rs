@@ -26,9 +26,7 @@ pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
         *object = Value::Object(Map::new());
     }
     let root = object.as_object_mut().expect("object");
-    let meta = root
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
     }
@@ -42,22 +40,15 @@ pub fn set_meta(object: &mut Value, field: &str, value: impl Into<Value>) {
 /// `metadata.resourceVersion` parsed as a store revision.
 pub fn resource_version(object: &Value) -> Option<Result<i64, String>> {
     let text = meta_str(object, "resourceVersion").filter(|v| !v.is_empty())?;
-    Some(
-        text.parse::<i64>()
-            .map_err(|_| format!("invalid resourceVersion {text:?}")),
-    )
+    Some(text.parse::<i64>().map_err(|_| format!("invalid resourceVersion {text:?}")))
 }
 
 /// The table age column: `45s`, `3m`, `5h`, `2d` since `metadata.creationTimestamp`.
 pub fn age(object: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
-    let Some(created) = meta_str(object, "creationTimestamp")
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    else {
+    let Some(created) = meta_str(object, "creationTimestamp").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else {
         return "<unknown>".into();
     };
-    let seconds = (now - created.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
+    let seconds = (now - created.with_timezone(&chrono::Utc)).num_seconds().max(0);
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

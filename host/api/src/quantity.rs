@@ -13,23 +13,17 @@ pub struct Quantity {
 
 /// Why a string is not a quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (got {0:?})"
-)]
+#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (got {0:?})")]
 pub struct QuantityError(pub String);
 
 impl Quantity {
     /// A quantity of `n` whole units.
     pub fn from_units(n: i64) -> Self {
-        Quantity {
-            millis: i128::from(n) * 1000,
-        }
+        Quantity { millis: i128::from(n) * 1000 }
     }
     /// A quantity of `n` thousandths (millicores for CPU).
     pub fn from_millis(n: i64) -> Self {
-        Quantity {
-            millis: i128::from(n),
-        }
+        Quantity { millis: i128::from(n) }
     }
     /// Thousandths of the unit, rounded up (CPU millicores).
     pub fn millis(&self) -> i128 {
@@ -52,10 +46,7 @@ impl Quantity {
             Some(b'+') => (false, &s[1..]),
             _ => (false, s),
         };
-        let number_len = s
-            .bytes()
-            .take_while(|b| b.is_ascii_digit() || *b == b'.')
-            .count();
+        let number_len = s.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
         let (number, suffix) = s.split_at(number_len);
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(err());
@@ -96,35 +87,27 @@ impl Quantity {
         exp10 += 3;
         mantissa = mantissa.checked_mul(1i128 << exp2).ok_or_else(err)?;
         let millis = if exp10 >= 0 {
-            mantissa
-                .checked_mul(10i128.checked_pow(exp10 as u32).ok_or_else(err)?)
-                .ok_or_else(err)?
+            mantissa.checked_mul(10i128.checked_pow(exp10 as u32).ok_or_else(err)?).ok_or_else(err)?
         } else {
             let divisor = 10i128.checked_pow((-exp10) as u32).ok_or_else(err)?;
             // Round up, as Kubernetes does for sub-milli precision.
             (mantissa + divisor - 1) / divisor
         };
-        Ok(Quantity {
-            millis: if negative { -millis } else { millis },
-        })
+        Ok(Quantity { millis: if negative { -millis } else { millis } })
     }
 }
 
 impl std::ops::Add for Quantity {
     type Output = Quantity;
     fn add(self, rhs: Quantity) -> Quantity {
-        Quantity {
-            millis: self.millis + rhs.millis,
-        }
+        Quantity { millis: self.millis + rhs.millis }
     }
 }
 
 impl std::ops::Sub for Quantity {
     type Output = Quantity;
     fn sub(self, rhs: Quantity) -> Quantity {
-        Quantity {
-            millis: self.millis - rhs.millis,
-        }
+        Quantity { millis: self.millis - rhs.millis }
     }
 }
 
@@ -139,14 +122,7 @@ impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.millis % 1000 == 0 {
             let units = self.millis / 1000;
-            for (suffix, shift) in [
-                ("Ei", 60),
-                ("Pi", 50),
-                ("Ti", 40),
-                ("Gi", 30),
-                ("Mi", 20),
-                ("Ki", 10),
-            ] {
+            for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
                 let step = 1i128 << shift;
                 if units != 0 && units % step == 0 {
                     return write!(f, "{}{suffix}", units / step);

@@ -50,6 +50,10 @@ pub struct ResourceType {
     /// Whether `status` is a subresource: writes to the object keep the
     /// stored status, and `…/status` writes change only the status.
     pub status_subresource: bool,
+    /// Decodes the whole object into its typed shape and encodes it back;
+    /// fields that do not survive are unknown (see [`crate::fields`]).
+    /// `None` for kinds without a complete typed shape.
+    pub typed_roundtrip: Option<fn(&Value) -> Option<Value>>,
     /// Checks the object's name.
     pub validate_name: fn(&str) -> Result<(), String>,
     /// Checks everything but `metadata` (which the server checks for every kind).
@@ -70,11 +74,7 @@ pub struct Column {
 impl ResourceType {
     /// `v1` for the core group, `group/version` otherwise.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
 
     pub fn namespaced(&self) -> bool {
@@ -83,30 +83,18 @@ impl ResourceType {
 
     /// The key the store files objects of this kind under: `pods`, `tokens.kapsel.io`.
     pub fn store_key(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     /// The URL prefix of this kind's group and version: `/api/v1` or `/apis/kapsel.io/v1alpha1`.
     pub fn group_version_path(&self) -> String {
-        if self.group.is_empty() {
-            format!("/api/{}", self.version)
-        } else {
-            format!("/apis/{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { format!("/api/{}", self.version) } else { format!("/apis/{}/{}", self.group, self.version) }
     }
 
     /// The collection URL of this kind in `namespace` (ignored for cluster-scoped kinds).
     pub fn collection_path(&self, namespace: Option<&str>) -> String {
         match (self.scope, namespace) {
-            (Scope::Namespaced, Some(ns)) => format!(
-                "{}/namespaces/{ns}/{}",
-                self.group_version_path(),
-                self.plural
-            ),
+            (Scope::Namespaced, Some(ns)) => format!("{}/namespaces/{ns}/{}", self.group_version_path(), self.plural),
             _ => format!("{}/{}", self.group_version_path(), self.plural),
         }
     }
@@ -125,16 +113,12 @@ pub static ALL: &[&ResourceType] = &[
 
 /// The kind served at `group`/`version` under the plural `resource`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    ALL.iter()
-        .copied()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    ALL.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// The kind with this `apiVersion` and `kind`, as written in a manifest.
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
-    ALL.iter()
-        .copied()
-        .find(|r| r.kind == kind && r.api_version() == api_version)
+    ALL.iter().copied().find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// The kind a user means by `name` on the command line: plural, singular,
@@ -147,10 +131,7 @@ pub fn resolve(name: &str) -> Option<&'static ResourceType> {
     };
     ALL.iter().copied().find(|r| {
         group.as_deref().is_none_or(|g| g == r.group)
-            && (r.plural == base
-                || r.singular == base
-                || r.kind.eq_ignore_ascii_case(&base)
-                || r.short_names.contains(&base.as_str()))
+            && (r.plural == base || r.singular == base || r.kind.eq_ignore_ascii_case(&base) || r.short_names.contains(&base.as_str()))
     })
 }
 
@@ -181,16 +162,10 @@ mod tests {
     #[test]
     fn paths_and_keys() {
         let pod = resolve("pod").unwrap();
-        assert_eq!(
-            pod.collection_path(Some("dev")),
-            "/api/v1/namespaces/dev/pods"
-        );
+        assert_eq!(pod.collection_path(Some("dev")), "/api/v1/namespaces/dev/pods");
         assert_eq!(pod.store_key(), "pods");
         let token = resolve("token").unwrap();
-        assert_eq!(
-            token.collection_path(None),
-            "/apis/kapsel.io/v1alpha1/tokens"
-        );
+        assert_eq!(token.collection_path(None), "/apis/kapsel.io/v1alpha1/tokens");
         assert_eq!(token.store_key(), "tokens.kapsel.io");
         assert_eq!(by_kind("v1", "Namespace").unwrap().plural, "namespaces");
     }

@@ -31,10 +31,7 @@ pub struct LabelSelector {
 impl LabelSelector {
     /// Parses the `labelSelector` query syntax. An empty string selects everything.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
-        let fail = |reason: &str| SelectorError {
-            text: text.to_string(),
-            reason: reason.to_string(),
-        };
+        let fail = |reason: &str| SelectorError { text: text.to_string(), reason: reason.to_string() };
         let mut requirements = Vec::new();
         for term in split_top_level(text).map_err(|r| fail(&r))? {
             let term = term.trim();
@@ -44,27 +41,13 @@ impl LabelSelector {
             let requirement = if let Some(key) = term.strip_prefix('!') {
                 LabelRequirement::DoesNotExist(valid_key(key.trim()).map_err(|r| fail(&r))?)
             } else if let Some((key, value)) = term.split_once("!=") {
-                LabelRequirement::NotEquals(
-                    valid_key(key.trim()).map_err(|r| fail(&r))?,
-                    valid_value(value.trim()).map_err(|r| fail(&r))?,
-                )
-            } else if let Some((key, value)) =
-                term.split_once("==").or_else(|| term.split_once('='))
-            {
-                LabelRequirement::Equals(
-                    valid_key(key.trim()).map_err(|r| fail(&r))?,
-                    valid_value(value.trim()).map_err(|r| fail(&r))?,
-                )
+                LabelRequirement::NotEquals(valid_key(key.trim()).map_err(|r| fail(&r))?, valid_value(value.trim()).map_err(|r| fail(&r))?)
+            } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                LabelRequirement::Equals(valid_key(key.trim()).map_err(|r| fail(&r))?, valid_value(value.trim()).map_err(|r| fail(&r))?)
             } else if let Some((key, values)) = split_set(term, " notin ") {
-                LabelRequirement::NotIn(
-                    valid_key(key).map_err(|r| fail(&r))?,
-                    parse_set(values).map_err(|r| fail(&r))?,
-                )
+                LabelRequirement::NotIn(valid_key(key).map_err(|r| fail(&r))?, parse_set(values).map_err(|r| fail(&r))?)
             } else if let Some((key, values)) = split_set(term, " in ") {
-                LabelRequirement::In(
-                    valid_key(key).map_err(|r| fail(&r))?,
-                    parse_set(values).map_err(|r| fail(&r))?,
-                )
+                LabelRequirement::In(valid_key(key).map_err(|r| fail(&r))?, parse_set(values).map_err(|r| fail(&r))?)
             } else {
                 LabelRequirement::Exists(valid_key(term).map_err(|r| fail(&r))?)
             };
@@ -75,12 +58,7 @@ impl LabelSelector {
 
     /// A selector requiring each `key=value` of `labels` (a `matchLabels` map).
     pub fn from_match_labels(labels: &BTreeMap<String, String>) -> Self {
-        LabelSelector {
-            requirements: labels
-                .iter()
-                .map(|(k, v)| LabelRequirement::Equals(k.clone(), v.clone()))
-                .collect(),
-        }
+        LabelSelector { requirements: labels.iter().map(|(k, v)| LabelRequirement::Equals(k.clone(), v.clone())).collect() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,20 +68,14 @@ impl LabelSelector {
     /// Whether an object with these labels (`metadata.labels`) is selected.
     pub fn matches(&self, labels: Option<&serde_json::Map<String, serde_json::Value>>) -> bool {
         let get = |key: &str| labels.and_then(|l| l.get(key)).and_then(|v| v.as_str());
-        self.requirements
-            .iter()
-            .all(|requirement| match requirement {
-                LabelRequirement::Equals(k, v) => get(k) == Some(v.as_str()),
-                LabelRequirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
-                LabelRequirement::In(k, values) => {
-                    get(k).is_some_and(|have| values.iter().any(|v| v == have))
-                }
-                LabelRequirement::NotIn(k, values) => {
-                    get(k).is_none_or(|have| values.iter().all(|v| v != have))
-                }
-                LabelRequirement::Exists(k) => get(k).is_some(),
-                LabelRequirement::DoesNotExist(k) => get(k).is_none(),
-            })
+        self.requirements.iter().all(|requirement| match requirement {
+            LabelRequirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            LabelRequirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            LabelRequirement::In(k, values) => get(k).is_some_and(|have| values.iter().any(|v| v == have)),
+            LabelRequirement::NotIn(k, values) => get(k).is_none_or(|have| values.iter().all(|v| v != have)),
+            LabelRequirement::Exists(k) => get(k).is_some(),
+            LabelRequirement::DoesNotExist(k) => get(k).is_none(),
+        })
     }
 }
 
@@ -138,10 +110,8 @@ fn split_set<'a>(term: &'a str, operator: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn parse_set(text: &str) -> Result<Vec<String>, String> {
-    let inner = text
-        .strip_prefix('(')
-        .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a set in parentheses, found {text:?}"))?;
+    let inner =
+        text.strip_prefix('(').and_then(|t| t.strip_suffix(')')).ok_or_else(|| format!("expected a set in parentheses, found {text:?}"))?;
     inner.split(',').map(|v| valid_value(v.trim())).collect()
 }
 
@@ -151,8 +121,7 @@ fn valid_key(key: &str) -> Result<String, String> {
 }
 
 fn valid_value(value: &str) -> Result<String, String> {
-    crate::validation::label_value(value)
-        .map_err(|e| format!("invalid label value {value:?}: {e}"))?;
+    crate::validation::label_value(value).map_err(|e| format!("invalid label value {value:?}: {e}"))?;
     Ok(value.to_string())
 }
 
@@ -170,10 +139,7 @@ impl FieldSelector {
     /// Parses a field selector; `allowed` are the paths this kind supports
     /// beyond [`COMMON_FIELDS`].
     pub fn parse(text: &str, allowed: &[&str]) -> Result<Self, SelectorError> {
-        let fail = |reason: String| SelectorError {
-            text: text.to_string(),
-            reason,
-        };
+        let fail = |reason: String| SelectorError { text: text.to_string(), reason };
         let mut terms = Vec::new();
         for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (path, equal, value) = if let Some((p, v)) = term.split_once("!=") {
@@ -181,9 +147,7 @@ impl FieldSelector {
             } else if let Some((p, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (p, true, v)
             } else {
-                return Err(fail(format!(
-                    "invalid field selector term {term:?}: expected field=value or field!=value"
-                )));
+                return Err(fail(format!("invalid field selector term {term:?}: expected field=value or field!=value")));
             };
             let path = path.trim();
             if !COMMON_FIELDS.contains(&path) && !allowed.contains(&path) {
@@ -200,10 +164,7 @@ impl FieldSelector {
 
     /// The value this selector requires `path` to equal, if it has such a term.
     pub fn required_value(&self, path: &str) -> Option<&str> {
-        self.terms
-            .iter()
-            .find(|(p, equal, _)| *equal && p == path)
-            .map(|(_, _, v)| v.as_str())
+        self.terms.iter().find(|(p, equal, _)| *equal && p == path).map(|(_, _, v)| v.as_str())
     }
 
     /// Whether `object` is selected. A missing field reads as the empty string.
@@ -258,13 +219,8 @@ mod tests {
 
     #[test]
     fn field_selectors() {
-        let pod =
-            json!({"metadata": {"name": "p1", "namespace": "dev"}, "spec": {"nodeName": "n1"}});
-        let m = |s: &str| {
-            FieldSelector::parse(s, &["spec.nodeName", "status.phase"])
-                .unwrap()
-                .matches(&pod)
-        };
+        let pod = json!({"metadata": {"name": "p1", "namespace": "dev"}, "spec": {"nodeName": "n1"}});
+        let m = |s: &str| FieldSelector::parse(s, &["spec.nodeName", "status.phase"]).unwrap().matches(&pod);
         assert!(m("metadata.name=p1"));
         assert!(m("metadata.namespace!=prod"));
         assert!(m("spec.nodeName=n1,metadata.name==p1"));

@@ -71,11 +71,7 @@ impl Status {
 
     /// A success `Status`, as returned by some deletes.
     pub fn success(details: Option<StatusDetails>) -> Self {
-        Status {
-            status: "Success".into(),
-            details,
-            ..Status::failure(200, "", "")
-        }
+        Status { status: "Success".into(), details, ..Status::failure(200, "", "") }
     }
 
     /// Attaches details to this status.

@@ -15,25 +15,13 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: "FieldValueRequired",
-            message: "Required value".into(),
-        }
+        FieldError { field: field.into(), reason: "FieldValueRequired", message: "Required value".into() }
     }
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: "FieldValueInvalid",
-            message: message.into(),
-        }
+        FieldError { field: field.into(), reason: "FieldValueInvalid", message: message.into() }
     }
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: "FieldValueDuplicate",
-            message: format!("Duplicate value: {value:?}"),
-        }
+        FieldError { field: field.into(), reason: "FieldValueDuplicate", message: format!("Duplicate value: {value:?}") }
     }
     pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
         FieldError {
@@ -41,11 +29,7 @@ impl FieldError {
             reason: "FieldValueNotSupported",
             message: format!(
                 "Unsupported value: {value:?}: supported values: {}",
-                supported
-                    .iter()
-                    .map(|s| format!("{s:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                supported.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -55,11 +39,7 @@ impl FieldError {
         self
     }
     pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: "FieldValueForbidden",
-            message: message.into(),
-        }
+        FieldError { field: field.into(), reason: "FieldValueForbidden", message: message.into() }
     }
 }
 
@@ -79,9 +59,7 @@ pub fn dns1123_label(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > DNS1123_LABEL_MAX {
-        return Err(format!(
-            "must be no more than {DNS1123_LABEL_MAX} characters"
-        ));
+        return Err(format!("must be no more than {DNS1123_LABEL_MAX} characters"));
     }
     if !label_chars_ok(value) {
         return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name', or '123-abc')".into());
@@ -96,9 +74,7 @@ pub fn dns1123_subdomain(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > DNS1123_SUBDOMAIN_MAX {
-        return Err(format!(
-            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
-        ));
+        return Err(format!("must be no more than {DNS1123_SUBDOMAIN_MAX} characters"));
     }
     if !value.split('.').all(label_chars_ok) {
         return Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com')".into());
@@ -109,9 +85,7 @@ pub fn dns1123_subdomain(value: &str) -> Result<(), String> {
 fn label_chars_ok(part: &str) -> bool {
     let bytes = part.as_bytes();
     !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -145,9 +119,7 @@ fn qualified_name_part(value: &str) -> Result<(), String> {
     if bytes.len() > 63 {
         return Err("must be no more than 63 characters".into());
     }
-    let ok = bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    let ok = bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric();
     if ok {

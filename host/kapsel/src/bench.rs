@@ -61,33 +61,16 @@ impl Drop for ServerProcess {
 
 async fn start_server(datastore: Option<&str>) -> anyhow::Result<(ServerProcess, Client)> {
     let data_dir = tempfile::tempdir().context("creating a data directory for the bench server")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"));
+    command.arg("serve").arg("--data-dir").arg(data_dir.path()).arg("--listen").arg(format!("127.0.0.1:{port}"));
     if let Some(url) = datastore {
         command.arg("--datastore").arg(url);
     }
-    command
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+    command.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
     let child = command.spawn().context("starting kapsel serve")?;
-    let server = ServerProcess {
-        child,
-        _data_dir: data_dir,
-    };
-    let kubeconfig = server
-        ._data_dir
-        .path()
-        .join(kapsel_server::serve::KUBECONFIG_FILE);
+    let server = ServerProcess { child, _data_dir: data_dir };
+    let kubeconfig = server._data_dir.path().join(kapsel_server::serve::KUBECONFIG_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if kubeconfig.exists() {
@@ -120,11 +103,7 @@ fn pod(namespace: &str, i: usize) -> Value {
 }
 
 /// Runs `total` requests from `concurrency` workers; returns the latency histogram (µs) and elapsed time.
-async fn drive<F, Fut>(
-    total: usize,
-    concurrency: usize,
-    request: F,
-) -> anyhow::Result<(Histogram<u64>, Duration)>
+async fn drive<F, Fut>(total: usize, concurrency: usize, request: F) -> anyhow::Result<(Histogram<u64>, Duration)>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -136,8 +115,7 @@ where
     for _ in 0..concurrency {
         let (next, request) = (next.clone(), request.clone());
         workers.push(tokio::spawn(async move {
-            let mut histogram =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -169,10 +147,7 @@ fn summary(histogram: &Histogram<u64>, elapsed: Duration, count: usize) -> Value
 }
 
 async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.objects > 0 && args.concurrency > 0,
-        "--objects and --concurrency must be positive"
-    );
+    anyhow::ensure!(args.objects > 0 && args.concurrency > 0, "--objects and --concurrency must be positive");
     let (_server, client, backend) = match &args.target {
         Some(url) => {
             let mut connection = connection.clone();
@@ -181,35 +156,17 @@ async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<
         }
         None => {
             let (server, client) = start_server(args.datastore.as_deref()).await?;
-            let backend = if args
-                .datastore
-                .as_deref()
-                .is_some_and(|d| d.starts_with("postgres"))
-            {
-                "postgres"
-            } else {
-                "sqlite"
-            };
+            let backend = if args.datastore.as_deref().is_some_and(|d| d.starts_with("postgres")) { "postgres" } else { "sqlite" };
             (Some(server), client, backend.to_string())
         }
     };
     let namespace = format!("bench-{}", std::process::id());
-    client
-        .post(
-            "/api/v1/namespaces",
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
-        )
-        .await?;
+    client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
     let collection = format!("/api/v1/namespaces/{namespace}/pods");
 
-    let (create_client, create_ns, create_path) =
-        (client.clone(), namespace.clone(), collection.clone());
+    let (create_client, create_ns, create_path) = (client.clone(), namespace.clone(), collection.clone());
     let (creates, create_time) = drive(args.objects, args.concurrency, move |i| {
-        let (client, path, body) = (
-            create_client.clone(),
-            create_path.clone(),
-            pod(&create_ns, i),
-        );
+        let (client, path, body) = (create_client.clone(), create_path.clone(), pod(&create_ns, i));
         async move { client.post(&path, &body).await.map(drop) }
     })
     .await
@@ -234,10 +191,7 @@ async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<
     if args.json {
         println!("{report}");
     } else {
-        println!(
-            "kapsel bench api: {} pods, {} clients, {backend} datastore",
-            args.objects, args.concurrency
-        );
+        println!("kapsel bench api: {} pods, {} clients, {backend} datastore", args.objects, args.concurrency);
         for phase in ["create", "get"] {
             let s = &report[phase];
             println!(

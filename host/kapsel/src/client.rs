@@ -143,8 +143,7 @@ impl Client {
             target.token = Some(t.clone());
         }
         if let Some(path) = &args.certificate_authority {
-            target.trust.ca_pem =
-                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+            target.trust.ca_pem = Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
         }
         target.trust.insecure |= args.insecure_skip_tls_verify;
         let Some(server) = target.server else {
@@ -152,77 +151,40 @@ impl Client {
                 "no server to talk to: pass --server and --token, or --kubeconfig (or run `kapsel serve`, which writes {DEFAULT_KUBECONFIG})"
             );
         };
-        Client::new(
-            &server,
-            target.token,
-            target.namespace.unwrap_or_else(|| "default".into()),
-            &target.trust,
-        )
+        Client::new(&server, target.token, target.namespace.unwrap_or_else(|| "default".into()), &target.trust)
     }
 
-    pub fn new(
-        server: &str,
-        token: Option<String>,
-        default_namespace: String,
-        trust: &TlsTrust,
-    ) -> anyhow::Result<Client> {
-        let mut builder = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .tls_backend_rustls();
+    pub fn new(server: &str, token: Option<String>, default_namespace: String, trust: &TlsTrust) -> anyhow::Result<Client> {
+        let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64).tls_backend_rustls();
         if let Some(pem) = &trust.ca_pem {
-            let certificates = reqwest::Certificate::from_pem_bundle(pem)
-                .context("parsing the certificate authority")?;
+            let certificates = reqwest::Certificate::from_pem_bundle(pem).context("parsing the certificate authority")?;
             builder = builder.tls_certs_only(certificates);
         }
         if trust.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
         let http = builder.build().context("setting up the HTTP client")?;
-        Ok(Client {
-            base: server.trim_end_matches('/').to_string(),
-            token,
-            default_namespace,
-            http,
-        })
+        Ok(Client { base: server.trim_end_matches('/').to_string(), token, default_namespace, http })
     }
 
     /// Sends a request and decodes the JSON answer; a failure `Status` becomes [`ApiFailure`].
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> anyhow::Result<Value> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
+    pub async fn send(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         if let Some((content_type, bytes)) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(bytes);
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Kapsel server at {}", self.base))?;
+        let response = request.send().await.with_context(|| format!("cannot reach the Kapsel server at {}", self.base))?;
         let code = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .context("reading the server's answer")?;
+        let bytes = response.bytes().await.context("reading the server's answer")?;
         if code.is_success() {
-            return serde_json::from_slice(&bytes)
-                .with_context(|| format!("the server's answer to {method} {path} is not JSON"));
+            return serde_json::from_slice(&bytes).with_context(|| format!("the server's answer to {method} {path} is not JSON"));
         }
         match serde_json::from_slice::<Status>(&bytes) {
             Ok(status) => Err(ApiFailure { status }.into()),
-            Err(_) => bail!(
-                "{method} {path} failed with HTTP {code}: {}",
-                String::from_utf8_lossy(&bytes)
-            ),
+            Err(_) => bail!("{method} {path} failed with HTTP {code}: {}", String::from_utf8_lossy(&bytes)),
         }
     }
 
@@ -231,21 +193,11 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, object: &Value) -> anyhow::Result<Value> {
-        self.send(
-            Method::POST,
-            path,
-            Some(("application/json", serde_json::to_vec(object)?)),
-        )
-        .await
+        self.send(Method::POST, path, Some(("application/json", serde_json::to_vec(object)?))).await
     }
 
     pub async fn put(&self, path: &str, object: &Value) -> anyhow::Result<Value> {
-        self.send(
-            Method::PUT,
-            path,
-            Some(("application/json", serde_json::to_vec(object)?)),
-        )
-        .await
+        self.send(Method::PUT, path, Some(("application/json", serde_json::to_vec(object)?))).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
@@ -265,10 +217,8 @@ fn kubeconfig_path(args: &ConnectionArgs) -> Option<PathBuf> {
 }
 
 fn read_kubeconfig(path: &Path) -> anyhow::Result<Target> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config: Kubeconfig = serde_yaml::from_str(&text)
-        .with_context(|| format!("parsing kubeconfig {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config: Kubeconfig = serde_yaml::from_str(&text).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
     let context = config
         .contexts
         .iter()
@@ -279,42 +229,22 @@ fn read_kubeconfig(path: &Path) -> anyhow::Result<Target> {
         .clusters
         .iter()
         .find(|c| c.name == context.value.cluster)
-        .with_context(|| {
-            format!(
-                "kubeconfig {}: no cluster {:?}",
-                path.display(),
-                context.value.cluster
-            )
-        })?;
-    let token = config
-        .users
-        .iter()
-        .find(|u| u.name == context.value.user)
-        .and_then(|u| u.value.token.clone());
+        .with_context(|| format!("kubeconfig {}: no cluster {:?}", path.display(), context.value.cluster))?;
+    let token = config.users.iter().find(|u| u.name == context.value.user).and_then(|u| u.value.token.clone());
     let ca_pem = match (&cluster.value.ca_data, &cluster.value.ca_file) {
         (Some(data), _) => Some(
             base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
-                .with_context(|| {
-                    format!(
-                        "kubeconfig {}: certificate-authority-data is not base64",
-                        path.display()
-                    )
-                })?,
+                .with_context(|| format!("kubeconfig {}: certificate-authority-data is not base64", path.display()))?,
         ),
-        (None, Some(file)) => {
-            Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?)
-        }
+        (None, Some(file)) => Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?),
         (None, None) => None,
     };
     Ok(Target {
         server: Some(cluster.value.server.clone()),
         token,
         namespace: context.value.namespace.clone(),
-        trust: TlsTrust {
-            ca_pem,
-            insecure: cluster.value.insecure,
-        },
+        trust: TlsTrust { ca_pem, insecure: cluster.value.insecure },
     })
 }
 
@@ -322,22 +252,13 @@ fn read_kubeconfig(path: &Path) -> anyhow::Result<Target> {
 pub fn resolve_kind(name: &str) -> anyhow::Result<&'static ResourceType> {
     registry::resolve(name).with_context(|| {
         let known: Vec<&str> = registry::ALL.iter().map(|r| r.plural).collect();
-        format!(
-            "the server doesn't have a resource type {name:?} (known: {})",
-            known.join(", ")
-        )
+        format!("the server doesn't have a resource type {name:?} (known: {})", known.join(", "))
     })
 }
 
 /// The namespace a command acts in: `-n`, else the kubeconfig's, for namespaced kinds only.
-pub fn namespace_for<'a>(
-    resource: &ResourceType,
-    flag: Option<&'a str>,
-    client: &'a Client,
-) -> Option<&'a str> {
-    resource
-        .namespaced()
-        .then(|| flag.unwrap_or(&client.default_namespace))
+pub fn namespace_for<'a>(resource: &ResourceType, flag: Option<&'a str>, client: &'a Client) -> Option<&'a str> {
+    resource.namespaced().then(|| flag.unwrap_or(&client.default_namespace))
 }
 
 /// The URL of one object.

@@ -15,11 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "kapsel",
-    version,
-    about = "Kapsel: a multi-tenant workload platform with a Kubernetes-style API and Wasm plug-ins"
-)]
+#[command(name = "kapsel", version, about = "Kapsel: a multi-tenant workload platform with a Kubernetes-style API and Wasm plug-ins")]
 struct Cli {
     #[command(flatten)]
     connection: client::ConnectionArgs,
@@ -76,11 +72,8 @@ struct ServeArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -91,10 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS implementation for the whole process (server and client): rustls with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -119,10 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 datastore: args.datastore,
-                store: kapsel_store::StoreOptions {
-                    retained_changes: args.retained_changes,
-                    ..Default::default()
-                },
+                store: kapsel_store::StoreOptions { retained_changes: args.retained_changes, ..Default::default() },
                 tls_san: args.tls_san,
             };
             kapsel_server::serve::run(config).await?;

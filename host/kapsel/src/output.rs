@@ -38,17 +38,8 @@ pub fn print_table(headers: &[String], rows: &[Vec<String>]) {
 }
 
 /// The table of `objects` of `resource`: NAMESPACE (when asked), NAME, the kind's columns, AGE.
-pub fn object_table(
-    resource: &ResourceType,
-    objects: &[Value],
-    with_namespace: bool,
-    wide: bool,
-) -> (Vec<String>, Vec<Vec<String>>) {
-    let columns: Vec<_> = resource
-        .columns
-        .iter()
-        .filter(|c| wide || !c.wide)
-        .collect();
+pub fn object_table(resource: &ResourceType, objects: &[Value], with_namespace: bool, wide: bool) -> (Vec<String>, Vec<Vec<String>>) {
+    let columns: Vec<_> = resource.columns.iter().filter(|c| wide || !c.wide).collect();
     let mut headers = Vec::new();
     if with_namespace {
         headers.push("NAMESPACE".to_string());

@@ -81,10 +81,7 @@ pub fn hash_secret(secret: &str) -> String {
 pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "kpl_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("kpl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Maps bearer tokens to identities; kept current by a watch on tokens.
@@ -101,9 +98,7 @@ impl Authenticator {
         for token in &listing.objects {
             authenticator.apply(ChangeType::Added, token);
         }
-        let mut changes = store
-            .watch(&TOKEN.store_key(), None, listing.revision)
-            .await?;
+        let mut changes = store.watch(&TOKEN.store_key(), None, listing.revision).await?;
         let follower = authenticator.clone();
         let store = store.clone();
         tokio::spawn(async move {
@@ -115,19 +110,13 @@ impl Authenticator {
                         match reload(&follower, &store).await {
                             Ok(stream) => changes = stream,
                             Err(error) => {
-                                tracing::error!(
-                                    error = &error as &dyn std::error::Error,
-                                    "token cache reload failed"
-                                );
+                                tracing::error!(error = &error as &dyn std::error::Error, "token cache reload failed");
                                 return;
                             }
                         }
                     }
                     Some(Err(error)) => {
-                        tracing::warn!(
-                            error = &error as &dyn std::error::Error,
-                            "token watch ended"
-                        );
+                        tracing::warn!(error = &error as &dyn std::error::Error, "token watch ended");
                         return;
                     }
                     None => return,
@@ -138,10 +127,7 @@ impl Authenticator {
     }
 
     fn apply(&self, change: ChangeType, token: &Value) {
-        let Some(spec) = token
-            .get("spec")
-            .and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok())
-        else {
+        let Some(spec) = token.get("spec").and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok()) else {
             return;
         };
         let mut map = self.by_hash.write().expect("token cache lock");
@@ -158,56 +144,34 @@ impl Authenticator {
     /// The identity of an `Authorization` header value, or 401.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Identity, ApiError> {
         let secret = header
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Unauthorized: a bearer token is required".into())
-            })?;
+            .ok_or_else(|| ApiError::Unauthorized("Unauthorized: a bearer token is required".into()))?;
         let identity = self
             .by_hash
             .read()
             .expect("token cache lock")
             .get(&hash_secret(secret))
             .cloned()
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "Unauthorized: the token is not valid or has been revoked".into(),
-                )
-            })?;
-        if identity
-            .expires_at
-            .is_some_and(|at| at <= chrono::Utc::now())
-        {
-            return Err(ApiError::Unauthorized(
-                "Unauthorized: the token has expired".into(),
-            ));
+            .ok_or_else(|| ApiError::Unauthorized("Unauthorized: the token is not valid or has been revoked".into()))?;
+        if identity.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            return Err(ApiError::Unauthorized("Unauthorized: the token has expired".into()));
         }
         Ok(identity)
     }
 }
 
-async fn reload(
-    authenticator: &Authenticator,
-    store: &Store,
-) -> Result<kapsel_store::WatchStream, StoreError> {
+async fn reload(authenticator: &Authenticator, store: &Store) -> Result<kapsel_store::WatchStream, StoreError> {
     let listing = store.list(&TOKEN.store_key(), None).await?;
     let mut fresh = HashMap::new();
     for token in &listing.objects {
-        if let Some(spec) = token
-            .get("spec")
-            .and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok())
-        {
+        if let Some(spec) = token.get("spec").and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok()) {
             fresh.insert(spec.secret_hash.clone(), Identity::from_spec(&spec));
         }
     }
     *authenticator.by_hash.write().expect("token cache lock") = fresh;
-    store
-        .watch(&TOKEN.store_key(), None, listing.revision)
-        .await
+    store.watch(&TOKEN.store_key(), None, listing.revision).await
 }
 
 /// An API verb, as authorization and messages name it.
@@ -245,12 +209,7 @@ impl Verb {
 /// `Namespace` kind, `namespace` is the namespace named in the request.
 /// Reads across all namespaces are allowed here and filtered by the caller
 /// with [`Identity::sees_namespace`].
-pub fn authorize(
-    identity: &Identity,
-    verb: Verb,
-    resource: &ResourceType,
-    namespace: Option<&str>,
-) -> Result<(), ApiError> {
+pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, namespace: Option<&str>) -> Result<(), ApiError> {
     if identity.admin {
         return Ok(());
     }
@@ -276,14 +235,9 @@ pub fn authorize(
         (Scope::Cluster, _) => " at the cluster scope".into(),
     };
     let why = match (role, verb.is_read()) {
-        (Some(role), false) => format!(
-            ": role {:?} in that namespace does not allow it",
-            role_name(role)
-        ),
+        (Some(role), false) => format!(": role {:?} in that namespace does not allow it", role_name(role)),
         (None, _) if resource.tenant_access == TenantAccess::None => ": only IT admins may".into(),
-        (None, _) if namespace.is_some() && resource.namespaced() => {
-            ": the user holds no role in that namespace".into()
-        }
+        (None, _) if namespace.is_some() && resource.namespaced() => ": the user holds no role in that namespace".into(),
         _ => ": only IT admins may".into(),
     };
     Err(ApiError::Forbidden(format!(
@@ -306,17 +260,10 @@ fn role_name(role: Role) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kapsel_api::kinds::{
-        namespace::NAMESPACE, node::NODE, pod::POD, resource_quota::RESOURCE_QUOTA,
-    };
+    use kapsel_api::kinds::{namespace::NAMESPACE, node::NODE, pod::POD, resource_quota::RESOURCE_QUOTA};
 
     fn tenant(roles: &[(&str, Role)]) -> Identity {
-        Identity {
-            user: "alice".into(),
-            admin: false,
-            roles: roles.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
-            expires_at: None,
-        }
+        Identity { user: "alice".into(), admin: false, roles: roles.iter().map(|(n, r)| (n.to_string(), *r)).collect(), expires_at: None }
     }
 
     #[test]
@@ -330,10 +277,7 @@ mod tests {
         for part in ["\"alice\"", "list", "\"pods\"", "\"prod\""] {
             assert!(message.contains(part), "{message} lacks {part}");
         }
-        assert!(
-            authorize(&alice, Verb::List, &POD, None).is_ok(),
-            "all-namespace lists are filtered, not refused"
-        );
+        assert!(authorize(&alice, Verb::List, &POD, None).is_ok(), "all-namespace lists are filtered, not refused");
         assert!(authorize(&alice, Verb::Create, &RESOURCE_QUOTA, Some("dev")).is_err());
         assert!(authorize(&alice, Verb::Get, &RESOURCE_QUOTA, Some("dev")).is_ok());
         assert!(authorize(&alice, Verb::Get, &NODE, None).is_ok());
@@ -353,22 +297,11 @@ mod tests {
         let auth = Authenticator::default();
         let spec = serde_json::json!({"spec": {"user": "bob", "roles": [{"namespace": "dev", "role": "view"}], "secretHash": hash}});
         auth.apply(ChangeType::Added, &spec);
-        let bob = auth
-            .authenticate(Some(&format!("Bearer {secret}")))
-            .unwrap();
+        let bob = auth.authenticate(Some(&format!("Bearer {secret}"))).unwrap();
         assert_eq!(bob.role_in("dev"), Some(Role::View));
-        assert!(matches!(
-            auth.authenticate(None),
-            Err(ApiError::Unauthorized(_))
-        ));
-        assert!(matches!(
-            auth.authenticate(Some("Bearer nope")),
-            Err(ApiError::Unauthorized(_))
-        ));
+        assert!(matches!(auth.authenticate(None), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(auth.authenticate(Some("Bearer nope")), Err(ApiError::Unauthorized(_))));
         auth.apply(ChangeType::Deleted, &spec);
-        assert!(
-            auth.authenticate(Some(&format!("Bearer {secret}")))
-                .is_err()
-        );
+        assert!(auth.authenticate(Some(&format!("Bearer {secret}"))).is_err());
     }
 }

@@ -14,19 +14,14 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// Reads the whole body, refusing one larger than [`MAX_BODY_BYTES`].
 pub async fn read(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::TooLarge {
-                    limit: MAX_BODY_BYTES,
-                }
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {error}"))
-            }
-        })
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::TooLarge { limit: MAX_BODY_BYTES }
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {error}"))
+        }
+    })
 }
 
 /// The media type of a request, without parameters, lower-cased.
@@ -34,13 +29,7 @@ pub fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default()
 }
 
@@ -51,9 +40,7 @@ pub fn decode_object(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiErro
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(bytes)?,
         crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(bytes)?,
         // curl -d sends form encoding by default; a JSON body is what it carries.
-        "" | "application/json" | "text/plain" | "application/x-www-form-urlencoded" => {
-            decode_json(bytes)?
-        }
+        "" | "application/json" | "text/plain" | "application/x-www-form-urlencoded" => decode_json(bytes)?,
         other if other.ends_with("+json") => decode_json(bytes)?,
         other if other.ends_with("+yaml") => decode_yaml(bytes)?,
         other => {
@@ -63,9 +50,7 @@ pub fn decode_object(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiErro
         }
     };
     if !value.is_object() {
-        return Err(ApiError::BadRequest(
-            "the request body must be an object".into(),
-        ));
+        return Err(ApiError::BadRequest("the request body must be an object".into()));
     }
     Ok(value)
 }
@@ -74,11 +59,9 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
 fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_yaml::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
+    serde_yaml::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
 }

@@ -13,9 +13,7 @@ use crate::error::ApiError;
 /// The Kubernetes minor version whose API Kapsel's core kinds follow.
 pub const KUBERNETES_COMPATIBLE: (&str, &str) = ("1", "37");
 
-const OBJECT_VERBS: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
+const OBJECT_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 fn resource_entries(resource: &ResourceType) -> Vec<Value> {
@@ -41,19 +39,11 @@ fn resource_entries(resource: &ResourceType) -> Vec<Value> {
 }
 
 fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&ResourceType> = registry::ALL
-        .iter()
-        .copied()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
+    let kinds: Vec<&ResourceType> = registry::ALL.iter().copied().filter(|r| r.group == group && r.version == version).collect();
     if kinds.is_empty() {
         return None;
     }
-    let group_version = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
+    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -76,17 +66,11 @@ pub async fn core_versions(State(app): State<App>) -> Json<Value> {
 }
 
 pub async fn core_resources() -> Result<Json<Value>, ApiError> {
-    resource_list("", "v1")
-        .map(Json)
-        .ok_or_else(|| ApiError::NoRoute("no core resources".into()))
+    resource_list("", "v1").map(Json).ok_or_else(|| ApiError::NoRoute("no core resources".into()))
 }
 
 pub async fn groups() -> Json<Value> {
-    let groups: Vec<Value> = registry::groups()
-        .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| api_group(g, v))
-        .collect();
+    let groups: Vec<Value> = registry::groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| api_group(g, v)).collect();
     Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
 }
 
@@ -94,25 +78,17 @@ pub async fn group(Path(group): Path<String>) -> Result<Json<Value>, ApiError> {
     let (name, version) = registry::groups()
         .into_iter()
         .find(|(g, _)| !g.is_empty() && *g == group)
-        .ok_or_else(|| {
-            ApiError::NoRoute(format!(
-                "the server could not find the requested resource (API group {group:?})"
-            ))
-        })?;
+        .ok_or_else(|| ApiError::NoRoute(format!("the server could not find the requested resource (API group {group:?})")))?;
     let mut body = api_group(name, version);
     body["kind"] = json!("APIGroup");
     body["apiVersion"] = json!("v1");
     Ok(Json(body))
 }
 
-pub async fn group_resources(
-    Path((group, version)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    resource_list(&group, &version).map(Json).ok_or_else(|| {
-        ApiError::NoRoute(format!(
-            "the server could not find the requested resource ({group}/{version})"
-        ))
-    })
+pub async fn group_resources(Path((group, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    resource_list(&group, &version)
+        .map(Json)
+        .ok_or_else(|| ApiError::NoRoute(format!("the server could not find the requested resource ({group}/{version})")))
 }
 
 pub async fn version() -> Json<Value> {

@@ -24,20 +24,11 @@ pub enum ApiError {
     #[error("{resource} {name:?} already exists")]
     AlreadyExists { resource: String, name: String },
     #[error("Operation cannot be fulfilled on {resource} {name:?}: {reason}")]
-    Conflict {
-        resource: String,
-        name: String,
-        reason: String,
-    },
+    Conflict { resource: String, name: String, reason: String },
     #[error("{0}")]
     Expired(String),
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
-    Invalid {
-        kind: String,
-        group: String,
-        name: String,
-        causes: Vec<FieldError>,
-    },
+    Invalid { kind: String, group: String, name: String, causes: Vec<FieldError> },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -57,19 +48,11 @@ pub enum ApiError {
 impl ApiError {
     /// A 422 `Invalid` for an object of `resource`.
     pub fn invalid(resource: &ResourceType, name: &str, causes: Vec<FieldError>) -> Self {
-        ApiError::Invalid {
-            kind: resource.kind.to_string(),
-            group: resource.group.to_string(),
-            name: name.to_string(),
-            causes,
-        }
+        ApiError::Invalid { kind: resource.kind.to_string(), group: resource.group.to_string(), name: name.to_string(), causes }
     }
 
     pub fn not_found(resource: &ResourceType, name: &str) -> Self {
-        ApiError::NotFound {
-            resource: qualified(resource),
-            name: name.to_string(),
-        }
+        ApiError::NotFound { resource: qualified(resource), name: name.to_string() }
     }
 
     /// Maps a store failure on `resource`/`name` to the API error a client expects.
@@ -88,14 +71,8 @@ impl ApiError {
         }
     }
 
-    pub fn internal(
-        context: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        ApiError::Internal {
-            context: context.into(),
-            source: Box::new(source),
-        }
+    pub fn internal(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Internal { context: context.into(), source: Box::new(source) }
     }
 
     pub fn code(&self) -> StatusCode {
@@ -142,29 +119,15 @@ impl ApiError {
             | ApiError::AlreadyExists { resource, name }
             | ApiError::Conflict { resource, name, .. } => {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
-                status.with_details(StatusDetails {
-                    name: name.clone(),
-                    kind: kind.into(),
-                    group: group.into(),
-                    ..Default::default()
-                })
+                status.with_details(StatusDetails { name: name.clone(), kind: kind.into(), group: group.into(), ..Default::default() })
             }
-            ApiError::Invalid {
-                kind,
-                group,
-                name,
-                causes,
-            } => status.with_details(StatusDetails {
+            ApiError::Invalid { kind, group, name, causes } => status.with_details(StatusDetails {
                 name: name.clone(),
                 kind: kind.clone(),
                 group: group.clone(),
                 causes: causes
                     .iter()
-                    .map(|c| StatusCause {
-                        reason: c.reason.into(),
-                        message: c.message.clone(),
-                        field: c.field.clone(),
-                    })
+                    .map(|c| StatusCause { reason: c.reason.into(), message: c.message.clone(), field: c.field.clone() })
                     .collect(),
                 ..Default::default()
             }),
@@ -175,11 +138,7 @@ impl ApiError {
 
 /// `pods`, or `tokens.kapsel.io` for a kind outside the core group.
 fn qualified(resource: &ResourceType) -> String {
-    if resource.group.is_empty() {
-        resource.plural.to_string()
-    } else {
-        format!("{}.{}", resource.plural, resource.group)
-    }
+    if resource.group.is_empty() { resource.plural.to_string() } else { format!("{}.{}", resource.plural, resource.group) }
 }
 
 impl IntoResponse for ApiError {
@@ -189,10 +148,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.code(), axum::Json(self.status())).into_response();
         if let ApiError::Unauthorized(_) = self {
-            response.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"kapsel\""),
-            );
+            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"kapsel\""));
         }
         response
     }

@@ -12,11 +12,7 @@ use crate::auth::{Identity, hash_secret, new_secret};
 use crate::error::ApiError;
 
 /// Runs before validation on create; may return a secret to show once.
-pub fn before_create(
-    resource: &ResourceType,
-    _identity: &Identity,
-    object: &mut Value,
-) -> Result<Option<String>, ApiError> {
+pub fn before_create(resource: &ResourceType, _identity: &Identity, object: &mut Value) -> Result<Option<String>, ApiError> {
     if std::ptr::eq(resource, &TOKEN) {
         let secret = new_secret();
         if !object.get("spec").is_some_and(Value::is_object) {
@@ -40,22 +36,13 @@ pub fn after_create(resource: &ResourceType, answer: &mut Value, shown_once: Opt
 }
 
 /// Refuses changes to fields that are fixed after create.
-pub fn before_update(
-    resource: &ResourceType,
-    current: &Value,
-    next: &Value,
-) -> Result<(), ApiError> {
-    if std::ptr::eq(resource, &TOKEN)
-        && current.pointer("/spec/secretHash") != next.pointer("/spec/secretHash")
-    {
+pub fn before_update(resource: &ResourceType, current: &Value, next: &Value) -> Result<(), ApiError> {
+    if std::ptr::eq(resource, &TOKEN) && current.pointer("/spec/secretHash") != next.pointer("/spec/secretHash") {
         let name = kapsel_api::object::name(current).unwrap_or_default();
         return Err(ApiError::invalid(
             resource,
             name,
-            vec![kapsel_api::FieldError::forbidden(
-                "spec.secretHash",
-                "field is immutable: revoke the token and create a new one",
-            )],
+            vec![kapsel_api::FieldError::forbidden("spec.secretHash", "field is immutable: revoke the token and create a new one")],
         ));
     }
     Ok(())

@@ -76,34 +76,15 @@ pub fn router(app: App) -> Router {
 async fn dispatch(state: State<App>, request: Request) -> Response {
     let path = request.uri().path();
     if !(path.starts_with("/api/") || path.starts_with("/apis/")) {
-        return ApiError::NoRoute(format!(
-            "the server could not find the requested resource (path {path:?})"
-        ))
-        .into_response();
+        return ApiError::NoRoute(format!("the server could not find the requested resource (path {path:?})")).into_response();
     }
     let (parts, body) = request.into_parts();
-    let identity = parts
-        .extensions
-        .get::<auth::Identity>()
-        .cloned()
-        .expect("authenticated");
-    resources::handle(
-        state,
-        axum::Extension(identity),
-        parts.method,
-        parts.uri,
-        parts.headers,
-        body,
-    )
-    .await
-    .into_response()
+    let identity = parts.extensions.get::<auth::Identity>().cloned().expect("authenticated");
+    resources::handle(state, axum::Extension(identity), parts.method, parts.uri, parts.headers, body).await.into_response()
 }
 
 async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
-    let header = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let header = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match app.auth.authenticate(header) {
         Ok(identity) => {
             request.extensions_mut().insert(identity);
@@ -121,15 +102,8 @@ async fn readyz(State(app): State<App>) -> Response {
     match app.store.revisions().await {
         Ok(_) => "ok".into_response(),
         Err(error) => {
-            tracing::warn!(
-                error = &error as &dyn std::error::Error,
-                "readiness check failed"
-            );
-            (
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "datastore unavailable"})),
-            )
-                .into_response()
+            tracing::warn!(error = &error as &dyn std::error::Error, "readiness check failed");
+            (http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "datastore unavailable"}))).into_response()
         }
     }
 }

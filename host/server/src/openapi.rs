@@ -12,11 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 
 fn group_version_key(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 pub async fn v3_index() -> Json<Value> {
@@ -33,11 +29,7 @@ pub async fn v3_document(Path(path): Path<String>) -> Result<Json<Value>, ApiErr
         .into_iter()
         .find(|(g, v)| group_version_key(g, v) == path.trim_matches('/'))
         .ok_or_else(|| ApiError::NoRoute(format!("no OpenAPI document for {path:?}")))?;
-    let kinds: Vec<&ResourceType> = registry::ALL
-        .iter()
-        .copied()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
+    let kinds: Vec<&ResourceType> = registry::ALL.iter().copied().filter(|r| r.group == group && r.version == version).collect();
     Ok(Json(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kapsel", "version": env!("CARGO_PKG_VERSION")},
@@ -59,15 +51,11 @@ pub async fn v2() -> Json<Value> {
 fn paths(kinds: &[&ResourceType]) -> Map<String, Value> {
     let mut paths = Map::new();
     for resource in kinds {
-        let gvk =
-            json!({"group": resource.group, "version": resource.version, "kind": resource.kind});
+        let gvk = json!({"group": resource.group, "version": resource.version, "kind": resource.kind});
         let operation = |action: &str, with_validation: bool| {
-            let mut parameters =
-                vec![json!({"name": "dryRun", "in": "query", "schema": {"type": "string"}})];
+            let mut parameters = vec![json!({"name": "dryRun", "in": "query", "schema": {"type": "string"}})];
             if with_validation {
-                parameters.push(
-                    json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}),
-                );
+                parameters.push(json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}));
             }
             json!({
                 "operationId": format!("{action}{}", resource.kind),
@@ -78,10 +66,7 @@ fn paths(kinds: &[&ResourceType]) -> Map<String, Value> {
             })
         };
         let collection = resource.collection_path(resource.namespaced().then_some("{namespace}"));
-        paths.insert(
-            collection.clone(),
-            json!({"get": operation("list", false), "post": operation("post", true)}),
-        );
+        paths.insert(collection.clone(), json!({"get": operation("list", false), "post": operation("post", true)}));
         paths.insert(
             format!("{collection}/{{name}}"),
             json!({"get": operation("get", false), "put": operation("put", true), "patch": operation("patch", true), "delete": operation("delete", false)}),

@@ -36,18 +36,15 @@ pub fn apply(kind: Kind, current: &Value, patch: &Value) -> Result<Value, ApiErr
         Kind::Merge => json_patch::merge(&mut document, patch),
         Kind::StrategicMerge => {
             if !patch.is_object() {
-                return Err(ApiError::BadRequest(
-                    "a strategic merge patch must be an object".into(),
-                ));
+                return Err(ApiError::BadRequest("a strategic merge patch must be an object".into()));
             }
             strategic_merge(&mut document, patch);
         }
         Kind::Json => {
-            let operations: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut document, &operations).map_err(|e| {
-                ApiError::BadRequest(format!("the JSON patch could not be applied: {e}"))
-            })?;
+            let operations: json_patch::Patch =
+                serde_json::from_value(patch.clone()).map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut document, &operations)
+                .map_err(|e| ApiError::BadRequest(format!("the JSON patch could not be applied: {e}")))?;
         }
     }
     Ok(document)
@@ -56,12 +53,7 @@ pub fn apply(kind: Kind, current: &Value, patch: &Value) -> Result<Value, ApiErr
 /// The key lists of objects are merged by, by field name (from the core v1 types).
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
+        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
         "hostAliases" => "ip",
         "readinessGates" => "conditionType",
         "volumeMounts" => "mountPath",
@@ -99,9 +91,7 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
             continue;
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Some(remove)) =
-                (object.get_mut(field), value.as_array())
-            {
+            if let (Some(Value::Array(list)), Some(remove)) = (object.get_mut(field), value.as_array()) {
                 list.retain(|item| !remove.contains(item));
             }
             continue;
@@ -111,29 +101,18 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
                 object.remove(key);
             }
             Value::Array(items) => match (merge_key(key), object.get_mut(key)) {
-                (Some(merge_key), Some(Value::Array(existing)))
-                    if items.iter().all(Value::is_object) =>
-                {
+                (Some(merge_key), Some(Value::Array(existing))) if items.iter().all(Value::is_object) => {
                     merge_list(existing, items, merge_key);
-                    if let Some(order) = patch
-                        .get(&format!("$setElementOrder/{key}"))
-                        .and_then(Value::as_array)
-                    {
+                    if let Some(order) = patch.get(&format!("$setElementOrder/{key}")).and_then(Value::as_array) {
                         reorder(existing, order, merge_key);
                     }
                 }
                 _ => {
-                    let cleaned: Vec<Value> = items
-                        .iter()
-                        .filter(|i| i.get("$patch").is_none())
-                        .cloned()
-                        .collect();
+                    let cleaned: Vec<Value> = items.iter().filter(|i| i.get("$patch").is_none()).cloned().collect();
                     object.insert(key.clone(), Value::Array(cleaned));
                 }
             },
-            Value::Object(_) => {
-                strategic_merge(object.entry(key.clone()).or_insert(Value::Null), value)
-            }
+            Value::Object(_) => strategic_merge(object.entry(key.clone()).or_insert(Value::Null), value),
             other => {
                 object.insert(key.clone(), other.clone());
             }
@@ -144,9 +123,7 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
 fn merge_list(existing: &mut Vec<Value>, patch_items: &[Value], key: &str) {
     for item in patch_items {
         let id = item.get(key);
-        let position = existing
-            .iter()
-            .position(|e| id.is_some() && e.get(key) == id);
+        let position = existing.iter().position(|e| id.is_some() && e.get(key) == id);
         match (item.get("$patch").and_then(Value::as_str), position) {
             (Some("delete"), Some(i)) => {
                 existing.remove(i);
@@ -163,12 +140,7 @@ fn merge_list(existing: &mut Vec<Value>, patch_items: &[Value], key: &str) {
 }
 
 fn reorder(existing: &mut [Value], order: &[Value], key: &str) {
-    let rank = |v: &Value| {
-        order
-            .iter()
-            .position(|o| o.get(key).is_some() && o.get(key) == v.get(key))
-            .unwrap_or(usize::MAX)
-    };
+    let rank = |v: &Value| order.iter().position(|o| o.get(key).is_some() && o.get(key) == v.get(key)).unwrap_or(usize::MAX);
     existing.sort_by_key(rank);
 }
 
@@ -189,10 +161,7 @@ mod tests {
         }});
         let out = apply(Kind::StrategicMerge, &pod, &patch).unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
-        assert_eq!(
-            out["spec"]["containers"],
-            json!([{"name": "log", "image": "log:1"}, {"name": "web", "image": "web:2", "args": ["x"]}])
-        );
+        assert_eq!(out["spec"]["containers"], json!([{"name": "log", "image": "log:1"}, {"name": "web", "image": "web:2", "args": ["x"]}]));
         let delete = json!({"spec": {"containers": [{"name": "log", "$patch": "delete"}]}});
         let out = apply(Kind::StrategicMerge, &out, &delete).unwrap();
         assert_eq!(out["spec"]["containers"].as_array().unwrap().len(), 1);
@@ -201,20 +170,10 @@ mod tests {
     #[test]
     fn merge_and_json_patches() {
         let doc = json!({"a": {"b": 1, "c": [1, 2]}});
-        assert_eq!(
-            apply(Kind::Merge, &doc, &json!({"a": {"c": [3]}})).unwrap(),
-            json!({"a": {"b": 1, "c": [3]}})
-        );
+        assert_eq!(apply(Kind::Merge, &doc, &json!({"a": {"c": [3]}})).unwrap(), json!({"a": {"b": 1, "c": [3]}}));
         let ops = json!([{"op": "replace", "path": "/a/b", "value": 5}]);
         assert_eq!(apply(Kind::Json, &doc, &ops).unwrap()["a"]["b"], 5);
-        assert!(
-            apply(
-                Kind::Json,
-                &doc,
-                &json!([{"op": "remove", "path": "/nope"}])
-            )
-            .is_err()
-        );
+        assert!(apply(Kind::Json, &doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
         assert!(Kind::from_media_type("application/apply-patch+yaml").is_err());
     }
 }

@@ -18,24 +18,15 @@ const MAGIC: &[u8] = b"k8s\0";
 
 /// Decodes a protobuf body into the object's JSON form.
 pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
-    let bad = |why: String| {
-        ApiError::BadRequest(format!("the protobuf body could not be decoded: {why}"))
-    };
-    let payload = bytes
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| bad("it does not start with the k8s protobuf magic".into()))?;
-    let envelope = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(payload)
-        .map_err(|e| bad(e.to_string()))?;
+    let bad = |why: String| ApiError::BadRequest(format!("the protobuf body could not be decoded: {why}"));
+    let payload = bytes.strip_prefix(MAGIC).ok_or_else(|| bad("it does not start with the k8s protobuf magic".into()))?;
+    let envelope = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(payload).map_err(|e| bad(e.to_string()))?;
     let type_meta = envelope.type_meta.unwrap_or_default();
-    let (api_version, kind) = (
-        type_meta.api_version.unwrap_or_default(),
-        type_meta.kind.unwrap_or_default(),
-    );
+    let (api_version, kind) = (type_meta.api_version.unwrap_or_default(), type_meta.kind.unwrap_or_default());
     let raw = envelope.raw.unwrap_or_default();
     let mut object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => {
-            let namespace =
-                core::Namespace::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
+            let namespace = core::Namespace::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
             let finalizers = namespace.spec.map(|s| s.finalizers).unwrap_or_default();
             let mut object = json!({"metadata": metadata(namespace.metadata.unwrap_or_default())});
             if !finalizers.is_empty() {
@@ -44,14 +35,9 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             object
         }
         ("v1", "ResourceQuota") => {
-            let quota =
-                core::ResourceQuota::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
+            let quota = core::ResourceQuota::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
             let spec = quota.spec.unwrap_or_default();
-            let hard: Map<String, Value> = spec
-                .hard
-                .into_iter()
-                .map(|(k, q)| (k, Value::String(q.string.unwrap_or_default())))
-                .collect();
+            let hard: Map<String, Value> = spec.hard.into_iter().map(|(k, q)| (k, Value::String(q.string.unwrap_or_default()))).collect();
             let mut spec_json = json!({"hard": hard});
             if !spec.scopes.is_empty() {
                 spec_json["scopes"] = json!(spec.scopes);
@@ -99,10 +85,7 @@ mod tests {
 
     fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
         let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
-            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
-                api_version: Some("v1".into()),
-                kind: Some(kind.into()),
-            }),
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta { api_version: Some("v1".into()), kind: Some(kind.into()) }),
             raw: Some(raw),
             content_encoding: Some(String::new()),
             content_type: Some(String::new()),
@@ -124,18 +107,12 @@ mod tests {
             status: Some(Default::default()),
         };
         let object = decode(&envelope("Namespace", namespace.encode_to_vec())).unwrap();
-        assert_eq!(
-            object,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dev", "labels": {"team": "a"}}})
-        );
+        assert_eq!(object, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dev", "labels": {"team": "a"}}}));
     }
 
     #[test]
     fn refuses_what_it_cannot_convert() {
         assert!(matches!(decode(b"nope"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(
-            decode(&envelope("Pod", Vec::new())),
-            Err(ApiError::UnsupportedMediaType(_))
-        ));
+        assert!(matches!(decode(&envelope("Pod", Vec::new())), Err(ApiError::UnsupportedMediaType(_))));
     }
 }

@@ -26,11 +26,7 @@ pub const SUBRESOURCES: &[&str] = &["status"];
 
 /// Parses `/api/v1/...` or `/apis/{group}/{version}/...` below the prefix.
 pub fn parse_path(path: &str) -> Result<Target, ApiError> {
-    let not_found = || {
-        ApiError::NoRoute(format!(
-            "the server could not find the requested resource (path {path:?})"
-        ))
-    };
+    let not_found = || ApiError::NoRoute(format!("the server could not find the requested resource (path {path:?})"));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -38,12 +34,7 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
         _ => return Err(not_found()),
     };
     let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, tail @ ..] => (
-            Some(*ns),
-            std::iter::once(*plural)
-                .chain(tail.iter().copied())
-                .collect::<Vec<_>>(),
-        ),
+        ["namespaces", ns, plural, tail @ ..] => (Some(*ns), std::iter::once(*plural).chain(tail.iter().copied()).collect::<Vec<_>>()),
         other => (None, other.to_vec()),
     };
     let (plural, name, subresource) = match rest.as_slice() {
@@ -77,18 +68,14 @@ pub struct Params(HashMap<String, String>);
 impl Params {
     pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
         let pairs: Vec<(String, String)> = match query {
-            Some(q) => serde_urlencoded::from_str(q)
-                .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))?,
+            Some(q) => serde_urlencoded::from_str(q).map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))?,
             None => Vec::new(),
         };
         Ok(Params(pairs.into_iter().collect()))
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -100,21 +87,13 @@ impl Params {
         match self.get("dryRun") {
             None => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::BadRequest(format!(
-                "unsupported dryRun value {other:?}: supported values: \"All\""
-            ))),
+            Some(other) => Err(ApiError::BadRequest(format!("unsupported dryRun value {other:?}: supported values: \"All\""))),
         }
     }
 
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "invalid {name} {v:?}: must be a non-negative integer"
-                    ))
-                })
-            })
+            .map(|v| v.parse().map_err(|_| ApiError::BadRequest(format!("invalid {name} {v:?}: must be a non-negative integer"))))
             .transpose()
     }
 }
@@ -134,11 +113,7 @@ pub fn verb(method: &Method, target: &Target, params: &Params) -> Result<Verb, A
         _ => {
             return Err(ApiError::MethodNotAllowed(format!(
                 "the server does not allow this method on the requested resource ({method} {})",
-                if named {
-                    "on an object"
-                } else {
-                    "on a collection"
-                }
+                if named { "on an object" } else { "on a collection" }
             )));
         }
     })
@@ -152,19 +127,11 @@ mod tests {
     fn parses_resource_paths() {
         let t = parse_path("/api/v1/namespaces/dev/pods/web/status").unwrap();
         assert_eq!(
-            (
-                t.resource.kind,
-                t.namespace.as_deref(),
-                t.name.as_deref(),
-                t.subresource.as_deref()
-            ),
+            (t.resource.kind, t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()),
             ("Pod", Some("dev"), Some("web"), Some("status"))
         );
         let t = parse_path("/api/v1/namespaces/dev").unwrap();
-        assert_eq!(
-            (t.resource.kind, t.name.as_deref()),
-            ("Namespace", Some("dev"))
-        );
+        assert_eq!((t.resource.kind, t.name.as_deref()), ("Namespace", Some("dev")));
         let t = parse_path("/api/v1/pods").unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
         let t = parse_path("/apis/kapsel.io/v1alpha1/tokens/t1").unwrap();

@@ -38,11 +38,7 @@ pub async fn handle(
     let target = parse_path(uri.path())?;
     let params = Params::parse(uri.query())?;
     let verb = verb(&method, &target, &params)?;
-    let authz_namespace = if target.resource.kind == NAMESPACE.kind {
-        target.name.as_deref()
-    } else {
-        target.namespace.as_deref()
-    };
+    let authz_namespace = if target.resource.kind == NAMESPACE.kind { target.name.as_deref() } else { target.namespace.as_deref() };
     authorize(&identity, verb, target.resource, authz_namespace)?;
     match verb {
         Verb::Get => get(&app, &target, &params, &headers).await,
@@ -57,11 +53,7 @@ pub async fn handle(
 
 /// The store key of the named object of a target.
 fn key(target: &Target, name: &str) -> Key {
-    Key::new(
-        target.resource.store_key(),
-        target.namespace.clone().unwrap_or_default(),
-        name,
-    )
+    Key::new(target.resource.store_key(), target.namespace.clone().unwrap_or_default(), name)
 }
 
 fn target_name(target: &Target) -> &str {
@@ -69,49 +61,18 @@ fn target_name(target: &Target) -> &str {
 }
 
 /// A JSON response, or a one-row `Table` when the client asked for one.
-fn respond(
-    code: StatusCode,
-    resource: &ResourceType,
-    object: Value,
-    params: &Params,
-    headers: &HeaderMap,
-) -> Response {
+fn respond(code: StatusCode, resource: &ResourceType, object: Value, params: &Params, headers: &HeaderMap) -> Response {
     if table::wanted(headers) {
         let revision = object::resource_version(&object).and_then(Result::ok);
-        return (
-            code,
-            axum::Json(table::table(
-                resource,
-                &[object],
-                revision,
-                params.get("includeObject"),
-                true,
-            )),
-        )
-            .into_response();
+        return (code, axum::Json(table::table(resource, &[object], revision, params.get("includeObject"), true))).into_response();
     }
     (code, axum::Json(object)).into_response()
 }
 
-async fn get(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+async fn get(app: &App, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let name = target_name(target);
-    let object = app
-        .store
-        .get(&key(target, name))
-        .await
-        .map_err(|e| ApiError::from_store(e, target.resource, name))?;
-    Ok(respond(
-        StatusCode::OK,
-        target.resource,
-        object,
-        params,
-        headers,
-    ))
+    let object = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+    Ok(respond(StatusCode::OK, target.resource, object, params, headers))
 }
 
 /// The label and field selectors of a list or watch.
@@ -123,13 +84,10 @@ pub struct Selectors {
 
 impl Selectors {
     pub fn parse(resource: &ResourceType, params: &Params) -> Result<Selectors, ApiError> {
-        let labels = LabelSelector::parse(params.get("labelSelector").unwrap_or_default())
+        let labels =
+            LabelSelector::parse(params.get("labelSelector").unwrap_or_default()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let fields = FieldSelector::parse(params.get("fieldSelector").unwrap_or_default(), resource.selectable_fields)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let fields = FieldSelector::parse(
-            params.get("fieldSelector").unwrap_or_default(),
-            resource.selectable_fields,
-        )
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(Selectors { labels, fields })
     }
 
@@ -157,35 +115,14 @@ pub fn visible(identity: &Identity, resource: &ResourceType, object: &Value) -> 
     true
 }
 
-async fn list(
-    app: &App,
-    identity: &Identity,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+async fn list(app: &App, identity: &Identity, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let resource = target.resource;
     let selectors = Selectors::parse(resource, params)?;
     let namespace = target.namespace.as_deref().or(selectors.namespace());
-    let listing = app
-        .store
-        .list(&resource.store_key(), namespace)
-        .await
-        .map_err(|e| ApiError::from_store(e, resource, ""))?;
-    let items: Vec<Value> = listing
-        .objects
-        .into_iter()
-        .filter(|o| selectors.matches(o) && visible(identity, resource, o))
-        .collect();
+    let listing = app.store.list(&resource.store_key(), namespace).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
+    let items: Vec<Value> = listing.objects.into_iter().filter(|o| selectors.matches(o) && visible(identity, resource, o)).collect();
     if table::wanted(headers) {
-        return Ok(axum::Json(table::table(
-            resource,
-            &items,
-            Some(listing.revision),
-            params.get("includeObject"),
-            true,
-        ))
-        .into_response());
+        return Ok(axum::Json(table::table(resource, &items, Some(listing.revision), params.get("includeObject"), true)).into_response());
     }
     Ok(axum::Json(json!({
         "kind": format!("{}List", resource.kind),
@@ -212,10 +149,9 @@ fn check_type(resource: &ResourceType, object: &mut Value) -> Result<(), ApiErro
         }
     }
     match root.get("kind").and_then(Value::as_str) {
-        Some(k) if k != resource.kind => Err(ApiError::BadRequest(format!(
-            "the kind in the data ({k}) does not match the expected kind ({})",
-            resource.kind
-        ))),
+        Some(k) if k != resource.kind => {
+            Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", resource.kind)))
+        }
         Some(_) => Ok(()),
         None => {
             root.insert("kind".into(), Value::String(resource.kind.into()));
@@ -238,10 +174,9 @@ fn check_namespace(target: &Target, object: &mut Value) -> Result<(), ApiError> 
         )));
     };
     match body_namespace {
-        Some(ns) if ns != namespace => Err(ApiError::BadRequest(
-            "the namespace of the provided object does not match the namespace sent on the request"
-                .into(),
-        )),
+        Some(ns) if ns != namespace => {
+            Err(ApiError::BadRequest("the namespace of the provided object does not match the namespace sent on the request".into()))
+        }
         _ => {
             object::set_meta(object, "namespace", namespace);
             Ok(())
@@ -269,17 +204,11 @@ fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
                             errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), e));
                         }
                     }
-                    None => errors.push(FieldError::invalid(
-                        format!("metadata.labels[{k}]"),
-                        "label values must be strings",
-                    )),
+                    None => errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), "label values must be strings")),
                 }
             }
         }
-        Some(_) => errors.push(FieldError::invalid(
-            "metadata.labels",
-            "must be a map of strings",
-        )),
+        Some(_) => errors.push(FieldError::invalid("metadata.labels", "must be a map of strings")),
     }
     match object.pointer("/metadata/annotations") {
         None | Some(Value::Null) => {}
@@ -289,34 +218,48 @@ fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
                     errors.push(FieldError::invalid(format!("metadata.annotations[{k}]"), e));
                 }
                 if !v.is_string() {
-                    errors.push(FieldError::invalid(
-                        format!("metadata.annotations[{k}]"),
-                        "annotation values must be strings",
-                    ));
+                    errors.push(FieldError::invalid(format!("metadata.annotations[{k}]"), "annotation values must be strings"));
                 }
             }
-            let size: usize = annotations
-                .iter()
-                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
-                .sum();
+            let size: usize = annotations.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
             if size > 256 * 1024 {
-                errors.push(FieldError::invalid(
-                    "metadata.annotations",
-                    "may not be more than 262144 bytes in total",
-                ));
+                errors.push(FieldError::invalid("metadata.annotations", "may not be more than 262144 bytes in total"));
             }
         }
-        Some(_) => errors.push(FieldError::invalid(
-            "metadata.annotations",
-            "must be a map of strings",
-        )),
+        Some(_) => errors.push(FieldError::invalid("metadata.annotations", "must be a map of strings")),
     }
     errors.extend((resource.validate)(object));
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(resource, name, errors))
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(resource, name, errors)) }
+}
+
+/// Applies the `fieldValidation` parameter to `object`: `Strict` refuses
+/// unknown fields (400), `Warn` (the default) returns them as warnings,
+/// `Ignore` skips the check.
+fn check_fields(resource: &ResourceType, object: &Value, params: &Params) -> Result<Vec<String>, ApiError> {
+    let mode = params.get("fieldValidation").unwrap_or("Warn");
+    if !matches!(mode, "Strict" | "Warn" | "Ignore") {
+        return Err(ApiError::BadRequest(format!("fieldValidation must be one of Strict, Warn or Ignore (got {mode:?})")));
     }
+    if mode == "Ignore" {
+        return Ok(Vec::new());
+    }
+    let unknown: Vec<String> =
+        kapsel_api::fields::unknown_fields(resource, object).into_iter().map(|f| format!("unknown field {f:?}")).collect();
+    if mode == "Strict" && !unknown.is_empty() {
+        return Err(ApiError::BadRequest(format!("strict decoding error: {}", unknown.join(", "))));
+    }
+    Ok(unknown)
+}
+
+/// Adds `Warning` headers (code 299), as the Kubernetes API server does.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - {:?}", warning.replace(['\r', '\n'], " "));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("Warning", value);
+        }
+    }
+    response
 }
 
 /// The characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
@@ -324,9 +267,7 @@ const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn generated_name(prefix: &str) -> String {
     let mut rng = rand::rng();
-    let suffix: String = (0..5)
-        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
-        .collect();
+    let suffix: String = (0..5).map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char).collect();
     format!("{prefix}{suffix}")
 }
 
@@ -340,9 +281,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let resource = target.resource;
     if target.subresource.is_some() {
-        return Err(ApiError::MethodNotAllowed(
-            "subresources cannot be created".into(),
-        ));
+        return Err(ApiError::MethodNotAllowed("subresources cannot be created".into()));
     }
     let bytes = body::read(request).await?;
     let mut object = body::decode_object(headers, &bytes)?;
@@ -358,73 +297,39 @@ async fn create(
                 return Err(ApiError::invalid(
                     resource,
                     "",
-                    vec![
-                        FieldError::required("metadata.name")
-                            .with_message("name or generateName is required"),
-                    ],
+                    vec![FieldError::required("metadata.name").with_message("name or generateName is required")],
                 ));
             }
         }
     }
     if object::meta_str(&object, "resourceVersion").is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::BadRequest(
-            "resourceVersion should not be set on objects to be created".into(),
-        ));
+        return Err(ApiError::BadRequest("resourceVersion should not be set on objects to be created".into()));
     }
     let meta = object::metadata_mut(&mut object);
-    for server_field in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "generation",
-        "selfLink",
-    ] {
+    for server_field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
         meta.remove(server_field);
     }
-    meta.insert(
-        "uid".into(),
-        Value::String(uuid::Uuid::new_v4().to_string()),
-    );
+    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), Value::String(now()));
     meta.insert("generation".into(), json!(1));
     let shown_once = hooks::before_create(resource, identity, &mut object)?;
     validate(resource, &object)?;
+    let warnings = check_fields(resource, &object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();
     if let Some(namespace) = &target.namespace {
         require_namespace(app, namespace).await?;
     }
     if params.dry_run()? {
-        return Ok(respond(
-            StatusCode::CREATED,
-            resource,
-            object,
-            params,
-            headers,
-        ));
+        return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
-    let created = app
-        .store
-        .create(key(target, &name), object)
-        .await
-        .map_err(|e| ApiError::from_store(e, resource, &name))?;
+    let created = app.store.create(key(target, &name), object).await.map_err(|e| ApiError::from_store(e, resource, &name))?;
     let mut answer = (*created.object).clone();
     hooks::after_create(resource, &mut answer, shown_once);
-    Ok(respond(
-        StatusCode::CREATED,
-        resource,
-        answer,
-        params,
-        headers,
-    ))
+    Ok(with_warnings(respond(StatusCode::CREATED, resource, answer, params, headers), &warnings))
 }
 
 async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiError> {
-    match app
-        .store
-        .get(&Key::new(NAMESPACE.store_key(), "", namespace))
-        .await
-    {
+    match app.store.get(&Key::new(NAMESPACE.store_key(), "", namespace)).await {
         Ok(_) => Ok(()),
         Err(e) => Err(ApiError::from_store(e, &NAMESPACE, namespace)),
     }
@@ -454,81 +359,43 @@ fn merge_server_fields(target: &Target, current: &Value, mut incoming: Value) ->
             }
         }
     }
-    let current_meta = current
-        .get("metadata")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let current_meta = current.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
     let meta = object::metadata_mut(&mut incoming);
-    for server_field in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-    ] {
+    for server_field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
         match current_meta.get(server_field) {
             Some(v) => meta.insert(server_field.into(), v.clone()),
             None => meta.remove(server_field),
         };
     }
-    let generation = current_meta
-        .get("generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
+    let generation = current_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
     let spec_changed = incoming.get("spec") != current.get("spec");
-    object::set_meta(
-        &mut incoming,
-        "generation",
-        if spec_changed {
-            generation + 1
-        } else {
-            generation
-        },
-    );
+    object::set_meta(&mut incoming, "generation", if spec_changed { generation + 1 } else { generation });
     incoming
 }
 
-/// Persists `next` over `current` (already merged), checking the revision the client read.
-async fn store_update(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    current: &Value,
-    next: Value,
-) -> Result<Value, ApiError> {
+/// Persists `next` over `current` (already merged), checking the revision
+/// the client read; returns the stored object and field warnings.
+async fn store_update(app: &App, target: &Target, params: &Params, current: &Value, next: Value) -> Result<(Value, Vec<String>), ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     hooks::before_update(resource, current, &next)?;
     validate(resource, &next)?;
+    let warnings = check_fields(resource, &next, params)?;
     let expected = match object::resource_version(&next) {
         Some(Ok(revision)) => Some(revision),
         Some(Err(message)) => {
-            return Err(ApiError::invalid(
-                resource,
-                name,
-                vec![FieldError::invalid("metadata.resourceVersion", message)],
-            ));
+            return Err(ApiError::invalid(resource, name, vec![FieldError::invalid("metadata.resourceVersion", message)]));
         }
         None => None,
     };
     if params.dry_run()? {
-        return Ok(next);
+        return Ok((next, warnings));
     }
-    let updated = app
-        .store
-        .update(key(target, name), next, expected)
-        .await
-        .map_err(|e| ApiError::from_store(e, resource, name))?;
-    Ok((*updated.object).clone())
+    let updated = app.store.update(key(target, name), next, expected).await.map_err(|e| ApiError::from_store(e, resource, name))?;
+    Ok(((*updated.object).clone(), warnings))
 }
 
-async fn update(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-    request: Body,
-) -> Result<Response, ApiError> {
+async fn update(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     let bytes = body::read(request).await?;
@@ -537,63 +404,40 @@ async fn update(
     check_namespace(target, &mut object)?;
     match object::name(&object) {
         Some(n) if n != name => {
-            return Err(ApiError::BadRequest(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
-            )));
+            return Err(ApiError::BadRequest(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
         }
         Some(_) => {}
         None => object::set_meta(&mut object, "name", name),
     }
-    let current = app
-        .store
-        .get(&key(target, name))
-        .await
-        .map_err(|e| ApiError::from_store(e, resource, name))?;
+    let current = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, resource, name))?;
     let next = merge_server_fields(target, &current, object);
-    let stored = store_update(app, target, params, &current, next).await?;
-    Ok(respond(StatusCode::OK, resource, stored, params, headers))
+    let (stored, warnings) = store_update(app, target, params, &current, next).await?;
+    Ok(with_warnings(respond(StatusCode::OK, resource, stored, params, headers), &warnings))
 }
 
-async fn patch(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-    request: Body,
-) -> Result<Response, ApiError> {
+async fn patch(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     let bytes = body::read(request).await?;
     let kind = patch::Kind::from_media_type(&body::media_type(headers))?;
     let document = body::decode_json(&bytes)?;
     for attempt in 0..PATCH_RETRIES {
-        let current = app
-            .store
-            .get(&key(target, name))
-            .await
-            .map_err(|e| ApiError::from_store(e, resource, name))?;
+        let current = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, resource, name))?;
         let mut patched = patch::apply(kind, &current, &document)?;
         if !patched.is_object() {
-            return Err(ApiError::BadRequest(
-                "the patch must leave an object".into(),
-            ));
+            return Err(ApiError::BadRequest("the patch must leave an object".into()));
         }
         check_type(resource, &mut patched)?;
         check_namespace(target, &mut patched)?;
         if object::name(&patched) != Some(name) {
-            return Err(ApiError::BadRequest(
-                "a patch may not change metadata.name".into(),
-            ));
+            return Err(ApiError::BadRequest("a patch may not change metadata.name".into()));
         }
         // A resourceVersion the patch sets is a precondition; otherwise the patch applies to what was read.
-        let client_precondition = object::meta_str(&patched, "resourceVersion")
-            != object::meta_str(&current, "resourceVersion");
+        let client_precondition = object::meta_str(&patched, "resourceVersion") != object::meta_str(&current, "resourceVersion");
         let next = merge_server_fields(target, &current, patched);
         match store_update(app, target, params, &current, next).await {
-            Ok(stored) => return Ok(respond(StatusCode::OK, resource, stored, params, headers)),
-            Err(ApiError::Conflict { .. })
-                if !client_precondition && attempt + 1 < PATCH_RETRIES =>
-            {
+            Ok((stored, warnings)) => return Ok(with_warnings(respond(StatusCode::OK, resource, stored, params, headers), &warnings)),
+            Err(ApiError::Conflict { .. }) if !client_precondition && attempt + 1 < PATCH_RETRIES => {
                 continue;
             }
             Err(e) => return Err(e),
@@ -606,81 +450,44 @@ async fn patch(
     })
 }
 
-async fn delete(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-    request: Body,
-) -> Result<Response, ApiError> {
+async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     if target.subresource.is_some() {
-        return Err(ApiError::MethodNotAllowed(
-            "subresources cannot be deleted".into(),
-        ));
+        return Err(ApiError::MethodNotAllowed("subresources cannot be deleted".into()));
     }
     let bytes = body::read(request).await?;
     let options: Map<String, Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
-        body::decode_object(headers, &bytes)?
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
+        body::decode_object(headers, &bytes)?.as_object().cloned().unwrap_or_default()
     };
-    let expected = match options
-        .get("preconditions")
-        .and_then(|p| p.get("resourceVersion"))
-        .and_then(Value::as_str)
-    {
-        Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-            ApiError::BadRequest(format!("invalid preconditions.resourceVersion {rv:?}"))
-        })?),
+    let expected = match options.get("preconditions").and_then(|p| p.get("resourceVersion")).and_then(Value::as_str) {
+        Some(rv) => Some(rv.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid preconditions.resourceVersion {rv:?}")))?),
         None => None,
     };
     let key = key(target, name);
-    if params.dry_run()?
-        || options
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|d| d.iter().any(|v| v == "All"))
-    {
-        let current = app
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| ApiError::from_store(e, resource, name))?;
+    if params.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All")) {
+        let current = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, resource, name))?;
         return Ok(respond(StatusCode::OK, resource, current, params, headers));
     }
     let op = if resource.kind == NAMESPACE.kind {
         WriteOp::DeleteNamespace { key }
     } else {
-        WriteOp::Delete {
-            key,
-            expected_revision: expected,
-        }
+        WriteOp::Delete { key, expected_revision: expected }
     };
     let changes = app.store.write(op).await.map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::Conflict {
             resource: resource.plural.into(),
             name: name.into(),
-            reason:
-                "Precondition failed: the object has been modified since the given resourceVersion"
-                    .into(),
+            reason: "Precondition failed: the object has been modified since the given resourceVersion".into(),
         },
         other => ApiError::from_store(other, resource, name),
     })?;
-    let deleted = changes
-        .first()
-        .map(|c| (*c.object).clone())
-        .unwrap_or(Value::Null);
+    let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
     let mut response = respond(StatusCode::OK, resource, deleted, params, headers);
     if changes.len() > 1 {
-        let note = format!(
-            "299 - \"deleted {} object(s) in namespace {name}\"",
-            changes.len() - 1
-        );
+        let note = format!("299 - \"deleted {} object(s) in namespace {name}\"", changes.len() - 1);
         if let Ok(value) = HeaderValue::from_str(&note) {
             response.headers_mut().insert("Warning", value);
         }

@@ -40,67 +40,37 @@ pub const DATABASE_FILE: &str = "kapsel.db";
 
 /// The datastore URL `config` selects.
 pub fn datastore_url(config: &ServeConfig) -> String {
-    config.datastore.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            config.data_dir.join(DATABASE_FILE).display()
-        )
-    })
+    config.datastore.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", config.data_dir.join(DATABASE_FILE).display()))
 }
 
 /// Runs the supervisor until a shutdown signal.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700)).ok();
     let url = datastore_url(&config);
-    let store = Store::open(&url, config.store.clone())
-        .await
-        .with_context(|| format!("opening the datastore {}", redact(&url)))?;
+    let store = Store::open(&url, config.store.clone()).await.with_context(|| format!("opening the datastore {}", redact(&url)))?;
     let admin_secret = ensure_admin_token(&config.data_dir, &store).await?;
     ensure_default_namespace(&store).await?;
-    let auth = Authenticator::start(&store)
-        .await
-        .context("loading tokens")?;
+    let auth = Authenticator::start(&store).await.context("loading tokens")?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
     let certificates = tls::prepare(&config.data_dir, bound, &config.tls_san)?;
     let advertise = advertised(bound);
     let kubeconfig = config.data_dir.join(KUBECONFIG_FILE);
-    write_kubeconfig(
-        &kubeconfig,
-        &format!("https://{advertise}"),
-        &certificates.ca_pem,
-        &admin_secret,
-    )?;
+    write_kubeconfig(&kubeconfig, &format!("https://{advertise}"), &certificates.ca_pem, &admin_secret)?;
     let listener = tls::TlsListener::new(listener, certificates.server_config)?;
     tracing::info!(address = %bound, datastore = store.backend_name(), data_dir = %config.data_dir.display(), kubeconfig = %kubeconfig.display(), "kapsel is serving");
 
-    let app = App {
-        store,
-        auth,
-        info: Arc::new(ServerInfo {
-            advertise_address: advertise,
-        }),
-    };
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
+    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }) };
+    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await.context("serving")?;
     tracing::info!("kapsel stopped");
     Ok(())
 }
 
 /// A client-usable address for a bound one (`0.0.0.0` becomes loopback).
 fn advertised(bound: SocketAddr) -> String {
-    if bound.ip().is_unspecified() {
-        format!("127.0.0.1:{}", bound.port())
-    } else {
-        bound.to_string()
-    }
+    if bound.ip().is_unspecified() { format!("127.0.0.1:{}", bound.port()) } else { bound.to_string() }
 }
 
 /// Hides a password in a datastore URL for logs and errors.
@@ -136,11 +106,7 @@ async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<St
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    anyhow::ensure!(
-        !secret.is_empty(),
-        "{} is empty: delete it and restart to issue a new admin token",
-        path.display()
-    );
+    anyhow::ensure!(!secret.is_empty(), "{} is empty: delete it and restart to issue a new admin token", path.display());
     let hash = hash_secret(&secret);
     // One admin Token per data directory, named by its hash, so replicas sharing a database keep theirs.
     let name = format!("admin-{}", &hash["sha256:".len().."sha256:".len() + 10]);
@@ -150,10 +116,7 @@ async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<St
         "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
         "spec": {"user": "admin", "admin": true, "roles": [], "secretHash": hash},
     });
-    match store
-        .create(Key::new(TOKEN.store_key(), "", &name), token)
-        .await
-    {
+    match store.create(Key::new(TOKEN.store_key(), "", &name), token).await {
         Ok(_) => tracing::info!(token = %name, file = %path.display(), "issued the IT admin token"),
         Err(StoreError::AlreadyExists) => {}
         Err(e) => return Err(e).context("storing the admin token"),
@@ -171,17 +134,7 @@ async fn ensure_default_namespace(store: &Store) -> anyhow::Result<()> {
         "metadata": {"name": DEFAULT_NAMESPACE, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
         "status": {"phase": "Active"},
     });
-    match store
-        .create(
-            Key::new(
-                kapsel_api::kinds::namespace::NAMESPACE.store_key(),
-                "",
-                DEFAULT_NAMESPACE,
-            ),
-            namespace,
-        )
-        .await
-    {
+    match store.create(Key::new(kapsel_api::kinds::namespace::NAMESPACE.store_key(), "", DEFAULT_NAMESPACE), namespace).await {
         Ok(_) | Err(StoreError::AlreadyExists) => Ok(()),
         Err(e) => Err(e).context("creating the default namespace"),
     }
@@ -240,10 +193,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
     }

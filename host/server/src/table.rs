@@ -10,17 +10,12 @@ use serde_json::{Value, json};
 
 /// Whether the client asked for a `Table` rendering.
 pub fn wanted(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("as=Table"))
+    headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("as=Table"))
 }
 
 /// The column definitions of `resource`.
 pub fn columns(resource: &ResourceType) -> Vec<Value> {
-    let mut columns = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}),
-    ];
+    let mut columns = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0})];
     for column in resource.columns {
         columns.push(json!({"name": title(column.name), "type": "string", "format": "", "description": column.name, "priority": if column.wide { 1 } else { 0 }}));
     }
@@ -30,11 +25,7 @@ pub fn columns(resource: &ResourceType) -> Vec<Value> {
 
 /// A row per object; `include_object` is the `includeObject` parameter
 /// (`None`, `Metadata` (the default) or `Object`).
-pub fn rows(
-    resource: &ResourceType,
-    objects: &[Value],
-    include_object: Option<&str>,
-) -> Vec<Value> {
+pub fn rows(resource: &ResourceType, objects: &[Value], include_object: Option<&str>) -> Vec<Value> {
     let now = chrono::Utc::now();
     objects
         .iter()
@@ -53,19 +44,10 @@ pub fn rows(
 }
 
 /// A whole `Table`.
-pub fn table(
-    resource: &ResourceType,
-    objects: &[Value],
-    revision: Option<i64>,
-    include_object: Option<&str>,
-    with_columns: bool,
-) -> Value {
+pub fn table(resource: &ResourceType, objects: &[Value], revision: Option<i64>, include_object: Option<&str>, with_columns: bool) -> Value {
     let mut metadata = serde_json::Map::new();
     if let Some(revision) = revision {
-        metadata.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
+        metadata.insert("resourceVersion".into(), Value::String(revision.to_string()));
     }
     json!({
         "kind": "Table",
@@ -80,8 +62,5 @@ pub fn table(
 fn title(name: &str) -> String {
     let lower = name.to_ascii_lowercase();
     let mut chars = lower.chars();
-    chars
-        .next()
-        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
+    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -48,11 +47,7 @@ fn ca_params() -> CertificateParams {
     name.push(DnType::OrganizationName, "Kapsel");
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2035, 1, 1);
     params
@@ -71,38 +66,23 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 /// Loads (or makes, on first start) the CA and issues this start's server certificate.
-pub fn prepare(
-    data_dir: &Path,
-    listen: SocketAddr,
-    extra_names: &[String],
-) -> anyhow::Result<Certificates> {
+pub fn prepare(data_dir: &Path, listen: SocketAddr, extra_names: &[String]) -> anyhow::Result<Certificates> {
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (ca_cert_path, ca_key_path) = (ca_path(data_dir), dir.join("ca.key"));
     if !ca_key_path.exists() {
         let key = KeyPair::generate().context("generating the CA key")?;
-        let cert = ca_params()
-            .self_signed(&key)
-            .context("signing the CA certificate")?;
+        let cert = ca_params().self_signed(&key).context("signing the CA certificate")?;
         write_private(&ca_key_path, &key.serialize_pem())?;
-        std::fs::write(&ca_cert_path, cert.pem())
-            .with_context(|| format!("writing {}", ca_cert_path.display()))?;
+        std::fs::write(&ca_cert_path, cert.pem()).with_context(|| format!("writing {}", ca_cert_path.display()))?;
         tracing::info!(ca = %ca_cert_path.display(), "created the cluster CA");
     }
-    let ca_key = KeyPair::from_pem(
-        &std::fs::read_to_string(&ca_key_path)
-            .with_context(|| format!("reading {}", ca_key_path.display()))?,
-    )
-    .context("parsing the CA key")?;
-    let ca_pem = std::fs::read_to_string(&ca_cert_path)
-        .with_context(|| format!("reading {}", ca_cert_path.display()))?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path).with_context(|| format!("reading {}", ca_key_path.display()))?)
+        .context("parsing the CA key")?;
+    let ca_pem = std::fs::read_to_string(&ca_cert_path).with_context(|| format!("reading {}", ca_cert_path.display()))?;
     let issuer = Issuer::new(ca_params(), ca_key);
 
-    let mut names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if let Ok(host) = hostname() {
         names.push(host);
     }
@@ -113,21 +93,14 @@ pub fn prepare(
     names.sort();
     names.dedup();
     let mut params = CertificateParams::new(names).context("server certificate names")?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kapsel-apiserver");
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    params.distinguished_name.push(DnType::CommonName, "kapsel-apiserver");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let now = time_now();
     params.not_before = now - Duration::from_secs(3600);
     params.not_after = now + Duration::from_secs(365 * 24 * 3600);
     let server_key = KeyPair::generate().context("generating the server key")?;
-    let server_cert = params
-        .signed_by(&server_key, &issuer)
-        .context("signing the server certificate")?;
+    let server_cert = params.signed_by(&server_key, &issuer).context("signing the server certificate")?;
 
     let ca_der = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
         .next()
@@ -143,10 +116,7 @@ pub fn prepare(
         .with_single_cert(chain, key)
         .context("the server certificate")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Certificates {
-        ca_pem,
-        server_config: Arc::new(config),
-    })
+    Ok(Certificates { ca_pem, server_config: Arc::new(config) })
 }
 
 fn time_now() -> time::OffsetDateTime {
@@ -154,9 +124,7 @@ fn time_now() -> time::OffsetDateTime {
 }
 
 fn hostname() -> std::io::Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
-        .trim()
-        .to_string())
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
 }
 
 /// A listener that hands axum TLS streams: TCP connections are accepted in
@@ -169,10 +137,7 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(
-        listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<TlsListener> {
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (sender, streams) = mpsc::channel(256);

@@ -28,44 +28,24 @@ use crate::request::{Params, Target};
 use crate::resources::{Selectors, visible};
 use crate::table;
 
-pub async fn serve(
-    app: &App,
-    identity: &Identity,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let resource = target.resource;
     let selectors = Selectors::parse(resource, params)?;
-    let namespace = target
-        .namespace
-        .clone()
-        .or(selectors.namespace().map(str::to_string));
+    let namespace = target.namespace.clone().or(selectors.namespace().map(str::to_string));
     let (initial, after) = match params.get("resourceVersion") {
         None | Some("0") => {
-            let listing = app
-                .store
-                .list(&resource.store_key(), namespace.as_deref())
-                .await
-                .map_err(|e| ApiError::from_store(e, resource, ""))?;
+            let listing =
+                app.store.list(&resource.store_key(), namespace.as_deref()).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
             (listing.objects, listing.revision)
         }
         Some(text) => {
-            let revision = text
-                .parse::<i64>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {text:?}")))?;
+            let revision = text.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {text:?}")))?;
             (Vec::new(), revision)
         }
     };
-    let mut changes = app
-        .store
-        .watch(&resource.store_key(), namespace.as_deref(), after)
-        .await
-        .map_err(|e| ApiError::from_store(e, resource, ""))?;
-    let timeout = params
-        .u64("timeoutSeconds")?
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(30 * 60));
+    let mut changes =
+        app.store.watch(&resource.store_key(), namespace.as_deref(), after).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
+    let timeout = params.u64("timeoutSeconds")?.map(Duration::from_secs).unwrap_or(Duration::from_secs(30 * 60));
     let encoder = Encoder {
         resource,
         as_table: table::wanted(headers),
@@ -79,19 +59,12 @@ pub async fn serve(
         let mut encoder = encoder;
         let mut selected: HashSet<(String, String)> = HashSet::new();
         let wanted = |object: &Value| {
-            visible(&identity, resource, object)
-                && name
-                    .as_deref()
-                    .is_none_or(|n| kapsel_api::object::name(object) == Some(n))
+            visible(&identity, resource, object) && name.as_deref().is_none_or(|n| kapsel_api::object::name(object) == Some(n))
         };
         for object in initial {
             if wanted(&object) && selectors.matches(&object) {
                 selected.insert(object_key(&object));
-                if sender
-                    .send(Ok(encoder.event("ADDED", object)))
-                    .await
-                    .is_err()
-                {
+                if sender.send(Ok(encoder.event("ADDED", object))).await.is_err() {
                     return;
                 }
             }
@@ -107,21 +80,13 @@ pub async fn serve(
             let change = match next {
                 None => return,
                 Some(Err(StoreError::Compacted { requested, oldest })) => {
-                    let status = ApiError::Expired(format!(
-                        "too old resource version: {requested} ({oldest})"
-                    ))
-                    .status();
-                    let _ = sender
-                        .send(Ok(line(json!({"type": "ERROR", "object": status}))))
-                        .await;
+                    let status = ApiError::Expired(format!("too old resource version: {requested} ({oldest})")).status();
+                    let _ = sender.send(Ok(line(json!({"type": "ERROR", "object": status})))).await;
                     return;
                 }
                 Some(Err(error)) => {
-                    let status =
-                        ApiError::ServiceUnavailable(format!("the watch ended: {error}")).status();
-                    let _ = sender
-                        .send(Ok(line(json!({"type": "ERROR", "object": status}))))
-                        .await;
+                    let status = ApiError::ServiceUnavailable(format!("the watch ended: {error}")).status();
+                    let _ = sender.send(Ok(line(json!({"type": "ERROR", "object": status})))).await;
                     return;
                 }
                 Some(Ok(change)) => change,
@@ -157,24 +122,13 @@ pub async fn serve(
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
-    Ok((
-        [
-            (http::header::CONTENT_TYPE, "application/json"),
-            (http::header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(([(http::header::CONTENT_TYPE, "application/json"), (http::header::CACHE_CONTROL, "no-cache")], body).into_response())
 }
 
 fn object_key(object: &Value) -> (String, String) {
     (
-        kapsel_api::object::namespace(object)
-            .unwrap_or_default()
-            .to_string(),
-        kapsel_api::object::name(object)
-            .unwrap_or_default()
-            .to_string(),
+        kapsel_api::object::namespace(object).unwrap_or_default().to_string(),
+        kapsel_api::object::name(object).unwrap_or_default().to_string(),
     )
 }
 
@@ -190,13 +144,7 @@ impl Encoder {
     fn event(&mut self, kind: &str, object: Value) -> Bytes {
         let object = if self.as_table {
             let revision = kapsel_api::object::resource_version(&object).and_then(Result::ok);
-            let rendered = table::table(
-                self.resource,
-                &[object],
-                revision,
-                self.include_object.as_deref(),
-                self.first,
-            );
+            let rendered = table::table(self.resource, &[object], revision, self.include_object.as_deref(), self.first);
             self.first = false;
             rendered
         } else {

@@ -34,16 +34,8 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(
-        resource: impl Into<String>,
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-    ) -> Self {
-        Key {
-            resource: resource.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+    pub fn new(resource: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Key { resource: resource.into(), namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -70,9 +62,7 @@ impl ChangeType {
             "ADDED" => Ok(ChangeType::Added),
             "MODIFIED" => Ok(ChangeType::Modified),
             "DELETED" => Ok(ChangeType::Deleted),
-            other => Err(StoreError::Corrupt(format!(
-                "unknown change type {other:?}"
-            ))),
+            other => Err(StoreError::Corrupt(format!("unknown change type {other:?}"))),
         }
     }
 }
@@ -100,16 +90,9 @@ pub enum WriteOp {
     /// Create `object` under `key`; fails with [`StoreError::AlreadyExists`].
     Create { key: Key, object: Value },
     /// Replace the object under `key`; with `expected_revision`, only if it is still at that revision.
-    Update {
-        key: Key,
-        object: Value,
-        expected_revision: Option<i64>,
-    },
+    Update { key: Key, object: Value, expected_revision: Option<i64> },
     /// Delete the object under `key`; with `expected_revision`, only if it is still at that revision.
-    Delete {
-        key: Key,
-        expected_revision: Option<i64>,
-    },
+    Delete { key: Key, expected_revision: Option<i64> },
     /// Delete the object under `key` (a namespace) and every object whose namespace is its name.
     DeleteNamespace { key: Key },
 }
@@ -158,12 +141,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            max_batch: 512,
-            read_connections: 4,
-            retained_changes: 10_000,
-            compaction_interval: Some(Duration::from_secs(60)),
-        }
+        StoreOptions { max_batch: 512, read_connections: 4, retained_changes: 10_000, compaction_interval: Some(Duration::from_secs(60)) }
     }
 }
 
@@ -184,12 +162,7 @@ impl Store {
         let backend = Arc::new(sql::SqlBackend::connect(url, &options).await?);
         let (changes, _) = broadcast::channel(8192);
         let writer = writer::spawn(backend.clone(), changes.clone(), options.max_batch);
-        let store = Store {
-            backend,
-            writer,
-            changes,
-            options: Arc::new(options),
-        };
+        let store = Store { backend, writer, changes, options: Arc::new(options) };
         if let Some(interval) = store.options.compaction_interval {
             let compactor = store.clone();
             tokio::spawn(async move {
@@ -201,10 +174,7 @@ impl Store {
                         Ok(0) => {}
                         Ok(removed) => tracing::debug!(removed, "compacted the change log"),
                         Err(StoreError::Closed) => break,
-                        Err(error) => tracing::warn!(
-                            error = &error as &dyn std::error::Error,
-                            "compaction failed"
-                        ),
+                        Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "compaction failed"),
                     }
                 }
             });
@@ -229,35 +199,13 @@ impl Store {
     }
 
     /// Replaces the object under `key`, optionally only if it is at `expected_revision`.
-    pub async fn update(
-        &self,
-        key: Key,
-        object: Value,
-        expected_revision: Option<i64>,
-    ) -> Result<Change, StoreError> {
-        first(
-            self.write(WriteOp::Update {
-                key,
-                object,
-                expected_revision,
-            })
-            .await?,
-        )
+    pub async fn update(&self, key: Key, object: Value, expected_revision: Option<i64>) -> Result<Change, StoreError> {
+        first(self.write(WriteOp::Update { key, object, expected_revision }).await?)
     }
 
     /// Deletes the object under `key`, optionally only if it is at `expected_revision`.
-    pub async fn delete(
-        &self,
-        key: Key,
-        expected_revision: Option<i64>,
-    ) -> Result<Change, StoreError> {
-        first(
-            self.write(WriteOp::Delete {
-                key,
-                expected_revision,
-            })
-            .await?,
-        )
+    pub async fn delete(&self, key: Key, expected_revision: Option<i64>) -> Result<Change, StoreError> {
+        first(self.write(WriteOp::Delete { key, expected_revision }).await?)
     }
 
     /// The object under `key`.
@@ -266,11 +214,7 @@ impl Store {
     }
 
     /// Every object of `resource` (in `namespace`, or in all), at one revision.
-    pub async fn list(
-        &self,
-        resource: &str,
-        namespace: Option<&str>,
-    ) -> Result<Listing, StoreError> {
+    pub async fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing, StoreError> {
         self.backend.list(resource, namespace).await
     }
 
@@ -282,20 +226,8 @@ impl Store {
     /// Changes to `resource` (in `namespace`, or all) after revision `after`,
     /// then live changes as they commit. Fails with [`StoreError::Compacted`]
     /// when `after` is older than the compaction horizon.
-    pub async fn watch(
-        &self,
-        resource: &str,
-        namespace: Option<&str>,
-        after: i64,
-    ) -> Result<WatchStream, StoreError> {
-        watch::start(
-            self.backend.clone(),
-            &self.changes,
-            resource,
-            namespace,
-            after,
-        )
-        .await
+    pub async fn watch(&self, resource: &str, namespace: Option<&str>, after: i64) -> Result<WatchStream, StoreError> {
+        watch::start(self.backend.clone(), &self.changes, resource, namespace, after).await
     }
 
     /// Drops changes older than the newest `retained_changes`; returns how many went.
@@ -315,8 +247,5 @@ impl Store {
 }
 
 fn first(changes: Vec<Change>) -> Result<Change, StoreError> {
-    changes
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Corrupt("a write reported no change".into()))
+    changes.into_iter().next().ok_or_else(|| StoreError::Corrupt("a write reported no change".into()))
 }

@@ -45,13 +45,9 @@ impl SqlBackend {
         };
         let connect_options: AnyConnectOptions = url.parse()?;
         let pool = |connections: u32| {
-            let options = AnyPoolOptions::new()
-                .max_connections(connections)
-                .min_connections(1);
+            let options = AnyPoolOptions::new().max_connections(connections).min_connections(1);
             match dialect {
-                Dialect::Sqlite => options.after_connect(|conn, _| {
-                    Box::pin(async move { conn.execute(SQLITE_PRAGMAS).await.map(drop) })
-                }),
+                Dialect::Sqlite => options.after_connect(|conn, _| Box::pin(async move { conn.execute(SQLITE_PRAGMAS).await.map(drop) })),
                 Dialect::Postgres => options,
             }
         };
@@ -60,18 +56,9 @@ impl SqlBackend {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
             Dialect::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Schema(Arc::new(e)))?;
-        let readers = pool(options.read_connections.max(1))
-            .connect_with(connect_options)
-            .await?;
-        Ok(SqlBackend {
-            dialect,
-            writer,
-            readers,
-        })
+        migrator.run(&writer).await.map_err(|e| StoreError::Schema(Arc::new(e)))?;
+        let readers = pool(options.read_connections.max(1)).connect_with(connect_options).await?;
+        Ok(SqlBackend { dialect, writer, readers })
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -83,10 +70,7 @@ impl SqlBackend {
 
     /// Applies `ops` in one transaction. The outer error fails the whole
     /// batch (nothing committed); inner errors fail one op only.
-    pub(crate) async fn apply(
-        &self,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<Result<Vec<Change>, StoreError>>, StoreError> {
+    pub(crate) async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<Result<Vec<Change>, StoreError>>, StoreError> {
         let mut conn = self.writer.acquire().await?;
         let mut tx = conn.begin().await?;
         let lock = match self.dialect {
@@ -103,32 +87,22 @@ impl SqlBackend {
             }
             results.push(result);
         }
-        sqlx::query("UPDATE kapsel_meta SET revision = $1 WHERE id = 1")
-            .bind(revision)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("UPDATE kapsel_meta SET revision = $1 WHERE id = 1").bind(revision).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(results)
     }
 
     pub(crate) async fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
-        let row = sqlx::query(
-            "SELECT data FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3",
-        )
-        .bind(&key.resource)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .fetch_optional(&self.readers)
-        .await?;
-        row.map(|row| parse(&row.try_get::<String, _>(0)?))
-            .transpose()
+        let row = sqlx::query("SELECT data FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
+            .bind(&key.resource)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.map(|row| parse(&row.try_get::<String, _>(0)?)).transpose()
     }
 
-    pub(crate) async fn list(
-        &self,
-        resource: &str,
-        namespace: Option<&str>,
-    ) -> Result<Listing, StoreError> {
+    pub(crate) async fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing, StoreError> {
         let mut conn = self.readers.acquire().await?;
         // One snapshot for the revision and the rows, so a watch from this revision misses nothing.
         let begin = match self.dialect {
@@ -136,10 +110,7 @@ impl SqlBackend {
             Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         };
         let mut tx = conn.begin_with(begin).await?;
-        let revision: i64 = sqlx::query("SELECT revision FROM kapsel_meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+        let revision: i64 = sqlx::query("SELECT revision FROM kapsel_meta WHERE id = 1").fetch_one(&mut *tx).await?.try_get(0)?;
         let rows = match namespace {
             Some(ns) => {
                 sqlx::query("SELECT data FROM objects WHERE resource = $1 AND namespace = $2 ORDER BY namespace, name")
@@ -148,20 +119,20 @@ impl SqlBackend {
                     .fetch_all(&mut *tx)
                     .await?
             }
-            None => sqlx::query("SELECT data FROM objects WHERE resource = $1 ORDER BY namespace, name").bind(resource).fetch_all(&mut *tx).await?,
+            None => {
+                sqlx::query("SELECT data FROM objects WHERE resource = $1 ORDER BY namespace, name")
+                    .bind(resource)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
         };
         tx.commit().await?;
-        let objects = rows
-            .iter()
-            .map(|row| parse(&row.try_get::<String, _>(0)?))
-            .collect::<Result<_, _>>()?;
+        let objects = rows.iter().map(|row| parse(&row.try_get::<String, _>(0)?)).collect::<Result<_, _>>()?;
         Ok(Listing { revision, objects })
     }
 
     pub(crate) async fn revisions(&self) -> Result<(i64, i64), StoreError> {
-        let row = sqlx::query("SELECT revision, compacted FROM kapsel_meta WHERE id = 1")
-            .fetch_one(&self.readers)
-            .await?;
+        let row = sqlx::query("SELECT revision, compacted FROM kapsel_meta WHERE id = 1").fetch_one(&self.readers).await?;
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
@@ -192,11 +163,7 @@ impl SqlBackend {
                 Ok(Change {
                     revision: row.try_get(0)?,
                     change_type: ChangeType::parse(&row.try_get::<String, _>(1)?)?,
-                    key: Key::new(
-                        row.try_get::<String, _>(2)?,
-                        row.try_get::<String, _>(3)?,
-                        row.try_get::<String, _>(4)?,
-                    ),
+                    key: Key::new(row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?, row.try_get::<String, _>(4)?),
                     object: Arc::new(parse(&row.try_get::<String, _>(5)?)?),
                 })
             })
@@ -207,36 +174,23 @@ impl SqlBackend {
     pub(crate) async fn compact(&self, revision: i64) -> Result<u64, StoreError> {
         let mut conn = self.writer.acquire().await?;
         let mut tx = conn.begin().await?;
-        let removed = sqlx::query("DELETE FROM changes WHERE revision <= $1")
-            .bind(revision)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("UPDATE kapsel_meta SET compacted = $1 WHERE id = 1 AND compacted < $1")
-            .bind(revision)
-            .execute(&mut *tx)
-            .await?;
+        let removed = sqlx::query("DELETE FROM changes WHERE revision <= $1").bind(revision).execute(&mut *tx).await?.rows_affected();
+        sqlx::query("UPDATE kapsel_meta SET compacted = $1 WHERE id = 1 AND compacted < $1").bind(revision).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(removed)
     }
 }
 
 fn parse(data: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(data)
-        .map_err(|e| StoreError::Corrupt(format!("stored object is not JSON: {e}")))
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("stored object is not JSON: {e}")))
 }
 
 /// Sets `metadata.resourceVersion` to `revision`.
 fn stamp(object: &mut Value, revision: i64) {
-    if let Some(meta) = object.as_object_mut().map(|o| {
-        o.entry("metadata")
-            .or_insert_with(|| Value::Object(Default::default()))
-    }) && let Some(meta) = meta.as_object_mut()
+    if let Some(meta) = object.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Default::default())))
+        && let Some(meta) = meta.as_object_mut()
     {
-        meta.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
+        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
     }
 }
 
@@ -244,51 +198,43 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 /// Applies one op at `revision + 1…`; an `Err` inside is this op's failure
 /// (the transaction goes on), an `Err` outside fails the batch.
-async fn apply_one(
-    tx: &mut Tx<'_>,
-    op: WriteOp,
-    revision: i64,
-) -> Result<Result<Vec<Change>, StoreError>, StoreError> {
+async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result<Vec<Change>, StoreError>, StoreError> {
     let next = revision + 1;
     match op {
         WriteOp::Create { key, mut object } => {
             stamp(&mut object, next);
             let data = object.to_string();
-            let inserted = sqlx::query("INSERT INTO objects (resource, namespace, name, revision, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
-                .bind(&key.resource)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .bind(next)
-                .bind(&data)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
+            let inserted = sqlx::query(
+                "INSERT INTO objects (resource, namespace, name, revision, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&key.resource)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(next)
+            .bind(&data)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
             if inserted == 0 {
                 return Ok(Err(StoreError::AlreadyExists));
             }
-            Ok(Ok(vec![
-                record(tx, next, ChangeType::Added, key, object, &data).await?,
-            ]))
+            Ok(Ok(vec![record(tx, next, ChangeType::Added, key, object, &data).await?]))
         }
-        WriteOp::Update {
-            key,
-            mut object,
-            expected_revision,
-        } => {
+        WriteOp::Update { key, mut object, expected_revision } => {
             stamp(&mut object, next);
             let data = object.to_string();
             let updated = match expected_revision {
-                Some(expected) => {
-                    sqlx::query("UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5 AND revision = $6")
-                        .bind(next)
-                        .bind(&data)
-                        .bind(&key.resource)
-                        .bind(&key.namespace)
-                        .bind(&key.name)
-                        .bind(expected)
-                        .execute(&mut **tx)
-                        .await?
-                }
+                Some(expected) => sqlx::query(
+                    "UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5 AND revision = $6",
+                )
+                .bind(next)
+                .bind(&data)
+                .bind(&key.resource)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(expected)
+                .execute(&mut **tx)
+                .await?,
                 None => {
                     sqlx::query("UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5")
                         .bind(next)
@@ -303,14 +249,9 @@ async fn apply_one(
             if updated.rows_affected() == 0 {
                 return Ok(Err(missing_or_conflict(tx, &key).await?));
             }
-            Ok(Ok(vec![
-                record(tx, next, ChangeType::Modified, key, object, &data).await?,
-            ]))
+            Ok(Ok(vec![record(tx, next, ChangeType::Modified, key, object, &data).await?]))
         }
-        WriteOp::Delete {
-            key,
-            expected_revision,
-        } => {
+        WriteOp::Delete { key, expected_revision } => {
             let row = match expected_revision {
                 Some(expected) => {
                     sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3 AND revision = $4 RETURNING data")
@@ -348,21 +289,14 @@ async fn apply_one(
             };
             let namespace = parse(&row.try_get::<String, _>(0)?)?;
             let mut changes = vec![record_deletion(tx, next, key.clone(), namespace).await?];
-            let contents = sqlx::query(
-                "DELETE FROM objects WHERE namespace = $1 RETURNING resource, name, data",
-            )
-            .bind(&key.name)
-            .fetch_all(&mut **tx)
-            .await?;
+            let contents = sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING resource, name, data")
+                .bind(&key.name)
+                .fetch_all(&mut **tx)
+                .await?;
             for row in contents {
-                let inner = Key::new(
-                    row.try_get::<String, _>(0)?,
-                    key.name.clone(),
-                    row.try_get::<String, _>(1)?,
-                );
+                let inner = Key::new(row.try_get::<String, _>(0)?, key.name.clone(), row.try_get::<String, _>(1)?);
                 let object = parse(&row.try_get::<String, _>(2)?)?;
-                changes
-                    .push(record_deletion(tx, next + changes.len() as i64, inner, object).await?);
+                changes.push(record_deletion(tx, next + changes.len() as i64, inner, object).await?);
             }
             Ok(Ok(changes))
         }
@@ -370,28 +304,19 @@ async fn apply_one(
 }
 
 async fn missing_or_conflict(tx: &mut Tx<'_>, key: &Key) -> Result<StoreError, StoreError> {
-    let current = sqlx::query(
-        "SELECT revision FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3",
-    )
-    .bind(&key.resource)
-    .bind(&key.namespace)
-    .bind(&key.name)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let current = sqlx::query("SELECT revision FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
+        .bind(&key.resource)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .fetch_optional(&mut **tx)
+        .await?;
     Ok(match current {
-        Some(row) => StoreError::Conflict {
-            current: row.try_get(0)?,
-        },
+        Some(row) => StoreError::Conflict { current: row.try_get(0)? },
         None => StoreError::NotFound,
     })
 }
 
-async fn record_deletion(
-    tx: &mut Tx<'_>,
-    revision: i64,
-    key: Key,
-    mut object: Value,
-) -> Result<Change, StoreError> {
+async fn record_deletion(tx: &mut Tx<'_>, revision: i64, key: Key, mut object: Value) -> Result<Change, StoreError> {
     stamp(&mut object, revision);
     let data = object.to_string();
     record(tx, revision, ChangeType::Deleted, key, object, &data).await
@@ -414,10 +339,5 @@ async fn record(
         .bind(data)
         .execute(&mut **tx)
         .await?;
-    Ok(Change {
-        revision,
-        change_type,
-        key,
-        object: Arc::new(object),
-    })
+    Ok(Change { revision, change_type, key, object: Arc::new(object) })
 }

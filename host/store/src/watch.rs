@@ -37,11 +37,7 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, change: &Change) -> bool {
-        change.key.resource == self.resource
-            && self
-                .namespace
-                .as_ref()
-                .is_none_or(|ns| *ns == change.key.namespace)
+        change.key.resource == self.resource && self.namespace.as_ref().is_none_or(|ns| *ns == change.key.namespace)
     }
 }
 
@@ -56,15 +52,9 @@ pub(crate) async fn start(
     let live = changes.subscribe();
     let (_, compacted) = backend.revisions().await?;
     if after < compacted {
-        return Err(StoreError::Compacted {
-            requested: after,
-            oldest: compacted,
-        });
+        return Err(StoreError::Compacted { requested: after, oldest: compacted });
     }
-    let filter = Filter {
-        resource: resource.to_string(),
-        namespace: namespace.map(str::to_string),
-    };
+    let filter = Filter { resource: resource.to_string(), namespace: namespace.map(str::to_string) };
     let (sender, events) = mpsc::channel(256);
     tokio::spawn(run(backend, live, filter, after, sender));
     Ok(WatchStream { events })
@@ -77,10 +67,7 @@ async fn run(
     mut last_sent: i64,
     sender: mpsc::Sender<Result<Change, StoreError>>,
 ) {
-    if catch_up(&backend, &filter, &mut last_sent, &sender)
-        .await
-        .is_err()
-    {
+    if catch_up(&backend, &filter, &mut last_sent, &sender).await.is_err() {
         return;
     }
     loop {
@@ -118,15 +105,7 @@ async fn catch_up(
     sender: &mpsc::Sender<Result<Change, StoreError>>,
 ) -> Result<(), ()> {
     loop {
-        let page = match backend
-            .changes_since(
-                &filter.resource,
-                filter.namespace.as_deref(),
-                *last_sent,
-                CATCH_UP_PAGE,
-            )
-            .await
-        {
+        let page = match backend.changes_since(&filter.resource, filter.namespace.as_deref(), *last_sent, CATCH_UP_PAGE).await {
             Ok(page) => page,
             Err(error) => {
                 let _ = sender.send(Err(error)).await;
@@ -136,12 +115,7 @@ async fn catch_up(
         // Once compaction has passed `last_sent`, changes this watcher needs may be gone.
         match backend.revisions().await {
             Ok((_, compacted)) if compacted > *last_sent => {
-                let _ = sender
-                    .send(Err(StoreError::Compacted {
-                        requested: *last_sent,
-                        oldest: compacted,
-                    }))
-                    .await;
+                let _ = sender.send(Err(StoreError::Compacted { requested: *last_sent, oldest: compacted })).await;
                 return Err(());
             }
             Ok(_) => {}

@@ -23,28 +23,19 @@ pub(crate) struct WriterHandle {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request")
-            .field("op", &self.op)
-            .finish_non_exhaustive()
+        f.debug_struct("Request").field("op", &self.op).finish_non_exhaustive()
     }
 }
 
 impl WriterHandle {
     pub(crate) async fn submit(&self, op: WriteOp) -> Result<Vec<Change>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.queue.send(Request { op, reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
-pub(crate) fn spawn(
-    backend: Arc<SqlBackend>,
-    changes: broadcast::Sender<Change>,
-    max_batch: usize,
-) -> WriterHandle {
+pub(crate) fn spawn(backend: Arc<SqlBackend>, changes: broadcast::Sender<Change>, max_batch: usize) -> WriterHandle {
     let (queue, mut requests) = mpsc::channel::<Request>(max_batch * 4);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(max_batch);
@@ -63,10 +54,7 @@ pub(crate) fn spawn(
                     }
                 }
                 Err(error) => {
-                    tracing::error!(
-                        error = &error as &dyn std::error::Error,
-                        "a write batch failed; nothing in it was committed"
-                    );
+                    tracing::error!(error = &error as &dyn std::error::Error, "a write batch failed; nothing in it was committed");
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }

@@ -21,38 +21,22 @@ struct Backend {
 impl Backend {
     /// Drops a PostgreSQL test database, closing the connections still open to it.
     async fn drop_database(&self) {
-        let (Some(admin_url), Some((_, database))) = (&self.admin_url, self.url.rsplit_once('/'))
-        else {
+        let (Some(admin_url), Some((_, database))) = (&self.admin_url, self.url.rsplit_once('/')) else {
             return;
         };
         let mut admin = sqlx::AnyConnection::connect(admin_url).await.unwrap();
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-            )))
-            .await
-            .unwrap();
+        admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))).await.unwrap();
     }
 }
 
 fn options() -> StoreOptions {
-    StoreOptions {
-        compaction_interval: None,
-        ..StoreOptions::default()
-    }
+    StoreOptions { compaction_interval: None, ..StoreOptions::default() }
 }
 
 async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("kapsel.db").display()
-    );
-    Backend {
-        url,
-        _dir: Some(dir),
-        admin_url: None,
-    }
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("kapsel.db").display());
+    Backend { url, _dir: Some(dir), admin_url: None }
 }
 
 async fn postgres() -> Option<Backend> {
@@ -65,36 +49,20 @@ async fn postgres() -> Option<Backend> {
         return None;
     };
     sqlx::any::install_default_drivers();
-    let database = format!(
-        "kapsel_conformance_{}",
-        std::process::id() as u64 * 1000 + rand_suffix()
-    );
-    let mut admin = sqlx::AnyConnection::connect(&base)
-        .await
-        .expect("connect to KAPSEL_TEST_POSTGRES_URL");
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {database}"),
-        format!("CREATE DATABASE {database}"),
-    ] {
+    let database = format!("kapsel_conformance_{}", std::process::id() as u64 * 1000 + rand_suffix());
+    let mut admin = sqlx::AnyConnection::connect(&base).await.expect("connect to KAPSEL_TEST_POSTGRES_URL");
+    for statement in [format!("DROP DATABASE IF EXISTS {database}"), format!("CREATE DATABASE {database}")] {
         admin.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
     }
     let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database");
-    Some(Backend {
-        url: format!("{prefix}/{database}"),
-        _dir: None,
-        admin_url: Some(base),
-    })
+    Some(Backend { url: format!("{prefix}/{database}"), _dir: None, admin_url: Some(base) })
 }
 
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
-        + std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64
-            % 997
+        + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 997
 }
 
 /// Declares one test per backend for each conformance case.
@@ -139,11 +107,7 @@ fn pod(name: &str) -> Value {
 }
 
 fn rv(object: &Value) -> i64 {
-    object["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    object["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
 }
 
 async fn crud_and_conflicts(url: &str) {
@@ -157,70 +121,36 @@ async fn crud_and_conflicts(url: &str) {
     assert_eq!(rv(&got), first_rv);
     assert_eq!(got["spec"]["containers"][0]["image"], "i");
 
-    assert!(matches!(
-        store.create(key.clone(), pod("p1")).await,
-        Err(StoreError::AlreadyExists)
-    ));
+    assert!(matches!(store.create(key.clone(), pod("p1")).await, Err(StoreError::AlreadyExists)));
 
     let mut changed = got.clone();
     changed["spec"]["containers"][0]["image"] = json!("j");
-    let updated = store
-        .update(key.clone(), changed.clone(), Some(first_rv))
-        .await
-        .unwrap();
+    let updated = store.update(key.clone(), changed.clone(), Some(first_rv)).await.unwrap();
     assert!(updated.revision > first_rv);
-    match store
-        .update(key.clone(), changed.clone(), Some(first_rv))
-        .await
-    {
+    match store.update(key.clone(), changed.clone(), Some(first_rv)).await {
         Err(StoreError::Conflict { current }) => assert_eq!(current, updated.revision),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert!(matches!(
-        store.delete(key.clone(), Some(first_rv)).await,
-        Err(StoreError::Conflict { .. })
-    ));
+    assert!(matches!(store.delete(key.clone(), Some(first_rv)).await, Err(StoreError::Conflict { .. })));
     let unconditional = store.update(key.clone(), changed, None).await.unwrap();
     assert!(unconditional.revision > updated.revision);
 
-    let deleted = store
-        .delete(key.clone(), Some(unconditional.revision))
-        .await
-        .unwrap();
+    let deleted = store.delete(key.clone(), Some(unconditional.revision)).await.unwrap();
     assert_eq!(deleted.change_type, ChangeType::Deleted);
     assert_eq!(rv(&deleted.object), deleted.revision);
     assert!(matches!(store.get(&key).await, Err(StoreError::NotFound)));
-    assert!(matches!(
-        store.delete(key.clone(), None).await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        store.update(key, pod("p1"), None).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.delete(key.clone(), None).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.update(key, pod("p1"), None).await, Err(StoreError::NotFound)));
 }
 
 async fn list_by_namespace_at_one_revision(url: &str) {
     let store = Store::open(url, options()).await.unwrap();
     for (ns, name) in [("dev", "a"), ("dev", "b"), ("prod", "c")] {
-        store
-            .create(Key::new("pods", ns, name), pod(name))
-            .await
-            .unwrap();
+        store.create(Key::new("pods", ns, name), pod(name)).await.unwrap();
     }
-    store
-        .create(
-            Key::new("namespaces", "", "dev"),
-            json!({"metadata": {"name": "dev"}}),
-        )
-        .await
-        .unwrap();
+    store.create(Key::new("namespaces", "", "dev"), json!({"metadata": {"name": "dev"}})).await.unwrap();
     let dev = store.list("pods", Some("dev")).await.unwrap();
-    let names: Vec<_> = dev
-        .objects
-        .iter()
-        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<_> = dev.objects.iter().map(|o| o["metadata"]["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["a", "b"]);
     let all = store.list("pods", None).await.unwrap();
     assert_eq!(all.objects.len(), 3);
@@ -240,75 +170,37 @@ async fn next_change(stream: &mut kapsel_store::WatchStream) -> kapsel_store::Ch
 
 async fn watch_resumes_from_a_revision(url: &str) {
     let store = Store::open(url, options()).await.unwrap();
-    let first = store
-        .create(Key::new("pods", "dev", "a"), pod("a"))
-        .await
-        .unwrap();
-    store
-        .create(Key::new("pods", "dev", "b"), pod("b"))
-        .await
-        .unwrap();
-    store
-        .create(Key::new("pods", "prod", "x"), pod("x"))
-        .await
-        .unwrap();
-    store
-        .create(Key::new("nodes", "", "n1"), json!({}))
-        .await
-        .unwrap();
+    let first = store.create(Key::new("pods", "dev", "a"), pod("a")).await.unwrap();
+    store.create(Key::new("pods", "dev", "b"), pod("b")).await.unwrap();
+    store.create(Key::new("pods", "prod", "x"), pod("x")).await.unwrap();
+    store.create(Key::new("nodes", "", "n1"), json!({})).await.unwrap();
 
     let mut all = store.watch("pods", None, first.revision).await.unwrap();
-    let mut dev = store
-        .watch("pods", Some("dev"), first.revision)
-        .await
-        .unwrap();
+    let mut dev = store.watch("pods", Some("dev"), first.revision).await.unwrap();
     assert_eq!(next_change(&mut all).await.key.name, "b");
     assert_eq!(next_change(&mut all).await.key.name, "x");
     assert_eq!(next_change(&mut dev).await.key.name, "b");
 
     // Live changes follow the backlog, in order, filtered.
     let a = store.get(&Key::new("pods", "dev", "a")).await.unwrap();
-    store
-        .update(Key::new("pods", "dev", "a"), a, None)
-        .await
-        .unwrap();
-    store
-        .delete(Key::new("pods", "dev", "b"), None)
-        .await
-        .unwrap();
+    store.update(Key::new("pods", "dev", "a"), a, None).await.unwrap();
+    store.delete(Key::new("pods", "dev", "b"), None).await.unwrap();
     let modified = next_change(&mut dev).await;
-    assert_eq!(
-        (modified.change_type, modified.key.name.as_str()),
-        (ChangeType::Modified, "a")
-    );
+    assert_eq!((modified.change_type, modified.key.name.as_str()), (ChangeType::Modified, "a"));
     let deleted = next_change(&mut dev).await;
-    assert_eq!(
-        (deleted.change_type, deleted.key.name.as_str()),
-        (ChangeType::Deleted, "b")
-    );
+    assert_eq!((deleted.change_type, deleted.key.name.as_str()), (ChangeType::Deleted, "b"));
     assert!(deleted.revision > modified.revision);
     assert_eq!(next_change(&mut all).await.revision, modified.revision);
 
     // A watch from the current revision sees only what comes next.
     let (current, _) = store.revisions().await.unwrap();
     let mut fresh = store.watch("pods", None, current).await.unwrap();
-    store
-        .create(Key::new("pods", "dev", "c"), pod("c"))
-        .await
-        .unwrap();
+    store.create(Key::new("pods", "dev", "c"), pod("c")).await.unwrap();
     assert_eq!(next_change(&mut fresh).await.key.name, "c");
 }
 
 async fn compaction_bounds_the_log(url: &str) {
-    let store = Store::open(
-        url,
-        StoreOptions {
-            retained_changes: 10,
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
+    let store = Store::open(url, StoreOptions { retained_changes: 10, ..options() }).await.unwrap();
     let key = Key::new("pods", "dev", "churn");
     let first = store.create(key.clone(), pod("churn")).await.unwrap();
     for _ in 0..50 {
@@ -342,13 +234,7 @@ async fn concurrent_writers_get_distinct_ordered_revisions(url: &str) {
             let mut revisions = Vec::new();
             for i in 0..25 {
                 let name = format!("w{writer}-{i}");
-                revisions.push(
-                    store
-                        .create(Key::new("pods", "dev", &name), pod(&name))
-                        .await
-                        .unwrap()
-                        .revision,
-                );
+                revisions.push(store.create(Key::new("pods", "dev", &name), pod(&name)).await.unwrap().revision);
             }
             revisions
         }));
@@ -360,18 +246,11 @@ async fn concurrent_writers_get_distinct_ordered_revisions(url: &str) {
         }
     }
     assert_eq!(seen.len(), 800);
-    assert_eq!(
-        store.list("pods", Some("dev")).await.unwrap().objects.len(),
-        800
-    );
+    assert_eq!(store.list("pods", Some("dev")).await.unwrap().objects.len(), 800);
     let mut last = start;
     for _ in 0..800 {
         let change = next_change(&mut watch).await;
-        assert!(
-            change.revision > last,
-            "watch out of order: {} after {last}",
-            change.revision
-        );
+        assert!(change.revision > last, "watch out of order: {} after {last}", change.revision);
         last = change.revision;
     }
 }
@@ -379,85 +258,39 @@ async fn concurrent_writers_get_distinct_ordered_revisions(url: &str) {
 async fn deleting_a_namespace_deletes_its_contents(url: &str) {
     let store = Store::open(url, options()).await.unwrap();
     let ns = Key::new("namespaces", "", "dev");
-    store
-        .create(ns.clone(), json!({"metadata": {"name": "dev"}}))
-        .await
-        .unwrap();
-    store
-        .create(Key::new("pods", "dev", "a"), pod("a"))
-        .await
-        .unwrap();
-    store
-        .create(Key::new("resourcequotas", "dev", "q"), json!({}))
-        .await
-        .unwrap();
-    store
-        .create(Key::new("pods", "prod", "keep"), pod("keep"))
-        .await
-        .unwrap();
-    let changes = store
-        .write(WriteOp::DeleteNamespace { key: ns.clone() })
-        .await
-        .unwrap();
+    store.create(ns.clone(), json!({"metadata": {"name": "dev"}})).await.unwrap();
+    store.create(Key::new("pods", "dev", "a"), pod("a")).await.unwrap();
+    store.create(Key::new("resourcequotas", "dev", "q"), json!({})).await.unwrap();
+    store.create(Key::new("pods", "prod", "keep"), pod("keep")).await.unwrap();
+    let changes = store.write(WriteOp::DeleteNamespace { key: ns.clone() }).await.unwrap();
     assert_eq!(changes.len(), 3);
     assert_eq!(changes[0].key, ns);
     assert!(changes.iter().all(|c| c.change_type == ChangeType::Deleted));
     let revisions: HashSet<_> = changes.iter().map(|c| c.revision).collect();
     assert_eq!(revisions.len(), 3);
-    assert!(
-        store
-            .list("pods", Some("dev"))
-            .await
-            .unwrap()
-            .objects
-            .is_empty()
-    );
-    assert!(
-        store
-            .list("resourcequotas", None)
-            .await
-            .unwrap()
-            .objects
-            .is_empty()
-    );
+    assert!(store.list("pods", Some("dev")).await.unwrap().objects.is_empty());
+    assert!(store.list("resourcequotas", None).await.unwrap().objects.is_empty());
     assert_eq!(store.list("pods", None).await.unwrap().objects.len(), 1);
-    assert!(matches!(
-        store.write(WriteOp::DeleteNamespace { key: ns }).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.write(WriteOp::DeleteNamespace { key: ns }).await, Err(StoreError::NotFound)));
 }
 
 async fn writes_survive_reopening(url: &str) {
     let revision = {
         let store = Store::open(url, options()).await.unwrap();
-        store
-            .create(Key::new("pods", "dev", "kept"), pod("kept"))
-            .await
-            .unwrap()
-            .revision
+        store.create(Key::new("pods", "dev", "kept"), pod("kept")).await.unwrap().revision
     };
     let store = Store::open(url, options()).await.unwrap();
     let got = store.get(&Key::new("pods", "dev", "kept")).await.unwrap();
     assert_eq!(rv(&got), revision);
-    let next = store
-        .create(Key::new("pods", "dev", "after"), pod("after"))
-        .await
-        .unwrap();
-    assert!(
-        next.revision > revision,
-        "the revision counter went backwards after reopening"
-    );
+    let next = store.create(Key::new("pods", "dev", "after"), pod("after")).await.unwrap();
+    assert!(next.revision > revision, "the revision counter went backwards after reopening");
 }
 
 async fn refuses_an_unknown_schema(url: &str) {
     Store::open(url, options()).await.unwrap();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
     // A migration this build does not know, as a newer Kapsel would leave it.
-    let checksum = if url.starts_with("sqlite:") {
-        "x'00'"
-    } else {
-        "'\\x00'::bytea"
-    };
+    let checksum = if url.starts_with("sqlite:") { "x'00'" } else { "'\\x00'::bytea" };
     let insert = format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99990101000000, 'from a newer kapsel', TRUE, {checksum}, 0)"
     );

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use serde_json::Value;
 
-use super::{text_at, typed};
+use super::{roundtrip, text_at, typed};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
@@ -17,36 +17,16 @@ pub static EVENT: ResourceType = ResourceType {
     short_names: &["ev"],
     scope: Scope::Namespaced,
     tenant_access: TenantAccess::ReadOnly,
-    selectable_fields: &[
-        "involvedObject.kind",
-        "involvedObject.name",
-        "reason",
-        "type",
-    ],
+    selectable_fields: &["involvedObject.kind", "involvedObject.name", "reason", "type"],
     status_subresource: false,
+    typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::Event>),
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column {
-            name: "TYPE",
-            wide: false,
-            value: |e| text_at(e, "type"),
-        },
-        Column {
-            name: "REASON",
-            wide: false,
-            value: |e| text_at(e, "reason"),
-        },
-        Column {
-            name: "OBJECT",
-            wide: false,
-            value: object,
-        },
-        Column {
-            name: "MESSAGE",
-            wide: false,
-            value: |e| text_at(e, "message"),
-        },
+        Column { name: "TYPE", wide: false, value: |e| text_at(e, "type") },
+        Column { name: "REASON", wide: false, value: |e| text_at(e, "reason") },
+        Column { name: "OBJECT", wide: false, value: object },
+        Column { name: "MESSAGE", wide: false, value: |e| text_at(e, "message") },
     ],
 };
 
@@ -59,9 +39,5 @@ fn validate(object: &Value) -> Vec<FieldError> {
 }
 
 fn object(event: &Value) -> String {
-    format!(
-        "{}/{}",
-        text_at(event, "involvedObject.kind").to_lowercase(),
-        text_at(event, "involvedObject.name")
-    )
+    format!("{}/{}", text_at(event, "involvedObject.kind").to_lowercase(), text_at(event, "involvedObject.name"))
 }

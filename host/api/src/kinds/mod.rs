@@ -25,32 +25,20 @@ pub(crate) fn typed<T: DeserializeOwned>(object: &Value, field: &str) -> Result<
     let value = object.get(field).unwrap_or(&Value::Null);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
-        let path = if inner == "." {
-            field.to_string()
-        } else {
-            format!("{field}.{inner}")
-        };
+        let path = if inner == "." { field.to_string() } else { format!("{field}.{inner}") };
         FieldError::invalid(path, e.inner().to_string())
     })
 }
 
 /// Checks that every value of a resource map parses as a non-negative quantity.
-pub(crate) fn check_quantities(
-    map: Option<&BTreeMap<String, K8sQuantity>>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) {
+pub(crate) fn check_quantities(map: Option<&BTreeMap<String, K8sQuantity>>, path: &str, errors: &mut Vec<FieldError>) {
     for (resource, quantity) in map.into_iter().flatten() {
         match Quantity::parse(&quantity.0) {
-            Ok(q) if q.is_negative() => errors.push(FieldError::invalid(
-                format!("{path}.{resource}"),
-                "must be greater than or equal to 0",
-            )),
+            Ok(q) if q.is_negative() => {
+                errors.push(FieldError::invalid(format!("{path}.{resource}"), "must be greater than or equal to 0"))
+            }
             Ok(_) => {}
-            Err(e) => errors.push(FieldError::invalid(
-                format!("{path}.{resource}"),
-                e.to_string(),
-            )),
+            Err(e) => errors.push(FieldError::invalid(format!("{path}.{resource}"), e.to_string())),
         }
     }
 }
@@ -66,6 +54,12 @@ pub(crate) fn text_at(object: &Value, path: &str) -> String {
         Some(Value::Null) | None => "<none>".into(),
         Some(other) => other.to_string(),
     }
+}
+
+/// Decodes `object` as `T` and encodes it back (for unknown-field detection).
+pub(crate) fn roundtrip<T: DeserializeOwned + serde::Serialize>(object: &Value) -> Option<Value> {
+    let typed: T = serde_json::from_value(object.clone()).ok()?;
+    serde_json::to_value(typed).ok()
 }
 
 pub(crate) fn no_spec_checks(_: &Value) -> Vec<FieldError> {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::text_at;
+use super::{roundtrip, text_at};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::dns1123_label;
 
@@ -18,13 +18,10 @@ pub static NAMESPACE: ResourceType = ResourceType {
     tenant_access: TenantAccess::OwnNamespaces,
     selectable_fields: &["status.phase"],
     status_subresource: true,
+    typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::Namespace>),
     validate_name: dns1123_label,
     validate: super::no_spec_checks,
-    columns: &[Column {
-        name: "STATUS",
-        wide: false,
-        value: phase,
-    }],
+    columns: &[Column { name: "STATUS", wide: false, value: phase }],
 };
 
 fn phase(object: &Value) -> String {

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
 use serde_json::Value;
 
-use super::{check_quantities, text_at, typed};
+use super::{check_quantities, roundtrip, text_at, typed};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
@@ -19,19 +19,12 @@ pub static NODE: ResourceType = ResourceType {
     tenant_access: TenantAccess::ClusterReadable,
     selectable_fields: &["spec.unschedulable"],
     status_subresource: true,
+    typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::Node>),
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column {
-            name: "STATUS",
-            wide: false,
-            value: ready,
-        },
-        Column {
-            name: "VERSION",
-            wide: false,
-            value: |n| text_at(n, "status.nodeInfo.kubeletVersion"),
-        },
+        Column { name: "STATUS", wide: false, value: ready },
+        Column { name: "VERSION", wide: false, value: |n| text_at(n, "status.nodeInfo.kubeletVersion") },
     ],
 };
 
@@ -44,11 +37,7 @@ fn validate(object: &Value) -> Vec<FieldError> {
         Err(e) => errors.push(e),
         Ok(Some(status)) => {
             check_quantities(status.capacity.as_ref(), "status.capacity", &mut errors);
-            check_quantities(
-                status.allocatable.as_ref(),
-                "status.allocatable",
-                &mut errors,
-            );
+            check_quantities(status.allocatable.as_ref(), "status.allocatable", &mut errors);
         }
         Ok(None) => {}
     }
@@ -59,10 +48,7 @@ fn ready(node: &Value) -> String {
     let ready = node
         .pointer("/status/conditions")
         .and_then(Value::as_array)
-        .and_then(|c| {
-            c.iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-        })
+        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
         .and_then(|c| c.get("status").and_then(Value::as_str));
     let mut text = match ready {
         Some("True") => "Ready".to_string(),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 
-use super::{check_quantities, text_at, typed};
+use super::{check_quantities, roundtrip, text_at, typed};
 use crate::quantity::Quantity;
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_label, dns1123_subdomain};
@@ -23,34 +23,15 @@ pub static POD: ResourceType = ResourceType {
     tenant_access: TenantAccess::Workload,
     selectable_fields: &["spec.nodeName", "status.phase", "spec.restartPolicy"],
     status_subresource: true,
+    typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::Pod>),
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column {
-            name: "READY",
-            wide: false,
-            value: ready,
-        },
-        Column {
-            name: "STATUS",
-            wide: false,
-            value: status,
-        },
-        Column {
-            name: "RESTARTS",
-            wide: false,
-            value: restarts,
-        },
-        Column {
-            name: "IP",
-            wide: true,
-            value: |p| text_at(p, "status.podIP"),
-        },
-        Column {
-            name: "NODE",
-            wide: true,
-            value: |p| text_at(p, "spec.nodeName"),
-        },
+        Column { name: "READY", wide: false, value: ready },
+        Column { name: "STATUS", wide: false, value: status },
+        Column { name: "RESTARTS", wide: false, value: restarts },
+        Column { name: "IP", wide: true, value: |p| text_at(p, "status.podIP") },
+        Column { name: "NODE", wide: true, value: |p| text_at(p, "spec.nodeName") },
     ],
 };
 
@@ -78,30 +59,16 @@ fn validate(object: &Value) -> Vec<FieldError> {
         } else if !names.insert(container.name.as_str()) {
             errors.push(FieldError::duplicate(format!("{at}.name"), &container.name));
         }
-        if container
-            .image
-            .as_deref()
-            .is_none_or(|i| i.trim().is_empty())
-        {
+        if container.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
             errors.push(FieldError::required(format!("{at}.image")));
         }
         if let Some(resources) = &container.resources {
-            check_quantities(
-                resources.requests.as_ref(),
-                &format!("{at}.resources.requests"),
-                &mut errors,
-            );
-            check_quantities(
-                resources.limits.as_ref(),
-                &format!("{at}.resources.limits"),
-                &mut errors,
-            );
+            check_quantities(resources.requests.as_ref(), &format!("{at}.resources.requests"), &mut errors);
+            check_quantities(resources.limits.as_ref(), &format!("{at}.resources.limits"), &mut errors);
             for (resource, request) in resources.requests.iter().flatten() {
                 let limit = resources.limits.as_ref().and_then(|l| l.get(resource));
-                if let (Ok(request), Some(Ok(limit))) = (
-                    Quantity::parse(&request.0),
-                    limit.map(|l| Quantity::parse(&l.0)),
-                ) && request > limit
+                if let (Ok(request), Some(Ok(limit))) = (Quantity::parse(&request.0), limit.map(|l| Quantity::parse(&l.0)))
+                    && request > limit
                 {
                     errors.push(FieldError::invalid(
                         format!("{at}.resources.requests.{resource}"),
@@ -115,57 +82,35 @@ fn validate(object: &Value) -> Vec<FieldError> {
             if env.name.is_empty() {
                 errors.push(FieldError::required(format!("{at}.env[{j}].name")));
             } else if !env_names.insert(env.name.as_str()) {
-                errors.push(FieldError::duplicate(
-                    format!("{at}.env[{j}].name"),
-                    &env.name,
-                ));
+                errors.push(FieldError::duplicate(format!("{at}.env[{j}].name"), &env.name));
             }
         }
     }
     if let Some(policy) = spec.restart_policy.as_deref()
         && !RESTART_POLICIES.contains(&policy)
     {
-        errors.push(FieldError::not_supported(
-            "spec.restartPolicy",
-            policy,
-            RESTART_POLICIES,
-        ));
+        errors.push(FieldError::not_supported("spec.restartPolicy", policy, RESTART_POLICIES));
     }
     if let Some(seconds) = spec.active_deadline_seconds
         && seconds <= 0
     {
-        errors.push(FieldError::invalid(
-            "spec.activeDeadlineSeconds",
-            "must be greater than 0",
-        ));
+        errors.push(FieldError::invalid("spec.activeDeadlineSeconds", "must be greater than 0"));
     }
     if let Some(seconds) = spec.termination_grace_period_seconds
         && seconds < 0
     {
-        errors.push(FieldError::invalid(
-            "spec.terminationGracePeriodSeconds",
-            "must be greater than or equal to 0",
-        ));
+        errors.push(FieldError::invalid("spec.terminationGracePeriodSeconds", "must be greater than or equal to 0"));
     }
     errors
 }
 
 fn container_statuses(pod: &Value) -> &[Value] {
-    pod.pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    pod.pointer("/status/containerStatuses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 fn ready(pod: &Value) -> String {
-    let total = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let ready = container_statuses(pod)
-        .iter()
-        .filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true))
-        .count();
+    let total = pod.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    let ready = container_statuses(pod).iter().filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true)).count();
     format!("{ready}/{total}")
 }
 
@@ -174,30 +119,18 @@ fn status(pod: &Value) -> String {
         return "Terminating".into();
     }
     for s in container_statuses(pod) {
-        if let Some(reason) = s
-            .pointer("/state/waiting/reason")
-            .or_else(|| s.pointer("/state/terminated/reason"))
-            .and_then(Value::as_str)
-        {
+        if let Some(reason) = s.pointer("/state/waiting/reason").or_else(|| s.pointer("/state/terminated/reason")).and_then(Value::as_str) {
             return reason.into();
         }
     }
-    match pod
-        .pointer("/status/reason")
-        .or_else(|| pod.pointer("/status/phase"))
-        .and_then(Value::as_str)
-    {
+    match pod.pointer("/status/reason").or_else(|| pod.pointer("/status/phase")).and_then(Value::as_str) {
         Some(reason) => reason.into(),
         None => "Pending".into(),
     }
 }
 
 fn restarts(pod: &Value) -> String {
-    container_statuses(pod)
-        .iter()
-        .map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
-        .sum::<i64>()
-        .to_string()
+    container_statuses(pod).iter().map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum::<i64>().to_string()
 }
 
 #[cfg(test)]
@@ -222,34 +155,18 @@ mod tests {
             {"name": "a", "image": "x", "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi", "cpu": "lots"}}}
         ]}});
         let got = fields(validate(&pod));
-        assert!(
-            got.contains(&"spec.containers[0].image".to_string()),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&"spec.containers[1].name".to_string()),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&"spec.containers[1].resources.limits.cpu".to_string()),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&"spec.containers[1].resources.requests.memory".to_string()),
-            "{got:?}"
-        );
+        assert!(got.contains(&"spec.containers[0].image".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.containers[1].name".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.containers[1].resources.limits.cpu".to_string()), "{got:?}");
+        assert!(got.contains(&"spec.containers[1].resources.requests.memory".to_string()), "{got:?}");
         assert!(got.contains(&"spec.restartPolicy".to_string()), "{got:?}");
     }
 
     #[test]
     fn type_errors_carry_the_path() {
-        let pod =
-            json!({"spec": {"containers": [{"name": "a", "image": "x", "args": "not-a-list"}]}});
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x", "args": "not-a-list"}]}});
         assert_eq!(fields(validate(&pod)), vec!["spec.containers[0].args"]);
         assert_eq!(fields(validate(&json!({}))), vec!["spec"]);
-        assert_eq!(
-            fields(validate(&json!({"spec": {"containers": []}}))),
-            vec!["spec.containers"]
-        );
+        assert_eq!(fields(validate(&json!({"spec": {"containers": []}}))), vec!["spec.containers"]);
     }
 }

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::ResourceQuotaSpec;
 use serde_json::Value;
 
-use super::{check_quantities, typed};
+use super::{check_quantities, roundtrip, typed};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
@@ -19,13 +19,10 @@ pub static RESOURCE_QUOTA: ResourceType = ResourceType {
     tenant_access: TenantAccess::ReadOnly,
     selectable_fields: &[],
     status_subresource: true,
+    typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::ResourceQuota>),
     validate_name: dns1123_subdomain,
     validate,
-    columns: &[Column {
-        name: "HARD",
-        wide: false,
-        value: hard,
-    }],
+    columns: &[Column { name: "HARD", wide: false, value: hard }],
 };
 
 fn validate(object: &Value) -> Vec<FieldError> {
@@ -33,11 +30,7 @@ fn validate(object: &Value) -> Vec<FieldError> {
         Err(e) => vec![e],
         Ok(spec) => {
             let mut errors = Vec::new();
-            check_quantities(
-                spec.as_ref().and_then(|s| s.hard.as_ref()),
-                "spec.hard",
-                &mut errors,
-            );
+            check_quantities(spec.as_ref().and_then(|s| s.hard.as_ref()), "spec.hard", &mut errors);
             errors
         }
     }
@@ -47,8 +40,5 @@ fn hard(quota: &Value) -> String {
     let Some(hard) = quota.pointer("/spec/hard").and_then(Value::as_object) else {
         return "<none>".into();
     };
-    hard.iter()
-        .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    hard.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", ")
 }

@@ -20,29 +20,13 @@ pub static TOKEN: ResourceType = ResourceType {
     tenant_access: TenantAccess::None,
     selectable_fields: &["spec.user"],
     status_subresource: false,
+    typed_roundtrip: None,
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column {
-            name: "USER",
-            wide: false,
-            value: |t| text_at(t, "spec.user"),
-        },
-        Column {
-            name: "ADMIN",
-            wide: false,
-            value: |t| {
-                t.pointer("/spec/admin")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-                    .to_string()
-            },
-        },
-        Column {
-            name: "ROLES",
-            wide: false,
-            value: roles_column,
-        },
+        Column { name: "USER", wide: false, value: |t| text_at(t, "spec.user") },
+        Column { name: "ADMIN", wide: false, value: |t| t.pointer("/spec/admin").and_then(Value::as_bool).unwrap_or(false).to_string() },
+        Column { name: "ROLES", wide: false, value: roles_column },
     ],
 };
 
@@ -114,32 +98,20 @@ fn validate(object: &Value) -> Vec<FieldError> {
     if let Some(expiry) = &spec.expires_at
         && chrono::DateTime::parse_from_rfc3339(expiry).is_err()
     {
-        errors.push(FieldError::invalid(
-            "spec.expiresAt",
-            "must be an RFC 3339 time",
-        ));
+        errors.push(FieldError::invalid("spec.expiresAt", "must be an RFC 3339 time"));
     }
     errors
 }
 
 fn roles_column(token: &Value) -> String {
-    let roles: Vec<NamespaceRole> = typed::<TokenSpec>(token, "spec")
-        .map(|s| s.roles)
-        .unwrap_or_default();
+    let roles: Vec<NamespaceRole> = typed::<TokenSpec>(token, "spec").map(|s| s.roles).unwrap_or_default();
     if roles.is_empty() {
         return "<none>".into();
     }
     roles
         .iter()
         .map(|r| {
-            format!(
-                "{}:{}",
-                r.namespace,
-                serde_json::to_value(r.role)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            )
+            format!("{}:{}", r.namespace, serde_json::to_value(r.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
         })
         .collect::<Vec<_>>()
         .join(",")

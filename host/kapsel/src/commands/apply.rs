@@ -42,31 +42,21 @@ pub async fn run(connection: &ConnectionArgs, args: ApplyArgs) -> anyhow::Result
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Reads every object from a file, a directory or stdin, with where it came from.
 pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, Value)>> {
     if path == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading standard input")?;
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
         return parse_documents(&text, "<stdin>");
     }
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("reading directory {}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
+            .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")))
             .collect();
         files.sort();
         let mut objects = Vec::new();
@@ -75,8 +65,7 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, Value)>> {
         }
         return Ok(objects);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_documents(&text, &path.display().to_string())
 }
 
@@ -84,17 +73,11 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, Value)>> {
 pub fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<(String, Value)>> {
     let mut objects = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document)
-            .with_context(|| format!("{source}: document {} is not valid YAML", index + 1))?;
+        let value = Value::deserialize(document).with_context(|| format!("{source}: document {} is not valid YAML", index + 1))?;
         match value {
             Value::Null => {}
             Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
-                for item in map
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for item in map.get("items").and_then(Value::as_array).into_iter().flatten() {
                     objects.push((format!("{source} (document {})", index + 1), item.clone()));
                 }
             }
@@ -108,34 +91,19 @@ pub fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<(String, 
 /// Whether every field of `desired` has the same value in `current`.
 fn contained(desired: &Value, current: &Value) -> bool {
     match (desired, current) {
-        (Value::Object(d), Value::Object(c)) => d.iter().all(|(k, v)| {
-            c.get(k).is_some_and(|cv| contained(v, cv)) || (v.is_null() && c.get(k).is_none())
-        }),
+        (Value::Object(d), Value::Object(c)) => {
+            d.iter().all(|(k, v)| c.get(k).is_some_and(|cv| contained(v, cv)) || (v.is_null() && c.get(k).is_none()))
+        }
         (d, c) => d == c,
     }
 }
 
-async fn apply_one(
-    client: &Client,
-    namespace_flag: Option<&str>,
-    mut desired: Value,
-) -> anyhow::Result<String> {
-    let api_version = desired
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let kind = desired
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let resource = registry::by_kind(&api_version, &kind).with_context(|| {
-        format!("no kind {kind:?} in {api_version:?} is served (set apiVersion and kind)")
-    })?;
-    let name = object::name(&desired)
-        .context("metadata.name is required to apply")?
-        .to_string();
+async fn apply_one(client: &Client, namespace_flag: Option<&str>, mut desired: Value) -> anyhow::Result<String> {
+    let api_version = desired.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = desired.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let resource = registry::by_kind(&api_version, &kind)
+        .with_context(|| format!("no kind {kind:?} in {api_version:?} is served (set apiVersion and kind)"))?;
+    let name = object::name(&desired).context("metadata.name is required to apply")?.to_string();
     let namespace = if resource.namespaced() {
         let ns = object::namespace(&desired)
             .map(str::to_string)
@@ -161,14 +129,10 @@ async fn apply_one(
         }
         Err(error)
             if error.downcast_ref::<ApiFailure>().is_some_and(|f| {
-                f.status.code == 404
-                    && f.status.reason == "NotFound"
-                    && f.status.details.as_ref().is_some_and(|d| d.name == name)
+                f.status.code == 404 && f.status.reason == "NotFound" && f.status.details.as_ref().is_some_and(|d| d.name == name)
             }) =>
         {
-            client
-                .post(&resource.collection_path(namespace.as_deref()), &desired)
-                .await?;
+            client.post(&resource.collection_path(namespace.as_deref()), &desired).await?;
             Ok(format!("{label} created"))
         }
         Err(error) => Err(error),
@@ -184,10 +148,7 @@ mod tests {
     fn reads_multi_document_yaml_and_lists() {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: dev}\n---\n---\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a}}\n- {apiVersion: v1, kind: Pod, metadata: {name: b}}\n";
         let objects = parse_documents(text, "x.yaml").unwrap();
-        let names: Vec<_> = objects
-            .iter()
-            .map(|(_, o)| o["metadata"]["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<_> = objects.iter().map(|(_, o)| o["metadata"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["dev", "a", "b"]);
         assert!(parse_documents("- 1\n- 2\n", "bad.yaml").is_err());
         assert!(parse_documents("a: [", "broken.yaml").is_err());
@@ -196,10 +157,7 @@ mod tests {
     #[test]
     fn containment_decides_unchanged() {
         let current = json!({"metadata": {"name": "a", "uid": "u"}, "spec": {"x": 1, "y": [1]}});
-        assert!(contained(
-            &json!({"metadata": {"name": "a"}, "spec": {"x": 1}}),
-            &current
-        ));
+        assert!(contained(&json!({"metadata": {"name": "a"}, "spec": {"x": 1}}), &current));
         assert!(!contained(&json!({"spec": {"x": 2}}), &current));
         assert!(!contained(&json!({"spec": {"y": [1, 2]}}), &current));
     }

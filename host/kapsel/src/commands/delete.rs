@@ -28,9 +28,5 @@ pub async fn run(connection: &ConnectionArgs, args: DeleteArgs) -> anyhow::Resul
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -43,16 +43,9 @@ pub struct DescribeArgs {
 pub async fn run(connection: &ConnectionArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(connection)?;
     let resource = resolve_kind(&args.kind)?;
-    let namespace = if args.all_namespaces {
-        None
-    } else {
-        namespace_for(resource, args.namespace.as_deref(), &client)
-    };
+    let namespace = if args.all_namespaces { None } else { namespace_for(resource, args.namespace.as_deref(), &client) };
     let (objects, single) = match &args.name {
-        Some(name) => (
-            vec![client.get(&object_path(resource, namespace, name)).await?],
-            true,
-        ),
+        Some(name) => (vec![client.get(&object_path(resource, namespace, name)).await?], true),
         None => {
             let mut query: Vec<(&str, &str)> = Vec::new();
             if let Some(selector) = &args.selector {
@@ -68,21 +61,11 @@ pub async fn run(connection: &ConnectionArgs, args: GetArgs) -> anyhow::Result<E
                 format!("{}?{encoded}", resource.collection_path(namespace))
             };
             let list = client.get(&path).await?;
-            (
-                list.get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                false,
-            )
+            (list.get("items").and_then(Value::as_array).cloned().unwrap_or_default(), false)
         }
     };
     let as_value = || {
-        if single {
-            objects[0].clone()
-        } else {
-            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects})
-        }
+        if single { objects[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}) }
     };
     match args.output {
         Some(Format::Yaml) => output::print_yaml(&as_value())?,
@@ -96,12 +79,7 @@ pub async fn run(connection: &ConnectionArgs, args: GetArgs) -> anyhow::Result<E
                 return Ok(ExitCode::SUCCESS);
             }
             let with_namespace = args.all_namespaces && resource.namespaced();
-            let (headers, rows) = output::object_table(
-                resource,
-                &objects,
-                with_namespace,
-                format == Some(Format::Wide),
-            );
+            let (headers, rows) = output::object_table(resource, &objects, with_namespace, format == Some(Format::Wide));
             output::print_table(&headers, &rows);
         }
     }
@@ -112,26 +90,14 @@ pub async fn describe(connection: &ConnectionArgs, args: DescribeArgs) -> anyhow
     let client = Client::connect(connection)?;
     let resource = resolve_kind(&args.kind)?;
     let namespace = namespace_for(resource, args.namespace.as_deref(), &client);
-    let object = client
-        .get(&object_path(resource, namespace, &args.name))
-        .await?;
+    let object = client.get(&object_path(resource, namespace, &args.name)).await?;
     print_description(resource, &object);
     // Events about the object, when the caller may read them.
     let events_namespace = namespace.unwrap_or("default");
-    let selector = format!(
-        "involvedObject.name={},involvedObject.kind={}",
-        args.name, resource.kind
-    );
+    let selector = format!("involvedObject.name={},involvedObject.kind={}", args.name, resource.kind);
     let query = serde_urlencoded::to_string([("fieldSelector", selector.as_str())])?;
-    let events = client
-        .get(&format!(
-            "/api/v1/namespaces/{events_namespace}/events?{query}"
-        ))
-        .await
-        .ok();
-    let events: Vec<Value> = events
-        .and_then(|e| e.get("items").and_then(Value::as_array).cloned())
-        .unwrap_or_default();
+    let events = client.get(&format!("/api/v1/namespaces/{events_namespace}/events?{query}")).await.ok();
+    let events: Vec<Value> = events.and_then(|e| e.get("items").and_then(Value::as_array).cloned()).unwrap_or_default();
     if events.is_empty() {
         println!("Events:       <none>");
     } else {
@@ -139,15 +105,7 @@ pub async fn describe(connection: &ConnectionArgs, args: DescribeArgs) -> anyhow
         let rows: Vec<Vec<String>> = events
             .iter()
             .map(|e| {
-                ["type", "reason", "message"]
-                    .iter()
-                    .map(|f| {
-                        e.get(*f)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string()
-                    })
-                    .collect()
+                ["type", "reason", "message"].iter().map(|f| e.get(*f).and_then(Value::as_str).unwrap_or_default().to_string()).collect()
             })
             .collect();
         output::print_table(
@@ -168,41 +126,19 @@ fn print_description(resource: &ResourceType, object: &Value) {
     let field = |label: &str, value: String| println!("{:<14}{value}", format!("{label}:"));
     field("Name", object::name(object).unwrap_or_default().to_string());
     if resource.namespaced() {
-        field(
-            "Namespace",
-            object::namespace(object).unwrap_or_default().to_string(),
-        );
+        field("Namespace", object::namespace(object).unwrap_or_default().to_string());
     }
     field("Kind", resource.kind.to_string());
     let pairs = |map: Option<&serde_json::Map<String, Value>>| match map {
-        Some(m) if !m.is_empty() => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join("\n              "),
+        Some(m) if !m.is_empty() => {
+            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join("\n              ")
+        }
         _ => "<none>".into(),
     };
     field("Labels", pairs(object::labels(object)));
-    field(
-        "Annotations",
-        pairs(
-            object
-                .pointer("/metadata/annotations")
-                .and_then(Value::as_object),
-        ),
-    );
-    field(
-        "Created",
-        object::meta_str(object, "creationTimestamp")
-            .unwrap_or("<unknown>")
-            .to_string(),
-    );
-    field(
-        "UID",
-        object::meta_str(object, "uid")
-            .unwrap_or_default()
-            .to_string(),
-    );
+    field("Annotations", pairs(object.pointer("/metadata/annotations").and_then(Value::as_object)));
+    field("Created", object::meta_str(object, "creationTimestamp").unwrap_or("<unknown>").to_string());
+    field("UID", object::meta_str(object, "uid").unwrap_or_default().to_string());
     for column in resource.columns {
         field(&title(column.name), (column.value)(object));
     }
@@ -221,8 +157,5 @@ fn print_description(resource: &ResourceType, object: &Value) {
 fn title(name: &str) -> String {
     let lower = name.to_ascii_lowercase();
     let mut chars = lower.chars();
-    chars
-        .next()
-        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
+    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }

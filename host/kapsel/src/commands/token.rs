@@ -42,30 +42,12 @@ pub enum TokenCommand {
 pub async fn run(connection: &ConnectionArgs, command: TokenCommand) -> anyhow::Result<ExitCode> {
     let client = Client::connect(connection)?;
     match command {
-        TokenCommand::Create {
-            user,
-            namespaces,
-            roles,
-            admin,
-            expires_at,
-        } => {
+        TokenCommand::Create { user, namespaces, roles, admin, expires_at } => {
             if namespaces.len() != roles.len() {
-                bail!(
-                    "give one --role for each --namespace (got {} namespaces and {} roles)",
-                    namespaces.len(),
-                    roles.len()
-                );
+                bail!("give one --role for each --namespace (got {} namespaces and {} roles)", namespaces.len(), roles.len());
             }
-            let grants: Vec<Value> = namespaces
-                .iter()
-                .zip(&roles)
-                .map(|(ns, role)| json!({"namespace": ns, "role": role}))
-                .collect();
-            let prefix: String = user
-                .to_ascii_lowercase()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect();
+            let grants: Vec<Value> = namespaces.iter().zip(&roles).map(|(ns, role)| json!({"namespace": ns, "role": role})).collect();
+            let prefix: String = user.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
             let mut spec = json!({"user": user, "admin": admin, "roles": grants});
             if let Some(expiry) = expires_at {
                 spec["expiresAt"] = json!(expiry);
@@ -73,22 +55,13 @@ pub async fn run(connection: &ConnectionArgs, command: TokenCommand) -> anyhow::
             let token = json!({"apiVersion": TOKEN.api_version(), "kind": TOKEN.kind, "metadata": {"generateName": format!("{}-", prefix.trim_matches('-'))}, "spec": spec});
             let created = client.post(&TOKEN.collection_path(None), &token).await?;
             let name = kapsel_api::object::name(&created).unwrap_or_default();
-            let secret = created
-                .pointer("/status/token")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            eprintln!(
-                "token {name:?} created for user {user:?}; this is the only time its secret is shown:"
-            );
+            let secret = created.pointer("/status/token").and_then(Value::as_str).unwrap_or_default();
+            eprintln!("token {name:?} created for user {user:?}; this is the only time its secret is shown:");
             println!("{secret}");
         }
         TokenCommand::List => {
             let list = client.get(&TOKEN.collection_path(None)).await?;
-            let items = list
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
             let (headers, rows) = output::object_table(&TOKEN, &items, false, false);
             output::print_table(&headers, &rows);
         }
