@@ -47,6 +47,8 @@ pub struct App {
     pub store: Store,
     pub auth: Authenticator,
     pub info: Arc<ServerInfo>,
+    /// Turns `true` when the server is stopping; long-lived responses (watches) end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole HTTP API.

@@ -62,8 +62,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let listener = tls::TlsListener::new(listener, certificates.server_config)?;
     tracing::info!(address = %bound, datastore = store.backend_name(), data_dir = %config.data_dir.display(), kubeconfig = %kubeconfig.display(), "kapsel is serving");
 
-    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }) };
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await.context("serving")?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping };
+    let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // Ends open watches so that graceful shutdown does not wait for their timeouts.
+        let _ = stop.send(true);
+    });
+    server.await.context("serving")?;
     tracing::info!("kapsel stopped");
     Ok(())
 }

@@ -54,6 +54,7 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     };
     let name = target.name.clone();
     let identity = identity.clone();
+    let mut stopping = app.stopping.clone();
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     tokio::spawn(async move {
         let mut encoder = encoder;
@@ -74,6 +75,7 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
         loop {
             let next = tokio::select! {
                 _ = sender.closed() => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
                 _ = &mut deadline => return,
                 next = changes.next() => next,
             };
