@@ -9,9 +9,12 @@
 //!
 //! Backends: SQLite (WAL, the embedded default) and PostgreSQL, through
 //! sqlx with the same SQL and versioned migrations per backend
-//! ([`sql::SqlBackend`]). The store knows nothing of kinds: a key is
-//! (resource, namespace, name), with the resource an opaque string.
+//! ([`sql::SqlBackend`]). On SQLite, where this process is the only
+//! writer, reads are served from an in-memory copy kept exact by the
+//! writer ([`cache::ObjectCache`]). The store knows nothing of kinds: a key
+//! is (resource, namespace, name), with the resource an opaque string.
 
+mod cache;
 mod sql;
 mod watch;
 mod writer;
@@ -141,7 +144,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_batch: 512, read_connections: 4, retained_changes: 10_000, compaction_interval: Some(Duration::from_secs(60)) }
+        StoreOptions { max_batch: 512, read_connections: 16, retained_changes: 10_000, compaction_interval: Some(Duration::from_secs(60)) }
     }
 }
 
@@ -149,6 +152,7 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Arc<sql::SqlBackend>,
+    cache: Option<Arc<cache::ObjectCache>>,
     writer: writer::WriterHandle,
     changes: broadcast::Sender<Change>,
     options: Arc<StoreOptions>,
@@ -161,8 +165,14 @@ impl Store {
     pub async fn open(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
         let backend = Arc::new(sql::SqlBackend::connect(url, &options).await?);
         let (changes, _) = broadcast::channel(8192);
-        let writer = writer::spawn(backend.clone(), changes.clone(), options.max_batch);
-        let store = Store { backend, writer, changes, options: Arc::new(options) };
+        let cache = if backend.single_writer() {
+            let (revision, objects) = backend.load_all().await?;
+            Some(Arc::new(cache::ObjectCache::new(revision, objects)))
+        } else {
+            None
+        };
+        let writer = writer::spawn(backend.clone(), cache.clone(), changes.clone(), options.max_batch);
+        let store = Store { backend, cache, writer, changes, options: Arc::new(options) };
         if let Some(interval) = store.options.compaction_interval {
             let compactor = store.clone();
             tokio::spawn(async move {
@@ -210,12 +220,18 @@ impl Store {
 
     /// The object under `key`.
     pub async fn get(&self, key: &Key) -> Result<Value, StoreError> {
-        self.backend.get(key).await?.ok_or(StoreError::NotFound)
+        match &self.cache {
+            Some(cache) => cache.get(key).ok_or(StoreError::NotFound),
+            None => self.backend.get(key).await?.ok_or(StoreError::NotFound),
+        }
     }
 
     /// Every object of `resource` (in `namespace`, or in all), at one revision.
     pub async fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing, StoreError> {
-        self.backend.list(resource, namespace).await
+        match &self.cache {
+            Some(cache) => Ok(cache.list(resource, namespace)),
+            None => self.backend.list(resource, namespace).await,
+        }
     }
 
     /// The latest revision and the compaction horizon.

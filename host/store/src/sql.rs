@@ -131,6 +131,32 @@ impl SqlBackend {
         Ok(Listing { revision, objects })
     }
 
+    /// Every live object and the revision they are consistent at (to fill the cache).
+    pub(crate) async fn load_all(&self) -> Result<(i64, Vec<(Key, Value)>), StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let begin = match self.dialect {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        let mut tx = conn.begin_with(begin).await?;
+        let revision: i64 = sqlx::query("SELECT revision FROM kapsel_meta WHERE id = 1").fetch_one(&mut *tx).await?.try_get(0)?;
+        let rows = sqlx::query("SELECT resource, namespace, name, data FROM objects").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let objects = rows
+            .iter()
+            .map(|row| {
+                let key = Key::new(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?);
+                Ok((key, parse(&row.try_get::<String, _>(3)?)?))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((revision, objects))
+    }
+
+    /// Whether this process is the only writer of the database (SQLite), so an in-memory copy stays exact.
+    pub(crate) fn single_writer(&self) -> bool {
+        self.dialect == Dialect::Sqlite
+    }
+
     pub(crate) async fn revisions(&self) -> Result<(i64, i64), StoreError> {
         let row = sqlx::query("SELECT revision, compacted FROM kapsel_meta WHERE id = 1").fetch_one(&self.readers).await?;
         Ok((row.try_get(0)?, row.try_get(1)?))

@@ -1,12 +1,13 @@
 //! The single writer: queues writes and commits whatever is queued in one
-//! transaction (group commit), then publishes the changes to watchers and
-//! answers each request. Ordering: changes are published in revision order,
+//! transaction (group commit), then updates the object cache, publishes the
+//! changes to watchers and answers each request. Ordering: changes are published in revision order,
 //! after their commit.
 
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::cache::ObjectCache;
 use crate::sql::SqlBackend;
 use crate::{Change, StoreError, WriteOp};
 
@@ -35,7 +36,12 @@ impl WriterHandle {
     }
 }
 
-pub(crate) fn spawn(backend: Arc<SqlBackend>, changes: broadcast::Sender<Change>, max_batch: usize) -> WriterHandle {
+pub(crate) fn spawn(
+    backend: Arc<SqlBackend>,
+    cache: Option<Arc<ObjectCache>>,
+    changes: broadcast::Sender<Change>,
+    max_batch: usize,
+) -> WriterHandle {
     let (queue, mut requests) = mpsc::channel::<Request>(max_batch * 4);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(max_batch);
@@ -43,6 +49,12 @@ pub(crate) fn spawn(backend: Arc<SqlBackend>, changes: broadcast::Sender<Change>
             let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
             match backend.apply(ops).await {
                 Ok(results) => {
+                    // The cache first, so whoever hears of a write can read it back.
+                    if let Some(cache) = &cache {
+                        for committed in results.iter().flatten() {
+                            cache.apply(committed);
+                        }
+                    }
                     for (result, reply) in results.into_iter().zip(replies) {
                         if let Ok(committed) = &result {
                             for change in committed {
