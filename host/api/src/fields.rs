@@ -10,6 +10,12 @@ use crate::ResourceType;
 /// Paths (`spec.containers[0].imagePullPolicyy`) of the fields of `object`
 /// that `resource` does not know; empty when the kind has no typed shape.
 pub fn unknown_fields(resource: &ResourceType, object: &Value) -> Vec<String> {
+    prune_unknown_fields(resource, &mut object.clone())
+}
+
+/// Removes the fields of `object` that `resource` does not know, as the
+/// Kubernetes API server drops them, and returns their paths.
+pub fn prune_unknown_fields(resource: &ResourceType, object: &mut Value) -> Vec<String> {
     let Some(roundtrip) = resource.typed_roundtrip else {
         return Vec::new();
     };
@@ -18,26 +24,32 @@ pub fn unknown_fields(resource: &ResourceType, object: &Value) -> Vec<String> {
         return Vec::new();
     };
     let mut unknown = Vec::new();
-    walk(object, &known, String::new(), &mut unknown);
+    prune(object, &known, String::new(), &mut unknown);
     unknown
 }
 
-fn walk(original: &Value, known: &Value, path: String, unknown: &mut Vec<String>) {
+fn prune(original: &mut Value, known: &Value, path: String, unknown: &mut Vec<String>) {
     match (original, known) {
         (Value::Object(fields), Value::Object(kept)) => {
-            for (key, value) in fields {
+            fields.retain(|key, value| {
                 let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 match kept.get(key) {
-                    Some(k) => walk(value, k, child, unknown),
+                    Some(k) => {
+                        prune(value, k, child, unknown);
+                        true
+                    }
                     // Null and empty values drop out of the round trip without being unknown.
-                    None if is_empty(value) => {}
-                    None => unknown.push(child),
+                    None if is_empty(value) => true,
+                    None => {
+                        unknown.push(child);
+                        false
+                    }
                 }
-            }
+            });
         }
         (Value::Array(items), Value::Array(kept)) => {
-            for (i, (item, k)) in items.iter().zip(kept).enumerate() {
-                walk(item, k, format!("{path}[{i}]"), unknown);
+            for (i, (item, k)) in items.iter_mut().zip(kept).enumerate() {
+                prune(item, k, format!("{path}[{i}]"), unknown);
             }
         }
         _ => {}
@@ -70,5 +82,10 @@ mod tests {
         let clean = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": "1"}}}]}});
         assert!(unknown_fields(&POD, &clean).is_empty());
         assert!(unknown_fields(&TOKEN, &json!({"spec": {"whatever": 1}})).is_empty());
+        let mut pruned = pod.clone();
+        assert_eq!(prune_unknown_fields(&POD, &mut pruned).len(), 2);
+        assert!(pruned["spec"]["containers"][0].get("imagePullPolicyy").is_none());
+        assert!(pruned["spec"].get("nodeSelectorr").is_none());
+        assert_eq!(pruned["metadata"]["labels"]["any-label"], "ok");
     }
 }

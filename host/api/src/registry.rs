@@ -62,9 +62,10 @@ pub struct ResourceType {
     pub columns: &'static [Column],
 }
 
-/// A table column of a kind beyond NAME (and NAMESPACE) and AGE.
+/// A table column of a kind beyond Name (and Namespace) and Age.
 #[derive(Debug)]
 pub struct Column {
+    /// As Kubernetes names it (`Ready`, `IP`); tables print it upper-cased.
     pub name: &'static str,
     /// Only shown with `-o wide`.
     pub wide: bool,

@@ -1,7 +1,8 @@
 //! `kapsel bench`: benchmarks that drive a real server over HTTP.
 //!
 //! `kapsel bench api` starts `kapsel serve` as a child process on a free
-//! port with a fresh data directory (or uses `--server`), creates
+//! port with a fresh data directory (or uses the running server that
+//! `--server` names), creates
 //! `--objects` pods with `--concurrency` clients, then reads each back, and
 //! reports throughput and latency percentiles (human-readable or `--json`).
 
@@ -36,9 +37,6 @@ pub struct ApiBenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Benchmark this running server instead of starting one (uses --token or the kubeconfig).
-    #[arg(long = "target")]
-    target: Option<String>,
 }
 
 pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -148,12 +146,9 @@ fn summary(histogram: &Histogram<u64>, elapsed: Duration, count: usize) -> Value
 
 async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.objects > 0 && args.concurrency > 0, "--objects and --concurrency must be positive");
-    let (_server, client, backend) = match &args.target {
-        Some(url) => {
-            let mut connection = connection.clone();
-            connection.server = Some(url.clone());
-            (None, Client::connect(&connection)?, "external".to_string())
-        }
+    // With --server, benchmark that running server (token and CA from the flags or the kubeconfig).
+    let (_server, client, backend) = match &connection.server {
+        Some(_) => (None, Client::connect(connection)?, "external".to_string()),
         None => {
             let (server, client) = start_server(args.datastore.as_deref()).await?;
             let backend = if args.datastore.as_deref().is_some_and(|d| d.starts_with("postgres")) { "postgres" } else { "sqlite" };

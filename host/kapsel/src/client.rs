@@ -178,6 +178,9 @@ impl Client {
         }
         let response = request.send().await.with_context(|| format!("cannot reach the Kapsel server at {}", self.base))?;
         let code = response.status();
+        for warning in response.headers().get_all("Warning") {
+            eprintln!("Warning: {}", display_warning(warning.to_str().unwrap_or_default()));
+        }
         let bytes = response.bytes().await.context("reading the server's answer")?;
         if code.is_success() {
             return serde_json::from_slice(&bytes).with_context(|| format!("the server's answer to {method} {path} is not JSON"));
@@ -203,6 +206,12 @@ impl Client {
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(Method::DELETE, path, None).await
     }
+}
+
+/// The text of a `Warning: 299 - "text"` header.
+fn display_warning(header: &str) -> String {
+    let text = header.splitn(3, ' ').nth(2).unwrap_or(header).trim();
+    serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string())
 }
 
 fn kubeconfig_path(args: &ConnectionArgs) -> Option<PathBuf> {

@@ -63,6 +63,9 @@ struct ServeArgs {
     /// How many of the newest changes to keep for watches to resume from; older ones are compacted.
     #[arg(long, default_value_t = 10_000)]
     retained_changes: i64,
+    /// Seconds between compactions of the change log.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_interval: u64,
     /// Extra DNS name or IP address for the server certificate (repeatable).
     #[arg(long)]
     tls_san: Vec<String>,
@@ -110,7 +113,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 datastore: args.datastore,
-                store: kapsel_store::StoreOptions { retained_changes: args.retained_changes, ..Default::default() },
+                store: kapsel_store::StoreOptions {
+                    retained_changes: args.retained_changes,
+                    compaction_interval: Some(std::time::Duration::from_secs(args.compaction_interval)),
+                    ..Default::default()
+                },
                 tls_san: args.tls_san,
             };
             kapsel_server::serve::run(config).await?;

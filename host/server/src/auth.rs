@@ -126,7 +126,10 @@ impl Authenticator {
         Ok(authenticator)
     }
 
-    fn apply(&self, change: ChangeType, token: &Value) {
+    /// Takes in a committed change to a token. The watch delivers every
+    /// change; the API handler also calls this right after its own writes so
+    /// that a token works (or stops working) on the very next request.
+    pub fn apply(&self, change: ChangeType, token: &Value) {
         let Some(spec) = token.get("spec").and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok()) else {
             return;
         };

@@ -27,8 +27,11 @@ pub enum ApiError {
     Conflict { resource: String, name: String, reason: String },
     #[error("{0}")]
     Expired(String),
-    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    #[error("{kind} {name:?} is invalid: {}", invalid_summary(causes))]
     Invalid { kind: String, group: String, name: String, causes: Vec<FieldError> },
+    /// A patch that is well-formed but cannot be applied (422, as Kubernetes answers).
+    #[error("{0}")]
+    PatchNotApplicable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -49,6 +52,11 @@ impl ApiError {
     /// A 422 `Invalid` for an object of `resource`.
     pub fn invalid(resource: &ResourceType, name: &str, causes: Vec<FieldError>) -> Self {
         ApiError::Invalid { kind: resource.kind.to_string(), group: resource.group.to_string(), name: name.to_string(), causes }
+    }
+
+    /// A 409 `Conflict` on an object of `resource`.
+    pub fn conflict(resource: &ResourceType, name: &str, reason: &str) -> Self {
+        ApiError::Conflict { resource: qualified(resource), name: name.to_string(), reason: reason.to_string() }
     }
 
     pub fn not_found(resource: &ResourceType, name: &str) -> Self {
@@ -83,7 +91,7 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Expired(_) => StatusCode::GONE,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -102,7 +110,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Expired(_) => "Expired",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => "Invalid",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
@@ -134,6 +142,12 @@ impl ApiError {
             _ => status,
         }
     }
+}
+
+/// The causes of an `Invalid`, as Kubernetes writes them: one bare, several in brackets.
+fn invalid_summary(causes: &[FieldError]) -> String {
+    let parts: Vec<String> = causes.iter().map(ToString::to_string).collect();
+    if parts.len() == 1 { parts.into_iter().next().unwrap_or_default() } else { format!("[{}]", parts.join(", ")) }
 }
 
 /// `pods`, or `tokens.kapsel.io` for a kind outside the core group.

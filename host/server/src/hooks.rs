@@ -1,15 +1,18 @@
 //! Kind-specific steps of the generic request path, kept in one place:
 //! a `Token` gets its secret generated and only the hash stored (the
 //! secret is returned once, in the create response's `status.token`);
-//! a `Namespace` starts `Active`.
+//! a `Namespace` starts `Active`; a `Pod` starts `Pending` with its QoS class.
 
 use kapsel_api::ResourceType;
 use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::token::TOKEN;
 use serde_json::{Value, json};
 
+use crate::App;
 use crate::auth::{Identity, hash_secret, new_secret};
 use crate::error::ApiError;
+use kapsel_store::Change;
 
 /// Runs before validation on create; may return a secret to show once.
 pub fn before_create(resource: &ResourceType, _identity: &Identity, object: &mut Value) -> Result<Option<String>, ApiError> {
@@ -25,13 +28,48 @@ pub fn before_create(resource: &ResourceType, _identity: &Identity, object: &mut
     if std::ptr::eq(resource, &NAMESPACE) {
         object["status"] = json!({"phase": "Active"});
     }
+    if std::ptr::eq(resource, &POD) {
+        // A new pod waits to be scheduled; its status is the platform's to write.
+        object["status"] = json!({"phase": "Pending", "qosClass": qos_class(object)});
+    }
     Ok(None)
+}
+
+/// The Kubernetes QoS class of a pod: `Guaranteed` when every container's
+/// CPU and memory requests equal its limits, `BestEffort` when none sets
+/// any, `Burstable` otherwise.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let resources: Vec<(Option<&Value>, Option<&Value>)> =
+        containers.iter().map(|c| (c.pointer("/resources/requests"), c.pointer("/resources/limits"))).collect();
+    let set = |v: Option<&Value>| v.and_then(Value::as_object).is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"));
+    if resources.iter().all(|(requests, limits)| !set(*requests) && !set(*limits)) {
+        return "BestEffort";
+    }
+    let guaranteed = resources.iter().all(|(requests, limits)| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = limits.and_then(|l| l.get(*r));
+            // A request left out defaults to the limit.
+            limit.is_some() && requests.and_then(|q| q.get(*r)).is_none_or(|q| Some(q) == limit)
+        })
+    });
+    if guaranteed { "Guaranteed" } else { "Burstable" }
 }
 
 /// Adds what is shown once (a new token's secret) to the create response.
 pub fn after_create(resource: &ResourceType, answer: &mut Value, shown_once: Option<String>) {
     if let (true, Some(secret)) = (std::ptr::eq(resource, &TOKEN), shown_once) {
         answer["status"] = json!({"token": secret});
+    }
+}
+
+/// Runs after a write committed: token changes reach the authenticator
+/// before the client hears of them.
+pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
+    if std::ptr::eq(resource, &TOKEN) {
+        for change in changes {
+            app.auth.apply(change.change_type, &change.object);
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub fn apply(kind: Kind, current: &Value, patch: &Value) -> Result<Value, ApiErr
             let operations: json_patch::Patch =
                 serde_json::from_value(patch.clone()).map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
             json_patch::patch(&mut document, &operations)
-                .map_err(|e| ApiError::BadRequest(format!("the JSON patch could not be applied: {e}")))?;
+                .map_err(|e| ApiError::PatchNotApplicable(format!("the JSON patch could not be applied: {e}")))?;
         }
     }
     Ok(document)

@@ -44,9 +44,8 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
         _ => return Err(not_found()),
     };
     let resource = registry::find(group, version, plural).ok_or_else(not_found)?;
-    if let Some(sub) = subresource
-        && !SUBRESOURCES.contains(&sub)
-    {
+    // `status` exists only for kinds whose status is a subresource.
+    if subresource.is_some_and(|sub| !SUBRESOURCES.contains(&sub) || !resource.status_subresource) {
         return Err(not_found());
     }
     if namespace.is_some() && !resource.namespaced() {

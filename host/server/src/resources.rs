@@ -233,22 +233,20 @@ fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
 }
 
 /// Applies the `fieldValidation` parameter to `object`: `Strict` refuses
-/// unknown fields (400), `Warn` (the default) returns them as warnings,
-/// `Ignore` skips the check.
-fn check_fields(resource: &ResourceType, object: &Value, params: &Params) -> Result<Vec<String>, ApiError> {
+/// unknown fields (400); `Warn` (the default) drops them and warns;
+/// `Ignore` drops them silently, as the Kubernetes API server does.
+fn check_fields(resource: &ResourceType, object: &mut Value, params: &Params) -> Result<Vec<String>, ApiError> {
     let mode = params.get("fieldValidation").unwrap_or("Warn");
     if !matches!(mode, "Strict" | "Warn" | "Ignore") {
         return Err(ApiError::BadRequest(format!("fieldValidation must be one of Strict, Warn or Ignore (got {mode:?})")));
     }
-    if mode == "Ignore" {
-        return Ok(Vec::new());
-    }
     let unknown: Vec<String> =
-        kapsel_api::fields::unknown_fields(resource, object).into_iter().map(|f| format!("unknown field {f:?}")).collect();
-    if mode == "Strict" && !unknown.is_empty() {
-        return Err(ApiError::BadRequest(format!("strict decoding error: {}", unknown.join(", "))));
+        kapsel_api::fields::prune_unknown_fields(resource, object).into_iter().map(|f| format!("unknown field {f:?}")).collect();
+    match mode {
+        "Strict" if !unknown.is_empty() => Err(ApiError::BadRequest(format!("strict decoding error: {}", unknown.join(", ")))),
+        "Ignore" => Ok(Vec::new()),
+        _ => Ok(unknown),
     }
-    Ok(unknown)
 }
 
 /// Adds `Warning` headers (code 299), as the Kubernetes API server does.
@@ -314,7 +312,7 @@ async fn create(
     meta.insert("generation".into(), json!(1));
     let shown_once = hooks::before_create(resource, identity, &mut object)?;
     validate(resource, &object)?;
-    let warnings = check_fields(resource, &object, params)?;
+    let warnings = check_fields(resource, &mut object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();
     if let Some(namespace) = &target.namespace {
         require_namespace(app, namespace).await?;
@@ -323,6 +321,7 @@ async fn create(
         return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
     let created = app.store.create(key(target, &name), object).await.map_err(|e| ApiError::from_store(e, resource, &name))?;
+    hooks::after_commit(app, resource, std::slice::from_ref(&created));
     let mut answer = (*created.object).clone();
     hooks::after_create(resource, &mut answer, shown_once);
     Ok(with_warnings(respond(StatusCode::CREATED, resource, answer, params, headers), &warnings))
@@ -375,12 +374,18 @@ fn merge_server_fields(target: &Target, current: &Value, mut incoming: Value) ->
 
 /// Persists `next` over `current` (already merged), checking the revision
 /// the client read; returns the stored object and field warnings.
-async fn store_update(app: &App, target: &Target, params: &Params, current: &Value, next: Value) -> Result<(Value, Vec<String>), ApiError> {
+async fn store_update(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    current: &Value,
+    mut next: Value,
+) -> Result<(Value, Vec<String>), ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     hooks::before_update(resource, current, &next)?;
     validate(resource, &next)?;
-    let warnings = check_fields(resource, &next, params)?;
+    let warnings = check_fields(resource, &mut next, params)?;
     let expected = match object::resource_version(&next) {
         Some(Ok(revision)) => Some(revision),
         Some(Err(message)) => {
@@ -392,6 +397,7 @@ async fn store_update(app: &App, target: &Target, params: &Params, current: &Val
         return Ok((next, warnings));
     }
     let updated = app.store.update(key(target, name), next, expected).await.map_err(|e| ApiError::from_store(e, resource, name))?;
+    hooks::after_commit(app, resource, std::slice::from_ref(&updated));
     Ok(((*updated.object).clone(), warnings))
 }
 
@@ -443,11 +449,7 @@ async fn patch(app: &App, target: &Target, params: &Params, headers: &HeaderMap,
             Err(e) => return Err(e),
         }
     }
-    Err(ApiError::Conflict {
-        resource: resource.plural.into(),
-        name: name.into(),
-        reason: "the object kept changing while the patch was applied; try again".into(),
-    })
+    Err(ApiError::conflict(resource, name, "the object kept changing while the patch was applied; try again"))
 }
 
 async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
@@ -472,18 +474,17 @@ async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap
         return Ok(respond(StatusCode::OK, resource, current, params, headers));
     }
     let op = if resource.kind == NAMESPACE.kind {
-        WriteOp::DeleteNamespace { key }
+        WriteOp::DeleteNamespace { key, expected_revision: expected }
     } else {
         WriteOp::Delete { key, expected_revision: expected }
     };
     let changes = app.store.write(op).await.map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::Conflict {
-            resource: resource.plural.into(),
-            name: name.into(),
-            reason: "Precondition failed: the object has been modified since the given resourceVersion".into(),
-        },
+        StoreError::Conflict { .. } => {
+            ApiError::conflict(resource, name, "Precondition failed: the object has been modified since the given resourceVersion")
+        }
         other => ApiError::from_store(other, resource, name),
     })?;
+    hooks::after_commit(app, resource, &changes);
     let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
     let mut response = respond(StatusCode::OK, resource, deleted, params, headers);
     if changes.len() > 1 {

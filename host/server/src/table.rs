@@ -1,7 +1,7 @@
 //! Server-side printing: a `meta.k8s.io/v1` `Table` of objects, as
 //! kubectl asks for with `Accept: application/json;as=Table;…`. Columns come
-//! from the kind's registration (`NAME`, the kind's columns, `AGE`); `-o wide`
-//! columns have priority 1.
+//! from the kind's registration: Name, the kind's columns, Age, then the
+//! `-o wide` columns (priority 1), in the order Kubernetes prints them.
 
 use axum::http::HeaderMap;
 use kapsel_api::ResourceType;
@@ -15,11 +15,11 @@ pub fn wanted(headers: &HeaderMap) -> bool {
 
 /// The column definitions of `resource`.
 pub fn columns(resource: &ResourceType) -> Vec<Value> {
+    let column = |name: &str, wide: bool| json!({"name": name, "type": "string", "format": "", "description": name, "priority": if wide { 1 } else { 0 }});
     let mut columns = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0})];
-    for column in resource.columns {
-        columns.push(json!({"name": title(column.name), "type": "string", "format": "", "description": column.name, "priority": if column.wide { 1 } else { 0 }}));
-    }
+    columns.extend(resource.columns.iter().filter(|c| !c.wide).map(|c| column(c.name, false)));
     columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Time since the object was created", "priority": 0}));
+    columns.extend(resource.columns.iter().filter(|c| c.wide).map(|c| column(c.name, true)));
     columns
 }
 
@@ -31,8 +31,9 @@ pub fn rows(resource: &ResourceType, objects: &[Value], include_object: Option<&
         .iter()
         .map(|o| {
             let mut cells = vec![Value::String(object::name(o).unwrap_or_default().to_string())];
-            cells.extend(resource.columns.iter().map(|c| Value::String((c.value)(o))));
+            cells.extend(resource.columns.iter().filter(|c| !c.wide).map(|c| Value::String((c.value)(o))));
             cells.push(Value::String(object::age(o, now)));
+            cells.extend(resource.columns.iter().filter(|c| c.wide).map(|c| Value::String((c.value)(o))));
             let embedded = match include_object {
                 Some("None") => Value::Null,
                 Some("Object") => o.clone(),
@@ -56,11 +57,4 @@ pub fn table(resource: &ResourceType, objects: &[Value], revision: Option<i64>, 
         "columnDefinitions": if with_columns { columns(resource) } else { Vec::new() },
         "rows": rows(resource, objects, include_object),
     })
-}
-
-/// `RESTARTS` → `Restarts`, as kubectl upper-cases column names itself.
-fn title(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    let mut chars = lower.chars();
-    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }

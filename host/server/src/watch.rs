@@ -9,7 +9,6 @@
 //! client lists again. Selectors are applied to each event, turning a
 //! change that moves an object out of the selection into `DELETED`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use kapsel_store::{ChangeType, StoreError};
+use kapsel_store::{Change, ChangeType, StoreError};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -58,16 +57,14 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     tokio::spawn(async move {
         let mut encoder = encoder;
-        let mut selected: HashSet<(String, String)> = HashSet::new();
         let wanted = |object: &Value| {
-            visible(&identity, resource, object) && name.as_deref().is_none_or(|n| kapsel_api::object::name(object) == Some(n))
+            visible(&identity, resource, object)
+                && name.as_deref().is_none_or(|n| kapsel_api::object::name(object) == Some(n))
+                && selectors.matches(object)
         };
         for object in initial {
-            if wanted(&object) && selectors.matches(&object) {
-                selected.insert(object_key(&object));
-                if sender.send(Ok(encoder.event("ADDED", object))).await.is_err() {
-                    return;
-                }
+            if wanted(&object) && sender.send(Ok(encoder.event("ADDED", object))).await.is_err() {
+                return;
             }
         }
         let deadline = tokio::time::sleep(timeout);
@@ -93,31 +90,7 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
                 }
                 Some(Ok(change)) => change,
             };
-            let object = (*change.object).clone();
-            if !wanted(&object) {
-                continue;
-            }
-            let key = object_key(&object);
-            let matches = selectors.matches(&object);
-            let was_selected = selected.contains(&key);
-            let kind = match (change.change_type, matches, was_selected) {
-                (ChangeType::Deleted, _, _) => {
-                    selected.remove(&key);
-                    if !matches && !was_selected {
-                        continue;
-                    }
-                    "DELETED"
-                }
-                (_, true, _) => {
-                    selected.insert(key);
-                    change.change_type.as_str()
-                }
-                (ChangeType::Modified, false, true) => {
-                    selected.remove(&key);
-                    "DELETED"
-                }
-                (_, false, _) => continue,
-            };
+            let Some((kind, object)) = filtered(&change, wanted) else { continue };
             if sender.send(Ok(encoder.event(kind, object))).await.is_err() {
                 return;
             }
@@ -127,11 +100,29 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     Ok(([(http::header::CONTENT_TYPE, "application/json"), (http::header::CACHE_CONTROL, "no-cache")], body).into_response())
 }
 
-fn object_key(object: &Value) -> (String, String) {
-    (
-        kapsel_api::object::namespace(object).unwrap_or_default().to_string(),
-        kapsel_api::object::name(object).unwrap_or_default().to_string(),
-    )
+/// What a watcher whose filter is `wanted` sees of `change`, as the
+/// Kubernetes API server does it: a modification that brings an object into
+/// the selection is `ADDED`; one that takes it out is `DELETED`, carrying the
+/// last selected state at the new revision.
+fn filtered(change: &Change, wanted: impl Fn(&Value) -> bool) -> Option<(&'static str, Value)> {
+    let now = wanted(&change.object);
+    match change.change_type {
+        ChangeType::Added | ChangeType::Deleted => now.then(|| (change.change_type.as_str(), (*change.object).clone())),
+        ChangeType::Modified => {
+            // A modification logged without its previous state counts as selected before if selected now.
+            let before = change.previous.as_deref().map_or(now, &wanted);
+            match (before, now) {
+                (true, true) => Some(("MODIFIED", (*change.object).clone())),
+                (false, true) => Some(("ADDED", (*change.object).clone())),
+                (true, false) => {
+                    let mut last = change.previous.as_deref().cloned().unwrap_or_default();
+                    kapsel_api::object::set_meta(&mut last, "resourceVersion", change.revision.to_string());
+                    Some(("DELETED", last))
+                }
+                (false, false) => None,
+            }
+        }
+    }
 }
 
 /// Encodes events as JSON lines, as objects or as one-row `Table`s.

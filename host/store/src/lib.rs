@@ -78,6 +78,9 @@ pub struct Change {
     pub change_type: ChangeType,
     pub key: Key,
     pub object: Arc<Value>,
+    /// For [`ChangeType::Modified`]: the object before the change, so a
+    /// filtered watch can tell an object entering or leaving its selection.
+    pub previous: Option<Arc<Value>>,
 }
 
 /// The current objects of a list and the revision they are consistent at.
@@ -96,8 +99,10 @@ pub enum WriteOp {
     Update { key: Key, object: Value, expected_revision: Option<i64> },
     /// Delete the object under `key`; with `expected_revision`, only if it is still at that revision.
     Delete { key: Key, expected_revision: Option<i64> },
-    /// Delete the object under `key` (a namespace) and every object whose namespace is its name.
-    DeleteNamespace { key: Key },
+    /// Delete the object under `key` (a namespace) and every object whose
+    /// namespace is its name; with `expected_revision`, only if the namespace
+    /// is still at that revision.
+    DeleteNamespace { key: Key, expected_revision: Option<i64> },
 }
 
 /// Why a store operation failed.

@@ -172,13 +172,13 @@ impl SqlBackend {
     ) -> Result<Vec<Change>, StoreError> {
         let query = match namespace {
             Some(ns) => sqlx::query(
-                "SELECT revision, type, resource, namespace, name, data FROM changes WHERE resource = $1 AND revision > $2 AND namespace = $3 ORDER BY revision LIMIT $4",
+                "SELECT revision, type, resource, namespace, name, data, previous FROM changes WHERE resource = $1 AND revision > $2 AND namespace = $3 ORDER BY revision LIMIT $4",
             )
             .bind(resource)
             .bind(after)
             .bind(ns)
             .bind(limit),
-            None => sqlx::query("SELECT revision, type, resource, namespace, name, data FROM changes WHERE resource = $1 AND revision > $2 ORDER BY revision LIMIT $3")
+            None => sqlx::query("SELECT revision, type, resource, namespace, name, data, previous FROM changes WHERE resource = $1 AND revision > $2 ORDER BY revision LIMIT $3")
                 .bind(resource)
                 .bind(after)
                 .bind(limit),
@@ -191,6 +191,7 @@ impl SqlBackend {
                     change_type: ChangeType::parse(&row.try_get::<String, _>(1)?)?,
                     key: Key::new(row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?, row.try_get::<String, _>(4)?),
                     object: Arc::new(parse(&row.try_get::<String, _>(5)?)?),
+                    previous: row.try_get::<Option<String>, _>(6)?.map(|p| parse(&p)).transpose()?.map(Arc::new),
                 })
             })
             .collect()
@@ -223,7 +224,9 @@ fn stamp(object: &mut Value, revision: i64) {
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 /// Applies one op at `revision + 1…`; an `Err` inside is this op's failure
-/// (the transaction goes on), an `Err` outside fails the batch.
+/// (the transaction goes on), an `Err` outside fails the batch. Ops never
+/// make a statement fail, so one transaction can carry many of them on
+/// both databases (a failed statement would abort a PostgreSQL transaction).
 async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result<Vec<Change>, StoreError>, StoreError> {
     let next = revision + 1;
     match op {
@@ -244,76 +247,40 @@ async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result
             if inserted == 0 {
                 return Ok(Err(StoreError::AlreadyExists));
             }
-            Ok(Ok(vec![record(tx, next, ChangeType::Added, key, object, &data).await?]))
+            Ok(Ok(vec![record(tx, Record { revision: next, change_type: ChangeType::Added, key, object, data, previous: None }).await?]))
         }
         WriteOp::Update { key, mut object, expected_revision } => {
+            let previous = match current(tx, &key, expected_revision).await? {
+                Ok(previous) => previous,
+                Err(error) => return Ok(Err(error)),
+            };
             stamp(&mut object, next);
             let data = object.to_string();
-            let updated = match expected_revision {
-                Some(expected) => sqlx::query(
-                    "UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5 AND revision = $6",
-                )
+            sqlx::query("UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5")
                 .bind(next)
                 .bind(&data)
                 .bind(&key.resource)
                 .bind(&key.namespace)
                 .bind(&key.name)
-                .bind(expected)
                 .execute(&mut **tx)
-                .await?,
-                None => {
-                    sqlx::query("UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5")
-                        .bind(next)
-                        .bind(&data)
-                        .bind(&key.resource)
-                        .bind(&key.namespace)
-                        .bind(&key.name)
-                        .execute(&mut **tx)
-                        .await?
-                }
-            };
-            if updated.rows_affected() == 0 {
-                return Ok(Err(missing_or_conflict(tx, &key).await?));
-            }
-            Ok(Ok(vec![record(tx, next, ChangeType::Modified, key, object, &data).await?]))
+                .await?;
+            let change = Record { revision: next, change_type: ChangeType::Modified, key, object, data, previous: Some(previous) };
+            Ok(Ok(vec![record(tx, change).await?]))
         }
         WriteOp::Delete { key, expected_revision } => {
-            let row = match expected_revision {
-                Some(expected) => {
-                    sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3 AND revision = $4 RETURNING data")
-                        .bind(&key.resource)
-                        .bind(&key.namespace)
-                        .bind(&key.name)
-                        .bind(expected)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                }
-                None => {
-                    sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3 RETURNING data")
-                        .bind(&key.resource)
-                        .bind(&key.namespace)
-                        .bind(&key.name)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                }
+            let object = match current(tx, &key, expected_revision).await? {
+                Ok(object) => object,
+                Err(error) => return Ok(Err(error)),
             };
-            let Some(row) = row else {
-                return Ok(Err(missing_or_conflict(tx, &key).await?));
-            };
-            let object = parse(&row.try_get::<String, _>(0)?)?;
+            delete_row(tx, &key).await?;
             Ok(Ok(vec![record_deletion(tx, next, key, object).await?]))
         }
-        WriteOp::DeleteNamespace { key } => {
-            let row = sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3 RETURNING data")
-                .bind(&key.resource)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .fetch_optional(&mut **tx)
-                .await?;
-            let Some(row) = row else {
-                return Ok(Err(StoreError::NotFound));
+        WriteOp::DeleteNamespace { key, expected_revision } => {
+            let namespace = match current(tx, &key, expected_revision).await? {
+                Ok(object) => object,
+                Err(error) => return Ok(Err(error)),
             };
-            let namespace = parse(&row.try_get::<String, _>(0)?)?;
+            delete_row(tx, &key).await?;
             let mut changes = vec![record_deletion(tx, next, key.clone(), namespace).await?];
             let contents = sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING resource, name, data")
                 .bind(&key.name)
@@ -329,41 +296,69 @@ async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result
     }
 }
 
-async fn missing_or_conflict(tx: &mut Tx<'_>, key: &Key) -> Result<StoreError, StoreError> {
-    let current = sqlx::query("SELECT revision FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
+/// The stored object under `key`, if it exists and (when `expected` is
+/// given) is still at that revision; otherwise why not.
+async fn current(tx: &mut Tx<'_>, key: &Key, expected: Option<i64>) -> Result<Result<Value, StoreError>, StoreError> {
+    let row = sqlx::query("SELECT revision, data FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
         .bind(&key.resource)
         .bind(&key.namespace)
         .bind(&key.name)
         .fetch_optional(&mut **tx)
         .await?;
-    Ok(match current {
-        Some(row) => StoreError::Conflict { current: row.try_get(0)? },
-        None => StoreError::NotFound,
-    })
+    let Some(row) = row else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    let stored: i64 = row.try_get(0)?;
+    if expected.is_some_and(|e| e != stored) {
+        return Ok(Err(StoreError::Conflict { current: stored }));
+    }
+    Ok(Ok(parse(&row.try_get::<String, _>(1)?)?))
+}
+
+async fn delete_row(tx: &mut Tx<'_>, key: &Key) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
+        .bind(&key.resource)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn record_deletion(tx: &mut Tx<'_>, revision: i64, key: Key, mut object: Value) -> Result<Change, StoreError> {
     stamp(&mut object, revision);
     let data = object.to_string();
-    record(tx, revision, ChangeType::Deleted, key, object, &data).await
+    record(tx, Record { revision, change_type: ChangeType::Deleted, key, object, data, previous: None }).await
 }
 
-async fn record(
-    tx: &mut Tx<'_>,
+/// A change about to be logged.
+struct Record {
     revision: i64,
     change_type: ChangeType,
     key: Key,
     object: Value,
-    data: &str,
-) -> Result<Change, StoreError> {
-    sqlx::query("INSERT INTO changes (revision, type, resource, namespace, name, data) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(revision)
-        .bind(change_type.as_str())
-        .bind(&key.resource)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .bind(data)
+    data: String,
+    /// The object before a modification.
+    previous: Option<Value>,
+}
+
+async fn record(tx: &mut Tx<'_>, record: Record) -> Result<Change, StoreError> {
+    let previous = record.previous.as_ref().map(Value::to_string);
+    sqlx::query("INSERT INTO changes (revision, type, resource, namespace, name, data, previous) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(record.revision)
+        .bind(record.change_type.as_str())
+        .bind(&record.key.resource)
+        .bind(&record.key.namespace)
+        .bind(&record.key.name)
+        .bind(&record.data)
+        .bind(previous)
         .execute(&mut **tx)
         .await?;
-    Ok(Change { revision, change_type, key, object: Arc::new(object) })
+    Ok(Change {
+        revision: record.revision,
+        change_type: record.change_type,
+        key: record.key,
+        object: Arc::new(record.object),
+        previous: record.previous.map(Arc::new),
+    })
 }

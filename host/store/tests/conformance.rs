@@ -187,10 +187,18 @@ async fn watch_resumes_from_a_revision(url: &str) {
     store.delete(Key::new("pods", "dev", "b"), None).await.unwrap();
     let modified = next_change(&mut dev).await;
     assert_eq!((modified.change_type, modified.key.name.as_str()), (ChangeType::Modified, "a"));
+    assert_eq!(modified.previous.as_ref().map(|p| rv(p)), Some(first.revision), "a modification carries the object before it");
     let deleted = next_change(&mut dev).await;
     assert_eq!((deleted.change_type, deleted.key.name.as_str()), (ChangeType::Deleted, "b"));
     assert!(deleted.revision > modified.revision);
-    assert_eq!(next_change(&mut all).await.revision, modified.revision);
+    let replayed = next_change(&mut all).await;
+    assert_eq!(replayed.revision, modified.revision);
+    // Replayed from the log (the watch on all namespaces read it there), the previous object is kept too.
+    let late = store.watch("pods", Some("dev"), first.revision).await.unwrap();
+    let mut late = late;
+    assert_eq!(next_change(&mut late).await.key.name, "b");
+    let from_log = next_change(&mut late).await;
+    assert_eq!(from_log.previous.as_ref().map(|p| rv(p)), Some(first.revision));
 
     // A watch from the current revision sees only what comes next.
     let (current, _) = store.revisions().await.unwrap();
@@ -262,7 +270,7 @@ async fn deleting_a_namespace_deletes_its_contents(url: &str) {
     store.create(Key::new("pods", "dev", "a"), pod("a")).await.unwrap();
     store.create(Key::new("resourcequotas", "dev", "q"), json!({})).await.unwrap();
     store.create(Key::new("pods", "prod", "keep"), pod("keep")).await.unwrap();
-    let changes = store.write(WriteOp::DeleteNamespace { key: ns.clone() }).await.unwrap();
+    let changes = store.write(WriteOp::DeleteNamespace { key: ns.clone(), expected_revision: None }).await.unwrap();
     assert_eq!(changes.len(), 3);
     assert_eq!(changes[0].key, ns);
     assert!(changes.iter().all(|c| c.change_type == ChangeType::Deleted));
@@ -271,7 +279,15 @@ async fn deleting_a_namespace_deletes_its_contents(url: &str) {
     assert!(store.list("pods", Some("dev")).await.unwrap().objects.is_empty());
     assert!(store.list("resourcequotas", None).await.unwrap().objects.is_empty());
     assert_eq!(store.list("pods", None).await.unwrap().objects.len(), 1);
-    assert!(matches!(store.write(WriteOp::DeleteNamespace { key: ns }).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.write(WriteOp::DeleteNamespace { key: ns.clone(), expected_revision: None }).await, Err(StoreError::NotFound)));
+
+    // A stale precondition leaves the namespace and its contents alone.
+    let created = store.create(ns.clone(), json!({"metadata": {"name": "dev"}})).await.unwrap();
+    store.create(Key::new("pods", "dev", "b"), pod("b")).await.unwrap();
+    let stale = store.write(WriteOp::DeleteNamespace { key: ns.clone(), expected_revision: Some(created.revision - 1) }).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    assert_eq!(store.list("pods", Some("dev")).await.unwrap().objects.len(), 1);
+    store.write(WriteOp::DeleteNamespace { key: ns, expected_revision: Some(created.revision) }).await.unwrap();
 }
 
 async fn writes_survive_reopening(url: &str) {

@@ -23,10 +23,10 @@ pub static EVENT: ResourceType = ResourceType {
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "TYPE", wide: false, value: |e| text_at(e, "type") },
-        Column { name: "REASON", wide: false, value: |e| text_at(e, "reason") },
-        Column { name: "OBJECT", wide: false, value: object },
-        Column { name: "MESSAGE", wide: false, value: |e| text_at(e, "message") },
+        Column { name: "Type", wide: false, value: |e| text_at(e, "type") },
+        Column { name: "Reason", wide: false, value: |e| text_at(e, "reason") },
+        Column { name: "Object", wide: false, value: object },
+        Column { name: "Message", wide: false, value: |e| text_at(e, "message") },
     ],
 };
 

@@ -21,7 +21,7 @@ pub static NAMESPACE: ResourceType = ResourceType {
     typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::Namespace>),
     validate_name: dns1123_label,
     validate: super::no_spec_checks,
-    columns: &[Column { name: "STATUS", wide: false, value: phase }],
+    columns: &[Column { name: "Status", wide: false, value: phase }],
 };
 
 fn phase(object: &Value) -> String {

@@ -23,8 +23,8 @@ pub static NODE: ResourceType = ResourceType {
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "STATUS", wide: false, value: ready },
-        Column { name: "VERSION", wide: false, value: |n| text_at(n, "status.nodeInfo.kubeletVersion") },
+        Column { name: "Status", wide: false, value: ready },
+        Column { name: "Version", wide: false, value: |n| text_at(n, "status.nodeInfo.kubeletVersion") },
     ],
 };
 

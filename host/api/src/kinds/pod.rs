@@ -27,11 +27,11 @@ pub static POD: ResourceType = ResourceType {
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "READY", wide: false, value: ready },
-        Column { name: "STATUS", wide: false, value: status },
-        Column { name: "RESTARTS", wide: false, value: restarts },
+        Column { name: "Ready", wide: false, value: ready },
+        Column { name: "Status", wide: false, value: status },
+        Column { name: "Restarts", wide: false, value: restarts },
         Column { name: "IP", wide: true, value: |p| text_at(p, "status.podIP") },
-        Column { name: "NODE", wide: true, value: |p| text_at(p, "spec.nodeName") },
+        Column { name: "Node", wide: true, value: |p| text_at(p, "spec.nodeName") },
     ],
 };
 

@@ -22,7 +22,7 @@ pub static RESOURCE_QUOTA: ResourceType = ResourceType {
     typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::ResourceQuota>),
     validate_name: dns1123_subdomain,
     validate,
-    columns: &[Column { name: "HARD", wide: false, value: hard }],
+    columns: &[Column { name: "Hard", wide: false, value: hard }],
 };
 
 fn validate(object: &Value) -> Vec<FieldError> {

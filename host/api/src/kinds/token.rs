@@ -24,9 +24,9 @@ pub static TOKEN: ResourceType = ResourceType {
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
-        Column { name: "USER", wide: false, value: |t| text_at(t, "spec.user") },
-        Column { name: "ADMIN", wide: false, value: |t| t.pointer("/spec/admin").and_then(Value::as_bool).unwrap_or(false).to_string() },
-        Column { name: "ROLES", wide: false, value: roles_column },
+        Column { name: "User", wide: false, value: |t| text_at(t, "spec.user") },
+        Column { name: "Admin", wide: false, value: |t| t.pointer("/spec/admin").and_then(Value::as_bool).unwrap_or(false).to_string() },
+        Column { name: "Roles", wide: false, value: roles_column },
     ],
 };
 

@@ -140,7 +140,7 @@ fn print_description(resource: &ResourceType, object: &Value) {
     field("Created", object::meta_str(object, "creationTimestamp").unwrap_or("<unknown>").to_string());
     field("UID", object::meta_str(object, "uid").unwrap_or_default().to_string());
     for column in resource.columns {
-        field(&title(column.name), (column.value)(object));
+        field(column.name, (column.value)(object));
     }
     for section in ["spec", "status", "involvedObject"] {
         if let Some(value) = object.get(section).filter(|v| !v.is_null()) {

@@ -23,6 +23,7 @@ CREATE TABLE changes (
     resource  TEXT   NOT NULL,
     namespace TEXT   NOT NULL,
     name      TEXT   NOT NULL,
-    data      TEXT   NOT NULL
+    data      TEXT   NOT NULL, -- the object after the change (before it, for DELETED)
+    previous  TEXT             -- the object before a MODIFIED change
 );
 CREATE INDEX changes_by_resource ON changes (resource, revision);
