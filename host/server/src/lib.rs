@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod controllers;
 pub mod discovery;
 pub mod error;
 pub mod hooks;

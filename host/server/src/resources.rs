@@ -327,11 +327,14 @@ async fn create(
     Ok(with_warnings(respond(StatusCode::CREATED, resource, answer, params, headers), &warnings))
 }
 
+/// New content needs a namespace that exists and is not terminating.
 async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiError> {
-    match app.store.get(&Key::new(NAMESPACE.store_key(), "", namespace)).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ApiError::from_store(e, &NAMESPACE, namespace)),
+    let object =
+        app.store.get(&Key::new(NAMESPACE.store_key(), "", namespace)).await.map_err(|e| ApiError::from_store(e, &NAMESPACE, namespace))?;
+    if object::meta_str(&object, "deletionTimestamp").is_some() {
+        return Err(ApiError::Forbidden(format!("unable to create new content in namespace {namespace} because it is being terminated")));
     }
+    Ok(())
 }
 
 fn now() -> String {
@@ -473,12 +476,10 @@ async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap
         let current = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, resource, name))?;
         return Ok(respond(StatusCode::OK, resource, current, params, headers));
     }
-    let op = if resource.kind == NAMESPACE.kind {
-        WriteOp::DeleteNamespace { key, expected_revision: expected }
-    } else {
-        WriteOp::Delete { key, expected_revision: expected }
-    };
-    let changes = app.store.write(op).await.map_err(|e| match e {
+    if resource.kind == NAMESPACE.kind {
+        return terminate_namespace(app, target, params, headers, expected).await;
+    }
+    let changes = app.store.write(WriteOp::Delete { key, expected_revision: expected }).await.map_err(|e| match e {
         StoreError::Conflict { .. } => {
             ApiError::conflict(resource, name, "Precondition failed: the object has been modified since the given resourceVersion")
         }
@@ -486,12 +487,40 @@ async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap
     })?;
     hooks::after_commit(app, resource, &changes);
     let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
-    let mut response = respond(StatusCode::OK, resource, deleted, params, headers);
-    if changes.len() > 1 {
-        let note = format!("299 - \"deleted {} object(s) in namespace {name}\"", changes.len() - 1);
-        if let Ok(value) = HeaderValue::from_str(&note) {
-            response.headers_mut().insert("Warning", value);
-        }
+    Ok(respond(StatusCode::OK, resource, deleted, params, headers))
+}
+
+/// Deleting a namespace marks it `Terminating`; the namespace controller
+/// deletes it and its contents shortly after (see `controllers::namespace`).
+async fn terminate_namespace(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    expected: Option<i64>,
+) -> Result<Response, ApiError> {
+    let name = target_name(target);
+    let key = key(target, name);
+    let mut namespace = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, &NAMESPACE, name))?;
+    let revision = object::resource_version(&namespace).and_then(Result::ok);
+    if expected.is_some_and(|e| Some(e) != revision) {
+        return Err(ApiError::conflict(
+            &NAMESPACE,
+            name,
+            "Precondition failed: the object has been modified since the given resourceVersion",
+        ));
     }
-    Ok(response)
+    if object::meta_str(&namespace, "deletionTimestamp").is_some() {
+        return Ok(respond(StatusCode::OK, &NAMESPACE, namespace, params, headers));
+    }
+    object::set_meta(&mut namespace, "deletionTimestamp", now());
+    object::set_meta(&mut namespace, "deletionGracePeriodSeconds", 0);
+    namespace["status"] = json!({"phase": "Terminating"});
+    let updated = app.store.update(key, namespace, revision).await.map_err(|e| match e {
+        StoreError::Conflict { .. } => {
+            ApiError::conflict(&NAMESPACE, name, "Precondition failed: the object has been modified since the given resourceVersion")
+        }
+        other => ApiError::from_store(other, &NAMESPACE, name),
+    })?;
+    Ok(respond(StatusCode::OK, &NAMESPACE, (*updated.object).clone(), params, headers))
 }

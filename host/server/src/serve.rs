@@ -64,6 +64,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping };
+    crate::controllers::start(&app);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         shutdown_signal().await;
         // Ends open watches so that graceful shutdown does not wait for their timeouts.

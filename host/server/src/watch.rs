@@ -2,8 +2,10 @@
 //! (`{"type":"ADDED|MODIFIED|DELETED|ERROR","object":…}`) streamed while
 //! the connection lasts or until `timeoutSeconds`.
 //!
-//! Without a `resourceVersion` (or with `0`) the watch starts with an
-//! `ADDED` event per current object; with one, it resumes after it. A
+//! Without a `resourceVersion` (or with `0`), or with `sendInitialEvents=true`
+//! (client-go's watch-list, which kubectl's waits use), the watch starts with
+//! an `ADDED` event per current object — the latter then a `BOOKMARK` marked
+//! `k8s.io/initial-events-end`; with a revision, it resumes after it. A
 //! revision older than the compaction horizon is answered 410 `Expired`
 //! (or, mid-stream, an `ERROR` event carrying that `Status`), and the
 //! client lists again. Selectors are applied to each event, turning a
@@ -31,7 +33,14 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     let resource = target.resource;
     let selectors = Selectors::parse(resource, params)?;
     let namespace = target.namespace.clone().or(selectors.namespace().map(str::to_string));
+    // `sendInitialEvents=true` (client-go's watch-list) asks for the current objects first, whatever the revision.
+    let send_initial_events = params.flag("sendInitialEvents");
     let (initial, after) = match params.get("resourceVersion") {
+        _ if send_initial_events => {
+            let listing =
+                app.store.list(&resource.store_key(), namespace.as_deref()).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
+            (listing.objects, listing.revision)
+        }
         None | Some("0") => {
             let listing =
                 app.store.list(&resource.store_key(), namespace.as_deref()).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
@@ -64,6 +73,17 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
         };
         for object in initial {
             if wanted(&object) && sender.send(Ok(encoder.event("ADDED", object))).await.is_err() {
+                return;
+            }
+        }
+        if send_initial_events {
+            // The bookmark that tells a watch-list client its initial state is complete.
+            let bookmark = json!({
+                "kind": resource.kind,
+                "apiVersion": resource.api_version(),
+                "metadata": {"resourceVersion": after.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}},
+            });
+            if sender.send(Ok(line(json!({"type": "BOOKMARK", "object": bookmark})))).await.is_err() {
                 return;
             }
         }

@@ -795,12 +795,27 @@ async fn deleting_a_namespace_deletes_its_contents() {
     api.post("/api/v1/namespaces/dev/resourcequotas", json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}}})).await.ok(201);
     let mut watch = api.watch(&format!("{}?watch=true&resourceVersion={}", pods("dev"), api.get(&pods("dev")).await.rv())).await;
 
+    // As in Kubernetes, the namespace goes Terminating first: no new content, the old still readable and deletable.
     let reply = api.delete("/api/v1/namespaces/dev").await;
     reply.ok(200);
     assert_eq!(reply.body["kind"], "Namespace");
     assert_eq!(reply.body["metadata"]["name"], "dev");
+    assert_eq!(reply.body["status"]["phase"], "Terminating");
+    assert!(reply.body["metadata"]["deletionTimestamp"].is_string(), "{}", reply.text);
+    api.post(&pods("dev"), pod("c"))
+        .await
+        .failure(403, "Forbidden")
+        .says("unable to create new content in namespace dev because it is being terminated");
+    api.get(&pod_path("dev", "a")).await.ok(200);
+    api.delete(&pod_path("dev", "b")).await.ok(200);
+    api.delete("/api/v1/namespaces/dev").await.ok(200);
 
-    api.get("/api/v1/namespaces/dev").await.failure(404, "NotFound");
+    // Then the namespace controller deletes it with everything in it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while api.get("/api/v1/namespaces/dev").await.status != 404 {
+        assert!(tokio::time::Instant::now() < deadline, "the namespace was not finalized");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     api.get(&pod_path("dev", "a")).await.failure(404, "NotFound");
     api.get("/api/v1/namespaces/dev/resourcequotas/q").await.failure(404, "NotFound");
     assert_eq!(api.get("/api/v1/pods").await.qualified_names(), ["qa/a"]);

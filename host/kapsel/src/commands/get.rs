@@ -142,20 +142,13 @@ fn print_description(resource: &ResourceType, object: &Value) {
     for column in resource.columns {
         field(column.name, (column.value)(object));
     }
-    for section in ["spec", "status", "involvedObject"] {
+    // The whole spec and status follow the summary, under headings that do not repeat its fields.
+    for (section, heading) in [("spec", "Spec"), ("status", "Status details"), ("involvedObject", "Involved object")] {
         if let Some(value) = object.get(section).filter(|v| !v.is_null()) {
-            println!("{}:", title(section));
-            if let Ok(text) = serde_yaml::to_string(value) {
-                for line in text.lines() {
-                    println!("  {line}");
-                }
+            println!("{heading}:");
+            for line in output::to_yaml_text(value).lines() {
+                println!("  {line}");
             }
         }
     }
-}
-
-fn title(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    let mut chars = lower.chars();
-    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }

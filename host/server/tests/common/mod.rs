@@ -232,6 +232,7 @@ impl Api {
         let auth = Authenticator::start(&store).await.expect("start the authenticator");
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = App { store: store.clone(), auth, info: Arc::new(ServerInfo { advertise_address: "127.0.0.1:6443".into() }), stopping };
+        kapsel_server::controllers::start(&app);
         let api = Api { router: router(app), store, stop, _dir: dir };
         for namespace in ["default", "dev", "qa", "prod"] {
             let reply =

@@ -1,0 +1,278 @@
+"""Helpers of the end-to-end tier: a `kapsel serve` process and its clients.
+
+Every server runs from the binary named by $KAPSEL_BIN (default: the
+workspace's target/debug/kapsel) on a free loopback port with a fresh data
+directory, and serves HTTPS with the CA it writes to DATA/tls/ca.crt.
+
+Helpers on a server: `api()` (HTTPS with the admin token and the CA),
+`kapsel()` (the CLI with the server's kubeconfig), `kubectl()` (stock kubectl
+with only --kubeconfig), `stop()` (SIGTERM; must exit 0) and `kill()`
+(SIGKILL, for crash tests).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+KAPSEL_BIN = Path(os.environ.get("KAPSEL_BIN", REPO / "target" / "debug" / "kapsel"))
+POSTGRES_URL = os.environ.get(
+    "KAPSEL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"
+)
+
+#: How long a server may take to answer /readyz, and to exit after SIGTERM.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# The environment every child process gets: no ambient connection settings.
+_SCRUBBED = ("KUBECONFIG", "KAPSEL_SERVER", "KAPSEL_TOKEN", "KAPSEL_DATA_DIR",
+             "KAPSEL_LISTEN", "KAPSEL_DATASTORE")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.setdefault("RUST_LOG", "info")
+    env["NO_COLOR"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+class KapselServer:
+    """One `kapsel serve` process (restartable on the same data directory)."""
+
+    def __init__(self, workdir: Path, name: str, extra_args: list[str] | None = None,
+                 datastore: str | None = None):
+        self.workdir = workdir
+        self.name = name
+        self.data_dir = workdir / f"{name}-data"
+        self.extra_args = list(extra_args or [])
+        self.datastore = datastore
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._log_file = None
+        self.kube_cache = workdir / f"{name}-kube-cache"
+
+    # -- paths and credentials -------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.data_dir / "tls" / "ca.crt"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "kubeconfig.yaml"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def log(self) -> str:
+        return strip_ansi(self.log_path.read_text(errors="replace")) if self.log_path.exists() else ""
+
+    # -- life cycle ------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [str(KAPSEL_BIN), "serve", "--data-dir", str(self.data_dir),
+               "--listen", f"127.0.0.1:{self.port}"]
+        if self.datastore:
+            cmd += ["--datastore", self.datastore]
+        return cmd + self.extra_args
+
+    def spawn(self) -> subprocess.Popen:
+        """Starts the process without waiting for it to be ready."""
+        assert not self.running, "already running"
+        self.starts += 1
+        self._log_file = open(self.log_path, "ab")
+        self._log_file.write(f"\n==== start {self.starts}: {' '.join(self.command())}\n".encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=child_env(), cwd=self.workdir,
+        )
+        return self.proc
+
+    def start(self) -> "KapselServer":
+        for attempt in range(3):
+            self.spawn()
+            try:
+                self.wait_ready()
+                return self
+            except PortTaken:
+                # Another process grabbed the port between free_port() and bind: pick another.
+                self.port = free_port()
+        raise AssertionError(f"kapsel serve could not bind a port:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | str | None = None
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                log = self.log()
+                self.close_log()
+                if "Address already in use" in log.split("==== start")[-1]:
+                    raise PortTaken()
+                raise AssertionError(f"kapsel serve exited with {code} while starting:\n{log}")
+            if self.ca.exists():
+                try:
+                    r = requests.get(f"{self.url}/readyz", verify=str(self.ca), timeout=2)
+                    if r.status_code == 200:
+                        return
+                    last_error = f"HTTP {r.status_code}: {r.text}"
+                except requests.RequestException as e:
+                    last_error = e
+            time.sleep(0.05)
+        raise AssertionError(f"kapsel serve was not ready within {timeout}s ({last_error}):\n{self.log()}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then wait; fails the test unless the server exits 0 in time."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.close_log()
+                raise AssertionError(
+                    f"kapsel serve did not exit within {timeout}s of SIGTERM:\n{self.log()[-4000:]}")
+        self.close_log()
+        code = self.proc.returncode
+        assert code == 0, f"kapsel serve exited with {code} after SIGTERM:\n{self.log()[-4000:]}"
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush anything."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.close_log()
+
+    def close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # -- clients ---------------------------------------------------------------
+    def api(self, method: str, path: str, token: str | None = "admin", **kwargs) -> requests.Response:
+        """One HTTPS request; `token=None` sends no Authorization header."""
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if token == "admin":
+            token = self.token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, f"{self.url}{path}", headers=headers,
+                                verify=str(self.ca), **kwargs)
+
+    def kapsel(self, *args: str, input: str | None = None, connection: list[str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+        """The kapsel CLI; by default with `--kubeconfig` of this server."""
+        if connection is None:
+            connection = ["--kubeconfig", str(self.kubeconfig)]
+        return subprocess.run(
+            [str(KAPSEL_BIN), *connection, *args], input=input, capture_output=True,
+            text=True, env=child_env(), cwd=self.workdir, timeout=timeout,
+        )
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 60,
+                kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [kubectl_bin(), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, cwd=self.workdir, timeout=timeout,
+            env=child_env(KUBECACHEDIR=str(self.kube_cache)),
+        )
+
+    def kubectl_popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [kubectl_bin(), "--kubeconfig", str(self.kubeconfig), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True, cwd=self.workdir, env=child_env(KUBECACHEDIR=str(self.kube_cache)),
+        )
+
+
+class PortTaken(Exception):
+    pass
+
+
+def kubectl_bin() -> str:
+    found = shutil.which("kubectl")
+    if not found:
+        pytest.fail("kubectl is not on PATH (tests/run.sh puts .venv/bin first)")
+    return found
+
+
+# -- API helpers used across modules ---------------------------------------------
+
+def pod_manifest(name: str, namespace: str | None = None, image: str = "registry.example/app:1",
+                 labels: dict | None = None, **extra_meta) -> dict:
+    meta: dict = {"name": name, **extra_meta}
+    if namespace:
+        meta["namespace"] = namespace
+    if labels:
+        meta["labels"] = labels
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "main", "image": image}]}}
+
+
+def create_namespace(server: KapselServer, name: str, token: str | None = "admin") -> dict:
+    r = server.api("POST", "/api/v1/namespaces", token=token,
+                   json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def create_pod(server: KapselServer, namespace: str, name: str, token: str | None = "admin",
+               **kwargs) -> dict:
+    r = server.api("POST", f"/api/v1/namespaces/{namespace}/pods", token=token,
+                   json=pod_manifest(name, **kwargs))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def assert_status(response: requests.Response, code: int, reason: str) -> dict:
+    """Checks that `response` is a Kubernetes failure Status with `code` and `reason`."""
+    assert response.status_code == code, f"expected HTTP {code}, got {response.status_code}: {response.text}"
+    assert response.headers.get("Content-Type", "").startswith("application/json"), response.headers
+    status = response.json()
+    assert status.get("kind") == "Status", status
+    assert status.get("apiVersion") == "v1", status
+    assert status.get("status") == "Failure", status
+    assert status.get("code") == code, status
+    assert status.get("reason") == reason, status
+    assert status.get("message"), status
+    return status
