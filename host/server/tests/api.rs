@@ -1574,3 +1574,20 @@ async fn json_patch_that_cannot_apply_is_invalid() {
     }
     assert_eq!(api.get(&pod_path("dev", "web")).await.body, before);
 }
+
+/// client-go's watch-list (kubectl's `delete --wait`, `wait`) needs the bookmark that ends the initial events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_list_ends_its_initial_events_with_a_bookmark() {
+    let api = Api::start().await;
+    api.create_pod("dev", pod("a")).await;
+    let list_rv = api.get(&pods("dev")).await.rv();
+    let path = format!("{}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan", pods("dev"));
+    let mut watch = api.watch(&path).await;
+    assert_eq!(summary(&watch.next().await), ("ADDED".to_string(), "dev/a".to_string()));
+    let bookmark = watch.next().await;
+    assert_eq!(bookmark["type"], "BOOKMARK", "{bookmark}");
+    assert_eq!(bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], list_rv.as_str());
+    api.create_pod("dev", pod("b")).await;
+    assert_eq!(summary(&watch.next().await), ("ADDED".to_string(), "dev/b".to_string()));
+}
