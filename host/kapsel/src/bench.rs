@@ -48,7 +48,7 @@ pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::
 /// A `kapsel serve` child process, killed when dropped.
 struct ServerProcess {
     child: tokio::process::Child,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
 }
 
 impl Drop for ServerProcess {
@@ -67,8 +67,8 @@ async fn start_server(datastore: Option<&str>) -> anyhow::Result<(ServerProcess,
     }
     command.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
     let child = command.spawn().context("starting kapsel serve")?;
-    let server = ServerProcess { child, _data_dir: data_dir };
-    let kubeconfig = server._data_dir.path().join(kapsel_server::serve::KUBECONFIG_FILE);
+    let server = ServerProcess { child, data_dir };
+    let kubeconfig = server.data_dir.path().join(kapsel_server::serve::KUBECONFIG_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if kubeconfig.exists() {

@@ -10,12 +10,12 @@ use kapsel_api::kinds::token::TOKEN;
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::auth::{Identity, hash_secret, new_secret};
+use crate::auth::{hash_secret, new_secret};
 use crate::error::ApiError;
 use kapsel_store::Change;
 
 /// Runs before validation on create; may return a secret to show once.
-pub fn before_create(resource: &ResourceType, _identity: &Identity, object: &mut Value) -> Result<Option<String>, ApiError> {
+pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Option<String>, ApiError> {
     if std::ptr::eq(resource, &TOKEN) {
         let secret = new_secret();
         if !object.get("spec").is_some_and(Value::is_object) {

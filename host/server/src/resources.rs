@@ -44,7 +44,7 @@ pub async fn handle(
         Verb::Get => get(&app, &target, &params, &headers).await,
         Verb::List => list(&app, &identity, &target, &params, &headers).await,
         Verb::Watch => watch::serve(&app, &identity, &target, &params, &headers).await,
-        Verb::Create => create(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Create => create(&app, &target, &params, &headers, body).await,
         Verb::Update => update(&app, &target, &params, &headers, body).await,
         Verb::Patch => patch(&app, &target, &params, &headers, body).await,
         Verb::Delete => delete(&app, &target, &params, &headers, body).await,
@@ -269,14 +269,7 @@ fn generated_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
-async fn create(
-    app: &App,
-    identity: &Identity,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-    request: Body,
-) -> Result<Response, ApiError> {
+async fn create(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
     let resource = target.resource;
     if target.subresource.is_some() {
         return Err(ApiError::MethodNotAllowed("subresources cannot be created".into()));
@@ -310,7 +303,7 @@ async fn create(
     meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), Value::String(now()));
     meta.insert("generation".into(), json!(1));
-    let shown_once = hooks::before_create(resource, identity, &mut object)?;
+    let shown_once = hooks::before_create(resource, &mut object)?;
     validate(resource, &object)?;
     let warnings = check_fields(resource, &mut object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();

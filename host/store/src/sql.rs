@@ -102,15 +102,21 @@ impl SqlBackend {
         row.map(|row| parse(&row.try_get::<String, _>(0)?)).transpose()
     }
 
-    pub(crate) async fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing, StoreError> {
-        let mut conn = self.readers.acquire().await?;
-        // One snapshot for the revision and the rows, so a watch from this revision misses nothing.
+    /// A read-only transaction and the revision it sees: reads in it are one
+    /// snapshot, so a watch from that revision misses nothing they missed.
+    async fn snapshot<'c>(&self, conn: &'c mut sqlx::pool::PoolConnection<sqlx::Any>) -> Result<(Tx<'c>, i64), StoreError> {
         let begin = match self.dialect {
             Dialect::Sqlite => "BEGIN",
             Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         };
         let mut tx = conn.begin_with(begin).await?;
         let revision: i64 = sqlx::query("SELECT revision FROM kapsel_meta WHERE id = 1").fetch_one(&mut *tx).await?.try_get(0)?;
+        Ok((tx, revision))
+    }
+
+    pub(crate) async fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let (mut tx, revision) = self.snapshot(&mut conn).await?;
         let rows = match namespace {
             Some(ns) => {
                 sqlx::query("SELECT data FROM objects WHERE resource = $1 AND namespace = $2 ORDER BY namespace, name")
@@ -134,12 +140,7 @@ impl SqlBackend {
     /// Every live object and the revision they are consistent at (to fill the cache).
     pub(crate) async fn load_all(&self) -> Result<(i64, Vec<(Key, Value)>), StoreError> {
         let mut conn = self.readers.acquire().await?;
-        let begin = match self.dialect {
-            Dialect::Sqlite => "BEGIN",
-            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        };
-        let mut tx = conn.begin_with(begin).await?;
-        let revision: i64 = sqlx::query("SELECT revision FROM kapsel_meta WHERE id = 1").fetch_one(&mut *tx).await?.try_get(0)?;
+        let (mut tx, revision) = self.snapshot(&mut conn).await?;
         let rows = sqlx::query("SELECT resource, namespace, name, data FROM objects").fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let objects = rows
