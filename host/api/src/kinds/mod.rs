@@ -58,7 +58,7 @@ pub(crate) fn text_at(object: &Value, path: &str) -> String {
 
 /// Decodes `object` as `T` and encodes it back (for unknown-field detection).
 pub(crate) fn roundtrip<T: DeserializeOwned + serde::Serialize>(object: &Value) -> Option<Value> {
-    let typed: T = serde_json::from_value(object.clone()).ok()?;
+    let typed = T::deserialize(object).ok()?;
     serde_json::to_value(typed).ok()
 }
 
