@@ -5,6 +5,8 @@
 //! `--server` names), creates
 //! `--objects` pods with `--concurrency` clients, then reads each back, and
 //! reports throughput and latency percentiles (human-readable or `--json`).
+//! `kapsel bench plugin` measures a scheduler extension in-process: compile,
+//! load, `update-nodes`, and per-pod `filter`/`score` against N nodes.
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -21,6 +23,27 @@ use crate::client::{Client, ConnectionArgs};
 pub enum BenchCommand {
     /// Create and then get pods over HTTP; report creates/s, gets/s and latency percentiles.
     Api(ApiBenchArgs),
+    /// Per-call cost of a plug-in (filter/score against N nodes), and its compile and instantiate times.
+    Plugin(PluginBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PluginBenchArgs {
+    /// The plug-in's world; `scheduler-extension` is hosted so far.
+    #[arg(long, default_value = "scheduler-extension")]
+    world: String,
+    /// A component file, or the name of a default plug-in (`spread`, `binpack`).
+    #[arg(long, default_value = "spread")]
+    plugin: String,
+    /// Nodes in the snapshot (all of them candidates).
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Calls measured per operation.
+    #[arg(long, default_value_t = 5000)]
+    calls: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +65,7 @@ pub struct ApiBenchArgs {
 pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Api(args) => api(connection, args).await,
+        BenchCommand::Plugin(args) => tokio::task::spawn_blocking(move || plugin(args)).await?,
     }
 }
 
@@ -195,6 +219,108 @@ async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<
                 s["p50_ms"].as_f64().unwrap_or_default(),
                 s["p99_ms"].as_f64().unwrap_or_default(),
                 s["max_ms"].as_f64().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Median and 99th percentile, in microseconds, of `samples` runs of `run`.
+fn time_calls(samples: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Value> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    for _ in 0..samples {
+        let started = Instant::now();
+        run()?;
+        histogram.saturating_record(started.elapsed().as_nanos() as u64);
+    }
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({"p50_us": us(0.5), "p99_us": us(0.99), "samples": samples}))
+}
+
+fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
+    use kapsel_plugins::scheduler::{self, NodeSummary, PodRef, PodSummary, Resources, SchedulerExtension};
+    anyhow::ensure!(
+        args.world == "scheduler-extension",
+        "only scheduler-extension plug-ins are hosted so far (got --world {})",
+        args.world
+    );
+    anyhow::ensure!(args.nodes > 0 && args.calls > 0, "--nodes and --calls must be positive");
+    let bytes = match kapsel_plugins::defaults::by_name(&args.plugin) {
+        Some(bytes) => bytes.to_vec(),
+        None => std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin))?,
+    };
+    let resources = |cpu_millicores, memory_bytes| Resources { cpu_millicores, memory_bytes, storage_bytes: 0 };
+    let nodes: Vec<NodeSummary> = (0..args.nodes)
+        .map(|i| NodeSummary {
+            name: format!("node-{i}"),
+            labels: vec![
+                ("topology.kubernetes.io/zone".into(), format!("zone-{}", i % 3)),
+                ("kubernetes.io/hostname".into(), format!("node-{i}")),
+            ],
+            taints: vec![],
+            allocatable: resources(16_000, 64 << 30),
+            requested: resources(100 * (i as u64 % 7), (i as u64 % 5) << 30),
+            ready: true,
+            pods: (0..10)
+                .map(|p| PodRef {
+                    namespace: "dev".into(),
+                    name: format!("p-{i}-{p}"),
+                    labels: vec![("app".into(), format!("a{}", p % 4))],
+                })
+                .collect(),
+        })
+        .collect();
+    let pod = PodSummary {
+        namespace: "dev".into(),
+        name: "web-0".into(),
+        labels: vec![("app".into(), "web".into())],
+        requests: resources(500, 1 << 30),
+        node_selector: vec![],
+        tolerations: vec![],
+    };
+    let candidates: Vec<u32> = (0..args.nodes as u32).collect();
+    let limits = kapsel_plugins::Limits::default();
+    let _ = kapsel_plugins::engine();
+
+    let compile = time_calls(5, || scheduler::compile(&bytes).map(drop).map_err(Into::into))?;
+    let component = scheduler::compile(&bytes)?;
+    let load =
+        time_calls(50, || SchedulerExtension::from_component(&args.plugin, &component, vec![], limits).map(drop).map_err(Into::into))?;
+    let mut extension = SchedulerExtension::from_component(&args.plugin, &component, vec![], limits)?;
+    let update = time_calls(50, || extension.update_nodes(nodes.clone()).map_err(Into::into))?;
+    let filter = time_calls(args.calls, || extension.filter(&pod, &candidates).map(drop).map_err(Into::into))?;
+    let score = time_calls(args.calls, || extension.score(&pod, &candidates).map(drop).map_err(Into::into))?;
+    let empty = time_calls(args.calls, || extension.score(&pod, &[]).map(drop).map_err(Into::into))?;
+    let report = json!({
+        "benchmark": "plugin",
+        "world": args.world,
+        "plugin": args.plugin,
+        "bytes": bytes.len(),
+        "nodes": args.nodes,
+        "compile": compile,
+        "load": load,
+        "update_nodes": update,
+        "filter": filter,
+        "score": score,
+        "empty_call": empty,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("kapsel bench plugin: {} ({} bytes), {} nodes", args.plugin, bytes.len(), args.nodes);
+        for (label, key) in [
+            ("compile (Cranelift)", "compile"),
+            ("load (link, instantiate, configure)", "load"),
+            ("update-nodes", "update_nodes"),
+            ("filter, all candidates", "filter"),
+            ("score, all candidates", "score"),
+            ("empty call", "empty_call"),
+        ] {
+            let s = &report[key];
+            println!(
+                "  {label:<38} p50 {:>10.2} µs   p99 {:>10.2} µs",
+                s["p50_us"].as_f64().unwrap_or_default(),
+                s["p99_us"].as_f64().unwrap_or_default()
             );
         }
     }

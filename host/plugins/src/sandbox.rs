@@ -1,0 +1,143 @@
+//! The sandbox every plug-in call runs in: a store whose WASI context
+//! grants nothing (no files, environment, network or clocks beyond what
+//! WASI's defaults expose), a memory cap enforced by a resource limiter
+//! that remembers it refused, and a deadline enforced by epoch
+//! interruption. Failures are classified for the caller's failure policy.
+
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The limits of one plug-in's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest a call may run.
+    pub deadline: Duration,
+    /// Most linear memory (all memories together) an instance may hold.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 100 ms and 64 MiB, the defaults for scheduler calls.
+    fn default() -> Self {
+        Limits { deadline: Duration::from_millis(100), memory_bytes: 64 << 20 }
+    }
+}
+
+/// Why loading or calling a plug-in failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The bytes are not a usable plug-in for the world (refused at load).
+    #[error("{0}")]
+    Rejected(String),
+    /// The plug-in refused its configuration.
+    #[error("the plug-in refused its configuration: {0}")]
+    Config(String),
+    /// The call ran past its deadline and was stopped.
+    #[error("exceeded its deadline of {0:?}")]
+    Deadline(Duration),
+    /// The call tried to grow memory past the cap.
+    #[error("exceeded its memory limit of {0} bytes")]
+    Memory(usize),
+    /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
+    #[error("trapped: {0}")]
+    Trap(String),
+}
+
+/// The host state of one plug-in instance.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    /// The plug-in's name, for its log lines.
+    pub plugin: String,
+}
+
+impl std::fmt::Debug for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginState").field("plugin", &self.plugin).field("limiter", &self.limiter).finish_non_exhaustive()
+    }
+}
+
+impl PluginState {
+    /// A state that grants the guest nothing.
+    pub fn new(plugin: &str, limits: Limits) -> Self {
+        PluginState {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max: limits.memory_bytes, refused: false },
+            plugin: plugin.to_string(),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and notes a refusal, so that the trap that follows
+/// (the guest's allocator aborts) is reported as what it is.
+#[derive(Debug)]
+struct MemoryLimiter {
+    max: usize,
+    refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A store for one instance, with its limits armed.
+pub fn new_store(engine: &wasmtime::Engine, plugin: &str, limits: Limits) -> wasmtime::Store<PluginState> {
+    let mut store = wasmtime::Store::new(engine, PluginState::new(plugin, limits));
+    store.limiter(|state| &mut state.limiter);
+    store
+}
+
+/// Arms the deadline for the next call (epoch deadlines count from when they are set).
+pub fn arm_deadline(store: &mut wasmtime::Store<PluginState>, limits: Limits) {
+    let ticks = limits.deadline.as_nanos().div_ceil(crate::EPOCH_TICK.as_nanos()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+}
+
+/// Classifies a failed call.
+pub fn classify(error: &wasmtime::Error, store: &wasmtime::Store<PluginState>, limits: Limits) -> PluginError {
+    if store.data().limiter.refused {
+        return PluginError::Memory(limits.memory_bytes);
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => PluginError::Deadline(limits.deadline),
+        Some(trap) => PluginError::Trap(trap.to_string()),
+        None => PluginError::Trap(format!("{error:#}")),
+    }
+}
+
+/// The longest log line a guest may write; longer ones are cut.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// Writes a guest's log line through `tracing`, cut to [`MAX_LOG_LINE`].
+pub fn log_line(plugin: &str, level: tracing::Level, message: &str) {
+    let mut end = message.len().min(MAX_LOG_LINE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let message = &message[..end];
+    match level {
+        tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
+        tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+        tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+        tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+        tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
+    }
+}
