@@ -123,6 +123,43 @@ pub fn classify(error: &wasmtime::Error, store: &wasmtime::Store<PluginState>, l
     }
 }
 
+/// The WASI interfaces every world grants: standard streams (which the
+/// host leaves empty or discards), environment queries (the environment is
+/// empty), exit, I/O plumbing and randomness. Clocks beyond the monotonic
+/// one, files, sockets and HTTP are not granted unless a world says so.
+pub const WASI_BASE: &[&str] = &[
+    "wasi:io/poll@",
+    "wasi:io/error@",
+    "wasi:io/streams@",
+    "wasi:cli/environment@",
+    "wasi:cli/exit@",
+    "wasi:cli/stdin@",
+    "wasi:cli/stdout@",
+    "wasi:cli/stderr@",
+    "wasi:cli/terminal-",
+    "wasi:clocks/monotonic-clock@",
+    "wasi:random/",
+];
+
+/// Refuses a component that imports an interface its world does not grant
+/// (`granted`: interface name prefixes beyond [`WASI_BASE`]). Linking would
+/// succeed — the host links all of WASI — so this is what keeps, say, a
+/// scheduler extension away from sockets.
+pub fn check_imports(component: &wasmtime::component::Component, world: &str, granted: &[&str]) -> Result<(), PluginError> {
+    let refused: Vec<String> = component
+        .component_type()
+        .imports(crate::engine())
+        .map(|(name, _)| name)
+        .filter(|name| !WASI_BASE.iter().chain(granted).any(|prefix| name.starts_with(prefix)))
+        .map(str::to_string)
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let article = if world.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    Err(PluginError::Rejected(format!("imports {}, which {article} {world} is not granted", refused.join(", "))))
+}
+
 /// The longest log line a guest may write; longer ones are cut.
 pub const MAX_LOG_LINE: usize = 4096;
 

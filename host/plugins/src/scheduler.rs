@@ -39,6 +39,9 @@ impl bindings::kapsel::plugin::log::Host for PluginState {
 
 impl bindings::kapsel::plugin::types::Host for PluginState {}
 
+/// What a scheduler extension may import beyond WASI's base: its own world's interfaces.
+const GRANTED: &[&str] = &["kapsel:plugin/log@0.1.", "kapsel:plugin/types@0.1."];
+
 /// Compiles `bytes` as a component, with a message a plug-in author understands when they are not one.
 pub fn compile(bytes: &[u8]) -> Result<Component, PluginError> {
     const CORE_MODULE: [u8; 8] = *b"\0asm\x01\0\0\0";
@@ -93,6 +96,7 @@ impl SchedulerExtension {
             .map_err(|e| PluginError::Rejected(format!("does not fit the scheduler-extension world: {e:#}")))?;
         let pre = bindings::SchedulerExtensionPre::new(pre)
             .map_err(|e| PluginError::Rejected(format!("does not fit the scheduler-extension world: {e:#}")))?;
+        sandbox::check_imports(component, "scheduler extension", GRANTED)?;
         let mut extension = SchedulerExtension { name: name.to_string(), pre, limits, config, nodes: Vec::new(), live: None };
         extension.live = Some(extension.fresh()?);
         Ok(extension)

@@ -93,6 +93,11 @@ fn what_is_not_a_scheduler_extension_is_refused_with_a_reason() {
     assert!(refuse(&defaults::SPREAD[..defaults::SPREAD.len() / 2]).contains("not a valid component"));
     let wrong_world = refuse(defaults::LOCAL_VOLUMES);
     assert!(wrong_world.contains("scheduler-extension"), "{wrong_world}");
+    // Right exports, but it reaches for files: linking would work, the grant check refuses it.
+    let greedy = std::fs::read(format!("{}/greedy.wasm", env!("KAPSEL_TEST_GUESTS"))).unwrap();
+    let refused = refuse(&greedy);
+    assert!(refused.starts_with("imports ") && refused.contains("wasi:filesystem/preopens"), "{refused}");
+    assert!(refused.ends_with("which a scheduler extension is not granted"), "{refused}");
     match SchedulerExtension::load("spread", defaults::SPREAD, vec![("no-such-key".into(), "1".into())], Limits::default()) {
         Err(PluginError::Config(message)) => assert!(message.contains("no-such-key"), "{message}"),
         other => panic!("expected a configuration error, got {other:?}"),
