@@ -110,6 +110,7 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::limit_range::LIMIT_RANGE,
     &kinds::event::EVENT,
     &kinds::token::TOKEN,
+    &kinds::plugin::PLUGIN,
 ];
 
 /// The kind served at `group`/`version` under the plural `resource`.

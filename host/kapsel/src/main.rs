@@ -44,7 +44,10 @@ enum Command {
     /// Issue, list and revoke bearer tokens (IT admins).
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
-    /// Measure the platform (`kapsel bench api`).
+    /// Upload Wasm plug-ins and roll them back (IT admins).
+    #[command(subcommand)]
+    Plugin(commands::plugin::PluginCommand),
+    /// Measure the platform (`kapsel bench api`, `kapsel bench plugin`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Describe(args) => commands::get::describe(&cli.connection, args).await,
         Command::Delete(args) => commands::delete::run(&cli.connection, args).await,
         Command::Token(command) => commands::token::run(&cli.connection, command).await,
+        Command::Plugin(command) => commands::plugin::run(&cli.connection, command).await,
         Command::Bench(command) => bench::run(&cli.connection, command).await,
     }
 }

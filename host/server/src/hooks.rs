@@ -1,10 +1,12 @@
 //! Kind-specific steps of the generic request path, kept in one place:
 //! a `Token` gets its secret generated and only the hash stored (the
 //! secret is returned once, in the create response's `status.token`);
-//! a `Namespace` starts `Active`; a `Pod` starts `Pending` with its QoS class.
+//! a `Namespace` starts `Active`; a `Pod` starts `Pending` with its QoS class;
+//! a deleted `Plugin` leaves the registry of active plug-ins.
 
 use kapsel_api::ResourceType;
 use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::kinds::plugin::PLUGIN;
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::token::TOKEN;
 use serde_json::{Value, json};
@@ -69,6 +71,12 @@ pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
     if std::ptr::eq(resource, &TOKEN) {
         for change in changes {
             app.auth.apply(change.change_type, &change.object);
+        }
+    }
+    // A deleted plug-in stops at once; its callers fall back to built-in behaviour.
+    if std::ptr::eq(resource, &PLUGIN) {
+        for change in changes.iter().filter(|c| c.change_type == kapsel_store::ChangeType::Deleted) {
+            app.plugins.remove(&change.key.name);
         }
     }
 }

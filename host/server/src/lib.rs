@@ -14,6 +14,7 @@ pub mod error;
 pub mod hooks;
 pub mod openapi;
 pub mod patch;
+pub mod plugins;
 pub mod protobuf;
 pub mod request;
 pub mod resources;
@@ -50,6 +51,8 @@ pub struct App {
     pub info: Arc<ServerInfo>,
     /// Turns `true` when the server is stopping; long-lived responses (watches) end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The active plug-ins.
+    pub plugins: plugins::PluginRegistry,
 }
 
 /// The whole HTTP API.
@@ -64,6 +67,8 @@ pub fn router(app: App) -> Router {
         .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::v3_index))
         .route("/openapi/v3/{*path}", get(openapi::v3_document))
+        .route("/apis/kapsel.io/v1alpha1/plugins/{name}/component", axum::routing::post(plugins::upload))
+        .route("/apis/kapsel.io/v1alpha1/plugins/{name}/rollback", axum::routing::post(plugins::rollback))
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()

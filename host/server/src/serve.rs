@@ -63,7 +63,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(address = %bound, datastore = store.backend_name(), data_dir = %config.data_dir.display(), kubeconfig = %kubeconfig.display(), "kapsel is serving");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping };
+    let plugins = crate::plugins::PluginRegistry::start(&store).await.context("loading plug-ins")?;
+    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins };
     crate::controllers::start(&app);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         shutdown_signal().await;

@@ -1591,3 +1591,60 @@ async fn watch_list_ends_its_initial_events_with_a_bookmark() {
     api.create_pod("dev", pod("b")).await;
     assert_eq!(summary(&watch.next().await), ("ADDED".to_string(), "dev/b".to_string()));
 }
+
+const PLUGINS: &str = "/apis/kapsel.io/v1alpha1/plugins";
+
+/// Uploading plug-ins: a component is checked against its world before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_checked_on_upload_and_roll_back() {
+    let api = Api::start().await;
+    let api = &api;
+    let upload = |bytes: &[u8], query: &str| {
+        let bytes = bytes.to_vec();
+        let path = format!("{PLUGINS}/balance/component{query}");
+        async move { api.call(Some(ADMIN), Method::POST, &path, &[("content-type", "application/wasm")], bytes).await }
+    };
+    // A new plug-in needs its world.
+    upload(kapsel_plugins::defaults::SPREAD, "").await.failure(422, "Invalid");
+    // What does not fit is refused with the reason, and nothing is stored.
+    let core = upload(b"\0asm\x01\0\0\0", "?world=scheduler-extension").await;
+    core.failure(422, "Invalid");
+    assert!(core.message().contains("core WebAssembly module"), "{}", core.text);
+    assert_eq!(core.cause_fields(), vec!["component"]);
+    let wrong = upload(kapsel_plugins::defaults::LOCAL_VOLUMES, "?world=scheduler-extension").await;
+    wrong.failure(422, "Invalid");
+    assert!(wrong.message().contains("scheduler-extension"), "{}", wrong.text);
+    api.get(&format!("{PLUGINS}/balance")).await.failure(404, "NotFound");
+
+    // spread, then binpack under the same name; rollback returns to spread.
+    let first = upload(kapsel_plugins::defaults::SPREAD, "?world=scheduler-extension&version=1").await;
+    first.ok(200);
+    assert_eq!(first.body["status"]["phase"], "Active");
+    let spread_digest = first.body["spec"]["digest"].as_str().unwrap().to_string();
+    assert!(spread_digest.starts_with("sha256:") && spread_digest.len() == 71, "{spread_digest}");
+    let second = upload(kapsel_plugins::defaults::BINPACK, "?version=2").await;
+    second.ok(200);
+    assert_eq!(second.body["spec"]["previousDigest"], spread_digest.as_str());
+    assert_eq!(second.body["spec"]["version"], "2");
+    // A failed upload leaves the active version alone.
+    upload(b"garbage", "").await.failure(422, "Invalid");
+    let after = api.get(&format!("{PLUGINS}/balance")).await;
+    assert_eq!(after.body["spec"]["digest"], second.body["spec"]["digest"]);
+    let back = api.call(Some(ADMIN), Method::POST, &format!("{PLUGINS}/balance/rollback"), &[], Body::empty()).await;
+    back.ok(200);
+    assert_eq!(back.body["spec"]["digest"], spread_digest.as_str());
+    assert_eq!(back.body["spec"]["version"], "1");
+    // Tenants may not upload.
+    api.call(
+        Some(ALICE),
+        Method::POST,
+        &format!("{PLUGINS}/x/component?world=scheduler-extension"),
+        &[],
+        kapsel_plugins::defaults::SPREAD.to_vec(),
+    )
+    .await
+    .failure(403, "Forbidden");
+    // Listed like any kind, deleted like any kind.
+    assert_eq!(api.get(PLUGINS).await.names(), ["balance"]);
+    api.delete(&format!("{PLUGINS}/balance")).await.ok(200);
+}

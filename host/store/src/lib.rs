@@ -251,6 +251,17 @@ impl Store {
         watch::start(self.backend.clone(), &self.changes, resource, namespace, after).await
     }
 
+    /// Stores a content-addressed blob (`digest` is the caller's `sha256:<hex>`
+    /// of `data`); returns whether it was new. Blobs are not revisioned.
+    pub async fn put_blob(&self, digest: &str, data: &[u8]) -> Result<bool, StoreError> {
+        self.backend.put_blob(digest, data).await
+    }
+
+    /// The blob stored under `digest`.
+    pub async fn get_blob(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        self.backend.get_blob(digest).await?.ok_or(StoreError::NotFound)
+    }
+
     /// Drops changes older than the newest `retained_changes`; returns how many went.
     pub async fn compact(&self) -> Result<u64, StoreError> {
         let (current, compacted) = self.backend.revisions().await?;

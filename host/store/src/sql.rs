@@ -153,6 +153,22 @@ impl SqlBackend {
         Ok((revision, objects))
     }
 
+    /// Stores `data` under `digest` unless it is already there (content addressing makes that the same bytes).
+    pub(crate) async fn put_blob(&self, digest: &str, data: &[u8]) -> Result<bool, StoreError> {
+        let inserted = sqlx::query("INSERT INTO blobs (digest, data) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(digest)
+            .bind(data)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    pub(crate) async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT data FROM blobs WHERE digest = $1").bind(digest).fetch_optional(&self.readers).await?;
+        Ok(row.map(|row| row.try_get::<Vec<u8>, _>(0)).transpose()?)
+    }
+
     /// Whether this process is the only writer of the database (SQLite), so an in-memory copy stays exact.
     pub(crate) fn single_writer(&self) -> bool {
         self.dialect == Dialect::Sqlite

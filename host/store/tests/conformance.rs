@@ -92,6 +92,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    blobs_are_stored_once_by_digest,
     crud_and_conflicts,
     list_by_namespace_at_one_revision,
     watch_resumes_from_a_revision,
@@ -316,4 +317,13 @@ async fn refuses_an_unknown_schema(url: &str) {
         Err(StoreError::Schema(e)) => assert!(e.to_string().contains("99990101000000"), "{e}"),
         other => panic!("expected a schema error, got {other:?}"),
     }
+}
+
+async fn blobs_are_stored_once_by_digest(url: &str) {
+    let store = Store::open(url, options()).await.unwrap();
+    let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    assert!(store.put_blob("sha256:abc", &data).await.unwrap());
+    assert!(!store.put_blob("sha256:abc", &data).await.unwrap(), "the second put of a digest stores nothing");
+    assert_eq!(store.get_blob("sha256:abc").await.unwrap(), data);
+    assert!(matches!(store.get_blob("sha256:missing").await, Err(StoreError::NotFound)));
 }

@@ -6,6 +6,7 @@ pub mod event;
 pub mod limit_range;
 pub mod namespace;
 pub mod node;
+pub mod plugin;
 pub mod pod;
 pub mod resource_quota;
 pub mod token;

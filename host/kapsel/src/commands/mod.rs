@@ -3,4 +3,5 @@
 pub mod apply;
 pub mod delete;
 pub mod get;
+pub mod plugin;
 pub mod token;

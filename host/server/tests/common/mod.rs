@@ -231,7 +231,14 @@ impl Api {
         .await;
         let auth = Authenticator::start(&store).await.expect("start the authenticator");
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let app = App { store: store.clone(), auth, info: Arc::new(ServerInfo { advertise_address: "127.0.0.1:6443".into() }), stopping };
+        let plugins = kapsel_server::plugins::PluginRegistry::start(&store).await.expect("load plug-ins");
+        let app = App {
+            store: store.clone(),
+            auth,
+            info: Arc::new(ServerInfo { advertise_address: "127.0.0.1:6443".into() }),
+            stopping,
+            plugins,
+        };
         kapsel_server::controllers::start(&app);
         let api = Api { router: router(app), store, stop, _dir: dir };
         for namespace in ["default", "dev", "qa", "prod"] {

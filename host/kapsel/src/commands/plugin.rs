@@ -1,0 +1,62 @@
+//! `kapsel plugin push|rollback`: IT admins upload Wasm plug-ins and
+//! return to the previous version. Listing and deleting are the generic
+//! `kapsel get plugins` and `kapsel delete plugin NAME`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use kapsel_api::kinds::plugin::PLUGIN;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::client::{Client, ConnectionArgs, object_path};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Upload a component and make it the plug-in's active version (created if new).
+    Push {
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// The plug-in's name.
+        #[arg(long)]
+        name: String,
+        /// The world it targets: scheduler-extension, storage-driver or network-driver (needed for a new plug-in).
+        #[arg(long)]
+        world: Option<String>,
+        /// A version label, shown in `kapsel get plugins`.
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Make the version before the last push active again.
+    Rollback { name: String },
+}
+
+pub async fn run(connection: &ConnectionArgs, command: PluginCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(connection)?;
+    let base = object_path(
+        &PLUGIN,
+        None,
+        match &command {
+            PluginCommand::Push { name, .. } | PluginCommand::Rollback { name } => name,
+        },
+    );
+    let plugin = match command {
+        PluginCommand::Push { file, world, version, .. } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(world) = world {
+                query.push(("world", world));
+            }
+            if let Some(version) = version {
+                query.push(("version", version));
+            }
+            let path = format!("{base}/component?{}", serde_urlencoded::to_string(&query)?);
+            client.send(Method::POST, &path, Some(("application/wasm", bytes))).await?
+        }
+        PluginCommand::Rollback { .. } => client.send(Method::POST, &format!("{base}/rollback"), None).await?,
+    };
+    let text = |pointer: &str| plugin.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
+    println!("plugin/{} active: {} {} ({})", text("/metadata/name"), text("/spec/world"), text("/spec/version"), text("/spec/digest"));
+    Ok(ExitCode::SUCCESS)
+}
