@@ -30,6 +30,16 @@ pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Opti
     if std::ptr::eq(resource, &NAMESPACE) {
         object["status"] = json!({"phase": "Active"});
     }
+    if std::ptr::eq(resource, &PLUGIN) {
+        for field in ["digest", "previousDigest", "previousVersion"] {
+            if object.pointer(&format!("/spec/{field}")).is_some_and(|v| v.as_str() != Some("")) {
+                let name = kapsel_api::object::name(object).unwrap_or_default();
+                let message = "set by uploads: create the plug-in, then `kapsel plugin push` its component";
+                return Err(ApiError::invalid(resource, name, vec![kapsel_api::FieldError::forbidden(format!("spec.{field}"), message)]));
+            }
+        }
+        object["status"] = json!({"phase": "Pending", "message": "no component uploaded yet"});
+    }
     if std::ptr::eq(resource, &POD) {
         // A new pod waits to be scheduled; its status is the platform's to write.
         object["status"] = json!({"phase": "Pending", "qosClass": qos_class(object)});
@@ -73,16 +83,41 @@ pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
             app.auth.apply(change.change_type, &change.object);
         }
     }
-    // A deleted plug-in stops at once; its callers fall back to built-in behaviour.
+    // A deleted plug-in stops at once (its callers fall back to built-in
+    // behaviour); an edited one is reloaded with its new spec.
     if std::ptr::eq(resource, &PLUGIN) {
-        for change in changes.iter().filter(|c| c.change_type == kapsel_store::ChangeType::Deleted) {
-            app.plugins.remove(&change.key.name);
+        for change in changes {
+            match change.change_type {
+                kapsel_store::ChangeType::Deleted => app.plugins.remove(&change.key.name),
+                kapsel_store::ChangeType::Modified
+                    if change.previous.as_ref().map(|p| p.get("spec")) != Some(change.object.get("spec")) =>
+                {
+                    crate::plugins::reload_after_edit(app, &change.object)
+                }
+                _ => {}
+            }
         }
     }
 }
 
-/// Refuses changes to fields that are fixed after create.
+/// Refuses changes to fields that are fixed after create, or that only
+/// their own endpoints may set (a plug-in's component digests and world).
 pub fn before_update(resource: &ResourceType, current: &Value, next: &Value) -> Result<(), ApiError> {
+    if std::ptr::eq(resource, &PLUGIN) {
+        for field in ["world", "digest", "previousDigest", "previousVersion"] {
+            if current.pointer(&format!("/spec/{field}")) != next.pointer(&format!("/spec/{field}")) {
+                let name = kapsel_api::object::name(current).unwrap_or_default();
+                return Err(ApiError::invalid(
+                    resource,
+                    name,
+                    vec![kapsel_api::FieldError::forbidden(
+                        format!("spec.{field}"),
+                        "set by uploads: use `kapsel plugin push` or `kapsel plugin rollback`",
+                    )],
+                ));
+            }
+        }
+    }
     if std::ptr::eq(resource, &TOKEN) && current.pointer("/spec/secretHash") != next.pointer("/spec/secretHash") {
         let name = kapsel_api::object::name(current).unwrap_or_default();
         return Err(ApiError::invalid(

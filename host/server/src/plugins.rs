@@ -54,7 +54,13 @@ impl PluginRegistry {
             if spec.digest.is_empty() {
                 continue;
             }
-            let bytes = store.get_blob(&spec.digest).await?;
+            let bytes = match store.get_blob(&spec.digest).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!(plugin = %name, digest = %spec.digest, error = &error as &dyn std::error::Error, "a stored plug-in's component is missing; it stays inactive");
+                    continue;
+                }
+            };
             match load(&name, &spec, bytes).await {
                 Ok(extension) => registry.activate(&name, extension),
                 Err(error) => tracing::error!(plugin = %name, %error, "a stored plug-in does not load; it stays inactive"),
@@ -76,6 +82,43 @@ impl PluginRegistry {
     pub fn schedulers(&self) -> Vec<(String, SharedExtension)> {
         self.schedulers.read().expect("plug-in registry lock").iter().map(|(n, e)| (n.clone(), e.clone())).collect()
     }
+}
+
+/// After an edit of a `Plugin` (config, limits) through the generic API:
+/// load the active component with the new spec and swap it in; if it does
+/// not load, the previous instance stays and the object says why
+/// (`status.phase: Rejected`).
+pub fn reload_after_edit(app: &App, plugin: &Value) {
+    let name = object::name(plugin).unwrap_or_default().to_string();
+    let Ok(spec) = serde_json::from_value::<PluginSpec>(plugin.get("spec").cloned().unwrap_or_default()) else { return };
+    if spec.digest.is_empty() {
+        return;
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        let outcome = match app.store.get_blob(&spec.digest).await {
+            Ok(bytes) => load(&name, &spec, bytes).await.map_err(|e| e.to_string()),
+            Err(error) => Err(format!("the component {} is missing: {error}", spec.digest)),
+        };
+        let status = match outcome {
+            Ok(extension) => {
+                app.plugins.activate(&name, extension);
+                json!({"phase": "Active", "message": ""})
+            }
+            Err(message) => {
+                tracing::error!(plugin = %name, %message, "an edited plug-in does not load; the previous instance stays active");
+                json!({"phase": "Rejected", "message": format!("the edited spec does not load ({message}); the previous configuration stays active")})
+            }
+        };
+        let key = Key::new(PLUGIN.store_key(), "", &name);
+        if let Ok(mut current) = app.store.get(&key).await {
+            let expected = object::resource_version(&current).and_then(Result::ok);
+            current["status"] = status;
+            if let Err(error) = app.store.update(key, current, expected).await {
+                tracing::warn!(plugin = %name, error = &error as &dyn std::error::Error, "could not record the plug-in's status");
+            }
+        }
+    });
 }
 
 /// Compiles, checks and configures a component for `spec` off the async threads.

@@ -1648,3 +1648,41 @@ async fn plugins_are_checked_on_upload_and_roll_back() {
     assert_eq!(api.get(PLUGINS).await.names(), ["balance"]);
     api.delete(&format!("{PLUGINS}/balance")).await.ok(200);
 }
+
+/// A plug-in created with its config first, then given a component; config edits reload it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_config_is_applied_and_edits_reload() {
+    let api = Api::start().await;
+    let manifest = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Plugin", "metadata": {"name": "zones"},
+        "spec": {"world": "scheduler-extension", "config": {"max-skew": "1"}, "limits": {"deadlineMilliseconds": 50}}});
+    let created = api.post(PLUGINS, manifest.clone()).await;
+    created.ok(201);
+    assert_eq!(created.body["status"]["phase"], "Pending");
+    let mut forged = manifest.clone();
+    forged["metadata"]["name"] = json!("forged");
+    forged["spec"]["digest"] = json!(format!("sha256:{}", "0".repeat(64)));
+    api.post(PLUGINS, forged).await.failure(422, "Invalid");
+
+    let path = format!("{PLUGINS}/zones/component");
+    let reply = api.call(Some(ADMIN), Method::POST, &path, &[], kapsel_plugins::defaults::SPREAD.to_vec()).await;
+    reply.ok(200);
+    assert_eq!(reply.body["spec"]["config"]["max-skew"], "1");
+    assert_eq!(reply.body["status"]["phase"], "Active");
+
+    // Digests are the upload's to set.
+    api.patch(&format!("{PLUGINS}/zones"), MERGE_PATCH, json!({"spec": {"digest": format!("sha256:{}", "1".repeat(64))}}))
+        .await
+        .failure(422, "Invalid");
+    // A config the component refuses is stored, but reported and not applied.
+    api.patch(&format!("{PLUGINS}/zones"), MERGE_PATCH, json!({"spec": {"config": {"no-such-key": "1"}}})).await.ok(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let current = api.get(&format!("{PLUGINS}/zones")).await;
+        if current.body["status"]["phase"] == "Rejected" {
+            assert!(current.body["status"]["message"].as_str().unwrap().contains("no-such-key"), "{}", current.text);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the edit was not reported: {}", current.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
