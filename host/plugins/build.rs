@@ -25,14 +25,11 @@ fn main() {
     }
     rerun_if_changed_dir(&wit);
 
-    // Without the target the nested build fails deep in its output ("can't find crate for `core`"): say so first.
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    if let Ok(output) = &installed
-        && output.status.success()
-        && !String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == "wasm32-wasip2")
-    {
-        panic!("the wasm32-wasip2 target is not installed: run `rustup target add wasm32-wasip2` (tests/run.sh does it)");
-    }
+    // The README's `cargo run -- serve` must work on a bare machine, where
+    // rust-toolchain.toml names the target but rustup does not add it by
+    // itself: add it here, and say so plainly if that fails (without it the
+    // nested build fails deep in its output with "can't find crate for `core`").
+    ensure_wasm_target();
 
     let outer_target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let target_dir = outer_target.join("plugins");
@@ -57,6 +54,22 @@ fn main() {
         let file = format!("{}.wasm", plugin.replace('-', "_"));
         let built = built_dir.join(&file);
         std::fs::copy(&built, out_dir.join(&file)).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    }
+}
+
+fn ensure_wasm_target() {
+    let listed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let Ok(listed) = listed else {
+        // No rustup: a toolchain installed otherwise must bring the target itself.
+        return;
+    };
+    if !listed.status.success() || String::from_utf8_lossy(&listed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
+        return;
+    }
+    println!("cargo:warning=adding the wasm32-wasip2 target (rustup target add wasm32-wasip2) to build the default plug-ins");
+    let added = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    if !added.is_ok_and(|s| s.success()) {
+        panic!("the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed: add it, then build again");
     }
 }
 
