@@ -6,7 +6,8 @@
 //! `--objects` pods with `--concurrency` clients, then reads each back, and
 //! reports throughput and latency percentiles (human-readable or `--json`).
 //! `kapsel bench plugin` measures a scheduler extension in-process: compile,
-//! load, `update-nodes`, and per-pod `filter`/`score` against N nodes.
+//! deserialize from the compile cache, load, `update-nodes`, and per-pod
+//! `filter`/`score` against N nodes.
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -283,6 +284,11 @@ fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
     let _ = kapsel_plugins::engine();
 
     let compile = time_calls(5, || scheduler::compile(&bytes).map(drop).map_err(Into::into))?;
+    // What a restart pays instead: reading the compiled form back from the cache.
+    let cache_dir = tempfile::tempdir()?;
+    let cache = kapsel_plugins::CompileCache::new(cache_dir.path());
+    cache.compile("sha256:bench", &bytes)?;
+    let deserialize = time_calls(20, || cache.compile("sha256:bench", &bytes).map(drop).map_err(Into::into))?;
     let component = scheduler::compile(&bytes)?;
     let load =
         time_calls(50, || SchedulerExtension::from_component(&args.plugin, &component, vec![], limits).map(drop).map_err(Into::into))?;
@@ -298,6 +304,7 @@ fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
         "bytes": bytes.len(),
         "nodes": args.nodes,
         "compile": compile,
+        "deserialize": deserialize,
         "load": load,
         "update_nodes": update,
         "filter": filter,
@@ -310,6 +317,7 @@ fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
         println!("kapsel bench plugin: {} ({} bytes), {} nodes", args.plugin, bytes.len(), args.nodes);
         for (label, key) in [
             ("compile (Cranelift)", "compile"),
+            ("deserialize (compile cache)", "deserialize"),
             ("load (link, instantiate, configure)", "load"),
             ("update-nodes", "update_nodes"),
             ("filter, all candidates", "filter"),

@@ -14,6 +14,7 @@
 //! storage and network worlds follow. The default plug-ins built from
 //! `plugins/` are embedded ([`defaults`]).
 
+pub mod cache;
 pub mod defaults;
 pub mod sandbox;
 pub mod scheduler;
@@ -21,7 +22,9 @@ pub mod scheduler;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use cache::CompileCache;
 pub use sandbox::{Limits, PluginError};
+pub use scheduler::compile;
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);

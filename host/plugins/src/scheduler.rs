@@ -10,7 +10,8 @@
 //! snapshot again.
 
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, Linker};
+pub use wasmtime::component::Component;
+use wasmtime::component::{HasSelf, Linker};
 
 use crate::sandbox::{self, Limits, PluginError, PluginState};
 

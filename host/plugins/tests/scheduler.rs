@@ -140,3 +140,24 @@ fn a_log_flood_is_cut_and_bounded() {
     let mut stopped = hostile("log-flood", Limits { deadline: Duration::from_millis(20), ..Limits::default() });
     assert_eq!(stopped.score(&pod("p", 1), &[0]), Err(PluginError::Deadline(Duration::from_millis(20))));
 }
+
+#[test]
+fn compiled_components_are_cached_and_damaged_entries_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = kapsel_plugins::CompileCache::new(dir.path());
+    let digest = "sha256:0123";
+    let first = cache.compile(digest, defaults::BINPACK).unwrap();
+    let cached = cache.path_for(digest);
+    assert!(cached.exists(), "nothing cached at {}", cached.display());
+    // The cached form loads and runs like the compiled one.
+    let again = cache.compile(digest, defaults::BINPACK).unwrap();
+    for component in [&first, &again] {
+        let mut binpack = SchedulerExtension::from_component("binpack", component, vec![], Limits::default()).unwrap();
+        binpack.update_nodes(vec![node("n", "a", 0)]).unwrap();
+        assert_eq!(binpack.filter(&pod("p", 100), &[0]).unwrap().len(), 1);
+    }
+    // A damaged entry is dropped and the component compiled again.
+    std::fs::write(&cached, b"not compiled code").unwrap();
+    cache.compile(digest, defaults::BINPACK).unwrap();
+    assert_ne!(std::fs::read(&cached).unwrap(), b"not compiled code");
+}

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use kapsel_api::kinds::plugin::{PLUGIN, PluginSpec, WORLDS};
 use kapsel_api::{FieldError, object};
 use kapsel_plugins::scheduler::SchedulerExtension;
-use kapsel_plugins::{Limits, PluginError};
+use kapsel_plugins::{CompileCache, Limits, PluginError};
 use kapsel_store::{Key, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,17 +37,19 @@ pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 /// A scheduler extension shared by callers; each call locks it (calls to one instance never overlap).
 pub type SharedExtension = Arc<Mutex<SchedulerExtension>>;
 
-/// The active plug-ins, by name.
+/// The active plug-ins, by name, and the compile cache they load through.
 #[derive(Debug, Clone, Default)]
 pub struct PluginRegistry {
     schedulers: Arc<RwLock<BTreeMap<String, SharedExtension>>>,
+    cache: Option<CompileCache>,
 }
 
 impl PluginRegistry {
-    /// Loads every stored `Plugin` that has a component. One that no longer
-    /// loads is logged and left out (the others still start).
-    pub async fn start(store: &Store) -> Result<PluginRegistry, StoreError> {
-        let registry = PluginRegistry::default();
+    /// Loads every stored `Plugin` that has a component, compiling through
+    /// `cache` when given. One that no longer loads is logged and left out
+    /// (the others still start).
+    pub async fn start(store: &Store, cache: Option<CompileCache>) -> Result<PluginRegistry, StoreError> {
+        let registry = PluginRegistry { schedulers: Default::default(), cache };
         for plugin in store.list(&PLUGIN.store_key(), None).await?.objects {
             let name = object::name(&plugin).unwrap_or_default().to_string();
             let Ok(spec) = serde_json::from_value::<PluginSpec>(plugin.get("spec").cloned().unwrap_or_default()) else { continue };
@@ -61,7 +63,7 @@ impl PluginRegistry {
                     continue;
                 }
             };
-            match load(&name, &spec, bytes).await {
+            match registry.load(&name, &spec, bytes).await {
                 Ok(extension) => registry.activate(&name, extension),
                 Err(error) => tracing::error!(plugin = %name, %error, "a stored plug-in does not load; it stays inactive"),
             }
@@ -97,7 +99,7 @@ pub fn reload_after_edit(app: &App, plugin: &Value) {
     let app = app.clone();
     tokio::spawn(async move {
         let outcome = match app.store.get_blob(&spec.digest).await {
-            Ok(bytes) => load(&name, &spec, bytes).await.map_err(|e| e.to_string()),
+            Ok(bytes) => app.plugins.load(&name, &spec, bytes).await.map_err(|e| e.to_string()),
             Err(error) => Err(format!("the component {} is missing: {error}", spec.digest)),
         };
         let status = match outcome {
@@ -121,8 +123,31 @@ pub fn reload_after_edit(app: &App, plugin: &Value) {
     });
 }
 
-/// Compiles, checks and configures a component for `spec` off the async threads.
-async fn load(name: &str, spec: &PluginSpec, bytes: Vec<u8>) -> Result<SchedulerExtension, PluginError> {
+impl PluginRegistry {
+    /// Compiles (or takes from the cache), checks and configures a component for `spec`, off the async threads.
+    async fn load(&self, name: &str, spec: &PluginSpec, bytes: Vec<u8>) -> Result<SchedulerExtension, PluginError> {
+        let cache = self.cache.clone();
+        let digest = spec.digest.clone();
+        let spec = spec.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let component = match (&cache, digest.is_empty()) {
+                (Some(cache), false) => cache.compile(&digest, &bytes)?,
+                _ => kapsel_plugins::compile(&bytes)?,
+            };
+            load_component(&name, &spec, &component)
+        })
+        .await
+        .map_err(|e| PluginError::Trap(format!("the loader stopped: {e}")))?
+    }
+}
+
+/// Checks and configures a compiled component for `spec`.
+fn load_component(
+    name: &str,
+    spec: &PluginSpec,
+    component: &kapsel_plugins::scheduler::Component,
+) -> Result<SchedulerExtension, PluginError> {
     if spec.world != "scheduler-extension" {
         return Err(PluginError::Rejected(format!(
             "{} plug-ins cannot be hosted yet: only scheduler-extension plug-ins run so far",
@@ -134,10 +159,7 @@ async fn load(name: &str, spec: &PluginSpec, bytes: Vec<u8>) -> Result<Scheduler
         memory_bytes: usize::try_from(spec.limits.memory_bytes).unwrap_or(usize::MAX),
     };
     let config: Vec<(String, String)> = spec.config.clone().into_iter().collect();
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || SchedulerExtension::load(&name, &bytes, config, limits))
-        .await
-        .map_err(|e| PluginError::Trap(format!("the loader stopped: {e}")))?
+    SchedulerExtension::from_component(name, component, config, limits)
 }
 
 /// Query of an upload.
@@ -197,7 +219,8 @@ pub async fn upload(
         return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::not_supported("spec.world", &spec.world, WORLDS)]));
     }
     let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
-    let extension = load(&name, &spec, bytes.to_vec()).await.map_err(|e| invalid_component(&name, e))?;
+    let candidate = PluginSpec { digest: digest.clone(), ..spec.clone() };
+    let extension = app.plugins.load(&name, &candidate, bytes.to_vec()).await.map_err(|e| invalid_component(&name, e))?;
     app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
     if spec.digest != digest {
         spec.previous_digest = std::mem::replace(&mut spec.digest, digest);
@@ -227,7 +250,8 @@ pub async fn rollback(
         return Err(ApiError::BadRequest(format!("plug-in {name:?} has no previous version to roll back to")));
     }
     let bytes = app.store.get_blob(&spec.previous_digest).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
-    let extension = load(&name, &spec, bytes).await.map_err(|e| invalid_component(&name, e))?;
+    let previous = PluginSpec { digest: spec.previous_digest.clone(), ..spec.clone() };
+    let extension = app.plugins.load(&name, &previous, bytes).await.map_err(|e| invalid_component(&name, e))?;
     std::mem::swap(&mut spec.digest, &mut spec.previous_digest);
     std::mem::swap(&mut spec.version, &mut spec.previous_version);
     let stored = save(&app, &name, Some(current), spec).await?;

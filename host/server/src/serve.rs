@@ -37,6 +37,8 @@ pub struct ServeConfig {
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
 pub const DATABASE_FILE: &str = "kapsel.db";
+/// Compiled plug-ins, so a restart does not compile them again.
+pub const PLUGIN_CACHE_DIR: &str = "plugin-cache";
 
 /// The datastore URL `config` selects.
 pub fn datastore_url(config: &ServeConfig) -> String {
@@ -63,7 +65,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(address = %bound, datastore = store.backend_name(), data_dir = %config.data_dir.display(), kubeconfig = %kubeconfig.display(), "kapsel is serving");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let plugins = crate::plugins::PluginRegistry::start(&store).await.context("loading plug-ins")?;
+    let cache = kapsel_plugins::CompileCache::new(config.data_dir.join(PLUGIN_CACHE_DIR));
+    let plugins = crate::plugins::PluginRegistry::start(&store, Some(cache)).await.context("loading plug-ins")?;
     let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins };
     crate::controllers::start(&app);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
