@@ -1,6 +1,6 @@
 //! The `kapsel` binary: the supervisor (`kapsel serve`), the CLI that talks
-//! to it (`apply`, `get`, `describe`, `delete`, `token`), and benchmarks
-//! (`kapsel bench`). Commands are thin: they parse flags and call
+//! to it (`apply`, `get`, `describe`, `delete`, `token`, `plugin`), and
+//! benchmarks (`kapsel bench api|plugin`). Commands are thin: they parse flags and call
 //! [`client`] (HTTP to the API) or `kapsel_server::serve`.
 
 mod bench;

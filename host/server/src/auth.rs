@@ -130,16 +130,16 @@ impl Authenticator {
     /// change; the API handler also calls this right after its own writes so
     /// that a token works (or stops working) on the very next request.
     pub fn apply(&self, change: ChangeType, token: &Value) {
-        let Some(spec) = token.get("spec").and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok()) else {
+        let Some((hash, identity)) = entry(token) else {
             return;
         };
         let mut map = self.by_hash.write().expect("token cache lock");
         match change {
             ChangeType::Deleted => {
-                map.remove(&spec.secret_hash);
+                map.remove(&hash);
             }
             ChangeType::Added | ChangeType::Modified => {
-                map.insert(spec.secret_hash.clone(), Identity::from_spec(&spec));
+                map.insert(hash, identity);
             }
         }
     }
@@ -165,14 +165,15 @@ impl Authenticator {
     }
 }
 
+/// The cache entry of a Token object: its secret's hash and the identity it grants.
+fn entry(token: &Value) -> Option<(String, Identity)> {
+    let spec: TokenSpec = serde::Deserialize::deserialize(token.get("spec")?).ok()?;
+    Some((spec.secret_hash.clone(), Identity::from_spec(&spec)))
+}
+
 async fn reload(authenticator: &Authenticator, store: &Store) -> Result<kapsel_store::WatchStream, StoreError> {
     let listing = store.list(&TOKEN.store_key(), None).await?;
-    let mut fresh = HashMap::new();
-    for token in &listing.objects {
-        if let Some(spec) = token.get("spec").and_then(|s| serde_json::from_value::<TokenSpec>(s.clone()).ok()) {
-            fresh.insert(spec.secret_hash.clone(), Identity::from_spec(&spec));
-        }
-    }
+    let fresh: HashMap<String, Identity> = listing.objects.iter().filter_map(entry).collect();
     *authenticator.by_hash.write().expect("token cache lock") = fresh;
     store.watch(&TOKEN.store_key(), None, listing.revision).await
 }

@@ -1,8 +1,10 @@
 //! Kapsel's supervisor: the Kubernetes-style HTTP API over the object store.
 //!
 //! [`router`] builds the axum application: unauthenticated health checks,
-//! then — behind bearer-token authentication — discovery, OpenAPI, and the
-//! generic resource handler that serves every registered kind. [`serve`]
+//! then — behind bearer-token authentication — discovery, OpenAPI, the
+//! plug-in upload and rollback endpoints ([`plugins`]), and the generic
+//! resource handler that serves every registered kind. [`controllers`] run
+//! beside it. [`serve`]
 //! is `kapsel serve`: it prepares the data directory (database, admin token,
 //! kubeconfig, TLS), opens the store and serves HTTPS until SIGTERM/ctrl-c.
 
