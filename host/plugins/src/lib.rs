@@ -12,7 +12,8 @@
 //!
 //! Today it hosts the `scheduler-extension` world ([`scheduler`]); the
 //! storage and network worlds follow. The default plug-ins built from
-//! `plugins/` are embedded ([`defaults`]).
+//! `plugins/` are embedded ([`defaults`]), and compiled components are
+//! kept on disk so a restart does not compile them again ([`cache`]).
 
 pub mod cache;
 pub mod defaults;

@@ -1,8 +1,9 @@
 //! The sandbox every plug-in call runs in: a store whose WASI context
-//! grants nothing (no files, environment, network or clocks beyond what
-//! WASI's defaults expose), a memory cap enforced by a resource limiter
-//! that remembers it refused, and a deadline enforced by epoch
-//! interruption. Failures are classified for the caller's failure policy.
+//! grants nothing (no preopened files, an empty environment, no network),
+//! an import check that refuses components asking for interfaces their
+//! world does not grant ([`check_imports`]), a memory cap enforced by a
+//! resource limiter that remembers it refused, and a deadline enforced by
+//! epoch interruption. Failures are classified for the caller's failure policy.
 
 use std::time::Duration;
 

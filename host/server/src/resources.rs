@@ -184,6 +184,45 @@ fn check_namespace(target: &Target, object: &mut Value) -> Result<(), ApiError> 
     }
 }
 
+/// A check of one string value, as `validation::label_value`.
+type ValueCheck = fn(&str) -> Result<(), String>;
+
+/// Checks `metadata.<field>` (labels or annotations): a map from label-style
+/// keys to strings, each value checked by `check_value` when given. Returns
+/// the map when it is one.
+fn check_string_map<'a>(
+    object: &'a Value,
+    field: &str,
+    check_value: Option<ValueCheck>,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a Map<String, Value>> {
+    let map = match object.pointer(&format!("/metadata/{field}")) {
+        None | Some(Value::Null) => return None,
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            errors.push(FieldError::invalid(format!("metadata.{field}"), "must be a map of strings"));
+            return None;
+        }
+    };
+    let singular = field.trim_end_matches('s');
+    for (k, v) in map {
+        let at = format!("metadata.{field}[{k}]");
+        if let Err(e) = validation::label_key(k) {
+            errors.push(FieldError::invalid(&at, e));
+        }
+        match (v.as_str(), check_value) {
+            (None, _) => errors.push(FieldError::invalid(&at, format!("{singular} values must be strings"))),
+            (Some(text), Some(check)) => {
+                if let Err(e) = check(text) {
+                    errors.push(FieldError::invalid(&at, e));
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+    Some(map)
+}
+
 /// Validates metadata (name, labels, annotations) and the kind's own fields.
 fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
     let name = object::name(object).unwrap_or_default();
@@ -191,42 +230,12 @@ fn validate(resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
     if let Err(e) = (resource.validate_name)(name) {
         errors.push(FieldError::invalid("metadata.name", e));
     }
-    match object.pointer("/metadata/labels") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(labels)) => {
-            for (k, v) in labels {
-                if let Err(e) = validation::label_key(k) {
-                    errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), e));
-                }
-                match v.as_str() {
-                    Some(text) => {
-                        if let Err(e) = validation::label_value(text) {
-                            errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), e));
-                        }
-                    }
-                    None => errors.push(FieldError::invalid(format!("metadata.labels[{k}]"), "label values must be strings")),
-                }
-            }
+    check_string_map(object, "labels", Some(validation::label_value), &mut errors);
+    if let Some(annotations) = check_string_map(object, "annotations", None, &mut errors) {
+        let size: usize = annotations.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+        if size > 256 * 1024 {
+            errors.push(FieldError::invalid("metadata.annotations", "may not be more than 262144 bytes in total"));
         }
-        Some(_) => errors.push(FieldError::invalid("metadata.labels", "must be a map of strings")),
-    }
-    match object.pointer("/metadata/annotations") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(annotations)) => {
-            for (k, v) in annotations {
-                if let Err(e) = validation::label_key(k) {
-                    errors.push(FieldError::invalid(format!("metadata.annotations[{k}]"), e));
-                }
-                if !v.is_string() {
-                    errors.push(FieldError::invalid(format!("metadata.annotations[{k}]"), "annotation values must be strings"));
-                }
-            }
-            let size: usize = annotations.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
-            if size > 256 * 1024 {
-                errors.push(FieldError::invalid("metadata.annotations", "may not be more than 262144 bytes in total"));
-            }
-        }
-        Some(_) => errors.push(FieldError::invalid("metadata.annotations", "must be a map of strings")),
     }
     errors.extend((resource.validate)(object));
     if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(resource, name, errors)) }

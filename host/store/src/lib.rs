@@ -13,6 +13,8 @@
 //! writer, reads are served from an in-memory copy kept exact by the
 //! writer ([`cache::ObjectCache`]). The store knows nothing of kinds: a key
 //! is (resource, namespace, name), with the resource an opaque string.
+//! Beside the objects it keeps content-addressed blobs (plug-in components),
+//! which are not revisioned or watched.
 
 mod cache;
 mod sql;
