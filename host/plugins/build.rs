@@ -10,7 +10,7 @@ use std::process::Command;
 /// The default plug-ins, embedded in the binary.
 const PLUGINS: &[&str] = &["spread", "binpack", "local-volumes", "namespace-ipam"];
 /// Guests built only for this crate's tests (found through `KAPSEL_TEST_GUESTS`).
-const TEST_GUESTS: &[&str] = &["hostile", "greedy"];
+const TEST_GUESTS: &[&str] = &["hostile", "hostile-network", "greedy"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

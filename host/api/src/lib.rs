@@ -16,6 +16,7 @@ pub mod selector;
 pub mod status;
 pub mod validation;
 
+pub use quantity::Quantity;
 pub use registry::{ResourceType, Scope};
 pub use status::{Status, StatusCause, StatusDetails};
 pub use validation::FieldError;

@@ -72,6 +72,9 @@ struct ServeArgs {
     /// Extra DNS name or IP address for the server certificate (repeatable).
     #[arg(long)]
     tls_san: Vec<String>,
+    /// On first start, do not install the default plug-ins (spread, namespace-ipam, local-volumes).
+    #[arg(long)]
+    no_default_plugins: bool,
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -122,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 tls_san: args.tls_san,
+                default_plugins: !args.no_default_plugins,
             };
             kapsel_server::serve::run(config).await?;
             Ok(ExitCode::SUCCESS)

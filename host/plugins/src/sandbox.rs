@@ -4,11 +4,19 @@
 //! world does not grant ([`check_imports`]), a memory cap enforced by a
 //! resource limiter that remembers it refused, and a deadline enforced by
 //! epoch interruption. Failures are classified for the caller's failure policy.
+//! The one exception to "no files" is a storage driver's root directory,
+//! preopened as `/` ([`PluginState::new`]).
+//!
+//! [`Live`] and [`call_live`] are the part every world shares: one live
+//! instance per plug-in, each call under a fresh deadline, and the instance
+//! discarded when a call fails.
 
+use std::path::Path;
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::Store;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The limits of one plug-in's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +70,22 @@ impl std::fmt::Debug for PluginState {
 }
 
 impl PluginState {
-    /// A state that grants the guest nothing.
-    pub fn new(plugin: &str, limits: Limits) -> Self {
-        PluginState {
-            wasi: WasiCtxBuilder::new().build(),
+    /// A state that grants the guest nothing, or only `storage_root`
+    /// (read-write, preopened as `/`) when given.
+    pub fn new(plugin: &str, limits: Limits, storage_root: Option<&Path>) -> Result<Self, PluginError> {
+        let mut wasi = WasiCtxBuilder::new();
+        if let Some(root) = storage_root {
+            std::fs::create_dir_all(root)
+                .map_err(|e| PluginError::Rejected(format!("cannot create the storage root {}: {e}", root.display())))?;
+            wasi.preopened_dir(root, "/", FsPerms::ReadWrite)
+                .map_err(|e| PluginError::Rejected(format!("cannot open the storage root {}: {e:#}", root.display())))?;
+        }
+        Ok(PluginState {
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max: limits.memory_bytes, refused: false },
             plugin: plugin.to_string(),
-        }
+        })
     }
 }
 
@@ -99,21 +115,59 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// A store for one instance, with its limits armed.
-pub fn new_store(engine: &wasmtime::Engine, plugin: &str, limits: Limits) -> wasmtime::Store<PluginState> {
-    let mut store = wasmtime::Store::new(engine, PluginState::new(plugin, limits));
+/// A store for one instance, with its limits armed (and its storage root, for a storage driver).
+pub fn new_store(plugin: &str, limits: Limits, storage_root: Option<&Path>) -> Result<Store<PluginState>, PluginError> {
+    let mut store = Store::new(crate::engine(), PluginState::new(plugin, limits, storage_root)?);
     store.limiter(|state| &mut state.limiter);
-    store
+    Ok(store)
+}
+
+/// A linker with all of WASI; what a world may actually import is decided by [`check_imports`].
+pub fn wasi_linker() -> Result<Linker<PluginState>, PluginError> {
+    let mut linker = Linker::<PluginState>::new(crate::engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Rejected(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+/// The live instance of a plug-in, with its store.
+pub struct Live<I> {
+    pub store: Store<PluginState>,
+    pub instance: I,
+}
+
+impl<I> std::fmt::Debug for Live<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("plugin", &self.store.data().plugin).finish_non_exhaustive()
+    }
+}
+
+/// Runs `call` on `live` under a fresh deadline. On success the instance
+/// is kept (returned with the result); on failure it is dropped, and the
+/// failure classified, so the next call starts from a fresh instance.
+pub fn call_live<I, R>(
+    mut live: Live<I>,
+    limits: Limits,
+    call: impl FnOnce(&I, &mut Store<PluginState>) -> wasmtime::Result<R>,
+) -> Result<(R, Live<I>), PluginError> {
+    arm_deadline(&mut live.store, limits);
+    match call(&live.instance, &mut live.store) {
+        Ok(result) => Ok((result, live)),
+        Err(error) => {
+            let failure = classify(&error, &live.store, limits);
+            tracing::warn!(plugin = %live.store.data().plugin, error = %failure, "plug-in call failed; its instance is discarded");
+            Err(failure)
+        }
+    }
 }
 
 /// Arms the deadline for the next call (epoch deadlines count from when they are set).
-pub fn arm_deadline(store: &mut wasmtime::Store<PluginState>, limits: Limits) {
+pub fn arm_deadline(store: &mut Store<PluginState>, limits: Limits) {
     let ticks = limits.deadline.as_nanos().div_ceil(crate::EPOCH_TICK.as_nanos()).max(1) as u64;
     store.set_epoch_deadline(ticks);
 }
 
 /// Classifies a failed call.
-pub fn classify(error: &wasmtime::Error, store: &wasmtime::Store<PluginState>, limits: Limits) -> PluginError {
+pub fn classify(error: &wasmtime::Error, store: &Store<PluginState>, limits: Limits) -> PluginError {
     if store.data().limiter.refused {
         return PluginError::Memory(limits.memory_bytes);
     }

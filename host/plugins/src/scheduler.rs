@@ -11,12 +11,12 @@
 
 use wasmtime::Store;
 pub use wasmtime::component::Component;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::HasSelf;
 
-use crate::sandbox::{self, Limits, PluginError, PluginState};
+use crate::sandbox::{self, Limits, Live, PluginError, PluginState};
 
 #[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({ path: "../../wit/kapsel-plugin@0.1.0", world: "scheduler-extension" });
 }
 
@@ -24,6 +24,8 @@ pub use bindings::kapsel::plugin::types::{
     FilterVerdict, NodeSummary, PodRef, PodSummary, Resources, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 
+// The `log` and `types` interfaces are shared by every world; the storage
+// and network bindings reuse these (bindgen's `with`).
 impl bindings::kapsel::plugin::log::Host for PluginState {
     fn log(&mut self, level: bindings::kapsel::plugin::log::Level, message: String) {
         use bindings::kapsel::plugin::log::Level;
@@ -43,6 +45,24 @@ impl bindings::kapsel::plugin::types::Host for PluginState {}
 /// What a scheduler extension may import beyond WASI's base: its own world's interfaces.
 const GRANTED: &[&str] = &["kapsel:plugin/log@0.1.", "kapsel:plugin/types@0.1."];
 
+/// Says why a component does not fit `world` (wasmtime's linker error, led by the world's name).
+pub(crate) fn misfit(world: &str) -> impl Fn(wasmtime::Error) -> PluginError {
+    move |e| PluginError::Rejected(format!("does not fit the {world} world: {e:#}"))
+}
+
+/// Turns a guest's `configure` answer into the host's error.
+pub(crate) fn configured(
+    answer: wasmtime::Result<Result<(), String>>,
+    store: &Store<PluginState>,
+    limits: Limits,
+) -> Result<(), PluginError> {
+    match answer {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(PluginError::Config(message)),
+        Err(e) => Err(sandbox::classify(&e, store, limits)),
+    }
+}
+
 /// Compiles `bytes` as a component, with a message a plug-in author understands when they are not one.
 pub fn compile(bytes: &[u8]) -> Result<Component, PluginError> {
     const CORE_MODULE: [u8; 8] = *b"\0asm\x01\0\0\0";
@@ -57,11 +77,6 @@ pub fn compile(bytes: &[u8]) -> Result<Component, PluginError> {
     Component::new(crate::engine(), bytes).map_err(|e| PluginError::Rejected(format!("not a valid component: {e:#}")))
 }
 
-struct Live {
-    store: Store<PluginState>,
-    instance: bindings::SchedulerExtension,
-}
-
 /// One loaded scheduler extension.
 pub struct SchedulerExtension {
     name: String,
@@ -70,7 +85,7 @@ pub struct SchedulerExtension {
     config: Vec<(String, String)>,
     /// The last snapshot pushed, replayed into a fresh instance.
     nodes: Vec<NodeSummary>,
-    live: Option<Live>,
+    live: Option<Live<bindings::SchedulerExtension>>,
 }
 
 impl std::fmt::Debug for SchedulerExtension {
@@ -88,15 +103,11 @@ impl SchedulerExtension {
 
     /// As [`SchedulerExtension::load`], from an already compiled component.
     pub fn from_component(name: &str, component: &Component, config: Vec<(String, String)>, limits: Limits) -> Result<Self, PluginError> {
-        let mut linker = Linker::<PluginState>::new(crate::engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Rejected(format!("{e:#}")))?;
+        let mut linker = sandbox::wasi_linker()?;
         bindings::SchedulerExtension::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Rejected(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| PluginError::Rejected(format!("does not fit the scheduler-extension world: {e:#}")))?;
-        let pre = bindings::SchedulerExtensionPre::new(pre)
-            .map_err(|e| PluginError::Rejected(format!("does not fit the scheduler-extension world: {e:#}")))?;
+        let misfit = misfit("scheduler-extension");
+        let pre = bindings::SchedulerExtensionPre::new(linker.instantiate_pre(component).map_err(&misfit)?).map_err(&misfit)?;
         sandbox::check_imports(component, "scheduler extension", GRANTED)?;
         let mut extension = SchedulerExtension { name: name.to_string(), pre, limits, config, nodes: Vec::new(), live: None };
         extension.live = Some(extension.fresh()?);
@@ -107,17 +118,17 @@ impl SchedulerExtension {
         &self.name
     }
 
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// A new instance, configured and given the last snapshot.
-    fn fresh(&self) -> Result<Live, PluginError> {
-        let mut store = sandbox::new_store(crate::engine(), &self.name, self.limits);
+    fn fresh(&self) -> Result<Live<bindings::SchedulerExtension>, PluginError> {
+        let mut store = sandbox::new_store(&self.name, self.limits, None)?;
         sandbox::arm_deadline(&mut store, self.limits);
         let instance = self.pre.instantiate(&mut store).map_err(|e| sandbox::classify(&e, &store, self.limits))?;
         sandbox::arm_deadline(&mut store, self.limits);
-        match instance.call_configure(&mut store, &self.config) {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(PluginError::Config(message)),
-            Err(e) => return Err(sandbox::classify(&e, &store, self.limits)),
-        }
+        configured(instance.call_configure(&mut store, &self.config), &store, self.limits)?;
         if !self.nodes.is_empty() {
             sandbox::arm_deadline(&mut store, self.limits);
             instance.call_update_nodes(&mut store, &self.nodes).map_err(|e| sandbox::classify(&e, &store, self.limits))?;
@@ -131,24 +142,14 @@ impl SchedulerExtension {
         &mut self,
         call: impl FnOnce(&bindings::SchedulerExtension, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let mut live = match self.live.take() {
+        let live = match self.live.take() {
             Some(live) => live,
             None => self.fresh()?,
         };
-        sandbox::arm_deadline(&mut live.store, self.limits);
-        match call(&live.instance, &mut live.store) {
-            Ok(result) => {
-                self.live = Some(live);
-                Ok(result)
-            }
-            Err(error) => {
-                let failure = sandbox::classify(&error, &live.store, self.limits);
-                tracing::warn!(plugin = %self.name, error = %failure, "plug-in call failed; its instance is discarded");
-                Err(failure)
-            }
-        }
+        let (result, live) = sandbox::call_live(live, self.limits, call)?;
+        self.live = Some(live);
+        Ok(result)
     }
-
     /// Replaces the node snapshot.
     pub fn update_nodes(&mut self, nodes: Vec<NodeSummary>) -> Result<(), PluginError> {
         let result = self.call(|instance, store| instance.call_update_nodes(store, &nodes));

@@ -40,6 +40,10 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// A plug-in call failed under the `Fail` policy (500, as Kubernetes
+    /// answers when a webhook it must call fails).
+    #[error("Internal error occurred: {0}")]
+    PluginFailed(#[from] crate::plugins::PluginFailure),
     #[error("internal error: {context}")]
     Internal {
         context: String,
@@ -96,7 +100,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::PluginFailed(_) | ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -115,7 +119,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
-            ApiError::Internal { .. } => "InternalError",
+            ApiError::PluginFailed(_) | ApiError::Internal { .. } => "InternalError",
         }
     }
 
@@ -137,6 +141,13 @@ impl ApiError {
                     .iter()
                     .map(|c| StatusCause { reason: c.reason.into(), message: c.message.clone(), field: c.field.clone() })
                     .collect(),
+                ..Default::default()
+            }),
+            ApiError::PluginFailed(failure) => status.with_details(StatusDetails {
+                name: failure.plugin.clone(),
+                kind: "plugins".into(),
+                group: kapsel_api::KAPSEL_GROUP.into(),
+                causes: vec![StatusCause { reason: "PluginFailed".into(), message: failure.error.to_string(), field: String::new() }],
                 ..Default::default()
             }),
             _ => status,

@@ -1,8 +1,10 @@
 //! Kind-specific steps of the generic request path, kept in one place:
 //! a `Token` gets its secret generated and only the hash stored (the
 //! secret is returned once, in the create response's `status.token`);
-//! a `Namespace` starts `Active`; a `Pod` starts `Pending` with its QoS class;
-//! a deleted `Plugin` leaves the registry of active plug-ins.
+//! a `Namespace` starts `Active` and gets its network from the network
+//! driver in charge (recorded in platform-owned annotations); a `Pod`
+//! starts `Pending` with its QoS class; a deleted `Plugin` leaves the
+//! registry of active plug-ins.
 
 use kapsel_api::ResourceType;
 use kapsel_api::kinds::namespace::NAMESPACE;
@@ -11,9 +13,9 @@ use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::token::TOKEN;
 use serde_json::{Value, json};
 
-use crate::App;
 use crate::auth::{hash_secret, new_secret};
 use crate::error::ApiError;
+use crate::{App, plugins};
 use kapsel_store::Change;
 
 /// Runs before validation on create; may return a secret to show once.
@@ -29,6 +31,10 @@ pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Opti
     }
     if std::ptr::eq(resource, &NAMESPACE) {
         object["status"] = json!({"phase": "Active"});
+        // The network annotations are the platform's to write.
+        if let Some(annotations) = object.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+            annotations.retain(|key, _| !key.starts_with(NETWORK_ANNOTATION_PREFIX));
+        }
     }
     if std::ptr::eq(resource, &PLUGIN) {
         for field in ["digest", "previousDigest", "previousVersion"] {
@@ -68,6 +74,40 @@ fn qos_class(pod: &Value) -> &'static str {
     if guaranteed { "Guaranteed" } else { "Burstable" }
 }
 
+/// The prefix of the annotations recording a namespace's network.
+const NETWORK_ANNOTATION_PREFIX: &str = "network.kapsel.io/";
+
+/// Runs on create after validation, right before the object is stored
+/// (not on a dry run): a new namespace gets its network segment from the
+/// network driver in charge, under the driver's failure policy.
+pub async fn before_store(app: &App, resource: &ResourceType, object: &mut Value) -> Result<(), ApiError> {
+    if std::ptr::eq(resource, &NAMESPACE) {
+        let name = kapsel_api::object::name(object).unwrap_or_default().to_string();
+        let namespace = name.clone();
+        let answer = plugins::network_call(app, format!("creating the network of namespace {name:?}"), move |driver| {
+            driver.create_network(&namespace)
+        })
+        .await?;
+        match answer {
+            Some((driver, Ok(segment))) => {
+                let metadata = kapsel_api::object::metadata_mut(object);
+                let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+                annotations[plugins::SEGMENT_ANNOTATION] = json!(segment.cidr);
+                annotations[plugins::GATEWAY_ANNOTATION] = json!(segment.gateway);
+                annotations[plugins::DRIVER_ANNOTATION] = json!(driver);
+            }
+            Some((driver, Err(refusal))) => {
+                return Err(ApiError::Forbidden(format!(
+                    "namespace {name:?} cannot get a network: the network driver {driver:?} refused: {}",
+                    kapsel_plugins::network::describe(&refusal)
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Adds what is shown once (a new token's secret) to the create response.
 pub fn after_create(resource: &ResourceType, answer: &mut Value, shown_once: Option<String>) {
     if let (true, Some(secret)) = (std::ptr::eq(resource, &TOKEN), shown_once) {
@@ -92,7 +132,7 @@ pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
                 kapsel_store::ChangeType::Modified
                     if change.previous.as_ref().map(|p| p.get("spec")) != Some(change.object.get("spec")) =>
                 {
-                    crate::plugins::reload_after_edit(app, &change.object)
+                    plugins::reload_after_edit(app, &change.object)
                 }
                 _ => {}
             }
@@ -102,7 +142,27 @@ pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
 
 /// Refuses changes to fields that are fixed after create, or that only
 /// their own endpoints may set (a plug-in's component digests and world).
-pub fn before_update(resource: &ResourceType, current: &Value, next: &Value) -> Result<(), ApiError> {
+pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value) -> Result<(), ApiError> {
+    if std::ptr::eq(resource, &NAMESPACE) {
+        // The network annotations stay as the platform wrote them.
+        let network = |object: &Value| -> Vec<(String, Value)> {
+            object
+                .pointer("/metadata/annotations")
+                .and_then(Value::as_object)
+                .map(|a| a.iter().filter(|(k, _)| k.starts_with(NETWORK_ANNOTATION_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()
+        };
+        let kept = network(current);
+        let metadata = kapsel_api::object::metadata_mut(next);
+        if kept.is_empty() && !metadata.contains_key("annotations") {
+            return Ok(());
+        }
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.retain(|key, _| !key.starts_with(NETWORK_ANNOTATION_PREFIX));
+            annotations.extend(kept);
+        }
+    }
     if std::ptr::eq(resource, &PLUGIN) {
         for field in ["world", "digest", "previousDigest", "previousVersion"] {
             if current.pointer(&format!("/spec/{field}")) != next.pointer(&format!("/spec/{field}")) {

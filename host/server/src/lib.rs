@@ -13,6 +13,7 @@ pub mod body;
 pub mod controllers;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod hooks;
 pub mod openapi;
 pub mod patch;

@@ -1,5 +1,11 @@
 //! Plug-ins in the supervisor: the upload and rollback endpoints of the
-//! `Plugin` kind, and the registry of active plug-ins.
+//! `Plugin` kind, and the registry of active plug-ins through which
+//! callers reach them ([`PluginRegistry::invoke`]): each call runs off the
+//! async threads, is counted, and fails under the plug-in's failure policy —
+//! `Fail` fails the operation with a Status naming the plug-in, `Ignore`
+//! skips the call and records an Event; [`DEGRADED_AFTER`] consecutive
+//! failures mark the plug-in `Degraded` (an Event, and its status, which
+//! [`PluginRegistry::flush_status`] keeps up to date).
 //!
 //! An upload (`POST /apis/kapsel.io/v1alpha1/plugins/{name}/component`,
 //! the component's bytes as the body) is compiled and checked against its
@@ -11,6 +17,7 @@
 //! the registry in one step: calls already holding the old one finish on it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Extension;
@@ -18,10 +25,12 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kapsel_api::kinds::plugin::{PLUGIN, PluginSpec, WORLDS};
+use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::kinds::plugin::{FailurePolicy, PLUGIN, PluginSpec, WORLDS};
+use kapsel_api::kinds::pod::POD;
 use kapsel_api::{FieldError, object};
-use kapsel_plugins::scheduler::SchedulerExtension;
-use kapsel_plugins::{CompileCache, Limits, PluginError};
+use kapsel_plugins::network::{Network, NetworkDriver, Segment};
+use kapsel_plugins::{CompileCache, Grants, Hosted, Limits, PluginError, World};
 use kapsel_store::{Key, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,26 +39,106 @@ use sha2::{Digest, Sha256};
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
+use crate::events::{self, EventType};
 
 /// The largest component accepted by an upload.
 pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 
-/// A scheduler extension shared by callers; each call locks it (calls to one instance never overlap).
-pub type SharedExtension = Arc<Mutex<SchedulerExtension>>;
+/// Consecutive failed calls after which a plug-in is marked `Degraded`.
+pub const DEGRADED_AFTER: u32 = 3;
 
-/// The active plug-ins, by name, and the compile cache they load through.
-#[derive(Debug, Clone, Default)]
+/// The annotations a namespace's network is recorded in (set by the platform).
+pub const SEGMENT_ANNOTATION: &str = "network.kapsel.io/segment";
+pub const GATEWAY_ANNOTATION: &str = "network.kapsel.io/gateway";
+pub const DRIVER_ANNOTATION: &str = "network.kapsel.io/driver";
+
+/// One active plug-in: its loaded instance and the health its callers report.
+#[derive(Debug)]
+pub struct ActivePlugin {
+    pub name: String,
+    pub world: World,
+    pub failure_policy: FailurePolicy,
+    /// Calls to one instance never overlap: each call holds this lock.
+    hosted: Mutex<Hosted>,
+    health: Mutex<Health>,
+}
+
+/// What the plug-in's status reports, kept in memory and written out by [`PluginRegistry::flush_status`].
+#[derive(Debug, Default, Clone)]
+struct Health {
+    calls: u64,
+    errors: u64,
+    consecutive_errors: u32,
+    last_error: String,
+    degraded: bool,
+    /// Changed since the status was last written.
+    dirty: bool,
+}
+
+/// How a call changed the plug-in's health.
+enum Turn {
+    Degraded,
+    Recovered,
+}
+
+impl ActivePlugin {
+    fn new(name: &str, failure_policy: FailurePolicy, hosted: Hosted) -> Self {
+        ActivePlugin {
+            name: name.to_string(),
+            world: hosted.world(),
+            failure_policy,
+            hosted: Mutex::new(hosted),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// Counts a call's outcome; says when it turned the plug-in `Degraded` or back.
+    fn record(&self, outcome: Result<(), &PluginError>) -> Option<Turn> {
+        let mut health = self.health.lock().expect("plug-in health lock");
+        health.calls += 1;
+        health.dirty = true;
+        match outcome {
+            Ok(()) => {
+                health.consecutive_errors = 0;
+                std::mem::take(&mut health.degraded).then_some(Turn::Recovered)
+            }
+            Err(error) => {
+                health.errors += 1;
+                health.consecutive_errors += 1;
+                health.last_error = error.to_string();
+                let turned = health.consecutive_errors >= DEGRADED_AFTER && !health.degraded;
+                health.degraded |= turned;
+                turned.then_some(Turn::Degraded)
+            }
+        }
+    }
+}
+
+/// A plug-in call that failed under the `Fail` policy: the operation fails with this.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plug-in {plugin:?} failed while {operation}: {error}")]
+pub struct PluginFailure {
+    pub plugin: String,
+    pub operation: String,
+    pub error: PluginError,
+}
+
+/// The active plug-ins, by name, and what loading them needs.
+#[derive(Debug, Clone)]
 pub struct PluginRegistry {
-    schedulers: Arc<RwLock<BTreeMap<String, SharedExtension>>>,
+    active: Arc<RwLock<BTreeMap<String, Arc<ActivePlugin>>>>,
+    store: Store,
     cache: Option<CompileCache>,
+    /// Storage drivers get `<storage_dir>/<plug-in name>` as their root.
+    storage_dir: PathBuf,
 }
 
 impl PluginRegistry {
     /// Loads every stored `Plugin` that has a component, compiling through
-    /// `cache` when given. One that no longer loads is logged and left out
-    /// (the others still start).
-    pub async fn start(store: &Store, cache: Option<CompileCache>) -> Result<PluginRegistry, StoreError> {
-        let registry = PluginRegistry { schedulers: Default::default(), cache };
+    /// `cache` when given; storage drivers' roots go under `storage_dir`.
+    /// One that no longer loads is logged and left out (the others still start).
+    pub async fn start(store: &Store, cache: Option<CompileCache>, storage_dir: PathBuf) -> Result<PluginRegistry, StoreError> {
+        let registry = PluginRegistry { active: Default::default(), store: store.clone(), cache, storage_dir };
         for plugin in store.list(&PLUGIN.store_key(), None).await?.objects {
             let name = object::name(&plugin).unwrap_or_default().to_string();
             let Ok(spec) = serde_json::from_value::<PluginSpec>(plugin.get("spec").cloned().unwrap_or_default()) else { continue };
@@ -64,31 +153,183 @@ impl PluginRegistry {
                 }
             };
             match registry.load(&name, &spec, bytes).await {
-                Ok(extension) => registry.activate(&name, extension),
+                Ok(hosted) => registry.activate(&name, &spec, hosted),
                 Err(error) => tracing::error!(plugin = %name, %error, "a stored plug-in does not load; it stays inactive"),
             }
         }
         Ok(registry)
     }
 
-    /// Makes `extension` the active version of `name` (calls in flight finish on the old one).
-    pub fn activate(&self, name: &str, extension: SchedulerExtension) {
-        self.schedulers.write().expect("plug-in registry lock").insert(name.to_string(), Arc::new(Mutex::new(extension)));
+    /// Makes `hosted` the active version of `name` (calls in flight finish on the old one).
+    pub fn activate(&self, name: &str, spec: &PluginSpec, hosted: Hosted) {
+        let plugin = Arc::new(ActivePlugin::new(name, spec.failure_policy, hosted));
+        self.active.write().expect("plug-in registry lock").insert(name.to_string(), plugin);
     }
 
     pub fn remove(&self, name: &str) {
-        self.schedulers.write().expect("plug-in registry lock").remove(name);
+        self.active.write().expect("plug-in registry lock").remove(name);
     }
 
-    /// The active scheduler extensions, in name order.
-    pub fn schedulers(&self) -> Vec<(String, SharedExtension)> {
-        self.schedulers.read().expect("plug-in registry lock").iter().map(|(n, e)| (n.clone(), e.clone())).collect()
+    pub fn get(&self, name: &str) -> Option<Arc<ActivePlugin>> {
+        self.active.read().expect("plug-in registry lock").get(name).cloned()
+    }
+
+    /// The active plug-ins of `world`, in name order.
+    pub fn of_world(&self, world: World) -> Vec<Arc<ActivePlugin>> {
+        self.active.read().expect("plug-in registry lock").values().filter(|p| p.world == world).cloned().collect()
+    }
+
+    /// The network driver in charge: the first active one by name.
+    pub fn network_driver(&self) -> Option<Arc<ActivePlugin>> {
+        self.of_world(World::NetworkDriver).into_iter().next()
+    }
+
+    /// Calls `plugin` off the async threads and applies its failure policy:
+    /// the outcome is counted (`Degraded` after [`DEGRADED_AFTER`]
+    /// consecutive failures, with an Event); a failed call is an error under
+    /// `Fail` and `Ok(None)` under `Ignore`, with an Event saying it was skipped.
+    pub async fn invoke<R: Send + 'static>(
+        &self,
+        plugin: &Arc<ActivePlugin>,
+        operation: impl Into<String>,
+        call: impl FnOnce(&mut Hosted) -> Result<R, PluginError> + Send + 'static,
+    ) -> Result<Option<R>, PluginFailure> {
+        let operation = operation.into();
+        let calling = plugin.clone();
+        let outcome = tokio::task::spawn_blocking(move || call(&mut calling.hosted.lock().expect("plug-in instance lock")))
+            .await
+            .unwrap_or_else(|e| Err(PluginError::Trap(format!("the call was lost: {e}"))));
+        let turn = plugin.record(outcome.as_ref().map(|_| ()));
+        let error = match outcome {
+            Ok(answer) => {
+                if let Some(Turn::Recovered) = turn {
+                    self.plugin_event(plugin, EventType::Normal, "PluginRecovered", format!("{operation}: the plug-in answered again"));
+                }
+                return Ok(Some(answer));
+            }
+            Err(error) => error,
+        };
+        if let Some(Turn::Degraded) = turn {
+            let message = format!("{DEGRADED_AFTER} consecutive calls failed; the last, {operation}: {error}");
+            self.plugin_event(plugin, EventType::Warning, "PluginDegraded", message);
+        }
+        match plugin.failure_policy {
+            FailurePolicy::Fail => Err(PluginFailure { plugin: plugin.name.clone(), operation, error }),
+            FailurePolicy::Ignore => {
+                let message = format!("skipped {operation} (failure policy Ignore): {error}");
+                tracing::warn!(plugin = %plugin.name, %message, "plug-in call skipped");
+                self.plugin_event(plugin, EventType::Warning, "PluginCallSkipped", message);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records an Event about a plug-in in the background (events never hold up the call).
+    fn plugin_event(&self, plugin: &ActivePlugin, event_type: EventType, reason: &'static str, message: String) {
+        let store = self.store.clone();
+        let name = plugin.name.clone();
+        tokio::spawn(async move {
+            let Ok(object) = store.get(&Key::new(PLUGIN.store_key(), "", &name)).await else { return };
+            events::record(&store, &object, event_type, reason, &message).await;
+        });
+    }
+
+    /// Writes each active plug-in's changed health into its status (calls,
+    /// errors, last error, `Degraded`/`Active`). Run periodically.
+    pub async fn flush_status(&self) {
+        let active: Vec<Arc<ActivePlugin>> = self.active.read().expect("plug-in registry lock").values().cloned().collect();
+        for plugin in active {
+            let health = {
+                let mut health = plugin.health.lock().expect("plug-in health lock");
+                if !health.dirty {
+                    continue;
+                }
+                health.dirty = false;
+                health.clone()
+            };
+            let key = Key::new(PLUGIN.store_key(), "", &plugin.name);
+            let Ok(mut current) = self.store.get(&key).await else { continue };
+            if current.pointer("/status/phase").and_then(Value::as_str) == Some("Rejected") && !health.degraded {
+                // A refused edit is reported until the next successful load.
+                current["status"]["calls"] = json!(health.calls);
+                current["status"]["errors"] = json!(health.errors);
+            } else {
+                let (phase, message) = if health.degraded {
+                    ("Degraded", format!("{} consecutive calls failed", health.consecutive_errors))
+                } else {
+                    ("Active", String::new())
+                };
+                current["status"] = json!({
+                    "phase": phase,
+                    "message": message,
+                    "calls": health.calls,
+                    "errors": health.errors,
+                    "lastError": health.last_error,
+                });
+            }
+            let expected = object::resource_version(&current).and_then(Result::ok);
+            if let Err(error) = self.store.update(key, current, expected).await {
+                // Written again at the next pass.
+                plugin.health.lock().expect("plug-in health lock").dirty = true;
+                tracing::debug!(plugin = %plugin.name, error = &error as &dyn std::error::Error, "plug-in status not written yet");
+            }
+        }
     }
 }
 
-/// After an edit of a `Plugin` (config, limits) through the generic API:
-/// load the active component with the new spec and swap it in; if it does
-/// not load, the previous instance stays and the object says why
+/// The plug-ins `kapsel serve` installs on first start, from the components embedded in the binary.
+pub const DEFAULT_PLUGINS: &[(&str, World)] =
+    &[("spread", World::SchedulerExtension), ("namespace-ipam", World::NetworkDriver), ("local-volumes", World::StorageDriver)];
+
+/// Stores the default plug-ins' components and `Plugin` objects (an
+/// admin can edit, replace or delete them like any other; deleted, they stay deleted).
+pub async fn install_defaults(store: &Store) -> Result<(), StoreError> {
+    for (name, world) in DEFAULT_PLUGINS {
+        let bytes = kapsel_plugins::defaults::by_name(name).expect("every default plug-in is embedded");
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        store.put_blob(&digest, bytes).await?;
+        let spec = PluginSpec {
+            world: world.as_str().into(),
+            version: concat!("builtin-", env!("CARGO_PKG_VERSION")).into(),
+            digest,
+            ..PluginSpec::default()
+        };
+        let object = json!({
+            "apiVersion": PLUGIN.api_version(),
+            "kind": PLUGIN.kind,
+            "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
+            "spec": serde_json::to_value(&spec).expect("a plug-in spec encodes"),
+            "status": {"phase": "Active", "message": "", "calls": 0, "errors": 0},
+        });
+        match store.create(Key::new(PLUGIN.store_key(), "", *name), object).await {
+            Ok(_) | Err(StoreError::AlreadyExists) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a call on the network driver in charge, if any. `Ok(None)`: no
+/// driver, or the call failed under `Ignore`.
+pub async fn network_call<R: Send + 'static>(
+    app: &App,
+    operation: String,
+    call: impl FnOnce(&mut NetworkDriver) -> Result<R, PluginError> + Send + 'static,
+) -> Result<Option<(String, R)>, PluginFailure> {
+    let Some(driver) = app.plugins.network_driver() else { return Ok(None) };
+    let answer = app
+        .plugins
+        .invoke(&driver, operation, |hosted| match hosted {
+            Hosted::Network(network) => call(network),
+            other => Err(PluginError::Rejected(format!("not a network driver but a {}", other.world()))),
+        })
+        .await?;
+    Ok(answer.map(|answer| (driver.name.clone(), answer)))
+}
+
+/// After an edit of a `Plugin` (config, limits, failure policy) through the
+/// generic API: load the active component with the new spec and swap it in;
+/// if it does not load, the previous instance stays and the object says why
 /// (`status.phase: Rejected`).
 pub fn reload_after_edit(app: &App, plugin: &Value) {
     let name = object::name(plugin).unwrap_or_default().to_string();
@@ -103,9 +344,9 @@ pub fn reload_after_edit(app: &App, plugin: &Value) {
             Err(error) => Err(format!("the component {} is missing: {error}", spec.digest)),
         };
         let status = match outcome {
-            Ok(extension) => {
-                app.plugins.activate(&name, extension);
-                json!({"phase": "Active", "message": ""})
+            Ok(hosted) => {
+                app.plugins.activate(&name, &spec, hosted);
+                json!({"phase": "Active", "message": "", "calls": 0, "errors": 0})
             }
             Err(message) => {
                 tracing::error!(plugin = %name, %message, "an edited plug-in does not load; the previous instance stays active");
@@ -124,8 +365,21 @@ pub fn reload_after_edit(app: &App, plugin: &Value) {
 }
 
 impl PluginRegistry {
-    /// Compiles (or takes from the cache), checks and configures a component for `spec`, off the async threads.
-    async fn load(&self, name: &str, spec: &PluginSpec, bytes: Vec<u8>) -> Result<SchedulerExtension, PluginError> {
+    /// Compiles (or takes from the cache), checks and configures a component
+    /// for `spec`, off the async threads. A network driver is given the
+    /// networks recorded on namespaces for it, to restore.
+    async fn load(&self, name: &str, spec: &PluginSpec, bytes: Vec<u8>) -> Result<Hosted, PluginError> {
+        let world = World::parse(&spec.world).ok_or_else(|| PluginError::Rejected(format!("unknown world {:?}", spec.world)))?;
+        let grants = match world {
+            World::SchedulerExtension => Grants::default(),
+            World::StorageDriver => Grants { storage_root: Some(self.storage_dir.join(name)), ..Grants::default() },
+            World::NetworkDriver => Grants {
+                networks: recorded_networks(&self.store, name)
+                    .await
+                    .map_err(|e| PluginError::Rejected(format!("reading networks: {e}")))?,
+                ..Grants::default()
+            },
+        };
         let cache = self.cache.clone();
         let digest = spec.digest.clone();
         let spec = spec.clone();
@@ -135,31 +389,41 @@ impl PluginRegistry {
                 (Some(cache), false) => cache.compile(&digest, &bytes)?,
                 _ => kapsel_plugins::compile(&bytes)?,
             };
-            load_component(&name, &spec, &component)
+            let limits = Limits {
+                deadline: std::time::Duration::from_millis(spec.limits.deadline_milliseconds),
+                memory_bytes: usize::try_from(spec.limits.memory_bytes).unwrap_or(usize::MAX),
+            };
+            kapsel_plugins::load(world, &name, &component, spec.config.clone().into_iter().collect(), limits, grants)
         })
         .await
         .map_err(|e| PluginError::Trap(format!("the loader stopped: {e}")))?
     }
 }
 
-/// Checks and configures a compiled component for `spec`.
-fn load_component(
-    name: &str,
-    spec: &PluginSpec,
-    component: &kapsel_plugins::scheduler::Component,
-) -> Result<SchedulerExtension, PluginError> {
-    if spec.world != "scheduler-extension" {
-        return Err(PluginError::Rejected(format!(
-            "{} plug-ins cannot be hosted yet: only scheduler-extension plug-ins run so far",
-            spec.world
-        )));
+/// The networks namespaces record as handed out by the driver `plugin`, with their pods' addresses.
+async fn recorded_networks(store: &Store, plugin: &str) -> Result<BTreeMap<String, Network>, StoreError> {
+    let mut networks = BTreeMap::new();
+    for namespace in store.list(&NAMESPACE.store_key(), None).await?.objects {
+        let annotation =
+            |key: &str| namespace.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str);
+        let (Some(cidr), Some(gateway), Some(plugin_name)) =
+            (annotation(SEGMENT_ANNOTATION), annotation(GATEWAY_ANNOTATION), annotation(DRIVER_ANNOTATION))
+        else {
+            continue;
+        };
+        if plugin_name != plugin {
+            continue;
+        }
+        let name = object::name(&namespace).unwrap_or_default().to_string();
+        let mut pods = BTreeMap::new();
+        for pod in store.list(&POD.store_key(), Some(&name)).await?.objects {
+            if let (Some(pod_name), Some(ip)) = (object::name(&pod), pod.pointer("/status/podIP").and_then(Value::as_str)) {
+                pods.insert(pod_name.to_string(), ip.to_string());
+            }
+        }
+        networks.insert(name, Network { segment: Segment { cidr: cidr.into(), gateway: gateway.into() }, pods });
     }
-    let limits = Limits {
-        deadline: std::time::Duration::from_millis(spec.limits.deadline_milliseconds),
-        memory_bytes: usize::try_from(spec.limits.memory_bytes).unwrap_or(usize::MAX),
-    };
-    let config: Vec<(String, String)> = spec.config.clone().into_iter().collect();
-    SchedulerExtension::from_component(name, component, config, limits)
+    Ok(networks)
 }
 
 /// Query of an upload.
@@ -218,9 +482,18 @@ pub async fn upload(
     if !WORLDS.contains(&spec.world.as_str()) {
         return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::not_supported("spec.world", &spec.world, WORLDS)]));
     }
+    if spec.world == World::NetworkDriver.as_str()
+        && let Some(other) = app.plugins.of_world(World::NetworkDriver).into_iter().find(|p| p.name != name)
+    {
+        let message = format!(
+            "the network driver {:?} is in charge of namespace networks; delete it first (one network driver at a time)",
+            other.name
+        );
+        return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::forbidden("spec.world", message)]));
+    }
     let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
     let candidate = PluginSpec { digest: digest.clone(), ..spec.clone() };
-    let extension = app.plugins.load(&name, &candidate, bytes.to_vec()).await.map_err(|e| invalid_component(&name, e))?;
+    let hosted = app.plugins.load(&name, &candidate, bytes.to_vec()).await.map_err(|e| invalid_component(&name, e))?;
     app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
     if spec.digest != digest {
         spec.previous_digest = std::mem::replace(&mut spec.digest, digest);
@@ -229,8 +502,8 @@ pub async fn upload(
     if let Some(version) = query.version {
         spec.version = version;
     }
-    let stored = save(&app, &name, current, spec).await?;
-    app.plugins.activate(&name, extension);
+    let stored = save(&app, &name, current, spec.clone()).await?;
+    app.plugins.activate(&name, &spec, hosted);
     let active = stored.pointer("/spec/digest").and_then(|d| d.as_str()).unwrap_or_default().to_string();
     tracing::info!(plugin = %name, digest = %active, "plug-in active");
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
@@ -251,11 +524,11 @@ pub async fn rollback(
     }
     let bytes = app.store.get_blob(&spec.previous_digest).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
     let previous = PluginSpec { digest: spec.previous_digest.clone(), ..spec.clone() };
-    let extension = app.plugins.load(&name, &previous, bytes).await.map_err(|e| invalid_component(&name, e))?;
+    let hosted = app.plugins.load(&name, &previous, bytes).await.map_err(|e| invalid_component(&name, e))?;
     std::mem::swap(&mut spec.digest, &mut spec.previous_digest);
     std::mem::swap(&mut spec.version, &mut spec.previous_version);
-    let stored = save(&app, &name, Some(current), spec).await?;
-    app.plugins.activate(&name, extension);
+    let stored = save(&app, &name, Some(current), spec.clone()).await?;
+    app.plugins.activate(&name, &spec, hosted);
     Ok(axum::Json(stored).into_response())
 }
 

@@ -322,6 +322,7 @@ async fn create(app: &App, target: &Target, params: &Params, headers: &HeaderMap
     if params.dry_run()? {
         return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
+    hooks::before_store(app, resource, &mut object).await?;
     let created = app.store.create(key(target, &name), object).await.map_err(|e| ApiError::from_store(e, resource, &name))?;
     hooks::after_commit(app, resource, std::slice::from_ref(&created));
     let mut answer = (*created.object).clone();
@@ -388,7 +389,7 @@ async fn store_update(
 ) -> Result<(Value, Vec<String>), ApiError> {
     let resource = target.resource;
     let name = target_name(target);
-    hooks::before_update(resource, current, &next)?;
+    hooks::before_update(resource, current, &mut next)?;
     validate(resource, &next)?;
     let warnings = check_fields(resource, &mut next, params)?;
     let expected = match object::resource_version(&next) {

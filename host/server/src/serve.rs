@@ -5,7 +5,10 @@
 //! The data directory holds the SQLite database (unless `--datastore`
 //! names PostgreSQL), `admin.token` (mode 0600, the admin's bearer token),
 //! `tls/` (the cluster CA, see [`crate::tls`]) and `kubeconfig.yaml` (the
-//! server's address, its CA and the admin token, for kapsel and kubectl alike).
+//! server's address, its CA and the admin token, for kapsel and kubectl alike),
+//! `plugin-cache/` (compiled plug-ins) and `volumes/` (the storage roots of
+//! storage drivers, one directory per plug-in). On first start it installs
+//! the default plug-ins ([`crate::plugins::install_defaults`]).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -31,6 +34,8 @@ pub struct ServeConfig {
     pub store: StoreOptions,
     /// Extra DNS names or IP addresses for the server certificate.
     pub tls_san: Vec<String>,
+    /// Install the default plug-ins on first start.
+    pub default_plugins: bool,
 }
 
 /// Files `kapsel serve` writes in its data directory.
@@ -39,6 +44,8 @@ pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
 pub const DATABASE_FILE: &str = "kapsel.db";
 /// Compiled plug-ins, so a restart does not compile them again.
 pub const PLUGIN_CACHE_DIR: &str = "plugin-cache";
+/// Storage drivers' roots, `volumes/<plug-in>`.
+pub const VOLUMES_DIR: &str = "volumes";
 
 /// The datastore URL `config` selects.
 pub fn datastore_url(config: &ServeConfig) -> String {
@@ -52,7 +59,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let url = datastore_url(&config);
     let store = Store::open(&url, config.store.clone()).await.with_context(|| format!("opening the datastore {}", redact(&url)))?;
     let admin_secret = ensure_admin_token(&config.data_dir, &store).await?;
-    ensure_default_namespace(&store).await?;
+    let first_start = ensure_default_namespace(&store).await?;
+    if first_start && config.default_plugins {
+        crate::plugins::install_defaults(&store).await.context("installing the default plug-ins")?;
+    }
     let auth = Authenticator::start(&store).await.context("loading tokens")?;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -66,7 +76,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let cache = kapsel_plugins::CompileCache::new(config.data_dir.join(PLUGIN_CACHE_DIR));
-    let plugins = crate::plugins::PluginRegistry::start(&store, Some(cache)).await.context("loading plug-ins")?;
+    let plugins =
+        crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins };
     crate::controllers::start(&app);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
@@ -138,7 +149,8 @@ async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<St
 /// The namespace kubeconfigs point at, as in Kubernetes; created on first start.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-async fn ensure_default_namespace(store: &Store) -> anyhow::Result<()> {
+/// Creates the default namespace unless it exists; `true` when it did (the store is new).
+async fn ensure_default_namespace(store: &Store) -> anyhow::Result<bool> {
     let namespace = json!({
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -146,7 +158,8 @@ async fn ensure_default_namespace(store: &Store) -> anyhow::Result<()> {
         "status": {"phase": "Active"},
     });
     match store.create(Key::new(kapsel_api::kinds::namespace::NAMESPACE.store_key(), "", DEFAULT_NAMESPACE), namespace).await {
-        Ok(_) | Err(StoreError::AlreadyExists) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(StoreError::AlreadyExists) => Ok(false),
         Err(e) => Err(e).context("creating the default namespace"),
     }
 }

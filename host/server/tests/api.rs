@@ -1686,3 +1686,136 @@ async fn plugin_config_is_applied_and_edits_reload() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Polls `path` until `done` holds for its body (plug-in status and controller passes are asynchronous).
+async fn eventually(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = api.get(path).await;
+        if reply.status == 200 && done(&reply.body) {
+            return reply.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {}", reply.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn segment(namespace: &Value) -> Option<&str> {
+    namespace.pointer("/metadata/annotations/network.kapsel.io~1segment").and_then(Value::as_str)
+}
+
+async fn upload_as(api: &Api, name: &str, world: &str, bytes: &[u8]) -> Reply {
+    let path = format!("{PLUGINS}/{name}/component?world={world}");
+    api.call(Some(ADMIN), Method::POST, &path, &[("content-type", "application/wasm")], bytes.to_vec()).await
+}
+
+fn hostile_network() -> Vec<u8> {
+    std::fs::read(format!("{}/hostile_network.wasm", kapsel_plugins::defaults::TEST_GUESTS_DIR)).expect("the hostile network guest")
+}
+
+/// A network driver gives each namespace its segment, recorded in
+/// annotations tenants cannot forge; it is released with the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_get_their_network_from_the_network_driver() {
+    let api = Api::start().await;
+    // Four /24s in all, for the four namespaces that exist already.
+    let manifest = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Plugin", "metadata": {"name": "ipam"},
+        "spec": {"world": "network-driver", "config": {"pool": "10.70.0.0/22"}}});
+    api.post(PLUGINS, manifest).await.ok(201);
+    upload_as(&api, "ipam", "network-driver", kapsel_plugins::defaults::NAMESPACE_IPAM).await.ok(200);
+    // One network driver at a time.
+    upload_as(&api, "other", "network-driver", kapsel_plugins::defaults::NAMESPACE_IPAM).await.failure(422, "Invalid");
+
+    // The controller gives the namespaces that exist already their networks.
+    let list = eventually(&api, "/api/v1/namespaces", "networks assigned", |list| {
+        list["items"].as_array().unwrap().iter().all(|n| segment(n).is_some())
+    })
+    .await;
+    let with_network = list["items"].as_array().unwrap().clone();
+    assert_eq!(with_network[0]["metadata"]["annotations"]["network.kapsel.io/driver"], "ipam");
+    let segments: BTreeSet<&str> = with_network.iter().filter_map(segment).collect();
+    assert_eq!(segments.len(), 4, "{segments:?}");
+
+    // The pool is spent: a new namespace is refused, naming the driver, and nothing is stored.
+    let namespace = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+        "annotations": {"network.kapsel.io/segment": "10.70.0.0/24", "team": "a"}}})
+    };
+    api.post("/api/v1/namespaces", namespace("team-a")).await.failure(403, "Forbidden").mentions(&["ipam", "no free segment"]);
+    api.get("/api/v1/namespaces/team-a").await.failure(404, "NotFound");
+
+    // Deleting a namespace releases its segment, which the next namespace gets.
+    let freed = segment(&with_network[0]).unwrap().to_string();
+    let owner = with_network[0]["metadata"]["name"].as_str().unwrap().to_string();
+    api.delete(&format!("/api/v1/namespaces/{owner}")).await.ok(200);
+    eventually(&api, "/api/v1/namespaces", "namespace finalized", |list| {
+        list["items"].as_array().unwrap().iter().all(|n| n["metadata"]["name"] != owner.as_str())
+    })
+    .await;
+    let created = api.post("/api/v1/namespaces", namespace("team-a")).await;
+    created.ok(201);
+    // The forged annotation was replaced by the driver's answer; the others are kept.
+    assert_eq!(segment(&created.body), Some(freed.as_str()));
+    assert_eq!(created.body["metadata"]["annotations"]["team"], "a");
+    // Edits keep the platform's annotations.
+    let edited = api
+        .patch("/api/v1/namespaces/team-a", MERGE_PATCH, json!({"metadata": {"annotations": {"network.kapsel.io/segment": null}}}))
+        .await;
+    edited.ok(200);
+    assert_eq!(segment(&edited.body), Some(freed.as_str()));
+}
+
+/// A plug-in that fails: `Fail` fails the operation with a Status naming
+/// it, `Ignore` skips the call with an Event; three failures in a row make
+/// it `Degraded` (status and Event), and a success makes it `Active` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_plugins_follow_their_failure_policy_and_degrade() {
+    let api = Api::start().await;
+    let manifest = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Plugin", "metadata": {"name": "flaky"},
+        "spec": {"world": "network-driver", "failurePolicy": "Fail", "limits": {"deadlineMilliseconds": 300}}});
+    api.post(PLUGINS, manifest).await.ok(201);
+    upload_as(&api, "flaky", "network-driver", &hostile_network()).await.ok(200);
+    // Let the controller give the existing namespaces their networks, so the calls below are the only ones.
+    for existing in ["default", "dev", "qa", "prod"] {
+        eventually(&api, &format!("/api/v1/namespaces/{existing}"), "network assigned", |n| segment(n).is_some()).await;
+    }
+
+    let namespace = |name: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    for (name, failure) in [("trap-a", "trapped"), ("loop-a", "deadline of 300ms"), ("hog-a", "memory limit")] {
+        let refused = api.post("/api/v1/namespaces", namespace(name)).await;
+        refused.failure(500, "InternalError").mentions(&["plug-in \"flaky\"", failure, name]);
+        assert_eq!(refused.body["details"]["name"], "flaky", "{}", refused.text);
+        assert_eq!(refused.body["details"]["causes"][0]["reason"], "PluginFailed", "{}", refused.text);
+        api.get(&format!("/api/v1/namespaces/{name}")).await.failure(404, "NotFound");
+    }
+    // The server is fine meanwhile.
+    api.get("/api/v1/namespaces/dev/pods").await.ok(200);
+    let degraded = eventually(&api, &format!("{PLUGINS}/flaky"), "degraded", |p| p["status"]["phase"] == "Degraded").await;
+    assert_eq!(degraded["status"]["errors"], 3, "{degraded}");
+    assert!(degraded["status"]["lastError"].as_str().unwrap().contains("memory limit"), "{degraded}");
+    // Events are recorded beside the call, not before it answers.
+    let event = eventually(&api, "/api/v1/namespaces/default/events/flaky.plugin.plugindegraded", "degraded event", |_| true).await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["involvedObject"]["name"], "flaky");
+
+    // A call that works makes it Active again.
+    api.post("/api/v1/namespaces", namespace("fine")).await.ok(201);
+    eventually(&api, &format!("{PLUGINS}/flaky"), "recovered", |p| p["status"]["phase"] == "Active").await;
+    eventually(&api, "/api/v1/namespaces/default/events/flaky.plugin.pluginrecovered", "recovery event", |_| true).await;
+
+    // Under Ignore the namespace is created without a network, and an Event says the call was skipped.
+    api.patch(&format!("{PLUGINS}/flaky"), MERGE_PATCH, json!({"spec": {"failurePolicy": "Ignore"}})).await.ok(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let created = loop {
+        let reply = api.post("/api/v1/namespaces", namespace("trap-b")).await;
+        if reply.status == 201 {
+            break reply;
+        }
+        reply.failure(500, "InternalError");
+        assert!(tokio::time::Instant::now() < deadline, "the failure policy edit was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(segment(&created.body), None);
+    let skipped = eventually(&api, "/api/v1/namespaces/default/events/flaky.plugin.plugincallskipped", "skipped event", |_| true).await;
+    assert!(skipped["message"].as_str().unwrap().contains("trap-b"), "{skipped}");
+}

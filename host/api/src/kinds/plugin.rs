@@ -128,8 +128,8 @@ fn validate(object: &Value) -> Vec<FieldError> {
     if !(1..=60_000).contains(&spec.limits.deadline_milliseconds) {
         errors.push(FieldError::invalid("spec.limits.deadlineMilliseconds", "must be between 1 and 60000"));
     }
-    if !((1 << 20)..=(4 << 30)).contains(&spec.limits.memory_bytes) {
-        errors.push(FieldError::invalid("spec.limits.memoryBytes", "must be between 1 MiB and 4 GiB"));
+    if !((1 << 20)..=(1 << 30)).contains(&spec.limits.memory_bytes) {
+        errors.push(FieldError::invalid("spec.limits.memoryBytes", "must be between 1 MiB and 1 GiB"));
     }
     errors
 }

@@ -4,4 +4,5 @@ pub mod apply;
 pub mod delete;
 pub mod get;
 pub mod plugin;
+pub mod plugin_test;
 pub mod token;

@@ -1,5 +1,6 @@
-//! `kapsel plugin push|rollback`: IT admins upload Wasm plug-ins and
-//! return to the previous version. Listing and deleting are the generic
+//! `kapsel plugin push|rollback|test`: IT admins upload Wasm plug-ins and
+//! return to the previous version; authors run theirs locally against
+//! recorded cases ([`super::plugin_test`]). Listing and deleting are the generic
 //! `kapsel get plugins` and `kapsel delete plugin NAME`.
 
 use std::path::PathBuf;
@@ -30,19 +31,20 @@ pub enum PluginCommand {
     },
     /// Make the version before the last push active again.
     Rollback { name: String },
+    /// Run a plug-in locally against recorded cases (no server needed).
+    Test(super::plugin_test::TestArgs),
 }
 
 pub async fn run(connection: &ConnectionArgs, command: PluginCommand) -> anyhow::Result<ExitCode> {
+    let (name, push) = match command {
+        PluginCommand::Test(args) => return tokio::task::spawn_blocking(move || super::plugin_test::run(args)).await?,
+        PluginCommand::Push { file, name, world, version } => (name, Some((file, world, version))),
+        PluginCommand::Rollback { name } => (name, None),
+    };
     let client = Client::connect(connection)?;
-    let base = object_path(
-        &PLUGIN,
-        None,
-        match &command {
-            PluginCommand::Push { name, .. } | PluginCommand::Rollback { name } => name,
-        },
-    );
-    let plugin = match command {
-        PluginCommand::Push { file, world, version, .. } => {
+    let base = object_path(&PLUGIN, None, &name);
+    let plugin = match push {
+        Some((file, world, version)) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(world) = world {
@@ -54,7 +56,7 @@ pub async fn run(connection: &ConnectionArgs, command: PluginCommand) -> anyhow:
             let path = format!("{base}/component?{}", serde_urlencoded::to_string(&query)?);
             client.send(Method::POST, &path, Some(("application/wasm", bytes))).await?
         }
-        PluginCommand::Rollback { .. } => client.send(Method::POST, &format!("{base}/rollback"), None).await?,
+        None => client.send(Method::POST, &format!("{base}/rollback"), None).await?,
     };
     let text = |pointer: &str| plugin.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
     println!("plugin/{} active: {} {} ({})", text("/metadata/name"), text("/spec/world"), text("/spec/version"), text("/spec/digest"));

@@ -1,37 +1,62 @@
-//! Namespace finalization. Deleting a namespace marks it `Terminating`
-//! (`metadata.deletionTimestamp`), as in Kubernetes: it takes no new
-//! content, and what is in it can still be read and deleted. After
-//! [`FINALIZE_AFTER`], this controller deletes the namespace and
-//! everything left in it, in one transaction.
+//! Namespaces: networks and finalization.
+//!
+//! Deleting a namespace marks it `Terminating` (`metadata.deletionTimestamp`),
+//! as in Kubernetes: it takes no new content, and what is in it can still be
+//! read and deleted. After [`FINALIZE_AFTER`], this controller releases its
+//! network (through the driver that handed it out, under that driver's
+//! failure policy: under `Fail` a failed release keeps the namespace
+//! `Terminating` and is retried) and deletes the namespace and everything
+//! left in it, in one transaction.
+//!
+//! It also gives a network to every active namespace that has none while a
+//! network driver is in charge — namespaces created before the driver was
+//! uploaded, the `default` one, and those whose create skipped a failing
+//! driver under `Ignore` — every [`NETWORK_PASS_EVERY`] passes.
 
 use std::time::Duration;
 
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::object;
-use kapsel_store::{Key, Store, StoreError, WriteOp};
+use kapsel_store::{Key, StoreError, WriteOp};
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::plugins::{self, DRIVER_ANNOTATION, GATEWAY_ANNOTATION, SEGMENT_ANNOTATION};
 
 /// How long a namespace stays `Terminating` before its contents go.
 pub const FINALIZE_AFTER: Duration = Duration::from_secs(1);
 /// How often terminating namespaces are looked for.
 const PASS_INTERVAL: Duration = Duration::from_millis(250);
+/// Namespaces without a network are looked for every this many passes (2 s).
+const NETWORK_PASS_EVERY: u32 = 8;
 
-pub async fn run(store: Store, mut stopping: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(app: App) {
+    let mut stopping = app.stopping.clone();
     let mut ticker = tokio::time::interval(PASS_INTERVAL);
-    loop {
+    for pass in 0u32.. {
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = pass(&store).await {
+        if let Err(error) = finalize(&app).await {
             tracing::warn!(error = &error as &dyn std::error::Error, "namespace finalization pass failed");
+        }
+        if pass % NETWORK_PASS_EVERY == 0
+            && let Err(error) = give_networks(&app).await
+        {
+            tracing::warn!(error = &error as &dyn std::error::Error, "namespace network pass failed");
         }
     }
 }
 
+fn annotation<'a>(namespace: &'a Value, key: &str) -> Option<&'a str> {
+    namespace.get("metadata")?.get("annotations")?.get(key)?.as_str()
+}
+
 /// Finalizes every namespace whose termination grace has passed.
-async fn pass(store: &Store) -> Result<(), StoreError> {
+async fn finalize(app: &App) -> Result<(), StoreError> {
     let now = chrono::Utc::now();
-    for namespace in store.list(&NAMESPACE.store_key(), None).await?.objects {
+    for namespace in app.store.list(&NAMESPACE.store_key(), None).await?.objects {
         let Some(since) = object::meta_str(&namespace, "deletionTimestamp").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         else {
             continue;
@@ -40,10 +65,86 @@ async fn pass(store: &Store) -> Result<(), StoreError> {
             continue;
         }
         let name = object::name(&namespace).unwrap_or_default().to_string();
+        if !release_network(app, &namespace, &name).await {
+            continue;
+        }
         let expected_revision = object::resource_version(&namespace).and_then(Result::ok);
-        match store.write(WriteOp::DeleteNamespace { key: Key::new(NAMESPACE.store_key(), "", &name), expected_revision }).await {
+        match app.store.write(WriteOp::DeleteNamespace { key: Key::new(NAMESPACE.store_key(), "", &name), expected_revision }).await {
             Ok(changes) => tracing::info!(namespace = %name, objects = changes.len() - 1, "namespace deleted with its contents"),
             // Changed or gone since the list: the next pass sees the new state.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Releases the namespace's network through the driver that handed it out;
+/// `false` when the namespace must wait (the call failed under `Fail`).
+async fn release_network(app: &App, namespace: &Value, name: &str) -> bool {
+    let Some(driver) = annotation(namespace, DRIVER_ANNOTATION).and_then(|d| app.plugins.get(d)) else {
+        // No network, or its driver is gone (deleting a driver abandons what it handed out).
+        return true;
+    };
+    let releasing = name.to_string();
+    let released = app
+        .plugins
+        .invoke(&driver, format!("releasing the network of namespace {name:?}"), move |hosted| match hosted {
+            kapsel_plugins::Hosted::Network(network) => network.delete_network(&releasing),
+            _ => Ok(Ok(())),
+        })
+        .await;
+    match released {
+        Ok(Some(Err(refusal))) => {
+            tracing::warn!(namespace = %name, driver = %driver.name, refusal = %kapsel_plugins::network::describe(&refusal), "the network driver refused to release a namespace network; deleting the namespace anyway");
+            true
+        }
+        Ok(_) => true,
+        Err(failure) => {
+            tracing::warn!(namespace = %name, %failure, "namespace waits for its network to be released");
+            false
+        }
+    }
+}
+
+/// Gives a network to every active namespace without one.
+async fn give_networks(app: &App) -> Result<(), StoreError> {
+    if app.plugins.network_driver().is_none() {
+        return Ok(());
+    }
+    for namespace in app.store.list(&NAMESPACE.store_key(), None).await?.objects {
+        if annotation(&namespace, SEGMENT_ANNOTATION).is_some() || object::meta_str(&namespace, "deletionTimestamp").is_some() {
+            continue;
+        }
+        let name = object::name(&namespace).unwrap_or_default().to_string();
+        let creating = name.clone();
+        let answer = plugins::network_call(app, format!("creating the network of namespace {name:?}"), move |driver| {
+            driver.create_network(&creating)
+        })
+        .await;
+        let (driver, segment) = match answer {
+            Ok(Some((driver, Ok(segment)))) => (driver, segment),
+            Ok(Some((driver, Err(refusal)))) => {
+                let refusal = kapsel_plugins::network::describe(&refusal);
+                tracing::warn!(namespace = %name, %driver, %refusal, "no network for a namespace");
+                continue;
+            }
+            Ok(None) => continue,
+            Err(failure) => {
+                tracing::warn!(namespace = %name, %failure, "no network for a namespace yet");
+                continue;
+            }
+        };
+        let mut updated = namespace.clone();
+        let metadata = object::metadata_mut(&mut updated);
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        annotations[SEGMENT_ANNOTATION] = json!(segment.cidr);
+        annotations[GATEWAY_ANNOTATION] = json!(segment.gateway);
+        annotations[DRIVER_ANNOTATION] = json!(driver);
+        let expected = object::resource_version(&namespace).and_then(Result::ok);
+        match app.store.update(Key::new(NAMESPACE.store_key(), "", &name), updated, expected).await {
+            Ok(_) => tracing::info!(namespace = %name, segment = %segment.cidr, "namespace network assigned"),
+            // Changed meanwhile: the next pass tries again (create-network is idempotent).
             Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
             Err(error) => return Err(error),
         }

@@ -232,7 +232,8 @@ impl Api {
         let auth = Authenticator::start(&store).await.expect("start the authenticator");
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let cache = kapsel_plugins::CompileCache::new(dir.path().join("plugin-cache"));
-        let plugins = kapsel_server::plugins::PluginRegistry::start(&store, Some(cache)).await.expect("load plug-ins");
+        let plugins =
+            kapsel_server::plugins::PluginRegistry::start(&store, Some(cache), dir.path().join("volumes")).await.expect("load plug-ins");
         let app = App {
             store: store.clone(),
             auth,

@@ -1,0 +1,98 @@
+//! Events the platform records about objects, aggregated as Kubernetes
+//! does: one `Event` per object and reason (named `<object>.<kind>.<reason>`),
+//! its `count` and `lastTimestamp` bumped when it happens again, so a
+//! failing plug-in called a thousand times leaves one event, not a thousand.
+//! Events of cluster-scoped objects go to the `default` namespace.
+
+use kapsel_api::kinds::event::EVENT;
+use kapsel_api::object;
+use kapsel_store::{Key, Store, StoreError};
+use serde_json::{Value, json};
+
+/// `type` of an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// The namespace events about cluster-scoped objects are recorded in.
+pub const CLUSTER_EVENTS_NAMESPACE: &str = "default";
+
+/// Records that `reason` happened to `involved` (a stored object). Failing
+/// to record is logged, never raised: events are a report, not a step of
+/// the operation.
+pub async fn record(store: &Store, involved: &Value, event_type: EventType, reason: &str, message: &str) {
+    for _ in 0..3 {
+        match try_record(store, involved, event_type, reason, message).await {
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists) => continue,
+            Err(error) => {
+                tracing::warn!(reason, error = &error as &dyn std::error::Error, "could not record an event");
+                return;
+            }
+            Ok(()) => return,
+        }
+    }
+}
+
+async fn try_record(store: &Store, involved: &Value, event_type: EventType, reason: &str, message: &str) -> Result<(), StoreError> {
+    let kind = involved.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = object::name(involved).unwrap_or_default();
+    let object_namespace = object::meta_str(involved, "namespace").filter(|n| !n.is_empty());
+    let namespace = object_namespace.unwrap_or(CLUSTER_EVENTS_NAMESPACE);
+    let event_name = format!("{name}.{}.{}", kind.to_ascii_lowercase(), reason.to_ascii_lowercase());
+    let key = Key::new(EVENT.store_key(), namespace, &event_name);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match store.get(&key).await {
+        Ok(mut event) => {
+            let expected = object::resource_version(&event).and_then(Result::ok);
+            let count = event.get("count").and_then(Value::as_i64).unwrap_or(1);
+            event["count"] = json!(count + 1);
+            event["lastTimestamp"] = json!(now);
+            event["message"] = json!(message);
+            event["type"] = json!(event_type.as_str());
+            store.update(key, event, expected).await.map(drop)
+        }
+        Err(StoreError::NotFound) => {
+            let mut involved_object = json!({
+                "apiVersion": involved.get("apiVersion").cloned().unwrap_or(Value::Null),
+                "kind": kind,
+                "name": name,
+                "uid": object::meta_str(involved, "uid").unwrap_or_default(),
+            });
+            if let Some(namespace) = object_namespace {
+                involved_object["namespace"] = json!(namespace);
+            }
+            let event = json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": event_name,
+                    "namespace": namespace,
+                    "uid": uuid::Uuid::new_v4().to_string(),
+                    "creationTimestamp": now,
+                },
+                "involvedObject": involved_object,
+                "reason": reason,
+                "message": message,
+                "type": event_type.as_str(),
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "source": {"component": "kapsel"},
+                "reportingComponent": "kapsel",
+            });
+            store.create(key, event).await.map(drop)
+        }
+        Err(error) => Err(error),
+    }
+}
