@@ -169,12 +169,34 @@ impl Client {
 
     /// Sends a request and decodes the JSON answer; a failure `Status` becomes [`ApiFailure`].
     pub async fn send(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
+        self.send_body(method, path, body.map(|(content_type, bytes)| (content_type, reqwest::Body::from(bytes), None))).await
+    }
+
+    /// Uploads a file as the request body, streamed from disk (not read into memory first).
+    pub async fn upload_file(&self, method: Method, path: &str, content_type: &str, file: &Path) -> anyhow::Result<Value> {
+        let opened = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+        let length = opened.metadata().await.with_context(|| format!("reading {}", file.display()))?.len();
+        let chunks = futures::stream::try_unfold(opened, |mut file| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut chunk = vec![0; 64 << 10];
+            let read = file.read(&mut chunk).await?;
+            chunk.truncate(read);
+            Ok::<_, std::io::Error>((read > 0).then_some((chunk, file)))
+        });
+        self.send_body(method, path, Some((content_type, reqwest::Body::wrap_stream(chunks), Some(length)))).await
+    }
+
+    /// Sends a request with an optional body (content type, body, length when known) and decodes the JSON answer.
+    async fn send_body(&self, method: Method, path: &str, body: Option<(&str, reqwest::Body, Option<u64>)>) -> anyhow::Result<Value> {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some((content_type, bytes)) = body {
-            request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
+        if let Some((content_type, body, length)) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+            if let Some(length) = length {
+                request = request.header(reqwest::header::CONTENT_LENGTH, length);
+            }
         }
         let response = request.send().await.with_context(|| format!("cannot reach the Kapsel server at {}", self.base))?;
         let code = response.status();

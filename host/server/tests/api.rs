@@ -1606,6 +1606,13 @@ async fn plugins_are_checked_on_upload_and_roll_back() {
     };
     // A new plug-in needs its world.
     upload(kapsel_plugins::defaults::SPREAD, "").await.failure(422, "Invalid");
+    // Too large: refused on the announced length, before the body is read; and when it turns out longer.
+    let path = format!("{PLUGINS}/balance/component?world=scheduler-extension");
+    let announced = (32 << 20) + 1;
+    api.call(Some(ADMIN), Method::POST, &path, &[("content-length", &announced.to_string())], vec![0u8; 16])
+        .await
+        .failure(413, "RequestEntityTooLarge");
+    api.call(Some(ADMIN), Method::POST, &path, &[], vec![0u8; (32 << 20) + 1]).await.failure(413, "RequestEntityTooLarge");
     // What does not fit is refused with the reason, and nothing is stored.
     let core = upload(b"\0asm\x01\0\0\0", "?world=scheduler-extension").await;
     core.failure(422, "Invalid");

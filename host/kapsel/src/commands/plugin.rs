@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use kapsel_api::kinds::plugin::PLUGIN;
 use reqwest::Method;
 use serde_json::Value;
@@ -45,7 +44,6 @@ pub async fn run(connection: &ConnectionArgs, command: PluginCommand) -> anyhow:
     let base = object_path(&PLUGIN, None, &name);
     let plugin = match push {
         Some((file, world, version)) => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(world) = world {
                 query.push(("world", world));
@@ -54,7 +52,7 @@ pub async fn run(connection: &ConnectionArgs, command: PluginCommand) -> anyhow:
                 query.push(("version", version));
             }
             let path = format!("{base}/component?{}", serde_urlencoded::to_string(&query)?);
-            client.send(Method::POST, &path, Some(("application/wasm", bytes))).await?
+            client.upload_file(Method::POST, &path, "application/wasm", &file).await?
         }
         None => client.send(Method::POST, &format!("{base}/rollback"), None).await?,
     };
