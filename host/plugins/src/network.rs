@@ -140,6 +140,24 @@ impl NetworkDriver {
         Ok(answer)
     }
 
+    /// Takes over what another instance (the version this one replaces)
+    /// handed out that this one does not know yet; returns the networks it
+    /// refused, with why.
+    pub fn adopt(&mut self, networks: &BTreeMap<String, Network>) -> Vec<(String, String)> {
+        let mut refused = Vec::new();
+        for (namespace, network) in networks {
+            if self.networks.get(namespace) == Some(network) {
+                continue;
+            }
+            match self.restore_network(namespace, network.clone()) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => refused.push((namespace.clone(), describe(&error))),
+                Err(error) => refused.push((namespace.clone(), error.to_string())),
+            }
+        }
+        refused
+    }
+
     /// Gives `namespace` its segment (the same one on a repeat).
     pub fn create_network(&mut self, namespace: &str) -> Result<Result<Segment, NetworkError>, PluginError> {
         let answer = self.call(|instance, store| instance.call_create_network(store, namespace))?;

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Extension;
@@ -61,6 +62,8 @@ pub struct ActivePlugin {
     /// Calls to one instance never overlap: each call holds this lock.
     hosted: Mutex<Hosted>,
     health: Mutex<Health>,
+    /// Replaced by a newer version or deleted: calls go to the registry's current one.
+    retired: AtomicBool,
 }
 
 /// What the plug-in's status reports, kept in memory and written out by [`PluginRegistry::flush_status`].
@@ -89,6 +92,7 @@ impl ActivePlugin {
             failure_policy,
             hosted: Mutex::new(hosted),
             health: Mutex::new(Health::default()),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -153,21 +157,50 @@ impl PluginRegistry {
                 }
             };
             match registry.load(&name, &spec, bytes).await {
-                Ok(hosted) => registry.activate(&name, &spec, hosted),
+                Ok(hosted) => registry.activate(&name, &spec, hosted).await,
                 Err(error) => tracing::error!(plugin = %name, %error, "a stored plug-in does not load; it stays inactive"),
             }
         }
         Ok(registry)
     }
 
-    /// Makes `hosted` the active version of `name` (calls in flight finish on the old one).
-    pub fn activate(&self, name: &str, spec: &PluginSpec, hosted: Hosted) {
-        let plugin = Arc::new(ActivePlugin::new(name, spec.failure_policy, hosted));
-        self.active.write().expect("plug-in registry lock").insert(name.to_string(), plugin);
+    /// Makes `hosted` the active version of `name`. The hand-over: a call
+    /// running on the old version finishes on it; then, with the old version
+    /// held, a network driver's new instance adopts what the old one handed
+    /// out meanwhile, the new version takes the name, and the old one is
+    /// retired — calls that were waiting for it move to the new one, so none
+    /// fails because of the swap.
+    pub async fn activate(&self, name: &str, spec: &PluginSpec, hosted: Hosted) {
+        // Waiting for a call in flight (up to its deadline) must not hold an async worker.
+        let registry = self.clone();
+        let (name, spec) = (name.to_string(), spec.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || registry.hand_over(&name, &spec, hosted)).await {
+            tracing::error!(%error, "activating a plug-in failed");
+        }
     }
 
+    fn hand_over(&self, name: &str, spec: &PluginSpec, mut hosted: Hosted) {
+        let old = self.get(name);
+        let old_hosted = old.as_ref().map(|old| old.hosted.lock().expect("plug-in instance lock"));
+        if let (Some(Hosted::Network(previous)), Hosted::Network(next)) = (old_hosted.as_deref(), &mut hosted) {
+            for (namespace, error) in next.adopt(previous.networks()) {
+                tracing::error!(plugin = %name, %namespace, %error, "the new network driver refuses a network the old one handed out");
+            }
+        }
+        let plugin = Arc::new(ActivePlugin::new(name, spec.failure_policy, hosted));
+        self.active.write().expect("plug-in registry lock").insert(name.to_string(), plugin);
+        if let Some(old) = &old {
+            old.retired.store(true, Ordering::Release);
+        }
+        drop(old_hosted);
+    }
+
+    /// Stops `name`: callers fall back to built-in behaviour; calls waiting for it are skipped.
     pub fn remove(&self, name: &str) {
-        self.active.write().expect("plug-in registry lock").remove(name);
+        let removed = self.active.write().expect("plug-in registry lock").remove(name);
+        if let Some(removed) = removed {
+            removed.retired.store(true, Ordering::Release);
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ActivePlugin>> {
@@ -195,10 +228,30 @@ impl PluginRegistry {
         call: impl FnOnce(&mut Hosted) -> Result<R, PluginError> + Send + 'static,
     ) -> Result<Option<R>, PluginFailure> {
         let operation = operation.into();
+        let registry = self.clone();
         let calling = plugin.clone();
-        let outcome = tokio::task::spawn_blocking(move || call(&mut calling.hosted.lock().expect("plug-in instance lock")))
-            .await
-            .unwrap_or_else(|e| Err(PluginError::Trap(format!("the call was lost: {e}"))));
+        // Runs on the version that is active when the call gets its turn (see `activate`).
+        let served = tokio::task::spawn_blocking(move || {
+            let mut current = calling;
+            loop {
+                let mut hosted = current.hosted.lock().expect("plug-in instance lock");
+                if !current.retired.load(Ordering::Acquire) {
+                    let outcome = call(&mut hosted);
+                    drop(hosted);
+                    return Some((current, outcome));
+                }
+                drop(hosted);
+                current = registry.get(&current.name)?;
+            }
+        })
+        .await;
+        let (plugin, outcome) = match served {
+            Ok(Some(served)) => served,
+            // Deleted while the call waited: as if it had not been there.
+            Ok(None) => return Ok(None),
+            Err(lost) => (plugin.clone(), Err(PluginError::Trap(format!("the call was lost: {lost}")))),
+        };
+        let plugin = &plugin;
         let turn = plugin.record(outcome.as_ref().map(|_| ()));
         let error = match outcome {
             Ok(answer) => {
@@ -345,7 +398,7 @@ pub fn reload_after_edit(app: &App, plugin: &Value) {
         };
         let status = match outcome {
             Ok(hosted) => {
-                app.plugins.activate(&name, &spec, hosted);
+                app.plugins.activate(&name, &spec, hosted).await;
                 json!({"phase": "Active", "message": "", "calls": 0, "errors": 0})
             }
             Err(message) => {
@@ -503,7 +556,7 @@ pub async fn upload(
         spec.version = version;
     }
     let stored = save(&app, &name, current, spec.clone()).await?;
-    app.plugins.activate(&name, &spec, hosted);
+    app.plugins.activate(&name, &spec, hosted).await;
     let active = stored.pointer("/spec/digest").and_then(|d| d.as_str()).unwrap_or_default().to_string();
     tracing::info!(plugin = %name, digest = %active, "plug-in active");
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
@@ -552,7 +605,7 @@ pub async fn rollback(
     std::mem::swap(&mut spec.digest, &mut spec.previous_digest);
     std::mem::swap(&mut spec.version, &mut spec.previous_version);
     let stored = save(&app, &name, Some(current), spec.clone()).await?;
-    app.plugins.activate(&name, &spec, hosted);
+    app.plugins.activate(&name, &spec, hosted).await;
     Ok(axum::Json(stored).into_response())
 }
 

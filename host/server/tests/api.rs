@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -1825,4 +1826,31 @@ async fn failing_plugins_follow_their_failure_policy_and_degrade() {
     assert_eq!(segment(&created.body), None);
     let skipped = eventually(&api, "/api/v1/namespaces/default/events/flaky.plugin.plugincallskipped", "skipped event", |_| true).await;
     assert!(skipped["message"].as_str().unwrap().contains("trap-b"), "{skipped}");
+}
+
+/// Replacing a plug-in while it is called: no call fails, and the new
+/// network driver takes over what the old one handed out (no segment twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_swapped_under_load_loses_no_call_and_no_state() {
+    let api = Arc::new(Api::start().await);
+    upload_as(&api, "ipam", "network-driver", kapsel_plugins::defaults::NAMESPACE_IPAM).await.ok(200);
+    let creating = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut created = Vec::new();
+            for n in 0..40 {
+                let manifest = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("swap-{n}")}});
+                let reply = api.post("/api/v1/namespaces", manifest).await;
+                reply.ok(201);
+                created.push(segment(&reply.body).expect("a segment").to_string());
+            }
+            created
+        })
+    };
+    for _ in 0..6 {
+        upload_as(&api, "ipam", "network-driver", kapsel_plugins::defaults::NAMESPACE_IPAM).await.ok(200);
+    }
+    let created = creating.await.unwrap();
+    let distinct: BTreeSet<&String> = created.iter().collect();
+    assert_eq!(distinct.len(), created.len(), "a segment was handed out twice: {created:?}");
 }
