@@ -30,13 +30,14 @@ pub enum BenchCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct PluginBenchArgs {
-    /// The plug-in's world; `scheduler-extension` is hosted so far.
+    /// The plug-in's world: `scheduler-extension` (filter/score against the
+    /// node snapshot) or `network-driver` (segments, addresses, `allow`).
     #[arg(long, default_value = "scheduler-extension")]
     world: String,
-    /// A component file, or the name of a default plug-in (`spread`, `binpack`).
+    /// A component file, or the name of a default plug-in (`spread`, `binpack`, `namespace-ipam`).
     #[arg(long, default_value = "spread")]
     plugin: String,
-    /// Nodes in the snapshot (all of them candidates).
+    /// Nodes in the snapshot (all of them candidates); for a network driver, namespaces with a network.
     #[arg(long, default_value_t = 100)]
     nodes: usize,
     /// Calls measured per operation.
@@ -240,16 +241,16 @@ fn time_calls(samples: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> an
 
 fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
     use kapsel_plugins::scheduler::{self, NodeSummary, PodRef, PodSummary, Resources, SchedulerExtension};
-    anyhow::ensure!(
-        args.world == "scheduler-extension",
-        "only scheduler-extension plug-ins are hosted so far (got --world {})",
-        args.world
-    );
     anyhow::ensure!(args.nodes > 0 && args.calls > 0, "--nodes and --calls must be positive");
     let bytes = match kapsel_plugins::defaults::by_name(&args.plugin) {
         Some(bytes) => bytes.to_vec(),
         None => std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin))?,
     };
+    match kapsel_plugins::World::parse(&args.world) {
+        Some(kapsel_plugins::World::SchedulerExtension) => {}
+        Some(kapsel_plugins::World::NetworkDriver) => return network_plugin(&args, &bytes),
+        _ => anyhow::bail!("--world: scheduler-extension or network-driver (got {})", args.world),
+    }
     let resources = |cpu_millicores, memory_bytes| Resources { cpu_millicores, memory_bytes, storage_bytes: 0 };
     let nodes: Vec<NodeSummary> = (0..args.nodes)
         .map(|i| NodeSummary {
@@ -302,6 +303,7 @@ fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
         "world": args.world,
         "plugin": args.plugin,
         "bytes": bytes.len(),
+        "scale": "nodes",
         "nodes": args.nodes,
         "compile": compile,
         "deserialize": deserialize,
@@ -311,11 +313,10 @@ fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
         "score": score,
         "empty_call": empty,
     });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!("kapsel bench plugin: {} ({} bytes), {} nodes", args.plugin, bytes.len(), args.nodes);
-        for (label, key) in [
+    print_plugin_report(
+        &args,
+        &report,
+        &[
             ("compile (Cranelift)", "compile"),
             ("deserialize (compile cache)", "deserialize"),
             ("load (link, instantiate, configure)", "load"),
@@ -323,14 +324,86 @@ fn plugin(args: PluginBenchArgs) -> anyhow::Result<ExitCode> {
             ("filter, all candidates", "filter"),
             ("score, all candidates", "score"),
             ("empty call", "empty_call"),
-        ] {
-            let s = &report[key];
-            println!(
-                "  {label:<38} p50 {:>10.2} µs   p99 {:>10.2} µs",
-                s["p50_us"].as_f64().unwrap_or_default(),
-                s["p99_us"].as_f64().unwrap_or_default()
-            );
+        ],
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plugin_report(args: &PluginBenchArgs, report: &Value, rows: &[(&str, &str)]) {
+    if args.json {
+        println!("{report}");
+        return;
+    }
+    let scale = report["scale"].as_str().unwrap_or_default();
+    println!("kapsel bench plugin: {} ({}, {} bytes), {} {scale}", args.plugin, args.world, report["bytes"], args.nodes);
+    for (label, key) in rows {
+        let s = &report[*key];
+        println!(
+            "  {label:<38} p50 {:>10.2} µs   p99 {:>10.2} µs",
+            s["p50_us"].as_f64().unwrap_or_default(),
+            s["p99_us"].as_f64().unwrap_or_default()
+        );
+    }
+}
+
+/// A network driver: load with `--nodes` namespaces restored (as after a
+/// restart), then the per-call cost of what the platform calls.
+fn network_plugin(args: &PluginBenchArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use kapsel_plugins::network::{Endpoint, NetworkDriver};
+    let limits = kapsel_plugins::Limits::default();
+    let compile = time_calls(5, || kapsel_plugins::compile(bytes).map(drop).map_err(Into::into))?;
+    let component = kapsel_plugins::compile(bytes)?;
+    let mut driver = NetworkDriver::from_component(&args.plugin, &component, vec![], limits, Default::default())?;
+    for n in 0..args.nodes {
+        let namespace = format!("ns-{n}");
+        driver.create_network(&namespace)?.map_err(|e| anyhow::anyhow!("create-network {namespace}: {e:?}"))?;
+        for p in 0..10 {
+            driver.attach_pod(&namespace, &format!("pod-{p}"))?.map_err(|e| anyhow::anyhow!("attach-pod: {e:?}"))?;
         }
     }
+    let networks = driver.networks().clone();
+    let load = time_calls(20, || {
+        NetworkDriver::from_component(&args.plugin, &component, vec![], limits, networks.clone()).map(drop).map_err(Into::into)
+    })?;
+    let mut n = 0usize;
+    let attach_detach = time_calls(args.calls, || {
+        n += 1;
+        let namespace = format!("ns-{}", n % args.nodes);
+        driver.attach_pod(&namespace, "bench")?.map_err(|e| anyhow::anyhow!("attach-pod: {e:?}"))?;
+        driver.detach_pod(&namespace, "bench")?.map_err(|e| anyhow::anyhow!("detach-pod: {e:?}"))?;
+        Ok(())
+    })?;
+    let endpoint = |namespace: &str, pod: &str| Endpoint {
+        namespace: namespace.into(),
+        pod: pod.into(),
+        labels: vec![("app".into(), "web".into()), ("tier".into(), "frontend".into())],
+    };
+    let (web, db, other) = (endpoint("ns-0", "pod-1"), endpoint("ns-0", "pod-2"), endpoint("ns-1", "pod-1"));
+    let allow = time_calls(args.calls, || driver.allow(&web, &db).map(drop).map_err(Into::into))?;
+    let deny = time_calls(args.calls, || driver.allow(&web, &other).map(drop).map_err(Into::into))?;
+    let report = json!({
+        "benchmark": "plugin",
+        "world": args.world,
+        "plugin": args.plugin,
+        "bytes": bytes.len(),
+        "scale": "namespaces of 10 pods",
+        "namespaces": args.nodes,
+        "compile": compile,
+        "load_restoring_all": load,
+        "attach_and_detach_pod": attach_detach,
+        "allow_same_namespace": allow,
+        "allow_cross_namespace": deny,
+    });
+    print_plugin_report(
+        args,
+        &report,
+        &[
+            ("compile (Cranelift)", "compile"),
+            ("load, restoring every namespace", "load_restoring_all"),
+            ("attach-pod + detach-pod", "attach_and_detach_pod"),
+            ("allow, same namespace", "allow_same_namespace"),
+            ("allow, across namespaces", "allow_cross_namespace"),
+        ],
+    );
     Ok(ExitCode::SUCCESS)
 }
