@@ -91,7 +91,8 @@ impl ActivePlugin {
             world: hosted.world(),
             failure_policy,
             hosted: Mutex::new(hosted),
-            health: Mutex::new(Health::default()),
+            // A new instance starts healthy; the first status pass says so.
+            health: Mutex::new(Health { dirty: true, ..Health::default() }),
             retired: AtomicBool::new(false),
         }
     }
