@@ -25,6 +25,9 @@ pub enum TenantAccess {
     /// Namespaced objects IT sets for a namespace (quotas, limit ranges, events):
     /// every role reads, only IT admins write.
     ReadOnly,
+    /// Namespaced objects a namespace's owners manage (their own admission
+    /// policies): every role reads, `owner` writes.
+    NamespaceOwned,
     /// The `Namespace` kind itself: tenants read the namespaces they hold a role in.
     OwnNamespaces,
     /// Cluster-scoped objects every authenticated user may read (nodes).
@@ -111,6 +114,8 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::event::EVENT,
     &kinds::token::TOKEN,
     &kinds::plugin::PLUGIN,
+    &kinds::admission_policy::CLUSTER_ADMISSION_POLICY,
+    &kinds::admission_policy::ADMISSION_POLICY,
 ];
 
 /// The kind served at `group`/`version` under the plural `resource`.

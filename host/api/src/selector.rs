@@ -61,6 +61,32 @@ impl LabelSelector {
         LabelSelector { requirements: labels.iter().map(|(k, v)| LabelRequirement::Equals(k.clone(), v.clone())).collect() }
     }
 
+    /// The selector of a Kubernetes `LabelSelector` object (`matchLabels` and
+    /// `matchExpressions` with `In`, `NotIn`, `Exists`, `DoesNotExist`).
+    pub fn from_k8s(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<Self, SelectorError> {
+        let mut requirements = match &selector.match_labels {
+            Some(labels) => Self::from_match_labels(labels).requirements,
+            None => Vec::new(),
+        };
+        for expression in selector.match_expressions.iter().flatten() {
+            let fail = |reason: &str| SelectorError { text: expression.key.clone(), reason: reason.to_string() };
+            let key = valid_key(&expression.key).map_err(|r| fail(&r))?;
+            let values = expression.values.clone().unwrap_or_default();
+            let needs_values = matches!(expression.operator.as_str(), "In" | "NotIn");
+            if needs_values == values.is_empty() {
+                return Err(fail(if needs_values { "In and NotIn need values" } else { "Exists and DoesNotExist take no values" }));
+            }
+            requirements.push(match expression.operator.as_str() {
+                "In" => LabelRequirement::In(key, values),
+                "NotIn" => LabelRequirement::NotIn(key, values),
+                "Exists" => LabelRequirement::Exists(key),
+                "DoesNotExist" => LabelRequirement::DoesNotExist(key),
+                other => return Err(fail(&format!("unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"))),
+            });
+        }
+        Ok(LabelSelector { requirements })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }

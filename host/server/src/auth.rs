@@ -223,6 +223,11 @@ pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, names
         TenantAccess::ClusterReadable => verb.is_read(),
         TenantAccess::OwnNamespaces => verb.is_read() && (namespace.is_none() || role.is_some()),
         TenantAccess::ReadOnly => verb.is_read() && (namespace.is_none() || role.is_some()),
+        TenantAccess::NamespaceOwned => match namespace {
+            None => verb.is_read(),
+            Some(_) if verb.is_read() => role.is_some(),
+            Some(_) => role == Some(Role::Owner),
+        },
         TenantAccess::Workload => match namespace {
             None => verb.is_read(),
             Some(_) if verb.is_read() => role.is_some(),

@@ -46,6 +46,9 @@ pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Opti
         }
         object["status"] = json!({"phase": "Pending", "message": "no component uploaded yet"});
     }
+    if crate::admission::is_policy_kind(resource) {
+        crate::admission::check_policy(resource, object)?;
+    }
     if std::ptr::eq(resource, &POD) {
         // A new pod waits to be scheduled; its status is the platform's to write.
         object["status"] = json!({"phase": "Pending", "qosClass": qos_class(object)});
@@ -115,9 +118,13 @@ pub fn after_create(resource: &ResourceType, answer: &mut Value, shown_once: Opt
     }
 }
 
-/// Runs after a write committed: token changes reach the authenticator
-/// before the client hears of them.
+/// Runs after a write committed: token changes reach the authenticator,
+/// and policy changes the admission policies in force, before the client
+/// hears of them.
 pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
+    if crate::admission::is_policy_kind(resource) {
+        app.admission.apply(changes);
+    }
     if std::ptr::eq(resource, &TOKEN) {
         for change in changes {
             app.auth.apply(change.change_type, &change.object);
@@ -143,6 +150,10 @@ pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
 /// Refuses changes to fields that are fixed after create, or that only
 /// their own endpoints may set (a plug-in's component digests and world).
 pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value) -> Result<(), ApiError> {
+    if crate::admission::is_policy_kind(resource) {
+        // A policy that does not compile is refused; the version in force stays.
+        crate::admission::check_policy(resource, next)?;
+    }
     if std::ptr::eq(resource, &NAMESPACE) {
         // The network annotations stay as the platform wrote them.
         let network = |object: &Value| -> Vec<(String, Value)> {

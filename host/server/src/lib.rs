@@ -8,6 +8,7 @@
 //! is `kapsel serve`: it prepares the data directory (database, admin token,
 //! kubeconfig, TLS), opens the store and serves HTTPS until SIGTERM/ctrl-c.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod controllers;
@@ -56,6 +57,8 @@ pub struct App {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The active plug-ins.
     pub plugins: plugins::PluginRegistry,
+    /// The admission policies in force.
+    pub admission: admission::Admission,
 }
 
 /// The whole HTTP API.

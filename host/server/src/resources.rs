@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use kapsel_admission::Operation;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::selector::{FieldSelector, LabelSelector};
 use kapsel_api::{FieldError, ResourceType, object, validation};
@@ -44,10 +45,10 @@ pub async fn handle(
         Verb::Get => get(&app, &target, &params, &headers).await,
         Verb::List => list(&app, &identity, &target, &params, &headers).await,
         Verb::Watch => watch::serve(&app, &identity, &target, &params, &headers).await,
-        Verb::Create => create(&app, &target, &params, &headers, body).await,
-        Verb::Update => update(&app, &target, &params, &headers, body).await,
-        Verb::Patch => patch(&app, &target, &params, &headers, body).await,
-        Verb::Delete => delete(&app, &target, &params, &headers, body).await,
+        Verb::Create => create(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Update => update(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Patch => patch(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Delete => delete(&app, &identity, &target, &params, &headers, body).await,
     }
 }
 
@@ -278,7 +279,14 @@ fn generated_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
-async fn create(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
+async fn create(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
     let resource = target.resource;
     if target.subresource.is_some() {
         return Err(ApiError::MethodNotAllowed("subresources cannot be created".into()));
@@ -314,12 +322,18 @@ async fn create(app: &App, target: &Target, params: &Params, headers: &HeaderMap
     meta.insert("generation".into(), json!(1));
     let shown_once = hooks::before_create(resource, &mut object)?;
     validate(resource, &object)?;
-    let warnings = check_fields(resource, &mut object, params)?;
+    let mut warnings = check_fields(resource, &mut object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();
     if let Some(namespace) = &target.namespace {
         require_namespace(app, namespace).await?;
     }
-    if params.dry_run()? {
+    let dry_run = params.dry_run()?;
+    warnings.extend(
+        app.admission
+            .admit(&app.store, identity, resource, Operation::Create, target.namespace.as_deref(), &name, Some(&object), None, dry_run)
+            .await?,
+    );
+    if dry_run {
         return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
     hooks::before_store(app, resource, &mut object).await?;
@@ -382,6 +396,7 @@ fn merge_server_fields(target: &Target, current: &Value, mut incoming: Value) ->
 /// the client read; returns the stored object and field warnings.
 async fn store_update(
     app: &App,
+    identity: &Identity,
     target: &Target,
     params: &Params,
     current: &Value,
@@ -391,7 +406,14 @@ async fn store_update(
     let name = target_name(target);
     hooks::before_update(resource, current, &mut next)?;
     validate(resource, &next)?;
-    let warnings = check_fields(resource, &mut next, params)?;
+    let mut warnings = check_fields(resource, &mut next, params)?;
+    let dry_run = params.dry_run()?;
+    let namespace = target.namespace.as_deref();
+    warnings.extend(
+        app.admission
+            .admit(&app.store, identity, resource, Operation::Update, namespace, name, Some(&next), Some(current), dry_run)
+            .await?,
+    );
     let expected = match object::resource_version(&next) {
         Some(Ok(revision)) => Some(revision),
         Some(Err(message)) => {
@@ -399,7 +421,7 @@ async fn store_update(
         }
         None => None,
     };
-    if params.dry_run()? {
+    if dry_run {
         return Ok((next, warnings));
     }
     let updated = app.store.update(key(target, name), next, expected).await.map_err(|e| ApiError::from_store(e, resource, name))?;
@@ -407,7 +429,14 @@ async fn store_update(
     Ok(((*updated.object).clone(), warnings))
 }
 
-async fn update(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
+async fn update(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     let bytes = body::read(request).await?;
@@ -423,11 +452,18 @@ async fn update(app: &App, target: &Target, params: &Params, headers: &HeaderMap
     }
     let current = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, resource, name))?;
     let next = merge_server_fields(target, &current, object);
-    let (stored, warnings) = store_update(app, target, params, &current, next).await?;
+    let (stored, warnings) = store_update(app, identity, target, params, &current, next).await?;
     Ok(with_warnings(respond(StatusCode::OK, resource, stored, params, headers), &warnings))
 }
 
-async fn patch(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
+async fn patch(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     let bytes = body::read(request).await?;
@@ -447,7 +483,7 @@ async fn patch(app: &App, target: &Target, params: &Params, headers: &HeaderMap,
         // A resourceVersion the patch sets is a precondition; otherwise the patch applies to what was read.
         let client_precondition = object::meta_str(&patched, "resourceVersion") != object::meta_str(&current, "resourceVersion");
         let next = merge_server_fields(target, &current, patched);
-        match store_update(app, target, params, &current, next).await {
+        match store_update(app, identity, target, params, &current, next).await {
             Ok((stored, warnings)) => return Ok(with_warnings(respond(StatusCode::OK, resource, stored, params, headers), &warnings)),
             Err(ApiError::Conflict { .. }) if !client_precondition && attempt + 1 < PATCH_RETRIES => {
                 continue;
@@ -458,7 +494,14 @@ async fn patch(app: &App, target: &Target, params: &Params, headers: &HeaderMap,
     Err(ApiError::conflict(resource, name, "the object kept changing while the patch was applied; try again"))
 }
 
-async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap, request: Body) -> Result<Response, ApiError> {
+async fn delete(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
     let resource = target.resource;
     let name = target_name(target);
     if target.subresource.is_some() {
@@ -475,12 +518,16 @@ async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap
         None => None,
     };
     let key = key(target, name);
-    if params.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All")) {
-        let current = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, resource, name))?;
-        return Ok(respond(StatusCode::OK, resource, current, params, headers));
+    let dry_run = params.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"));
+    let current = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, resource, name))?;
+    let namespace = target.namespace.as_deref();
+    let warnings =
+        app.admission.admit(&app.store, identity, resource, Operation::Delete, namespace, name, None, Some(&current), dry_run).await?;
+    if dry_run {
+        return Ok(with_warnings(respond(StatusCode::OK, resource, current, params, headers), &warnings));
     }
     if resource.kind == NAMESPACE.kind {
-        return terminate_namespace(app, target, params, headers, expected).await;
+        return terminate_namespace(app, target, params, headers, expected).await.map(|r| with_warnings(r, &warnings));
     }
     let changes = app.store.write(WriteOp::Delete { key, expected_revision: expected }).await.map_err(|e| match e {
         StoreError::Conflict { .. } => {
@@ -490,7 +537,7 @@ async fn delete(app: &App, target: &Target, params: &Params, headers: &HeaderMap
     })?;
     hooks::after_commit(app, resource, &changes);
     let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
-    Ok(respond(StatusCode::OK, resource, deleted, params, headers))
+    Ok(with_warnings(respond(StatusCode::OK, resource, deleted, params, headers), &warnings))
 }
 
 /// Deleting a namespace marks it `Terminating`; the namespace controller

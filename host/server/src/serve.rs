@@ -78,7 +78,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let cache = kapsel_plugins::CompileCache::new(config.data_dir.join(PLUGIN_CACHE_DIR));
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
-    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins };
+    let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;
+    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins, admission };
     crate::controllers::start(&app);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         shutdown_signal().await;

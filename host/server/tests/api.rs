@@ -1854,3 +1854,115 @@ async fn a_plugin_swapped_under_load_loses_no_call_and_no_state() {
     let distinct: BTreeSet<&String> = created.iter().collect();
     assert_eq!(distinct.len(), created.len(), "a segment was handed out twice: {created:?}");
 }
+
+const CLUSTER_POLICIES: &str = "/apis/kapsel.io/v1alpha1/clusteradmissionpolicies";
+
+/// Gatekeeper's shape (Rego v0): the labels of `input.parameters.labels` are required.
+const REQUIRED_LABELS_V0: &str = r#"package kapsel.requiredlabels
+
+violation[{"msg": msg, "details": {"missing_labels": missing}}] {
+  provided := {label | input.review.object.metadata.labels[label]}
+  required := {label | label := input.parameters.labels[_]}
+  missing := required - provided
+  count(missing) > 0
+  msg := sprintf("you must provide labels: %v", [missing])
+}
+"#;
+
+fn required_labels(name: &str, enforcement: &str) -> Value {
+    json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "ClusterAdmissionPolicy", "metadata": {"name": name},
+        "spec": {"rego": REQUIRED_LABELS_V0, "regoVersion": "v0", "enforcement": enforcement,
+                 "parameters": {"labels": ["cost-center"]}, "match": {"kinds": ["Pod"], "operations": ["CREATE", "UPDATE"]}}})
+}
+
+/// A policy takes effect on the next request, denies with every violated
+/// policy's message, and can be changed to warn or removed without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_policies_decide_the_next_request() {
+    let api = Api::start().await;
+    let created = api.post(CLUSTER_POLICIES, required_labels("require-cost-center", "deny")).await;
+    created.ok(201);
+    assert_eq!(created.body["status"]["loaded"], true);
+
+    let denied = api.post(&pods("dev"), pod("web")).await;
+    denied.failure(403, "Forbidden");
+    assert_eq!(denied.message(), r#"admission policy "require-cost-center" denied the request: you must provide labels: {"cost-center"}"#);
+    // Tenants are judged alike; a dry run is judged and stores nothing.
+    api.json_as(ALICE, Method::POST, &pods("dev"), Some(pod("web"))).await.failure(403, "Forbidden");
+    let labelled = labelled_pod("web", json!({"cost-center": "42"}));
+    api.post(&format!("{}?dryRun=All", pods("dev")), labelled.clone()).await.ok(201);
+    api.get(&pod_path("dev", "web")).await.failure(404, "NotFound");
+    api.post(&pods("dev"), labelled).await.ok(201);
+    // Updates are reviewed too: removing the label is refused.
+    api.patch(&pod_path("dev", "web"), MERGE_PATCH, json!({"metadata": {"labels": {"cost-center": null}}})).await.failure(403, "Forbidden");
+
+    // Two violated policies: both are named.
+    let mut second = required_labels("require-owner", "deny");
+    second["spec"]["parameters"]["labels"] = json!(["owner"]);
+    api.post(CLUSTER_POLICIES, second).await.ok(201);
+    let both = api.post(&pods("dev"), pod("db")).await;
+    both.failure(403, "Forbidden").mentions(&["require-cost-center", "require-owner", r#"{"owner"}"#]);
+
+    // Warn: admitted, with the message as a Warning header.
+    api.delete(&format!("{CLUSTER_POLICIES}/require-owner")).await.ok(200);
+    api.patch(&format!("{CLUSTER_POLICIES}/require-cost-center"), MERGE_PATCH, json!({"spec": {"enforcement": "warn"}})).await.ok(200);
+    let warned = api.post(&pods("dev"), pod("db")).await;
+    warned.ok(201);
+    let warning = warned.headers.get("warning").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(warning.contains("require-cost-center") && warning.contains("you must provide labels"), "{warning:?}");
+
+    // Audit: admitted silently. Deleted: no longer consulted.
+    api.patch(&format!("{CLUSTER_POLICIES}/require-cost-center"), MERGE_PATCH, json!({"spec": {"enforcement": "audit"}})).await.ok(200);
+    let audited = api.post(&pods("dev"), pod("cache")).await;
+    audited.ok(201);
+    assert!(audited.headers.get("warning").is_none());
+    api.patch(&format!("{CLUSTER_POLICIES}/require-cost-center"), MERGE_PATCH, json!({"spec": {"enforcement": "deny"}})).await.ok(200);
+    api.post(&pods("dev"), pod("queue")).await.failure(403, "Forbidden");
+    api.delete(&format!("{CLUSTER_POLICIES}/require-cost-center")).await.ok(200);
+    api.post(&pods("dev"), pod("queue")).await.ok(201);
+}
+
+/// Rego that does not compile is refused with the line and column; the version in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_rego_is_refused_and_the_previous_version_stays() {
+    let api = Api::start().await;
+    api.post(CLUSTER_POLICIES, required_labels("labels", "deny")).await.ok(201);
+    let broken = "package broken\n\ndeny contains msg if {\n  msg := \n}\n";
+    let mut bad = required_labels("broken", "deny");
+    bad["spec"]["rego"] = json!(broken);
+    bad["spec"]["regoVersion"] = json!("v1");
+    let refused = api.post(CLUSTER_POLICIES, bad).await;
+    refused.failure(422, "Invalid");
+    assert_eq!(refused.cause_fields(), ["spec.rego"]);
+    assert!(refused.message().contains(":4:") || refused.message().contains(":5:"), "{}", refused.text);
+    // v0 text declared as v1 does not parse either.
+    api.patch(&format!("{CLUSTER_POLICIES}/labels"), MERGE_PATCH, json!({"spec": {"regoVersion": "v1"}})).await.failure(422, "Invalid");
+    api.post(&pods("dev"), pod("web")).await.failure(403, "Forbidden");
+    // Tenants read cluster policies but may not write them.
+    api.json_as(ALICE, Method::GET, &format!("{CLUSTER_POLICIES}/labels"), None).await.ok(200);
+    api.json_as(ALICE, Method::DELETE, &format!("{CLUSTER_POLICIES}/labels"), None).await.failure(403, "Forbidden");
+}
+
+/// A namespace owner's own policy applies in that namespace only; editors cannot change it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_policies_are_the_owners_and_stay_in_their_namespace() {
+    let api = Api::start().await;
+    let policy = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy", "metadata": {"name": "no-latest"},
+        "spec": {"rego": "package nolatest\ndeny contains sprintf(\"%s: no latest tags here\", [c.name]) if {\n  some c in input.review.object.spec.containers\n  endswith(c.image, \":latest\")\n}\n",
+                 "match": {"kinds": ["Pod"], "namespaces": ["qa", "prod"]}}});
+    let path = "/apis/kapsel.io/v1alpha1/namespaces/dev/admissionpolicies";
+    // alice edits dev: she may read the namespace's policies, not write them.
+    api.json_as(ALICE, Method::POST, path, Some(policy.clone())).await.failure(403, "Forbidden");
+    api.post(path, policy).await.ok(201);
+    api.json_as(ALICE, Method::GET, path, None).await.ok(200);
+    let latest = |name: &str| {
+        let mut pod = pod(name);
+        pod["spec"]["containers"][0]["image"] = json!("registry.example/app:latest");
+        pod
+    };
+    let denied = api.post(&pods("dev"), latest("web")).await;
+    denied.failure(403, "Forbidden");
+    assert_eq!(denied.message(), r#"admission policy "no-latest" of namespace "dev" denied the request: app: no latest tags here"#);
+    // Its match names other namespaces, but a namespace's policy never leaves it.
+    api.post(&pods("prod"), latest("web")).await.ok(201);
+}

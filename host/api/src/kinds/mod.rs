@@ -2,6 +2,7 @@
 //! and validation. Core kinds validate through their `k8s-openapi` types,
 //! so a field of the wrong type is reported with its exact path.
 
+pub mod admission_policy;
 pub mod event;
 pub mod limit_range;
 pub mod namespace;

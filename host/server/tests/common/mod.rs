@@ -240,6 +240,7 @@ impl Api {
             info: Arc::new(ServerInfo { advertise_address: "127.0.0.1:6443".into() }),
             stopping,
             plugins,
+            admission: kapsel_server::admission::Admission::start(&store).await.expect("load admission policies"),
         };
         kapsel_server::controllers::start(&app);
         let api = Api { router: router(app), store, stop, _dir: dir };
