@@ -26,6 +26,27 @@ pub enum BenchCommand {
     Api(ApiBenchArgs),
     /// Per-call cost of a plug-in (filter/score against N nodes), and its compile and instantiate times.
     Plugin(PluginBenchArgs),
+    /// Pod creates through the full request path with admission policies loaded; the latency they add.
+    Admission(AdmissionBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdmissionBenchArgs {
+    /// Admission policies loaded.
+    #[arg(long, default_value_t = 100)]
+    policies: usize,
+    /// How many of them match pods (the rest match other kinds).
+    #[arg(long, default_value_t = 10)]
+    matching: usize,
+    /// Pods created, with the policies and (first) without.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +89,7 @@ pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::
     match command {
         BenchCommand::Api(args) => api(connection, args).await,
         BenchCommand::Plugin(args) => tokio::task::spawn_blocking(move || plugin(args)).await?,
+        BenchCommand::Admission(args) => admission(args).await,
     }
 }
 
@@ -405,5 +427,124 @@ fn network_plugin(args: &PluginBenchArgs, bytes: &[u8]) -> anyhow::Result<ExitCo
             ("allow, across namespaces", "allow_cross_namespace"),
         ],
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A Gatekeeper-style (Rego v0) required-labels policy matching `kind`; the bench's pods carry `app`, so it admits them.
+fn bench_policy(n: usize, kind: &str) -> Value {
+    json!({
+        "apiVersion": "kapsel.io/v1alpha1",
+        "kind": "ClusterAdmissionPolicy",
+        "metadata": {"name": format!("bench-{n}")},
+        "spec": {
+            "regoVersion": "v0",
+            "rego": format!(r#"package bench.p{n}
+
+violation[{{"msg": msg}}] {{
+  provided := {{label | input.review.object.metadata.labels[label]}}
+  required := {{label | label := input.parameters.labels[_]}}
+  missing := required - provided
+  count(missing) > 0
+  msg := sprintf("you must provide labels: %v", [missing])
+}}
+"#),
+            "parameters": {"labels": ["app"]},
+            "match": {"kinds": [kind], "operations": ["CREATE", "UPDATE"]},
+        },
+    })
+}
+
+/// Kinds the non-matching policies name.
+const OTHER_KINDS: &[&str] = &["Node", "ResourceQuota", "LimitRange", "Event", "Plugin", "Deployment"];
+
+async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.matching <= args.policies, "--matching cannot exceed --policies");
+    anyhow::ensure!(args.requests > 0 && args.concurrency > 0, "--requests and --concurrency must be positive");
+    let policies: Vec<Value> =
+        (0..args.policies).map(|n| bench_policy(n, if n < args.matching { "Pod" } else { OTHER_KINDS[n % OTHER_KINDS.len()] })).collect();
+
+    // What admission adds to a request: the review of one pod create, in-process, as the server runs it.
+    let mut set = kapsel_admission::PolicySet::default();
+    for policy in &policies {
+        let id = kapsel_admission::PolicyId { namespace: None, name: policy["metadata"]["name"].as_str().unwrap_or_default().into() };
+        let spec = serde_json::from_value(policy["spec"].clone())?;
+        set = set.with(kapsel_admission::Policy::compile(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let user = kapsel_admission::UserInfo { username: "bench".into(), groups: vec!["system:authenticated".into()] };
+    let mut added = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    for i in 0..args.requests.min(20_000) {
+        let object = pod("bench", i);
+        let name = format!("bench-{i}");
+        let request = kapsel_admission::Request {
+            group: "",
+            version: "v1",
+            kind: "Pod",
+            resource: "pods",
+            operation: kapsel_admission::Operation::Create,
+            name: &name,
+            namespace: Some("bench"),
+            object: Some(&object),
+            old_object: None,
+            user: &user,
+            dry_run: false,
+            namespace_labels: None,
+        };
+        let started = Instant::now();
+        let decisions = set.review(&request);
+        added.saturating_record(started.elapsed().as_nanos() as u64);
+        anyhow::ensure!(decisions.len() == args.matching, "{} policies matched, expected {}", decisions.len(), args.matching);
+        anyhow::ensure!(decisions.iter().all(|d| d.outcome.as_ref().is_ok_and(Vec::is_empty)), "a bench policy refused a bench pod");
+    }
+    let us = |q: f64| added.value_at_quantile(q) as f64 / 1000.0;
+
+    // The full request path, without and then with the policies.
+    let (_server, client) = start_server(None).await?;
+    let mut end_to_end = serde_json::Map::new();
+    for (phase, with_policies) in [("without_policies", false), ("with_policies", true)] {
+        if with_policies {
+            for policy in &policies {
+                client.post("/apis/kapsel.io/v1alpha1/clusteradmissionpolicies", policy).await.context("creating a policy")?;
+            }
+        }
+        let namespace = format!("bench-{phase}").replace('_', "-");
+        client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
+        let path = format!("/api/v1/namespaces/{namespace}/pods");
+        let creating = client.clone();
+        let (histogram, elapsed) = drive(args.requests, args.concurrency, move |i| {
+            let (client, path, body) = (creating.clone(), path.clone(), pod(&namespace, i));
+            async move { client.post(&path, &body).await.map(drop) }
+        })
+        .await
+        .with_context(|| format!("creating pods {}", phase.replace('_', " ")))?;
+        end_to_end.insert(phase.into(), summary(&histogram, elapsed, args.requests));
+    }
+    let report = json!({
+        "benchmark": "admission",
+        "policies": args.policies,
+        "matching": args.matching,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "added_admission_us": {"p50": us(0.5), "p99": us(0.99), "max": added.max() as f64 / 1000.0},
+        "create": end_to_end,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "kapsel bench admission: {} policies ({} match pods), {} pod creates, {} clients, sqlite datastore",
+            args.policies, args.matching, args.requests, args.concurrency
+        );
+        println!("  admission per create (in-process review)   p50 {:>8.1} µs   p99 {:>8.1} µs", us(0.5), us(0.99));
+        for phase in ["without_policies", "with_policies"] {
+            let s = &report["create"][phase];
+            println!(
+                "  creates {:<18} {:>7.0}/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+                phase.replace('_', " "),
+                s["per_second"].as_f64().unwrap_or_default(),
+                s["p50_ms"].as_f64().unwrap_or_default(),
+                s["p99_ms"].as_f64().unwrap_or_default()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,11 @@
 
 use std::sync::{Arc, RwLock};
 
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use kapsel_admission::{Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement, PolicyFailurePolicy, PolicySpec};
 use kapsel_api::kinds::namespace::NAMESPACE;
@@ -27,7 +32,8 @@ use kapsel_api::{FieldError, ResourceType, object};
 use kapsel_store::{Change, ChangeType, Key, Store, StoreError};
 use serde_json::Value;
 
-use crate::auth::Identity;
+use crate::App;
+use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 
 /// The policies in force.
@@ -131,7 +137,7 @@ impl Admission {
             return Ok(Vec::new());
         }
         let policies = self.current();
-        if policies.is_empty() {
+        if policies.candidates(resource.kind).next().is_none() {
             return Ok(Vec::new());
         }
         let namespace_object = match namespace {
@@ -160,9 +166,14 @@ impl Admission {
             dry_run,
             namespace_labels,
         };
+        // Evaluation is CPU work of up to the time budget per policy: keep it off the async worker's queue.
+        let decisions = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| policies.review(&request)),
+            _ => policies.review(&request),
+        };
         let mut denials = Vec::new();
         let mut warnings = Vec::new();
-        for decision in policies.review(&request) {
+        for decision in decisions {
             let label = match &decision.policy.namespace {
                 Some(namespace) => format!("admission policy {:?} of namespace {namespace:?}", decision.policy.name),
                 None => format!("admission policy {:?}", decision.policy.name),
@@ -191,4 +202,104 @@ impl Admission {
         let message = if denials.len() == 1 { denials.remove(0) } else { format!("[{}]", denials.join(", ")) };
         Err(ApiError::Forbidden(message))
     }
+}
+
+/// `POST /apis/kapsel.io/v1alpha1/policyreviews`: evaluates one policy —
+/// a stored one (`spec.policyRef`: `name`, and `namespace` for a
+/// namespace's policy) or one given whole (`spec.policy`, to try before
+/// saving) — against `spec.object` (and `spec.oldObject`), whatever its
+/// kind, as `spec.operation` (default `CREATE`) by `spec.userInfo` (default
+/// the caller). Stores nothing; answers the review with `status.allowed`
+/// (what admission would do under the policy's enforcement) and
+/// `status.violations`. Like Kubernetes' `SubjectAccessReview`, create-only.
+pub async fn review(
+    State(app): State<App>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = crate::body::read(body).await?;
+    let mut review = crate::body::decode_object(&headers, &bytes)?;
+    let invalid = |field: &str, message: String| ApiError::Invalid {
+        kind: "PolicyReview".into(),
+        group: kapsel_api::KAPSEL_GROUP.into(),
+        name: String::new(),
+        causes: vec![FieldError::invalid(field, message)],
+    };
+    let spec = review.get("spec").cloned().unwrap_or_default();
+    let policy = match (spec.get("policyRef"), spec.get("policy")) {
+        (Some(reference), None) => {
+            let name = reference.get("name").and_then(Value::as_str).unwrap_or_default();
+            let namespace = reference.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
+            let resource = if namespace.is_some() { &ADMISSION_POLICY } else { &CLUSTER_ADMISSION_POLICY };
+            authorize(&identity, Verb::Get, resource, namespace)?;
+            let key = Key::new(resource.store_key(), namespace.unwrap_or_default(), name);
+            let stored = store_get(&app.store, &key, resource, name).await?;
+            compile(&stored).map_err(|e| invalid(&format!("spec.policyRef ({})", e.field), e.message))?
+        }
+        (None, Some(inline)) => compile(inline).map_err(|e| invalid(&format!("spec.policy.{}", e.field), e.message))?,
+        _ => return Err(invalid("spec", "give exactly one of policyRef (a stored policy) and policy (a whole policy)".into())),
+    };
+    let object =
+        spec.get("object").filter(|o| o.is_object()).ok_or_else(|| invalid("spec.object", "required: the object to review".into()))?;
+    let old_object = spec.get("oldObject").filter(|o| o.is_object());
+    let operation = match spec.get("operation").and_then(Value::as_str) {
+        None => Operation::Create,
+        Some(text) => Operation::parse(text)
+            .ok_or_else(|| invalid("spec.operation", format!("unsupported value {text:?}: CREATE, UPDATE or DELETE")))?,
+    };
+    let user = match spec.get("userInfo") {
+        Some(info) => UserInfo {
+            username: info.get("username").and_then(Value::as_str).unwrap_or_default().into(),
+            groups: info
+                .get("groups")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+        },
+        None => UserInfo { username: identity.user.clone(), groups: vec!["system:authenticated".into()] },
+    };
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let plural = kapsel_api::registry::by_kind(api_version, kind)
+        .map(|r| r.plural.to_string())
+        .unwrap_or_else(|| format!("{}s", kind.to_lowercase()));
+    let request = Request {
+        group,
+        version,
+        kind,
+        resource: &plural,
+        operation,
+        name: object::name(object).unwrap_or_default(),
+        namespace: object::meta_str(object, "namespace"),
+        object: (operation != Operation::Delete).then_some(object),
+        old_object: if operation == Operation::Delete { Some(object) } else { old_object },
+        user: &user,
+        dry_run: true,
+        namespace_labels: None,
+    };
+    let outcome = request.review().and_then(|input| policy.evaluate(&input));
+    let status = match outcome {
+        Ok(violations) => serde_json::json!({
+            "allowed": violations.is_empty() || policy.enforcement != Enforcement::Deny,
+            "enforcement": policy.enforcement,
+            "violations": violations,
+        }),
+        Err(error) => serde_json::json!({
+            "allowed": policy.failure_policy == PolicyFailurePolicy::Ignore,
+            "enforcement": policy.enforcement,
+            "violations": [],
+            "error": error,
+        }),
+    };
+    review["status"] = status;
+    Ok((StatusCode::CREATED, Json(review)).into_response())
+}
+
+async fn store_get(store: &Store, key: &Key, resource: &ResourceType, name: &str) -> Result<Value, ApiError> {
+    store.get(key).await.map_err(|e| ApiError::from_store(e, resource, name))
 }

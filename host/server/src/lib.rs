@@ -2,7 +2,8 @@
 //!
 //! [`router`] builds the axum application: unauthenticated health checks,
 //! then — behind bearer-token authentication — discovery, OpenAPI, the
-//! plug-in upload and rollback endpoints ([`plugins`]), and the generic
+//! plug-in upload and rollback endpoints ([`plugins`]), policy reviews
+//! ([`admission::review`]), and the generic
 //! resource handler that serves every registered kind. [`controllers`] run
 //! beside it. [`serve`]
 //! is `kapsel serve`: it prepares the data directory (database, admin token,
@@ -75,6 +76,7 @@ pub fn router(app: App) -> Router {
         .route("/openapi/v3/{*path}", get(openapi::v3_document))
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/component", axum::routing::post(plugins::upload))
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/rollback", axum::routing::post(plugins::rollback))
+        .route("/apis/kapsel.io/v1alpha1/policyreviews", axum::routing::post(admission::review))
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()

@@ -1966,3 +1966,53 @@ async fn namespace_policies_are_the_owners_and_stay_in_their_namespace() {
     // Its match names other namespaces, but a namespace's policy never leaves it.
     api.post(&pods("prod"), latest("web")).await.ok(201);
 }
+
+/// A policy is tried against an object, stored or inline, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reviews_evaluate_one_policy_against_an_object() {
+    let api = Api::start().await;
+    api.post(CLUSTER_POLICIES, required_labels("labels", "deny")).await.ok(201);
+    let reviews = "/apis/kapsel.io/v1alpha1/policyreviews";
+    let by_ref = |object: Value| json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policyRef": {"name": "labels"}, "object": object}});
+    // Tenants may test the policies they can read.
+    let refused = api.json_as(ALICE, Method::POST, reviews, Some(by_ref(pod("web")))).await;
+    refused.ok(201);
+    assert_eq!(refused.body["status"]["allowed"], false, "{}", refused.text);
+    assert_eq!(refused.body["status"]["violations"][0]["msg"], r#"you must provide labels: {"cost-center"}"#);
+    assert_eq!(refused.body["status"]["violations"][0]["details"], json!({"missing_labels": ["cost-center"]}));
+    let admitted = api.post(reviews, by_ref(labelled_pod("web", json!({"cost-center": "1"})))).await;
+    admitted.ok(201);
+    assert_eq!(admitted.body["status"]["allowed"], true);
+    assert_eq!(admitted.body["status"]["violations"], json!([]));
+
+    // Inline, whatever the object's kind (its match is not consulted), before it is saved.
+    let mut inline = required_labels("draft", "warn");
+    inline["spec"]["match"] = json!({"kinds": ["Node"]});
+    let review = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policy": inline, "object": pod("web")}});
+    let warned = api.post(reviews, review).await;
+    warned.ok(201);
+    assert_eq!(warned.body["status"]["allowed"], true, "warn admits");
+    assert_eq!(warned.body["status"]["violations"].as_array().unwrap().len(), 1);
+    api.get(&format!("{CLUSTER_POLICIES}/draft")).await.failure(404, "NotFound");
+
+    // Broken inline Rego: 422 naming the field; a missing object too.
+    let mut broken = required_labels("draft", "deny");
+    broken["spec"]["rego"] = json!("package x\ndeny contains m if {\n  m := \n}");
+    broken["spec"]["regoVersion"] = json!("v1");
+    let bad = api
+        .post(
+            reviews,
+            json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policy": broken, "object": pod("web")}}),
+        )
+        .await;
+    bad.failure(422, "Invalid");
+    assert_eq!(bad.cause_fields(), ["spec.policy.spec.rego"]);
+    let no_object = api
+        .post(reviews, json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policyRef": {"name": "labels"}}}))
+        .await;
+    no_object.failure(422, "Invalid");
+    assert_eq!(no_object.cause_fields(), ["spec.object"]);
+    let unknown =
+        json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policyRef": {"name": "nope"}, "object": pod("x")}});
+    api.post(reviews, unknown).await.failure(404, "NotFound");
+}
