@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use kapsel_api::kinds::admission_policy::{Enforcement, PolicyFailurePolicy, PolicySpec, RegoVersion};
 use kapsel_api::selector::LabelSelector;
@@ -73,6 +74,8 @@ pub struct Policy {
     excluded_namespaces: Vec<String>,
     namespace_selector: Option<LabelSelector>,
     label_selector: Option<LabelSelector>,
+    /// The longest evaluation seen, in microseconds (so callers can move slow policies off latency-sensitive threads).
+    slowest_micros: AtomicU64,
 }
 
 const MAIN_MODULE: &str = "policy.rego";
@@ -133,6 +136,7 @@ impl Policy {
             excluded_namespaces: spec.match_.excluded_namespaces.clone(),
             namespace_selector: selector(&spec.match_.namespace_selector, "spec.match.namespaceSelector")?,
             label_selector: selector(&spec.match_.label_selector, "spec.match.labelSelector")?,
+            slowest_micros: AtomicU64::new(0),
             id,
         })
     }
@@ -169,8 +173,20 @@ impl Policy {
         true
     }
 
+    /// The longest one evaluation of this policy has taken so far.
+    pub fn slowest_evaluation(&self) -> Duration {
+        Duration::from_micros(self.slowest_micros.load(Ordering::Relaxed))
+    }
+
     /// Evaluates the policy on `review` (the `input.review` document).
     pub fn evaluate(&self, review: &regorus::Value) -> Result<Vec<Violation>, String> {
+        let started = Instant::now();
+        let outcome = self.evaluate_once(review);
+        self.slowest_micros.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        outcome
+    }
+
+    fn evaluate_once(&self, review: &regorus::Value) -> Result<Vec<Violation>, String> {
         let mut engine = self.engine.clone();
         let mut input = regorus::Value::new_object();
         let fields = input.as_object_mut().map_err(|e| e.to_string())?;

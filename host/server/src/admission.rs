@@ -36,6 +36,9 @@ use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 
+/// A policy whose evaluation has taken this long is evaluated off the async workers from then on.
+pub const SLOW_POLICY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The policies in force.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
@@ -166,9 +169,13 @@ impl Admission {
             dry_run,
             namespace_labels,
         };
-        // Evaluation is CPU work of up to the time budget per policy: keep it off the async worker's queue.
+        // Policies are evaluated in place (microseconds each); one that has
+        // been slow moves the review off the async worker, whose other
+        // requests it would hold up (a thread hand-off costs more than a
+        // typical review, so fast ones stay).
+        let slow = policies.candidates(resource.kind).any(|p| p.slowest_evaluation() >= SLOW_POLICY);
         let decisions = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| policies.review(&request)),
+            tokio::runtime::RuntimeFlavor::MultiThread if slow => tokio::task::block_in_place(|| policies.review(&request)),
             _ => policies.review(&request),
         };
         let mut denials = Vec::new();
