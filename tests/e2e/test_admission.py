@@ -5,6 +5,8 @@ policy's message — by kubectl, the kapsel CLI and the Python client alike.
 
 from __future__ import annotations
 
+import json
+
 from kapsel_e2e import REPO, assert_status, pod_manifest
 
 POLICY = REPO / "policies" / "required-labels" / "policy.yaml"
@@ -41,3 +43,20 @@ def test_a_policy_applied_with_kubectl_refuses_unlabelled_pods(server):
                         json={"spec": {"rego": "package x\nviolation[{\"msg\": m}] {\n  m := \n}\n"}})
     status = assert_status(broken, 422, "Invalid")
     assert status["details"]["causes"][0]["field"] == "spec.rego", status
+
+
+def test_kapsel_policy_test_reviews_a_manifest_without_applying_it(server, tmp_path):
+    unlabelled = tmp_path / "pod.yaml"
+    unlabelled.write_text(json.dumps(pod_manifest("web", namespace="default")))
+    denied = server.kapsel("policy", "test", str(POLICY), "--object", str(unlabelled))
+    assert denied.returncode == 1, denied.stdout + denied.stderr
+    assert denied.stdout.startswith("DENIED (enforcement: deny)"), denied.stdout
+    assert 'you must provide labels: {"cost-center"}' in denied.stdout, denied.stdout
+    assert 'details: {"missing_labels":["cost-center"]}' in denied.stdout, denied.stdout
+
+    labelled = tmp_path / "labelled.yaml"
+    labelled.write_text(json.dumps(pod_manifest("web", namespace="default", labels={"cost-center": "7"})))
+    allowed = server.kapsel("policy", "test", str(POLICY), "--object", str(labelled))
+    assert allowed.returncode == 0 and allowed.stdout.startswith("ALLOWED"), allowed.stdout + allowed.stderr
+    # Nothing was applied: the policy is not in force.
+    assert_status(server.api("GET", "/apis/kapsel.io/v1alpha1/clusteradmissionpolicies/require-cost-center"), 404, "NotFound")

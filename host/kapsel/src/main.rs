@@ -44,10 +44,13 @@ enum Command {
     /// Issue, list and revoke bearer tokens (IT admins).
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
-    /// Upload Wasm plug-ins and roll them back (IT admins).
+    /// Upload Wasm plug-ins and roll them back (IT admins); test them locally.
     #[command(subcommand)]
     Plugin(commands::plugin::PluginCommand),
-    /// Measure the platform (`kapsel bench api`, `kapsel bench plugin`).
+    /// Admission policies: `kapsel policy test POLICY.yaml --object OBJECT.yaml`.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// Measure the platform (`kapsel bench api|plugin|admission`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -136,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(args) => commands::delete::run(&cli.connection, args).await,
         Command::Token(command) => commands::token::run(&cli.connection, command).await,
         Command::Plugin(command) => commands::plugin::run(&cli.connection, command).await,
+        Command::Policy(command) => commands::policy::run(&cli.connection, command).await,
         Command::Bench(command) => bench::run(&cli.connection, command).await,
     }
 }

@@ -5,4 +5,5 @@ pub mod delete;
 pub mod get;
 pub mod plugin;
 pub mod plugin_test;
+pub mod policy;
 pub mod token;
