@@ -212,9 +212,9 @@ impl Admission {
 }
 
 /// `POST /apis/kapsel.io/v1alpha1/policyreviews`: evaluates one policy —
-/// a stored one (`spec.policyRef`: `name`, and `namespace` for a
-/// namespace's policy) or one given whole (`spec.policy`, to try before
-/// saving) — against `spec.object` (and `spec.oldObject`), whatever its
+/// a stored one the caller may read (`spec.policyRef`: `name`, and
+/// `namespace` for a namespace's policy) or one given whole that the caller
+/// could create (`spec.policy`, to try before saving) — against `spec.object` (and `spec.oldObject`), whatever its
 /// kind, as `spec.operation` (default `CREATE`) by `spec.userInfo` (default
 /// the caller). Stores nothing; answers the review with `status.allowed`
 /// (what admission would do under the policy's enforcement) and
@@ -244,7 +244,13 @@ pub async fn review(
             let stored = store_get(&app.store, &key, resource, name).await?;
             compile(&stored).map_err(|e| invalid(&format!("spec.policyRef ({})", e.field), e.message))?
         }
-        (None, Some(inline)) => compile(inline).map_err(|e| invalid(&format!("spec.policy.{}", e.field), e.message))?,
+        (None, Some(inline)) => {
+            // Trying a policy is for those who could apply it: IT admins, or a namespace's owners for its own policies.
+            let namespace = object::meta_str(inline, "namespace").filter(|n| !n.is_empty());
+            let resource = if namespace.is_some() { &ADMISSION_POLICY } else { &CLUSTER_ADMISSION_POLICY };
+            authorize(&identity, Verb::Create, resource, namespace)?;
+            compile(inline).map_err(|e| invalid(&format!("spec.policy.{}", e.field), e.message))?
+        }
         _ => return Err(invalid("spec", "give exactly one of policyRef (a stored policy) and policy (a whole policy)".into())),
     };
     let object =

@@ -1994,6 +1994,9 @@ async fn policy_reviews_evaluate_one_policy_against_an_object() {
     assert_eq!(warned.body["status"]["allowed"], true, "warn admits");
     assert_eq!(warned.body["status"]["violations"].as_array().unwrap().len(), 1);
     api.get(&format!("{CLUSTER_POLICIES}/draft")).await.failure(404, "NotFound");
+    // Only who could apply a policy may try one inline (evaluating Rego costs the server).
+    let tenant_try = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policy": required_labels("x", "deny"), "object": pod("web")}});
+    api.json_as(ALICE, Method::POST, reviews, Some(tenant_try)).await.failure(403, "Forbidden");
 
     // Broken inline Rego: 422 naming the field; a missing object too.
     let mut broken = required_labels("draft", "deny");
