@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod hooks;
+pub mod limits;
 pub mod openapi;
 pub mod patch;
 pub mod plugins;

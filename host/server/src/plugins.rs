@@ -615,25 +615,35 @@ async fn save(app: &App, name: &str, current: Option<Value>, spec: PluginSpec) -
     let key = Key::new(PLUGIN.store_key(), "", name);
     let spec = serde_json::to_value(&spec).map_err(|e| ApiError::internal("encoding the plug-in", e))?;
     let status = json!({"phase": "Active", "message": "", "calls": 0, "errors": 0});
-    let change = match current {
-        Some(mut object) => {
-            let expected = object::resource_version(&object).and_then(Result::ok);
-            object["spec"] = spec;
-            object["status"] = status;
-            let generation = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-            object::set_meta(&mut object, "generation", generation + 1);
-            app.store.update(key, object, expected).await
-        }
-        None => {
-            let object = json!({
-                "apiVersion": PLUGIN.api_version(),
-                "kind": PLUGIN.kind,
-                "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-                "spec": spec,
-                "status": status,
-            });
-            app.store.create(key, object).await
-        }
+    let Some(mut read) = current else {
+        let object = json!({
+            "apiVersion": PLUGIN.api_version(),
+            "kind": PLUGIN.kind,
+            "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
+            "spec": spec,
+            "status": status,
+        });
+        let created = app.store.create(key, object).await;
+        return created.map(|c| (*c.object).clone()).map_err(|e| ApiError::from_store(e, &PLUGIN, name));
     };
-    change.map(|c| (*c.object).clone()).map_err(|e| ApiError::from_store(e, &PLUGIN, name))
+    // The status writer may have written the status since it was read; only a change of the spec is a conflict.
+    loop {
+        let mut object = read.clone();
+        let expected = object::resource_version(&object).and_then(Result::ok);
+        object["spec"] = spec.clone();
+        object["status"] = status.clone();
+        let generation = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        object::set_meta(&mut object, "generation", generation + 1);
+        match app.store.update(key.clone(), object, expected).await {
+            Ok(change) => return Ok((*change.object).clone()),
+            Err(StoreError::Conflict { .. }) => {
+                let fresh = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, &PLUGIN, name))?;
+                if fresh.get("spec") != read.get("spec") {
+                    return Err(ApiError::conflict(&PLUGIN, name, "the plug-in's spec changed during the upload; try again"));
+                }
+                read = fresh;
+            }
+            Err(error) => return Err(ApiError::from_store(error, &PLUGIN, name)),
+        }
+    }
 }

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use kapsel_admission::Operation;
 use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::kinds::pod::POD;
 use kapsel_api::selector::{FieldSelector, LabelSelector};
 use kapsel_api::{FieldError, ResourceType, object, validation};
 use kapsel_store::{Key, StoreError, WriteOp};
@@ -22,7 +23,7 @@ use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 use crate::request::{Params, Target, parse_path, verb};
-use crate::{body, hooks, patch, table, watch};
+use crate::{body, hooks, limits, patch, table, watch};
 
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES: usize = 5;
@@ -320,6 +321,11 @@ async fn create(
     meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), Value::String(now()));
     meta.insert("generation".into(), json!(1));
+    if std::ptr::eq(resource, &POD)
+        && let Some(namespace) = &target.namespace
+    {
+        limits::apply(&app.store, namespace, &mut object).await?;
+    }
     let shown_once = hooks::before_create(resource, &mut object)?;
     validate(resource, &object)?;
     let mut warnings = check_fields(resource, &mut object, params)?;
