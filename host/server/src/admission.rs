@@ -36,6 +36,20 @@ use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 
+/// A write under review.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    pub resource: &'static ResourceType,
+    pub operation: Operation,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    /// The object as it would be stored (none for a delete).
+    pub object: Option<&'a Value>,
+    /// The object as it is stored (updates and deletes).
+    pub old_object: Option<&'a Value>,
+    pub dry_run: bool,
+}
+
 /// A policy whose evaluation has taken this long is evaluated off the async workers from then on.
 pub const SLOW_POLICY: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -122,20 +136,9 @@ impl Admission {
         }
     }
 
-    /// Decides a write of `resource`: `Ok` with warnings for the client, or the denial.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn admit(
-        &self,
-        store: &Store,
-        identity: &Identity,
-        resource: &ResourceType,
-        operation: Operation,
-        namespace: Option<&str>,
-        name: &str,
-        object: Option<&Value>,
-        old_object: Option<&Value>,
-        dry_run: bool,
-    ) -> Result<Vec<String>, ApiError> {
+    /// Decides `write`: `Ok` with warnings for the client, or the denial.
+    pub async fn admit(&self, store: &Store, identity: &Identity, write: Write<'_>) -> Result<Vec<String>, ApiError> {
+        let Write { resource, operation, namespace, name, object, old_object, dry_run } = write;
         if is_policy_kind(resource) || std::ptr::eq(resource, &TOKEN) {
             return Ok(Vec::new());
         }

@@ -20,6 +20,7 @@ use rand::Rng as _;
 use serde_json::{Map, Value, json};
 
 use crate::App;
+use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 use crate::request::{Params, Target, parse_path, verb};
@@ -334,11 +335,16 @@ async fn create(
         require_namespace(app, namespace).await?;
     }
     let dry_run = params.dry_run()?;
-    warnings.extend(
-        app.admission
-            .admit(&app.store, identity, resource, Operation::Create, target.namespace.as_deref(), &name, Some(&object), None, dry_run)
-            .await?,
-    );
+    let write = Write {
+        resource,
+        operation: Operation::Create,
+        namespace: target.namespace.as_deref(),
+        name: &name,
+        object: Some(&object),
+        old_object: None,
+        dry_run,
+    };
+    warnings.extend(app.admission.admit(&app.store, identity, write).await?);
     if dry_run {
         return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
@@ -414,12 +420,16 @@ async fn store_update(
     validate(resource, &next)?;
     let mut warnings = check_fields(resource, &mut next, params)?;
     let dry_run = params.dry_run()?;
-    let namespace = target.namespace.as_deref();
-    warnings.extend(
-        app.admission
-            .admit(&app.store, identity, resource, Operation::Update, namespace, name, Some(&next), Some(current), dry_run)
-            .await?,
-    );
+    let write = Write {
+        resource,
+        operation: Operation::Update,
+        namespace: target.namespace.as_deref(),
+        name,
+        object: Some(&next),
+        old_object: Some(current),
+        dry_run,
+    };
+    warnings.extend(app.admission.admit(&app.store, identity, write).await?);
     let expected = match object::resource_version(&next) {
         Some(Ok(revision)) => Some(revision),
         Some(Err(message)) => {
@@ -526,9 +536,16 @@ async fn delete(
     let key = key(target, name);
     let dry_run = params.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"));
     let current = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, resource, name))?;
-    let namespace = target.namespace.as_deref();
-    let warnings =
-        app.admission.admit(&app.store, identity, resource, Operation::Delete, namespace, name, None, Some(&current), dry_run).await?;
+    let write = Write {
+        resource,
+        operation: Operation::Delete,
+        namespace: target.namespace.as_deref(),
+        name,
+        object: None,
+        old_object: Some(&current),
+        dry_run,
+    };
+    let warnings = app.admission.admit(&app.store, identity, write).await?;
     if dry_run {
         return Ok(with_warnings(respond(StatusCode::OK, resource, current, params, headers), &warnings));
     }
