@@ -14,7 +14,7 @@ use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf};
 
 use crate::sandbox::{self, Limits, Live, PluginError, PluginState};
-use crate::scheduler::{configured, misfit};
+use crate::scheduler::misfit;
 
 #[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
 mod bindings {
@@ -94,11 +94,13 @@ impl NetworkDriver {
 
     /// A new instance, configured, with every known network restored.
     fn fresh(&self) -> Result<Live<bindings::NetworkDriver>, PluginError> {
-        let mut store = sandbox::new_store(&self.name, self.limits, None)?;
-        sandbox::arm_deadline(&mut store, self.limits);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| sandbox::classify(&e, &store, self.limits))?;
-        sandbox::arm_deadline(&mut store, self.limits);
-        configured(instance.call_configure(&mut store, &self.config), &store, self.limits)?;
+        let Live { mut store, instance } = sandbox::start(
+            &self.name,
+            self.limits,
+            None,
+            |store| self.pre.instantiate(store),
+            |instance, store| instance.call_configure(store, &self.config),
+        )?;
         for (namespace, network) in &self.networks {
             let pods: Vec<(String, String)> = network.pods.iter().map(|(p, a)| (p.clone(), a.clone())).collect();
             sandbox::arm_deadline(&mut store, self.limits);
@@ -121,11 +123,7 @@ impl NetworkDriver {
         &mut self,
         call: impl FnOnce(&bindings::NetworkDriver, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => self.fresh()?,
-        };
-        let (result, live) = sandbox::call_live(live, self.limits, call)?;
+        let (result, live) = sandbox::call_live(self.live.take(), || self.fresh(), self.limits, call)?;
         self.live = Some(live);
         Ok(result)
     }

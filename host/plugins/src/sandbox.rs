@@ -7,9 +7,10 @@
 //! The one exception to "no files" is a storage driver's root directory,
 //! preopened as `/` ([`PluginState::new`]).
 //!
-//! [`Live`] and [`call_live`] are the part every world shares: one live
-//! instance per plug-in, each call under a fresh deadline, and the instance
-//! discarded when a call fails.
+//! [`Live`], [`start`] and [`call_live`] are the part every world shares:
+//! one live instance per plug-in, started and configured under the deadline,
+//! each call under a fresh deadline, and the instance discarded when a call
+//! fails.
 
 use std::path::Path;
 use std::time::Duration;
@@ -141,14 +142,40 @@ impl<I> std::fmt::Debug for Live<I> {
     }
 }
 
-/// Runs `call` on `live` under a fresh deadline. On success the instance
-/// is kept (returned with the result); on failure it is dropped, and the
-/// failure classified, so the next call starts from a fresh instance.
+/// Starts an instance: a new store (with `storage_root` preopened for a
+/// storage driver), `instantiate` and then `configure`, each under the deadline.
+pub fn start<I>(
+    plugin: &str,
+    limits: Limits,
+    storage_root: Option<&Path>,
+    instantiate: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<I>,
+    configure: impl FnOnce(&I, &mut Store<PluginState>) -> wasmtime::Result<Result<(), String>>,
+) -> Result<Live<I>, PluginError> {
+    let mut store = new_store(plugin, limits, storage_root)?;
+    arm_deadline(&mut store, limits);
+    let instance = instantiate(&mut store).map_err(|e| classify(&e, &store, limits))?;
+    arm_deadline(&mut store, limits);
+    match configure(&instance, &mut store) {
+        Ok(Ok(())) => Ok(Live { store, instance }),
+        Ok(Err(message)) => Err(PluginError::Config(message)),
+        Err(e) => Err(classify(&e, &store, limits)),
+    }
+}
+
+/// Runs `call` under a fresh deadline on `live`, or on a `fresh` instance
+/// when there is none. On success the instance is returned with the result
+/// (the caller keeps it); on failure it is dropped and the failure
+/// classified, so the next call starts from a fresh instance.
 pub fn call_live<I, R>(
-    mut live: Live<I>,
+    live: Option<Live<I>>,
+    fresh: impl FnOnce() -> Result<Live<I>, PluginError>,
     limits: Limits,
     call: impl FnOnce(&I, &mut Store<PluginState>) -> wasmtime::Result<R>,
 ) -> Result<(R, Live<I>), PluginError> {
+    let mut live = match live {
+        Some(live) => live,
+        None => fresh()?,
+    };
     arm_deadline(&mut live.store, limits);
     match call(&live.instance, &mut live.store) {
         Ok(result) => Ok((result, live)),

@@ -50,19 +50,6 @@ pub(crate) fn misfit(world: &str) -> impl Fn(wasmtime::Error) -> PluginError {
     move |e| PluginError::Rejected(format!("does not fit the {world} world: {e:#}"))
 }
 
-/// Turns a guest's `configure` answer into the host's error.
-pub(crate) fn configured(
-    answer: wasmtime::Result<Result<(), String>>,
-    store: &Store<PluginState>,
-    limits: Limits,
-) -> Result<(), PluginError> {
-    match answer {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(PluginError::Config(message)),
-        Err(e) => Err(sandbox::classify(&e, store, limits)),
-    }
-}
-
 /// Compiles `bytes` as a component, with a message a plug-in author understands when they are not one.
 pub fn compile(bytes: &[u8]) -> Result<Component, PluginError> {
     const CORE_MODULE: [u8; 8] = *b"\0asm\x01\0\0\0";
@@ -124,11 +111,13 @@ impl SchedulerExtension {
 
     /// A new instance, configured and given the last snapshot.
     fn fresh(&self) -> Result<Live<bindings::SchedulerExtension>, PluginError> {
-        let mut store = sandbox::new_store(&self.name, self.limits, None)?;
-        sandbox::arm_deadline(&mut store, self.limits);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| sandbox::classify(&e, &store, self.limits))?;
-        sandbox::arm_deadline(&mut store, self.limits);
-        configured(instance.call_configure(&mut store, &self.config), &store, self.limits)?;
+        let Live { mut store, instance } = sandbox::start(
+            &self.name,
+            self.limits,
+            None,
+            |store| self.pre.instantiate(store),
+            |instance, store| instance.call_configure(store, &self.config),
+        )?;
         if !self.nodes.is_empty() {
             sandbox::arm_deadline(&mut store, self.limits);
             instance.call_update_nodes(&mut store, &self.nodes).map_err(|e| sandbox::classify(&e, &store, self.limits))?;
@@ -142,11 +131,7 @@ impl SchedulerExtension {
         &mut self,
         call: impl FnOnce(&bindings::SchedulerExtension, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => self.fresh()?,
-        };
-        let (result, live) = sandbox::call_live(live, self.limits, call)?;
+        let (result, live) = sandbox::call_live(self.live.take(), || self.fresh(), self.limits, call)?;
         self.live = Some(live);
         Ok(result)
     }

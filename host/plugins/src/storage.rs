@@ -14,7 +14,7 @@ use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf};
 
 use crate::sandbox::{self, Limits, Live, PluginError, PluginState};
-use crate::scheduler::{configured, misfit};
+use crate::scheduler::misfit;
 
 #[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
 mod bindings {
@@ -94,23 +94,20 @@ impl StorageDriver {
     }
 
     fn fresh(&self) -> Result<Live<bindings::StorageDriver>, PluginError> {
-        let mut store = sandbox::new_store(&self.name, self.limits, Some(&self.root))?;
-        sandbox::arm_deadline(&mut store, self.limits);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| sandbox::classify(&e, &store, self.limits))?;
-        sandbox::arm_deadline(&mut store, self.limits);
-        configured(instance.call_configure(&mut store, &self.config), &store, self.limits)?;
-        Ok(Live { store, instance })
+        sandbox::start(
+            &self.name,
+            self.limits,
+            Some(&self.root),
+            |store| self.pre.instantiate(store),
+            |instance, store| instance.call_configure(store, &self.config),
+        )
     }
 
     fn call<R>(
         &mut self,
         call: impl FnOnce(&bindings::StorageDriver, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => self.fresh()?,
-        };
-        let (result, live) = sandbox::call_live(live, self.limits, call)?;
+        let (result, live) = sandbox::call_live(self.live.take(), || self.fresh(), self.limits, call)?;
         self.live = Some(live);
         Ok(result)
     }
