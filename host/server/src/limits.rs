@@ -55,11 +55,11 @@ pub async fn apply(store: &Store, namespace: &str, pod: &mut Value) -> Result<()
         for item in items.iter().filter(|i| i.type_ == "Container") {
             check(item, "Container", &requests, &limits, &mut problems);
         }
-        for (resource, quantity) in &requests {
-            *pod_requests.entry(resource.clone()).or_default() = pod_requests.get(resource).copied().unwrap_or_default() + *quantity;
-        }
-        for (resource, quantity) in &limits {
-            *pod_limits.entry(resource.clone()).or_default() = pod_limits.get(resource).copied().unwrap_or_default() + *quantity;
+        for (totals, amounts) in [(&mut pod_requests, &requests), (&mut pod_limits, &limits)] {
+            for (resource, quantity) in amounts {
+                let total = totals.entry(resource.clone()).or_default();
+                *total = *total + *quantity;
+            }
         }
     }
     for item in items.iter().filter(|i| i.type_ == "Pod") {
