@@ -116,6 +116,9 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::plugin::PLUGIN,
     &kinds::admission_policy::CLUSTER_ADMISSION_POLICY,
     &kinds::admission_policy::ADMISSION_POLICY,
+    &kinds::resource_class::RESOURCE_CLASS,
+    &kinds::workload_template::CLUSTER_WORKLOAD_TEMPLATE,
+    &kinds::workload_template::WORKLOAD_TEMPLATE,
 ];
 
 /// The kind served at `group`/`version` under the plural `resource`.

@@ -8,7 +8,7 @@ use std::fmt;
 pub struct FieldError {
     /// Path as Kubernetes writes it, e.g. `metadata.name` or `spec.containers[0].image`.
     pub field: String,
-    /// `FieldValueRequired`, `FieldValueInvalid`, `FieldValueNotSupported`, `FieldValueDuplicate`, `FieldValueForbidden`.
+    /// `FieldValueRequired`, `FieldValueInvalid`, `FieldValueNotSupported`, `FieldValueDuplicate`, `FieldValueForbidden`, `FieldValueNotFound`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -40,6 +40,10 @@ impl FieldError {
     }
     pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError { field: field.into(), reason: "FieldValueForbidden", message: message.into() }
+    }
+    /// The field names something that does not exist (a class, an image).
+    pub fn not_found(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), reason: "FieldValueNotFound", message: message.into() }
     }
 }
 

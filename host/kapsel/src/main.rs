@@ -1,5 +1,5 @@
 //! The `kapsel` binary: the supervisor (`kapsel serve`), the CLI that talks
-//! to it (`apply`, `get`, `describe`, `delete`, `token`, `plugin`), and
+//! to it (`apply`, `get`, `describe`, `create from-template`, `delete`, `token`, `plugin`, `policy`), and
 //! benchmarks (`kapsel bench api|plugin`). Commands are thin: they parse flags and call
 //! [`client`] (HTTP to the API) or `kapsel_server::serve`.
 
@@ -37,6 +37,9 @@ enum Command {
     Apply(commands::apply::ApplyArgs),
     /// List objects of a kind, or show one.
     Get(commands::get::GetArgs),
+    /// Create objects from IT's catalogue: `kapsel create from-template NAME --set key=value`.
+    #[command(subcommand)]
+    Create(commands::create::CreateCommand),
     /// Show one object in detail.
     Describe(commands::get::DescribeArgs),
     /// Delete an object.
@@ -47,7 +50,7 @@ enum Command {
     /// Upload Wasm plug-ins and roll them back (IT admins); test them locally.
     #[command(subcommand)]
     Plugin(commands::plugin::PluginCommand),
-    /// Admission policies: `kapsel policy test POLICY.yaml --object OBJECT.yaml`.
+    /// Admission policies: `kapsel policy test POLICY.yaml --object OBJECT.yaml`, `kapsel policy audit NAME`.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
     /// Measure the platform (`kapsel bench api|plugin|admission`).
@@ -78,6 +81,9 @@ struct ServeArgs {
     /// On first start, do not install the default plug-ins (spread, namespace-ipam, local-volumes).
     #[arg(long)]
     no_default_plugins: bool,
+    /// Seconds between admission audits (every policy against the existing objects it matches; results in its status); 0 turns the periodic audit off.
+    #[arg(long, default_value_t = 60)]
+    audit_interval: u64,
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -129,11 +135,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 tls_san: args.tls_san,
                 default_plugins: !args.no_default_plugins,
+                audit_interval: std::time::Duration::from_secs(args.audit_interval),
             };
             kapsel_server::serve::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply(args) => commands::apply::run(&cli.connection, args).await,
+        Command::Create(command) => commands::create::run(&cli.connection, command).await,
         Command::Get(args) => commands::get::run(&cli.connection, args).await,
         Command::Describe(args) => commands::get::describe(&cli.connection, args).await,
         Command::Delete(args) => commands::delete::run(&cli.connection, args).await,

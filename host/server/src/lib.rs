@@ -3,7 +3,8 @@
 //! [`router`] builds the axum application: unauthenticated health checks,
 //! then — behind bearer-token authentication — discovery, OpenAPI, the
 //! plug-in upload and rollback endpoints ([`plugins`]), policy reviews
-//! ([`admission::review`]), and the generic
+//! ([`admission::review`]), on-demand policy audits
+//! ([`controllers::audit`]), and the generic
 //! resource handler that serves every registered kind. [`controllers`] run
 //! beside it. [`serve`]
 //! is `kapsel serve`: it prepares the data directory (database, admin token,
@@ -12,6 +13,7 @@
 pub mod admission;
 pub mod auth;
 pub mod body;
+pub mod classes;
 pub mod controllers;
 pub mod discovery;
 pub mod error;
@@ -22,10 +24,12 @@ pub mod openapi;
 pub mod patch;
 pub mod plugins;
 pub mod protobuf;
+pub mod quota;
 pub mod request;
 pub mod resources;
 pub mod serve;
 pub mod table;
+pub mod templates;
 pub mod tls;
 pub mod watch;
 
@@ -61,6 +65,8 @@ pub struct App {
     pub plugins: plugins::PluginRegistry,
     /// The admission policies in force.
     pub admission: admission::Admission,
+    /// Serializes quota-charged writes per namespace.
+    pub quota_locks: Arc<quota::QuotaLocks>,
 }
 
 /// The whole HTTP API.
@@ -78,6 +84,19 @@ pub fn router(app: App) -> Router {
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/component", axum::routing::post(plugins::upload))
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/rollback", axum::routing::post(plugins::rollback))
         .route("/apis/kapsel.io/v1alpha1/policyreviews", axum::routing::post(admission::review))
+        .route(
+            "/apis/kapsel.io/v1alpha1/namespaces/{namespace}/workloadtemplates/{name}/instantiate",
+            axum::routing::post(templates::instantiate_namespaced),
+        )
+        .route("/apis/kapsel.io/v1alpha1/clusterworkloadtemplates/{name}/instantiate", axum::routing::post(templates::instantiate_cluster))
+        .route(
+            "/apis/kapsel.io/v1alpha1/clusteradmissionpolicies/{name}/audit",
+            axum::routing::post(controllers::audit::audit_cluster_policy),
+        )
+        .route(
+            "/apis/kapsel.io/v1alpha1/namespaces/{namespace}/admissionpolicies/{name}/audit",
+            axum::routing::post(controllers::audit::audit_namespace_policy),
+        )
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()

@@ -15,7 +15,7 @@ use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::selector::{FieldSelector, LabelSelector};
 use kapsel_api::{FieldError, ResourceType, object, validation};
-use kapsel_store::{Key, StoreError, WriteOp};
+use kapsel_store::{Change, Key, StoreError, WriteOp};
 use rand::Rng as _;
 use serde_json::{Map, Value, json};
 
@@ -24,7 +24,7 @@ use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 use crate::request::{Params, Target, parse_path, verb};
-use crate::{body, hooks, limits, patch, table, watch};
+use crate::{body, classes, hooks, limits, patch, quota, table, watch};
 
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES: usize = 5;
@@ -289,12 +289,26 @@ async fn create(
     headers: &HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
-    let resource = target.resource;
     if target.subresource.is_some() {
         return Err(ApiError::MethodNotAllowed("subresources cannot be created".into()));
     }
     let bytes = body::read(request).await?;
-    let mut object = body::decode_object(headers, &bytes)?;
+    let object = body::decode_object(headers, &bytes)?;
+    create_object(app, identity, target, params, headers, object).await
+}
+
+/// Creates `object` (a decoded body, or a pod made from a workload
+/// template) at `target` through the whole create path: defaults, classes
+/// and limit ranges, validation, admission, quota, store.
+pub async fn create_object(
+    app: &App,
+    identity: &Identity,
+    target: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    mut object: Value,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
     check_type(resource, &mut object)?;
     check_namespace(target, &mut object)?;
     if object::name(&object).is_none() {
@@ -325,6 +339,7 @@ async fn create(
     if std::ptr::eq(resource, &POD)
         && let Some(namespace) = &target.namespace
     {
+        classes::apply(&app.store, namespace, &mut object).await?;
         limits::apply(&app.store, namespace, &mut object).await?;
     }
     let shown_once = hooks::before_create(resource, &mut object)?;
@@ -345,15 +360,35 @@ async fn create(
         dry_run,
     };
     warnings.extend(app.admission.admit(&app.store, identity, write).await?);
+    let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, &name, None, Some(&object)));
     if dry_run {
+        if let Some(charge) = &charge {
+            quota::check(app, charge).await?;
+        }
         return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
     hooks::before_store(app, resource, &mut object).await?;
-    let created = app.store.create(key(target, &name), object).await.map_err(|e| ApiError::from_store(e, resource, &name))?;
+    let op = WriteOp::Create { key: key(target, &name), object };
+    let created = first_change(commit(app, charge.as_ref(), op).await?).map_err(|e| ApiError::from_store(e, resource, &name))?;
     hooks::after_commit(app, resource, std::slice::from_ref(&created));
     let mut answer = (*created.object).clone();
     hooks::after_create(resource, &mut answer, shown_once);
     Ok(with_warnings(respond(StatusCode::CREATED, resource, answer, params, headers), &warnings))
+}
+
+/// Commits the write of one object: charged to its namespace's quotas
+/// when it has a namespace. The outer error is a quota's refusal; the inner
+/// one the store's failure of the write, for the caller to word.
+async fn commit(app: &App, charge: Option<&quota::Charge>, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
+    match charge {
+        Some(charge) => quota::commit(app, charge, op).await,
+        None => Ok(app.store.write(op).await),
+    }
+}
+
+/// The one change of a single-object write.
+fn first_change(written: Result<Vec<Change>, StoreError>) -> Result<Change, StoreError> {
+    written?.into_iter().next().ok_or_else(|| StoreError::Corrupt("a write reported no change".into()))
 }
 
 /// New content needs a namespace that exists and is not terminating.
@@ -437,10 +472,15 @@ async fn store_update(
         }
         None => None,
     };
+    let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, name, Some(current), Some(&next)));
     if dry_run {
+        if let Some(charge) = &charge {
+            quota::check(app, charge).await?;
+        }
         return Ok((next, warnings));
     }
-    let updated = app.store.update(key(target, name), next, expected).await.map_err(|e| ApiError::from_store(e, resource, name))?;
+    let op = WriteOp::Update { key: key(target, name), object: next, expected_revision: expected };
+    let updated = first_change(commit(app, charge.as_ref(), op).await?).map_err(|e| ApiError::from_store(e, resource, name))?;
     hooks::after_commit(app, resource, std::slice::from_ref(&updated));
     Ok(((*updated.object).clone(), warnings))
 }
@@ -552,7 +592,8 @@ async fn delete(
     if resource.kind == NAMESPACE.kind {
         return terminate_namespace(app, target, params, headers, expected).await.map(|r| with_warnings(r, &warnings));
     }
-    let changes = app.store.write(WriteOp::Delete { key, expected_revision: expected }).await.map_err(|e| match e {
+    let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, name, Some(&current), None));
+    let changes = commit(app, charge.as_ref(), WriteOp::Delete { key, expected_revision: expected }).await?.map_err(|e| match e {
         StoreError::Conflict { .. } => {
             ApiError::conflict(resource, name, "Precondition failed: the object has been modified since the given resourceVersion")
         }

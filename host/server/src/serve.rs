@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub tls_san: Vec<String>,
     /// Install the default plug-ins on first start.
     pub default_plugins: bool,
+    /// How often the admission audit runs ([`crate::controllers::audit`]); zero turns it off.
+    pub audit_interval: std::time::Duration,
 }
 
 /// Files `kapsel serve` writes in its data directory.
@@ -79,8 +81,17 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;
-    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins, admission };
+    let app = App {
+        store,
+        auth,
+        info: Arc::new(ServerInfo { advertise_address: advertise }),
+        stopping,
+        plugins,
+        admission,
+        quota_locks: Default::default(),
+    };
     crate::controllers::start(&app);
+    crate::controllers::audit::start(&app, config.audit_interval);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         shutdown_signal().await;
         // Ends open watches so that graceful shutdown does not wait for their timeouts.

@@ -105,6 +105,11 @@ pub enum WriteOp {
     /// namespace is its name; with `expected_revision`, only if the namespace
     /// is still at that revision.
     DeleteNamespace { key: Key, expected_revision: Option<i64> },
+    /// Every op or none: applied in order at consecutive revisions; when one
+    /// fails, those before it are undone and the write fails with
+    /// [`StoreError::AtomicOpFailed`] naming it (a quota's usage and the
+    /// object it is charged for commit together).
+    Atomic(Vec<WriteOp>),
 }
 
 /// Why a store operation failed.
@@ -128,6 +133,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("the store is shut down")]
     Closed,
+    /// Op `index` of a [`WriteOp::Atomic`] failed with `error`; nothing of it was applied.
+    #[error("write {index} of an atomic write failed: {error}")]
+    AtomicOpFailed { index: usize, error: Box<StoreError> },
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -243,10 +243,27 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 /// Applies one op at `revision + 1…`; an `Err` inside is this op's failure
 /// (the transaction goes on), an `Err` outside fails the batch. Ops never
 /// make a statement fail, so one transaction can carry many of them on
-/// both databases (a failed statement would abort a PostgreSQL transaction).
+/// both databases (a failed statement would abort a PostgreSQL transaction);
+/// an atomic op undoes its own part with a savepoint.
 async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result<Vec<Change>, StoreError>, StoreError> {
     let next = revision + 1;
     match op {
+        WriteOp::Atomic(ops) => {
+            sqlx::query("SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
+            let mut changes = Vec::new();
+            for (index, op) in ops.into_iter().enumerate() {
+                match Box::pin(apply_one(tx, op, revision + changes.len() as i64)).await? {
+                    Ok(applied) => changes.extend(applied),
+                    Err(error) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
+                        sqlx::query("RELEASE SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
+                        return Ok(Err(StoreError::AtomicOpFailed { index, error: Box::new(error) }));
+                    }
+                }
+            }
+            sqlx::query("RELEASE SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
+            Ok(Ok(changes))
+        }
         WriteOp::Create { key, mut object } => {
             stamp(&mut object, next);
             let data = object.to_string();

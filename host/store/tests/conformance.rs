@@ -100,7 +100,8 @@ conformance!(
     concurrent_writers_get_distinct_ordered_revisions,
     deleting_a_namespace_deletes_its_contents,
     writes_survive_reopening,
-    refuses_an_unknown_schema
+    refuses_an_unknown_schema,
+    atomic_writes_apply_all_or_nothing
 );
 
 fn pod(name: &str) -> Value {
@@ -326,4 +327,64 @@ async fn blobs_are_stored_once_by_digest(url: &str) {
     assert!(!store.put_blob("sha256:abc", &data).await.unwrap(), "the second put of a digest stores nothing");
     assert_eq!(store.get_blob("sha256:abc").await.unwrap(), data);
     assert!(matches!(store.get_blob("sha256:missing").await, Err(StoreError::NotFound)));
+}
+
+/// An atomic write commits every op at consecutive revisions, or none of
+/// them when one fails — also inside a group-commit batch beside other
+/// writes, which are unaffected.
+async fn atomic_writes_apply_all_or_nothing(url: &str) {
+    let store = Store::open(url, options()).await.unwrap();
+    let counter = Key::new("counters", "dev", "pods");
+    let base = store.create(counter.clone(), json!({"metadata": {"name": "pods"}, "used": 0})).await.unwrap();
+
+    let changes = store
+        .write(WriteOp::Atomic(vec![
+            WriteOp::Create { key: Key::new("pods", "dev", "a"), object: pod("a") },
+            WriteOp::Update {
+                key: counter.clone(),
+                object: json!({"metadata": {"name": "pods"}, "used": 1}),
+                expected_revision: Some(base.revision),
+            },
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[1].revision, changes[0].revision + 1);
+    assert_eq!(store.get(&counter).await.unwrap()["used"], 1);
+
+    // The second op's precondition fails: the pod created first is undone.
+    let stale = WriteOp::Atomic(vec![
+        WriteOp::Create { key: Key::new("pods", "dev", "b"), object: pod("b") },
+        WriteOp::Update {
+            key: counter.clone(),
+            object: json!({"metadata": {"name": "pods"}, "used": 2}),
+            expected_revision: Some(base.revision),
+        },
+    ]);
+    let beside = store.create(Key::new("pods", "dev", "c"), pod("c"));
+    let (stale, beside) = tokio::join!(store.write(stale), beside);
+    match stale {
+        Err(StoreError::AtomicOpFailed { index: 1, error }) => assert!(matches!(*error, StoreError::Conflict { .. })),
+        other => panic!("expected the second op to fail, got {other:?}"),
+    }
+    beside.unwrap();
+    assert!(matches!(store.get(&Key::new("pods", "dev", "b")).await, Err(StoreError::NotFound)));
+    assert_eq!(store.get(&counter).await.unwrap()["used"], 1);
+
+    // Revisions stay dense: the undone ops used none.
+    let next = store.create(Key::new("pods", "dev", "d"), pod("d")).await.unwrap();
+    let listing = store.list("pods", Some("dev")).await.unwrap();
+    assert_eq!(listing.objects.len(), 3);
+    assert_eq!(listing.revision, next.revision);
+    let mut watch = store.watch("pods", Some("dev"), base.revision).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_change(&mut watch).await.key.name);
+    }
+    assert_eq!(seen, ["a", "c", "d"]);
+    // Reopened from disk, the same.
+    drop(store);
+    let reopened = Store::open(url, options()).await.unwrap();
+    assert_eq!(reopened.get(&counter).await.unwrap()["used"], 1);
+    assert!(matches!(reopened.get(&Key::new("pods", "dev", "b")).await, Err(StoreError::NotFound)));
 }

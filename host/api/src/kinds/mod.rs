@@ -9,8 +9,10 @@ pub mod namespace;
 pub mod node;
 pub mod plugin;
 pub mod pod;
+pub mod resource_class;
 pub mod resource_quota;
 pub mod token;
+pub mod workload_template;
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 //! `Pod` (core v1, namespaced): one or more containers whose images are
 //! Wasm components. Validated here: container names and images, resource
 //! requests and limits (quantities, requests ≤ limits), restart policy.
+//! Kapsel adds one field to Kubernetes' `PodSpec`: `resourceClassName`
+//! (a [`ResourceClass`](super::resource_class) that sizes every container).
 
 use std::collections::HashSet;
 
@@ -23,7 +25,7 @@ pub static POD: ResourceType = ResourceType {
     tenant_access: TenantAccess::Workload,
     selectable_fields: &["spec.nodeName", "status.phase", "spec.restartPolicy"],
     status_subresource: true,
-    typed_roundtrip: Some(roundtrip::<k8s_openapi::api::core::v1::Pod>),
+    typed_roundtrip: Some(pod_roundtrip),
     validate_name: dns1123_subdomain,
     validate,
     columns: &[
@@ -37,6 +39,21 @@ pub static POD: ResourceType = ResourceType {
 
 const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
 
+/// Kapsel's fields of a pod's `spec` beyond Kubernetes' `PodSpec`.
+pub const SPEC_EXTENSIONS: &[&str] = &["resourceClassName"];
+
+/// The Kubernetes round trip, keeping Kapsel's own spec fields (they are known, not pruned).
+fn pod_roundtrip(object: &Value) -> Option<Value> {
+    let mut known = roundtrip::<k8s_openapi::api::core::v1::Pod>(object)?;
+    for field in SPEC_EXTENSIONS {
+        if let (Some(value), Some(spec)) = (object.pointer(&format!("/spec/{field}")), known.get_mut("spec").and_then(Value::as_object_mut))
+        {
+            spec.insert((*field).to_string(), value.clone());
+        }
+    }
+    Some(known)
+}
+
 fn validate(object: &Value) -> Vec<FieldError> {
     if object.get("spec").is_none_or(Value::is_null) {
         return vec![FieldError::required("spec")];
@@ -48,6 +65,15 @@ fn validate(object: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
     if spec.containers.is_empty() {
         errors.push(FieldError::required("spec.containers"));
+    }
+    match object.pointer("/spec/resourceClassName") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(class)) => {
+            if let Err(e) = dns1123_subdomain(class) {
+                errors.push(FieldError::invalid("spec.resourceClassName", e));
+            }
+        }
+        Some(_) => errors.push(FieldError::invalid("spec.resourceClassName", "must be a string: the name of a ResourceClass")),
     }
     let mut names = HashSet::new();
     for (i, container) in spec.containers.iter().enumerate() {

@@ -1,5 +1,7 @@
 //! `ResourceQuota` (core v1, namespaced): IT's hard limits on what a
 //! namespace may request (`requests.cpu`, `pods`, `count/<resource>`, …).
+//! The names a quota may limit are checked here; what objects use of them
+//! and the enforcement are the server's (`kapsel-server`'s `quota`).
 
 use k8s_openapi::api::core::v1::ResourceQuotaSpec;
 use serde_json::Value;
@@ -31,9 +33,30 @@ fn validate(object: &Value) -> Vec<FieldError> {
         Ok(spec) => {
             let mut errors = Vec::new();
             check_quantities(spec.as_ref().and_then(|s| s.hard.as_ref()), "spec.hard", &mut errors);
+            for name in spec.as_ref().and_then(|s| s.hard.as_ref()).into_iter().flat_map(|hard| hard.keys()) {
+                let counted = name.strip_prefix("count/").is_some_and(|_| crate::registry::ALL.iter().any(|r| count_name(r) == *name));
+                if !(COMPUTE_RESOURCES.contains(&name.as_str()) || counted) {
+                    let mut supported = COMPUTE_RESOURCES.to_vec();
+                    supported.push("count/<plural>[.<group>] of a kind, as count/pods or count/plugins.kapsel.io");
+                    errors.push(FieldError::not_supported(format!("spec.hard[{name}]"), name, &supported));
+                }
+            }
+            if spec.as_ref().is_some_and(|s| s.scopes.is_some() || s.scope_selector.is_some()) {
+                errors.push(FieldError::forbidden("spec.scopes", "quota scopes are not supported: a quota applies to its whole namespace"));
+            }
             errors
         }
     }
+}
+
+/// The resource names a quota may limit besides `count/<resource>`.
+pub const COMPUTE_RESOURCES: &[&str] =
+    &["pods", "cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "requests.storage"];
+
+/// The name under which a quota counts objects of `resource`:
+/// `count/pods`, `count/plugins.kapsel.io`.
+pub fn count_name(resource: &ResourceType) -> String {
+    if resource.group.is_empty() { format!("count/{}", resource.plural) } else { format!("count/{}.{}", resource.plural, resource.group) }
 }
 
 fn hard(quota: &Value) -> String {

@@ -1,7 +1,9 @@
-//! `kapsel get` and `kapsel describe`.
+//! `kapsel get` and `kapsel describe` (a namespace's description shows its quotas' usage).
 
 use std::process::ExitCode;
 
+use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::kinds::resource_quota::RESOURCE_QUOTA;
 use kapsel_api::object;
 use kapsel_api::registry::ResourceType;
 use serde_json::Value;
@@ -92,6 +94,9 @@ pub async fn describe(connection: &ConnectionArgs, args: DescribeArgs) -> anyhow
     let namespace = namespace_for(resource, args.namespace.as_deref(), &client);
     let object = client.get(&object_path(resource, namespace, &args.name)).await?;
     print_description(resource, &object);
+    if resource.kind == NAMESPACE.kind {
+        print_quotas(&client, &args.name).await?;
+    }
     // Events about the object, when the caller may read them.
     let events_namespace = namespace.unwrap_or("default");
     let selector = format!("involvedObject.name={},involvedObject.kind={}", args.name, resource.kind);
@@ -151,4 +156,28 @@ fn print_description(resource: &ResourceType, object: &Value) {
             }
         }
     }
+}
+
+/// A namespace's quotas, each resource's usage against its limit (as `kubectl describe namespace` shows them).
+async fn print_quotas(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let quotas = client.get(&RESOURCE_QUOTA.collection_path(Some(namespace))).await?;
+    let quotas = quotas.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+    if quotas.is_empty() {
+        println!("Resource Quotas: <none>");
+        return Ok(());
+    }
+    println!("Resource Quotas:");
+    for quota in &quotas {
+        println!("  {}:", object::name(quota).unwrap_or_default());
+        let hard = quota.pointer("/spec/hard").and_then(Value::as_object).cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = hard
+            .iter()
+            .map(|(name, limit)| {
+                let used = quota.pointer(&format!("/status/used/{}", name.replace('~', "~0").replace('/', "~1"))).and_then(Value::as_str);
+                vec![format!("    {name}"), used.unwrap_or("?").to_string(), limit.as_str().unwrap_or_default().to_string()]
+            })
+            .collect();
+        output::print_table(&["    RESOURCE".into(), "USED".into(), "HARD".into()], &rows);
+    }
+    Ok(())
 }

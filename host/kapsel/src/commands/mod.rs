@@ -1,6 +1,7 @@
 //! One module per CLI command that talks to the API.
 
 pub mod apply;
+pub mod create;
 pub mod delete;
 pub mod get;
 pub mod plugin;

@@ -3,6 +3,7 @@
 //! writes through the same store, so it is restart-safe: whatever it did
 //! not finish, it finds again on its next pass.
 
+pub mod audit;
 pub mod namespace;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ pub const PLUGIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 pub fn start(app: &App) {
     tokio::spawn(namespace::run(app.clone()));
     tokio::spawn(plugin_status(app.clone()));
+    tokio::spawn(crate::quota::resync(app.clone()));
 }
 
 /// Writes plug-ins' counters and health (`Active`/`Degraded`) into their status.

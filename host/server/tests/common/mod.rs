@@ -38,6 +38,8 @@ pub const QUIET: Duration = Duration::from_millis(400);
 /// The API under test and a handle on its store.
 pub struct Api {
     pub router: Router,
+    /// The application state, for starting what `controllers::start` does not (the periodic audit).
+    pub app: App,
     pub store: Store,
     /// Set to `true` to tell the server it is stopping (watches end). Kept
     /// here because a dropped sender would read as "stopping" at once.
@@ -241,9 +243,10 @@ impl Api {
             stopping,
             plugins,
             admission: kapsel_server::admission::Admission::start(&store).await.expect("load admission policies"),
+            quota_locks: Default::default(),
         };
         kapsel_server::controllers::start(&app);
-        let api = Api { router: router(app), store, stop, _dir: dir };
+        let api = Api { router: router(app.clone()), app, store, stop, _dir: dir };
         for namespace in ["default", "dev", "qa", "prod"] {
             let reply =
                 api.post("/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await;

@@ -1,0 +1,451 @@
+//! `ResourceQuota` enforcement, as Kubernetes' quota admission and quota
+//! controller do it together, but exact by construction: a write that
+//! changes what a namespace uses of a resource some quota limits is
+//! checked against the quota's `status.used` and committed in one atomic
+//! store write with the quota's new `status.used` (guarded by the quota's
+//! revision). Writes in one namespace that touch its quotas are serialized
+//! in this process by a per-namespace lock, so 32 clients creating at once
+//! neither over-admit nor retry; another supervisor replica writing the
+//! same quota makes the guarded write conflict, and it is retried.
+//!
+//! What an object uses ([`usage`]): every object counts 1 of
+//! `count/<plural>[.<group>]`; a pod that has not terminated counts 1 of
+//! `pods` and its effective requests and limits (the larger of its
+//! containers' sum and its largest init container, as Kubernetes computes
+//! them; a request left out is its limit) as `requests.cpu` (also `cpu`),
+//! `requests.memory` (also `memory`), `limits.cpu`, `limits.memory`, and the
+//! storage its generic ephemeral volumes claim as `requests.storage`.
+//!
+//! A quota's `status` (`hard`, `used`) is the platform's: every write of a
+//! quota recomputes it from the namespace's objects, and a resync pass
+//! ([`resync`]) corrects any drift (objects written before the quota
+//! existed, a supervisor killed between… nothing: the charge is atomic).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kapsel_api::kinds::pod::POD;
+use kapsel_api::kinds::resource_quota::{COMPUTE_RESOURCES, RESOURCE_QUOTA, count_name};
+use kapsel_api::{Quantity, ResourceType, object, registry};
+use kapsel_store::{Change, Key, StoreError, WriteOp};
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::error::ApiError;
+
+/// How often every quota's usage is recomputed from the objects.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How many times a charge is retried when a quota changes underneath it.
+const CHARGE_RETRIES: usize = 8;
+
+/// Amounts of quota-tracked resources, by resource name (`requests.cpu`, `pods`, …).
+pub type Usage = BTreeMap<String, Quantity>;
+
+/// The per-namespace locks that serialize quota-charged writes in this process.
+#[derive(Debug, Default)]
+pub struct QuotaLocks {
+    namespaces: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl QuotaLocks {
+    async fn lock(&self, namespace: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut namespaces = self.namespaces.lock().expect("quota locks poisoned");
+            namespaces.entry(namespace.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// What `object` (of `resource`) uses of quota-tracked resources.
+pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
+    let mut usage = Usage::new();
+    usage.insert(count_name(resource), Quantity::from_units(1));
+    if !std::ptr::eq(resource, &POD) || terminated(object) {
+        return usage;
+    }
+    usage.insert("pods".into(), Quantity::from_units(1));
+    let (requests, limits) = pod_amounts(object);
+    for (name, quantity) in requests {
+        if matches!(name.as_str(), "cpu" | "memory") {
+            usage.insert(format!("requests.{name}"), quantity);
+            usage.insert(name, quantity);
+        }
+    }
+    for (name, quantity) in limits {
+        if matches!(name.as_str(), "cpu" | "memory") {
+            usage.insert(format!("limits.{name}"), quantity);
+        }
+    }
+    let storage: Quantity = ephemeral_claims(object).filter_map(|claim| quantity_at(claim, "/spec/resources/requests/storage")).sum();
+    if storage != Quantity::default() {
+        usage.insert("requests.storage".into(), storage);
+    }
+    usage
+}
+
+/// A pod that succeeded or failed uses nothing but its count, as in Kubernetes.
+fn terminated(pod: &Value) -> bool {
+    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+/// The volume claim templates of a pod's generic ephemeral volumes.
+fn ephemeral_claims(pod: &Value) -> impl Iterator<Item = &Value> {
+    pod.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|volume| volume.pointer("/ephemeral/volumeClaimTemplate"))
+}
+
+fn quantity_at(value: &Value, pointer: &str) -> Option<Quantity> {
+    quantity(value.pointer(pointer)?)
+}
+
+fn quantity(value: &Value) -> Option<Quantity> {
+    match value {
+        Value::String(text) => Quantity::parse(text).ok(),
+        Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
+        _ => None,
+    }
+}
+
+/// The quantities of a map of them at `pointer` (`/spec/hard`, `/resources/limits`), by name.
+fn amounts_at(object: &Value, pointer: &str) -> Usage {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| Some((name.clone(), quantity(value)?)))
+        .collect()
+}
+
+/// A container's requests (a request left out is its limit) and limits.
+fn container_amounts(container: &Value) -> (Usage, Usage) {
+    let limits = amounts_at(container, "/resources/limits");
+    let mut requests = limits.clone();
+    requests.extend(amounts_at(container, "/resources/requests"));
+    (requests, limits)
+}
+
+/// A pod's effective requests and limits: per resource, the larger of the
+/// sum over its containers and the largest of its init containers.
+fn pod_amounts(pod: &Value) -> (Usage, Usage) {
+    let containers = |field: &str| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let (mut requests, mut limits) = (Usage::new(), Usage::new());
+    for container in containers("containers") {
+        let (r, l) = container_amounts(&container);
+        for (totals, amounts) in [(&mut requests, r), (&mut limits, l)] {
+            for (name, quantity) in amounts {
+                let total = totals.entry(name).or_default();
+                *total = *total + quantity;
+            }
+        }
+    }
+    for container in containers("initContainers") {
+        let (r, l) = container_amounts(&container);
+        for (totals, amounts) in [(&mut requests, r), (&mut limits, l)] {
+            for (name, quantity) in amounts {
+                let total = totals.entry(name).or_default();
+                if quantity > *total {
+                    *total = quantity;
+                }
+            }
+        }
+    }
+    (requests, limits)
+}
+
+/// `new - old` for every resource either names.
+fn difference(new: &Usage, old: &Usage) -> Usage {
+    let names: BTreeSet<&String> = new.keys().chain(old.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| (name.clone(), new.get(name).copied().unwrap_or_default() - old.get(name).copied().unwrap_or_default()))
+        .filter(|(_, change)| *change != Quantity::default())
+        .collect()
+}
+
+fn to_json(amounts: &Usage) -> Value {
+    Value::Object(amounts.iter().map(|(name, quantity)| (name.clone(), json!(quantity.to_string()))).collect())
+}
+
+fn quota_key(quota: &Value) -> Key {
+    Key::new(RESOURCE_QUOTA.store_key(), object::namespace(quota).unwrap_or_default(), object::name(quota).unwrap_or_default())
+}
+
+fn revision(object: &Value) -> Option<i64> {
+    object::resource_version(object).and_then(Result::ok)
+}
+
+/// What the objects of `namespace` use of the resources `names`, counted from the store.
+async fn namespace_usage(app: &App, namespace: &str, names: &BTreeSet<String>) -> Result<Usage, ApiError> {
+    let mut totals: Usage = names.iter().map(|name| (name.clone(), Quantity::default())).collect();
+    let pods_needed = names.iter().any(|name| COMPUTE_RESOURCES.contains(&name.as_str()));
+    for resource in registry::ALL.iter().filter(|r| r.namespaced()) {
+        let counted = count_name(resource);
+        if !(names.contains(&counted) || (pods_needed && std::ptr::eq(*resource, &POD))) {
+            continue;
+        }
+        let listing = app.store.list(&resource.store_key(), Some(namespace)).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
+        for object in &listing.objects {
+            for (name, quantity) in usage(resource, object) {
+                if let Some(total) = totals.get_mut(&name) {
+                    *total = *total + quantity;
+                }
+            }
+        }
+    }
+    Ok(totals)
+}
+
+/// `quota` with its status recomputed: `hard` from the spec, `used` counted from the namespace.
+async fn with_fresh_status(app: &App, namespace: &str, mut quota: Value) -> Result<Value, ApiError> {
+    let hard = amounts_at(&quota, "/spec/hard");
+    let used = namespace_usage(app, namespace, &hard.keys().cloned().collect()).await?;
+    let hard_text = quota.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
+    quota["status"] = json!({"hard": hard_text, "used": to_json(&used)});
+    Ok(quota)
+}
+
+/// What a write of an object in a namespace changes of the quota-tracked
+/// resources there, worked out before the write.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    resource: &'static ResourceType,
+    namespace: String,
+    name: String,
+    change: Usage,
+    /// For a new pod: which of the limitable requests and limits every container sets.
+    new_pod_sets: Option<BTreeSet<&'static str>>,
+}
+
+/// The quota names that need every container of a pod to set a request or a limit.
+const NEEDS_SPECIFIED: [(&str, &str, &str); 6] = [
+    ("requests.cpu", "requests", "cpu"),
+    ("cpu", "requests", "cpu"),
+    ("requests.memory", "requests", "memory"),
+    ("memory", "requests", "memory"),
+    ("limits.cpu", "limits", "cpu"),
+    ("limits.memory", "limits", "memory"),
+];
+
+impl Charge {
+    /// The charge of writing `new` over `old` (`None`: created, or deleted).
+    pub fn new(resource: &'static ResourceType, namespace: &str, name: &str, old: Option<&Value>, new: Option<&Value>) -> Charge {
+        let of = |object: Option<&Value>| object.map(|o| usage(resource, o)).unwrap_or_default();
+        let new_pod_sets = match (new, old) {
+            (Some(pod), None) if std::ptr::eq(resource, &POD) => Some(specified(pod)),
+            _ => None,
+        };
+        Charge { resource, namespace: namespace.to_string(), name: name.to_string(), change: difference(&of(new), &of(old)), new_pod_sets }
+    }
+}
+
+/// Which of [`NEEDS_SPECIFIED`]'s names every container of `pod` sets.
+fn specified(pod: &Value) -> BTreeSet<&'static str> {
+    let amounts: Vec<(Usage, Usage)> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|field| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array))
+        .flatten()
+        .map(container_amounts)
+        .collect();
+    NEEDS_SPECIFIED
+        .iter()
+        .filter(|(_, field, resource)| {
+            amounts.iter().all(|(requests, limits)| if *field == "requests" { requests } else { limits }.contains_key(*resource))
+        })
+        .map(|(name, _, _)| *name)
+        .collect()
+}
+
+/// The quota status updates that go with a write, or why it is refused.
+/// `quotas` are the namespace's quotas as read under its lock.
+async fn plan(app: &App, charge: &Charge, quotas: &[Value]) -> Result<Vec<WriteOp>, ApiError> {
+    let change = &charge.change;
+    let mut updates = Vec::new();
+    let mut refusals = Vec::new();
+    for quota in quotas {
+        let hard = amounts_at(quota, "/spec/hard");
+        if !change.keys().any(|name| hard.contains_key(name)) {
+            continue;
+        }
+        let quota_name = object::name(quota).unwrap_or_default();
+        // A status that does not cover the spec (a quota written by an older
+        // build, or by hand) is recounted first.
+        let mut quota = quota.clone();
+        let counted = amounts_at(&quota, "/status/used");
+        if amounts_at(&quota, "/status/hard") != hard || !hard.keys().all(|name| counted.contains_key(name)) {
+            quota = with_fresh_status(app, &charge.namespace, quota).await?;
+        }
+        let used = amounts_at(&quota, "/status/used");
+        if let Some(sets) = &charge.new_pod_sets {
+            let missing: Vec<&str> =
+                NEEDS_SPECIFIED.iter().map(|(name, _, _)| *name).filter(|name| hard.contains_key(*name) && !sets.contains(name)).collect();
+            if !missing.is_empty() {
+                refusals.push(format!("failed quota: {quota_name}: must specify {}", missing.join(", ")));
+                continue;
+            }
+        }
+        let exceeded: Vec<&String> = change
+            .iter()
+            .filter(|(name, delta)| {
+                hard.get(*name)
+                    .is_some_and(|limit| **delta > Quantity::default() && used.get(*name).copied().unwrap_or_default() + **delta > *limit)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if !exceeded.is_empty() {
+            let list = |amounts: &dyn Fn(&String) -> Quantity| {
+                exceeded.iter().map(|name| format!("{name}={}", amounts(name))).collect::<Vec<_>>().join(",")
+            };
+            refusals.push(format!(
+                "exceeded quota: {quota_name}, requested: {}, used: {}, limited: {}",
+                list(&|name| change[name]),
+                list(&|name| used.get(name).copied().unwrap_or_default()),
+                list(&|name| hard[name]),
+            ));
+            continue;
+        }
+        let mut next_used = used.clone();
+        for (name, delta) in change.iter().filter(|(name, _)| hard.contains_key(*name)) {
+            let total = next_used.entry(name.clone()).or_default();
+            *total = *total + *delta;
+            if total.is_negative() {
+                *total = Quantity::default();
+            }
+        }
+        let expected_revision = revision(&quota);
+        let key = quota_key(&quota);
+        quota["status"]["used"] = to_json(&next_used);
+        updates.push(WriteOp::Update { key, object: quota, expected_revision });
+    }
+    if refusals.is_empty() {
+        return Ok(updates);
+    }
+    Err(ApiError::Forbidden(format!("{} {:?} is forbidden: {}", charge.resource.plural, charge.name, refusals.join("; "))))
+}
+
+/// The namespace's quotas, as stored now.
+async fn quotas_of(app: &App, namespace: &str) -> Result<Vec<Value>, ApiError> {
+    Ok(app
+        .store
+        .list(&RESOURCE_QUOTA.store_key(), Some(namespace))
+        .await
+        .map_err(|e| ApiError::from_store(e, &RESOURCE_QUOTA, ""))?
+        .objects)
+}
+
+/// Whether any of `quotas` limits a resource in `change`.
+fn affected(quotas: &[Value], change: &Usage) -> bool {
+    quotas.iter().any(|quota| {
+        quota.pointer("/spec/hard").and_then(Value::as_object).is_some_and(|hard| change.keys().any(|name| hard.contains_key(name)))
+    })
+}
+
+/// Checks a write against its namespace's quotas without writing (a dry run).
+pub async fn check(app: &App, charge: &Charge) -> Result<(), ApiError> {
+    if charge.change.is_empty() {
+        return Ok(());
+    }
+    let quotas = quotas_of(app, &charge.namespace).await?;
+    if affected(&quotas, &charge.change) {
+        plan(app, charge, &quotas).await?;
+    }
+    Ok(())
+}
+
+/// Commits `op` (the write `charge` describes), charging the namespace's
+/// quotas in the same atomic store write; a write that would exceed one is
+/// refused with 403 and nothing is stored. A write of a quota itself gets
+/// its status recounted. Returns the changes of `op` alone, or the store's
+/// failure of `op` as it is (for the caller to word).
+pub async fn commit(app: &App, charge: &Charge, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
+    if std::ptr::eq(charge.resource, &RESOURCE_QUOTA) {
+        return commit_quota(app, charge, op).await;
+    }
+    if charge.change.is_empty() || !affected(&quotas_of(app, &charge.namespace).await?, &charge.change) {
+        return Ok(app.store.write(op).await);
+    }
+    let _serialized = app.quota_locks.lock(&charge.namespace).await;
+    for _ in 0..CHARGE_RETRIES {
+        let quotas = quotas_of(app, &charge.namespace).await?;
+        let updates = plan(app, charge, &quotas).await?;
+        if updates.is_empty() {
+            return Ok(app.store.write(op).await);
+        }
+        let mut ops = vec![op.clone()];
+        ops.extend(updates);
+        match app.store.write(WriteOp::Atomic(ops)).await {
+            Ok(mut changes) => {
+                // The op's own change; the quotas' changes went to watchers.
+                changes.truncate(1);
+                return Ok(Ok(changes));
+            }
+            Err(StoreError::AtomicOpFailed { index: 0, error }) => return Ok(Err(*error)),
+            // A quota changed underneath (another replica, an edit): count again.
+            Err(StoreError::AtomicOpFailed { error, .. }) if matches!(*error, StoreError::Conflict { .. } | StoreError::NotFound) => {}
+            Err(other) => return Ok(Err(other)),
+        }
+    }
+    Err(ApiError::conflict(charge.resource, &charge.name, "the namespace's quotas kept changing while the write was charged; try again"))
+}
+
+/// Writes a quota (create, update, status write) with its status recounted
+/// under the namespace's lock, so it starts exact.
+async fn commit_quota(app: &App, charge: &Charge, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
+    let namespace = charge.namespace.as_str();
+    let _serialized = app.quota_locks.lock(namespace).await;
+    let op = match op {
+        WriteOp::Create { key, object } => WriteOp::Create { key, object: with_fresh_status(app, namespace, object).await? },
+        WriteOp::Update { key, object, expected_revision } => {
+            WriteOp::Update { key, object: with_fresh_status(app, namespace, object).await?, expected_revision }
+        }
+        other => other,
+    };
+    Ok(app.store.write(op).await)
+}
+
+/// Recounts every quota's usage from the objects and writes the ones that
+/// drifted. Runs every [`RESYNC_INTERVAL`] until the server stops.
+pub async fn resync(app: App) {
+    let mut stopping = app.stopping.clone();
+    let mut ticker = tokio::time::interval(RESYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => break,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = resync_once(&app).await {
+            tracing::warn!(error = %error, "recounting quota usage failed; trying again later");
+        }
+    }
+}
+
+/// One recount of every quota; returns how many were corrected.
+pub async fn resync_once(app: &App) -> Result<usize, ApiError> {
+    let quotas = app.store.list(&RESOURCE_QUOTA.store_key(), None).await.map_err(|e| ApiError::from_store(e, &RESOURCE_QUOTA, ""))?;
+    let namespaces: BTreeSet<String> = quotas.objects.iter().filter_map(|q| object::namespace(q).map(str::to_string)).collect();
+    let mut corrected = 0;
+    for namespace in namespaces {
+        let _serialized = app.quota_locks.lock(&namespace).await;
+        for quota in quotas_of(app, &namespace).await? {
+            let fresh = with_fresh_status(app, &namespace, quota.clone()).await?;
+            if fresh.get("status") == quota.get("status") {
+                continue;
+            }
+            let name = object::name(&quota).unwrap_or_default().to_string();
+            tracing::info!(namespace, quota = name, used = %fresh["status"]["used"], "corrected a quota's usage");
+            match app.store.update(quota_key(&quota), fresh, revision(&quota)).await {
+                Ok(_) => corrected += 1,
+                // Changed or gone meanwhile: its own write recounted it.
+                Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
+                Err(other) => return Err(ApiError::from_store(other, &RESOURCE_QUOTA, &name)),
+            }
+        }
+    }
+    Ok(corrected)
+}

@@ -1,0 +1,227 @@
+//! Instantiating workload templates: `POST …/workloadtemplates/{name}/instantiate`
+//! (a namespace's own template, creating in that namespace) and
+//! `POST /apis/kapsel.io/v1alpha1/clusterworkloadtemplates/{name}/instantiate`
+//! (IT's, creating in the body's `namespace`). The body:
+//!
+//! ```yaml
+//! namespace: dev            # cluster templates only
+//! name: web-1               # else generateName "<template>-"
+//! parameters: {image: registry.example/web:2, class: best-effort-small}
+//! labels: {team: web}       # added to the pod's labels
+//! env: {LOG_LEVEL: debug}   # added to (or replacing in) every container's env
+//! ```
+//!
+//! The caller needs to read the template and to create pods in the
+//! namespace. Every `${parameter}` in the template's strings becomes its
+//! value (given, else the default; a required one without either is a 422
+//! naming `parameters.<name>`); the pod, annotated
+//! `kapsel.io/template: <Kind>/<name>`, then takes the ordinary create path
+//! (classes, limit ranges, validation, admission, quota), and the answer is
+//! what creating it answers (`?dryRun=All` creates nothing).
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use kapsel_api::kinds::pod::POD;
+use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE, WorkloadTemplateSpec, references};
+use kapsel_api::{FieldError, ResourceType, object};
+use kapsel_store::Key;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::App;
+use crate::auth::{Identity, Verb, authorize};
+use crate::error::ApiError;
+use crate::request::{Params, Target};
+
+/// The annotation naming the template a pod was made from.
+pub const TEMPLATE_ANNOTATION: &str = "kapsel.io/template";
+
+/// What a client asks of a template.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Instantiation {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// `POST /apis/kapsel.io/v1alpha1/namespaces/{namespace}/workloadtemplates/{name}/instantiate`.
+pub async fn instantiate_namespaced(
+    State(app): State<App>,
+    Extension(identity): Extension<Identity>,
+    Path((namespace, name)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = read_request(&headers, body).await?;
+    if request.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+        return Err(invalid(&name, "namespace", "a namespace's template creates in that namespace only".into()));
+    }
+    instantiate(&app, &identity, &WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
+}
+
+/// `POST /apis/kapsel.io/v1alpha1/clusterworkloadtemplates/{name}/instantiate`.
+pub async fn instantiate_cluster(
+    State(app): State<App>,
+    Extension(identity): Extension<Identity>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut request = read_request(&headers, body).await?;
+    let Some(namespace) = request.namespace.take().filter(|ns| !ns.is_empty()) else {
+        return Err(invalid(&name, "namespace", "required: the namespace to create the pod in".into()));
+    };
+    instantiate(&app, &identity, &CLUSTER_WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
+}
+
+async fn read_request(headers: &HeaderMap, body: Body) -> Result<Instantiation, ApiError> {
+    let bytes = crate::body::read(body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Instantiation::default());
+    }
+    let value = crate::body::decode_object(headers, &bytes)?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| ApiError::BadRequest(format!("invalid instantiation at {}: {}", e.path(), e.inner())))
+}
+
+fn invalid(template: &str, field: &str, message: String) -> ApiError {
+    ApiError::Invalid {
+        kind: "WorkloadTemplate".into(),
+        group: kapsel_api::KAPSEL_GROUP.into(),
+        name: template.to_string(),
+        causes: vec![FieldError::invalid(field, message)],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn instantiate(
+    app: &App,
+    identity: &Identity,
+    kind: &'static ResourceType,
+    name: &str,
+    namespace: String,
+    request: Instantiation,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let template_namespace = kind.namespaced().then_some(namespace.as_str());
+    authorize(identity, Verb::Get, kind, template_namespace)?;
+    authorize(identity, Verb::Create, &POD, Some(&namespace))?;
+    let key = Key::new(kind.store_key(), template_namespace.unwrap_or_default(), name);
+    let stored = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, kind, name))?;
+    let spec: WorkloadTemplateSpec = serde_json::from_value(stored.get("spec").cloned().unwrap_or(Value::Null))
+        .map_err(|e| ApiError::internal(format!("workload template {name:?} as stored"), e))?;
+    let pod = render(kind, name, &spec, &request)?;
+    let params = Params::parse(uri.query())?;
+    let target = Target { resource: &POD, namespace: Some(namespace), name: None, subresource: None };
+    crate::resources::create_object(app, identity, &target, &params, headers, pod).await
+}
+
+/// The pod `spec` makes with `request`'s values.
+fn render(kind: &ResourceType, name: &str, spec: &WorkloadTemplateSpec, request: &Instantiation) -> Result<Value, ApiError> {
+    let mut values: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for given in request.parameters.keys() {
+        if !spec.parameters.iter().any(|p| &p.name == given) {
+            let declared: Vec<&str> = spec.parameters.iter().map(|p| p.name.as_str()).collect();
+            errors.push(FieldError::not_supported(format!("parameters.{given}"), given, &declared));
+        }
+    }
+    for parameter in &spec.parameters {
+        match (request.parameters.get(&parameter.name), &parameter.default) {
+            (Some(value), _) | (None, Some(value)) => {
+                values.insert(&parameter.name, value);
+            }
+            (None, None) if parameter.required => {
+                let about = if parameter.description.is_empty() { String::new() } else { format!(" ({})", parameter.description) };
+                errors.push(
+                    FieldError::required(format!("parameters.{}", parameter.name))
+                        .with_message(format!("the template needs a value for {}{about}: --set {}=…", parameter.name, parameter.name)),
+                );
+            }
+            (None, None) => {
+                values.insert(&parameter.name, "");
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid { kind: kind.kind.into(), group: kind.group.into(), name: name.to_string(), causes: errors });
+    }
+    let mut body = spec.template.clone();
+    substitute(&mut body, &values);
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})), "spec": body.get("spec").cloned().unwrap_or(Value::Null)});
+    let metadata = object::metadata_mut(&mut pod);
+    for server_field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+        metadata.remove(server_field);
+    }
+    match &request.name {
+        Some(pod_name) => {
+            metadata.insert("name".into(), json!(pod_name));
+        }
+        None => {
+            metadata.entry("generateName").or_insert_with(|| json!(format!("{name}-")));
+        }
+    }
+    let labels = metadata.entry("labels").or_insert_with(|| json!({}));
+    if let Some(labels) = labels.as_object_mut() {
+        labels.extend(request.labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+    }
+    let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+    if let Some(annotations) = annotations.as_object_mut() {
+        annotations.insert(TEMPLATE_ANNOTATION.into(), json!(format!("{}/{name}", kind.kind)));
+    }
+    if !request.env.is_empty() {
+        for container in pod.pointer_mut("/spec/containers").and_then(Value::as_array_mut).into_iter().flatten() {
+            set_env(container, &request.env);
+        }
+    }
+    Ok(pod)
+}
+
+/// Replaces every `${name}` in `value`'s strings with its value.
+fn substitute(value: &mut Value, values: &BTreeMap<&str, &str>) {
+    match value {
+        Value::String(text) if text.contains("${") => {
+            let mut out = text.clone();
+            for name in references(text) {
+                if let Some(replacement) = values.get(name) {
+                    out = out.replace(&format!("${{{name}}}"), replacement);
+                }
+            }
+            *text = out;
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| substitute(item, values)),
+        Value::Object(fields) => fields.values_mut().for_each(|item| substitute(item, values)),
+        _ => {}
+    }
+}
+
+/// Adds `env` to a container's environment, replacing variables of the same name.
+fn set_env(container: &mut Value, env: &BTreeMap<String, String>) {
+    if !container.get("env").is_some_and(Value::is_array) {
+        container["env"] = json!([]);
+    }
+    let Some(list) = container["env"].as_array_mut() else { return };
+    list.retain(|entry| entry.get("name").and_then(Value::as_str).is_none_or(|n| !env.contains_key(n)));
+    list.extend(env.iter().map(|(name, value)| {
+        let mut entry = Map::new();
+        entry.insert("name".into(), json!(name));
+        entry.insert("value".into(), json!(value));
+        Value::Object(entry)
+    }));
+}
