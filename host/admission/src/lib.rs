@@ -9,6 +9,9 @@
 //! whose `match` selects it. The input is shaped like Gatekeeper's —
 //! `input.review` a Kubernetes AdmissionReview request, `input.parameters`
 //! the policy's parameters — so Gatekeeper's policies run unmodified.
+//! [`audit`] selects and reviews objects at rest, for the periodic audit.
+
+pub mod audit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -12,7 +12,8 @@
 //! (also on a dry run): every policy whose `match` selects the request is
 //! evaluated; `deny` violations refuse it with 403 naming every violated
 //! policy and its messages, `warn` violations come back as `Warning`
-//! headers, `audit` violations are logged. A policy that fails to evaluate
+//! headers, `audit` violations are logged and recorded as an `AuditViolation`
+//! Event on the policy (the periodic audit is [`crate::controllers::audit`]). A policy that fails to evaluate
 //! follows its failure policy: `Fail` (default) refuses, `Ignore` admits
 //! with a warning. The policy kinds themselves are not subject to admission,
 //! so no policy can lock IT out of fixing policies.
@@ -196,7 +197,11 @@ impl Admission {
                         Enforcement::Deny => denials.push(format!("{label} denied the request: {}", messages.join("; "))),
                         Enforcement::Warn => warnings.extend(messages.into_iter().map(|m| format!("{label}: {m}"))),
                         Enforcement::Audit => {
-                            tracing::info!(policy = %decision.policy, kind = resource.kind, %name, violations = ?messages, "admission audit: violation admitted")
+                            tracing::info!(policy = %decision.policy, kind = resource.kind, %name, violations = ?messages, "admission audit: violation admitted");
+                            if !dry_run {
+                                let (kind, policy) = (resource.kind, &decision.policy);
+                                crate::controllers::audit::record_violation(store, policy, operation, kind, namespace, name, &messages);
+                            }
                         }
                     }
                 }

@@ -2020,6 +2020,132 @@ async fn policy_reviews_evaluate_one_policy_against_an_object() {
     api.post(reviews, unknown).await.failure(404, "NotFound");
 }
 
+/// The path of a cluster policy's on-demand audit.
+fn audit_path(name: &str) -> String {
+    format!("{CLUSTER_POLICIES}/{name}/audit")
+}
+
+/// An on-demand audit finds the existing objects that violate a policy,
+/// whatever its enforcement, and records the count and the first twenty in
+/// its status, beside what admission wrote there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_finds_existing_violations_and_records_them_in_the_status() {
+    let api = Api::start().await;
+    api.create_pod("dev", pod("web")).await;
+    api.create_pod("dev", pod("db")).await;
+    api.create_pod("dev", labelled_pod("ok", json!({"cost-center": "7"}))).await;
+    api.create_pod("qa", pod("cache")).await;
+    // Written after the pods, and for creates only: an audit reviews them anyway.
+    api.post(CLUSTER_POLICIES, required_labels("labels", "deny")).await.ok(201);
+
+    let audited = api.post(&audit_path("labels"), json!({})).await;
+    audited.ok(200);
+    let status = &audited.body["status"];
+    assert_eq!(status["loaded"], true, "admission's fields stay: {}", audited.text);
+    let audit = &status["audit"];
+    assert_eq!((audit["totalViolations"].as_u64(), audit["objectsReviewed"].as_u64()), (Some(3), Some(4)), "{audit}");
+    assert!(audit.get("error").is_none(), "{audit}");
+    let last_run = audit["lastRun"].as_str().expect("lastRun");
+    assert!(chrono::DateTime::parse_from_rfc3339(last_run).is_ok(), "{last_run}");
+    let mut found: Vec<String> = audit["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| {
+            assert_eq!((v["kind"].as_str(), v["enforcement"].as_str()), (Some("Pod"), Some("deny")), "{v}");
+            assert_eq!(v["message"], r#"you must provide labels: {"cost-center"}"#);
+            format!("{}/{}", v["namespace"].as_str().unwrap_or_default(), v["name"].as_str().unwrap_or_default())
+        })
+        .collect();
+    found.sort();
+    assert_eq!(found, ["dev/db", "dev/web", "qa/cache"]);
+    // Stored, and shown as a column.
+    let stored = api.get(&format!("{CLUSTER_POLICIES}/labels")).await;
+    assert_eq!(stored.body["status"]["audit"], *audit);
+    let table = api.call(Some(ADMIN), Method::GET, CLUSTER_POLICIES, &[("accept", TABLE)], Body::empty()).await;
+    table.ok(200);
+    let column =
+        table.body["columnDefinitions"].as_array().unwrap().iter().position(|c| c["name"] == "Violations").expect("a Violations column");
+    assert_eq!(table.body["rows"][0]["cells"][column], "3");
+
+    // Fixed objects drop out; every violation is counted, twenty are listed; enforcement does not matter.
+    api.patch(&pod_path("dev", "web"), MERGE_PATCH, json!({"metadata": {"labels": {"cost-center": "1"}}})).await.ok(200);
+    api.patch(&format!("{CLUSTER_POLICIES}/labels"), MERGE_PATCH, json!({"spec": {"enforcement": "audit"}})).await.ok(200);
+    for i in 0..20 {
+        api.create_pod("prod", pod(&format!("batch-{i}"))).await;
+    }
+    let audit = api.post(&audit_path("labels"), json!({})).await.body["status"]["audit"].clone();
+    assert_eq!(audit["totalViolations"], 22, "{audit}");
+    assert_eq!(audit["violations"].as_array().unwrap().len(), 20);
+    assert_eq!(audit["violations"][0]["enforcement"], "audit");
+
+    // Auditing takes the right to update the policy.
+    api.json_as(ALICE, Method::POST, &audit_path("labels"), Some(json!({}))).await.failure(403, "Forbidden");
+    api.post(&audit_path("nope"), json!({})).await.failure(404, "NotFound");
+}
+
+/// A namespace's policy audits only its own namespace, for its owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_policy_audits_only_its_namespace() {
+    let api = Api::start().await;
+    let latest = |name: &str| {
+        let mut pod = pod(name);
+        pod["spec"]["containers"][0]["image"] = json!("registry.example/app:latest");
+        pod
+    };
+    api.create_pod("dev", latest("web")).await;
+    api.create_pod("dev", pod("pinned")).await;
+    api.create_pod("qa", latest("web")).await;
+    let policies = "/apis/kapsel.io/v1alpha1/namespaces/dev/admissionpolicies";
+    let policy = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy", "metadata": {"name": "no-latest"},
+        "spec": {"rego": "package nolatest\ndeny contains sprintf(\"%s: no latest tags here\", [c.name]) if {\n  some c in input.review.object.spec.containers\n  endswith(c.image, \":latest\")\n}\n",
+                 "enforcement": "warn", "match": {"kinds": ["Pod"], "namespaces": ["qa"]}}});
+    api.post(policies, policy).await.ok(201);
+    let path = format!("{policies}/no-latest/audit");
+    // alice edits dev: she may read the policy, not audit it.
+    api.json_as(ALICE, Method::POST, &path, Some(json!({}))).await.failure(403, "Forbidden");
+    let audited = api.post(&path, json!({})).await;
+    audited.ok(200);
+    let audit = &audited.body["status"]["audit"];
+    assert_eq!((audit["totalViolations"].as_u64(), audit["objectsReviewed"].as_u64()), (Some(1), Some(2)), "{audit}");
+    let violation = &audit["violations"][0];
+    assert_eq!((violation["namespace"].as_str(), violation["name"].as_str()), (Some("dev"), Some("web")));
+    assert_eq!((violation["message"].as_str(), violation["enforcement"].as_str()), (Some("app: no latest tags here"), Some("warn")));
+}
+
+/// The periodic audit keeps each policy's status current; requests that an
+/// `audit` policy admits in violation leave a Warning Event on the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_audit_keeps_the_status_current_and_audit_violations_are_events() {
+    let api = Api::start().await;
+    api.post(CLUSTER_POLICIES, required_labels("labels", "audit")).await.ok(201);
+    kapsel_server::controllers::audit::start(&api.app, Duration::from_millis(100));
+    let policy = format!("{CLUSTER_POLICIES}/labels");
+    let violations = |n: u64| move |p: &Value| p["status"]["audit"]["totalViolations"].as_u64() == Some(n);
+    eventually(&api, &policy, "the first pass", violations(0)).await;
+
+    let admitted = api.post(&pods("dev"), pod("web")).await;
+    admitted.ok(201);
+    assert!(admitted.headers.get("warning").is_none());
+    let event =
+        eventually(&api, "/api/v1/namespaces/default/events/labels.clusteradmissionpolicy.auditviolation", "the event", |_| true).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("AuditViolation")));
+    assert_eq!(event["involvedObject"]["kind"], "ClusterAdmissionPolicy");
+    assert_eq!(event["message"], r#"CREATE of Pod dev/web admitted in violation: you must provide labels: {"cost-center"}"#);
+    let found = eventually(&api, &policy, "a later pass", violations(1)).await;
+    assert_eq!(found["status"]["audit"]["violations"][0]["enforcement"], "audit");
+
+    // Another violation: the event counts it, and so does the next pass. A dry run records nothing.
+    let events = "/api/v1/namespaces/default/events/labels.clusteradmissionpolicy.auditviolation";
+    api.post(&pods("qa"), pod("db")).await.ok(201);
+    eventually(&api, events, "the second event", |e| e["count"] == 2).await;
+    eventually(&api, &policy, "the next pass", violations(2)).await;
+    api.post(&format!("{}?dryRun=All", pods("dev")), pod("trial")).await.ok(201);
+    api.post(&pods("prod"), pod("queue")).await.ok(201);
+    eventually(&api, events, "the third event", |e| e["count"] == 3 && e["message"].as_str().unwrap_or_default().contains("prod/queue"))
+        .await;
+}
+
 /// LimitRanges fill a new pod's missing requests and limits, then bound them, as Kubernetes' LimitRanger does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_ranges_default_and_bound_new_pods() {

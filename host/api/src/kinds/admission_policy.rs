@@ -25,6 +25,7 @@ const COLUMNS: &[Column] = &[
     Column { name: "Enforcement", wide: false, value: |p| text_at(p, "spec.enforcement") },
     Column { name: "Kinds", wide: false, value: kinds_column },
     Column { name: "Loaded", wide: false, value: |p| text_at(p, "status.loaded") },
+    Column { name: "Violations", wide: false, value: |p| text_at(p, "status.audit.totalViolations") },
     Column { name: "Message", wide: true, value: |p| text_at(p, "status.message") },
 ];
 

@@ -3,6 +3,9 @@
 //! applied) against an object through the server's `PolicyReview`, which
 //! stores nothing, and prints what admission would decide. Exit status 0
 //! when the object would be admitted, 1 when it would be refused.
+//!
+//! `kapsel policy audit NAME [-n NS]` audits a stored policy now against the
+//! existing objects it matches and prints what it found.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +31,14 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "CREATE")]
         operation: String,
     },
+    /// Audit a stored policy now: evaluate it against the existing objects it matches and print what it found (also recorded in its status).
+    Audit {
+        /// The policy's name.
+        name: String,
+        /// The namespace of an `AdmissionPolicy` (without it, NAME is a `ClusterAdmissionPolicy`).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<Value> {
@@ -36,7 +47,10 @@ fn read_manifest(path: &Path) -> anyhow::Result<Value> {
 }
 
 pub async fn run(connection: &ConnectionArgs, command: PolicyCommand) -> anyhow::Result<ExitCode> {
-    let PolicyCommand::Test { policy, object, old_object, operation } = command;
+    let (policy, object, old_object, operation) = match command {
+        PolicyCommand::Test { policy, object, old_object, operation } => (policy, object, old_object, operation),
+        PolicyCommand::Audit { name, namespace } => return audit(connection, &name, namespace.as_deref()).await,
+    };
     let mut spec = json!({"policy": read_manifest(&policy)?, "object": read_manifest(&object)?, "operation": operation});
     if let Some(old) = old_object {
         spec["oldObject"] = read_manifest(&old)?;
@@ -58,4 +72,40 @@ pub async fn run(connection: &ConnectionArgs, command: PolicyCommand) -> anyhow:
         println!("  error: {error}");
     }
     Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `kapsel policy audit NAME [-n NS]`: runs the policy's audit now
+/// (`POST …/{policy}/audit`) and prints the total and the violations listed
+/// in its `status.audit`. Exit status 1 when it found violations.
+async fn audit(connection: &ConnectionArgs, name: &str, namespace: Option<&str>) -> anyhow::Result<ExitCode> {
+    let path = match namespace {
+        Some(namespace) => format!("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/admissionpolicies/{name}/audit"),
+        None => format!("/apis/kapsel.io/v1alpha1/clusteradmissionpolicies/{name}/audit"),
+    };
+    let client = Client::connect(connection)?;
+    let policy = client.post(&path, &json!({})).await?;
+    let audit = &policy["status"]["audit"];
+    let count = |field: &str| audit[field].as_u64().unwrap_or_default();
+    let total = count("totalViolations");
+    let plural = |n: u64, word: &str| if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") };
+    println!("{} in {} reviewed", plural(total, "violation"), plural(count("objectsReviewed"), "object"));
+    for violation in audit["violations"].as_array().into_iter().flatten() {
+        let text = |field: &str| violation[field].as_str().unwrap_or_default().to_string();
+        let object = match violation["namespace"].as_str() {
+            Some(namespace) => format!("{namespace}/{}", text("name")),
+            None => text("name"),
+        };
+        println!("  {} {object}: {}", text("kind"), text("message"));
+    }
+    let listed = audit["violations"].as_array().map_or(0, Vec::len) as u64;
+    if listed < total {
+        println!("  … and {} more", total - listed);
+    }
+    if audit["truncated"].as_bool() == Some(true) {
+        println!("  (the audit stopped early: more objects match than one pass reviews)");
+    }
+    if let Some(error) = audit["error"].as_str() {
+        println!("  error: {error}");
+    }
+    Ok(if total == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
