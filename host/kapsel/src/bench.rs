@@ -80,6 +80,10 @@ pub struct ApiBenchArgs {
     /// Datastore for the server the bench starts (default: SQLite in a temporary directory).
     #[arg(long)]
     datastore: Option<String>,
+    /// Put a ResourceQuota on the namespace first (pods, requests and limits, all large enough),
+    /// so every create is charged to it: what exact quota accounting costs.
+    #[arg(long)]
+    quota: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -205,6 +209,13 @@ async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<
     };
     let namespace = format!("bench-{}", std::process::id());
     client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
+    if args.quota {
+        let n = args.objects;
+        let hard = json!({"pods": n.to_string(), "requests.cpu": format!("{}m", 10 * n), "requests.memory": format!("{}Mi", 16 * n),
+            "limits.cpu": format!("{}m", 100 * n), "limits.memory": format!("{}Mi", 64 * n), "count/pods": n.to_string()});
+        let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "bench"}, "spec": {"hard": hard}});
+        client.post(&format!("/api/v1/namespaces/{namespace}/resourcequotas"), &quota).await?;
+    }
     let collection = format!("/api/v1/namespaces/{namespace}/pods");
 
     let (create_client, create_ns, create_path) = (client.clone(), namespace.clone(), collection.clone());
@@ -228,13 +239,15 @@ async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<
         "datastore": backend,
         "objects": args.objects,
         "concurrency": args.concurrency,
+        "quota": args.quota,
         "create": summary(&creates, create_time, args.objects),
         "get": summary(&gets, get_time, args.objects),
     });
     if args.json {
         println!("{report}");
     } else {
-        println!("kapsel bench api: {} pods, {} clients, {backend} datastore", args.objects, args.concurrency);
+        let quota = if args.quota { ", every create charged to a quota" } else { "" };
+        println!("kapsel bench api: {} pods, {} clients, {backend} datastore{quota}", args.objects, args.concurrency);
         for phase in ["create", "get"] {
             let s = &report[phase];
             println!(
