@@ -6,8 +6,10 @@ policy's message — by kubectl, the kapsel CLI and the Python client alike.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
-from kapsel_e2e import REPO, assert_status, pod_manifest
+from kapsel_e2e import REPO, assert_status, child_env, pod_manifest
 
 POLICY = REPO / "policies" / "required-labels" / "policy.yaml"
 MESSAGE = 'admission policy "require-cost-center" denied the request: you must provide labels: {"cost-center"}'
@@ -60,3 +62,67 @@ def test_kapsel_policy_test_reviews_a_manifest_without_applying_it(server, tmp_p
     assert allowed.returncode == 0 and allowed.stdout.startswith("ALLOWED"), allowed.stdout + allowed.stderr
     # Nothing was applied: the policy is not in force.
     assert_status(server.api("GET", "/apis/kapsel.io/v1alpha1/clusteradmissionpolicies/require-cost-center"), 404, "NotFound")
+
+
+def run_kapsel(kapsel_bin, *args: str) -> subprocess.CompletedProcess:
+    """The CLI with no server at all."""
+    return subprocess.run([str(kapsel_bin), *args], capture_output=True, text=True, env=child_env(), timeout=120)
+
+
+def test_kapsel_policy_test_runs_the_library_cases_offline(kapsel_bin, tmp_path):
+    library = run_kapsel(kapsel_bin, "policy", "test", str(REPO / "policies"))
+    assert library.returncode == 0, library.stdout + library.stderr
+    assert "PASS  pods-per-owner / " in library.stdout and "FAIL" not in library.stdout, library.stdout
+    assert ", 0 failed" in library.stdout.splitlines()[-1], library.stdout
+
+    # A copy of a policy with one deliberately wrong case: FAIL, the difference, exit 1.
+    wrong = tmp_path / "no-latest-tag"
+    shutil.copytree(REPO / "policies" / "no-latest-tag", wrong)
+    (wrong / "cases.yaml").write_text(json.dumps({"cases": [
+        {"name": "latest is fine (it is not)", "allowed": True, "messages": [],
+         "object": pod_manifest("web", namespace="dev", image="registry.example/web:latest")},
+        {"name": "a version is fine", "allowed": True,
+         "object": pod_manifest("web", namespace="dev", image="registry.example/web:1.2")},
+    ]}))
+    failed = run_kapsel(kapsel_bin, "policy", "test", str(wrong))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "FAIL  no-latest-tag / latest is fine (it is not)" in failed.stdout, failed.stdout
+    assert "allowed: expected true, got false" in failed.stdout, failed.stdout
+    assert 'whose tag \\"latest\\" can change under you' in failed.stdout, failed.stdout
+    assert "PASS  no-latest-tag / a version is fine" in failed.stdout, failed.stdout
+    assert "1 passed, 1 failed (1 policy folder(s))" in failed.stdout, failed.stdout
+
+
+def test_a_policy_counts_existing_pods_through_its_inventory(server, tmp_path):
+    # pods-per-owner reads the namespace's pods (data.inventory); IT lowers its limit to one pod per owner.
+    applied = server.kapsel("apply", "-f", str(REPO / "policies" / "pods-per-owner" / "policy.yaml"))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    patched = server.api("PATCH", "/apis/kapsel.io/v1alpha1/clusteradmissionpolicies/pods-per-owner",
+                         headers={"Content-Type": "application/merge-patch+json"},
+                         json={"spec": {"parameters": {"label": "owner", "max": 1}}})
+    assert patched.status_code == 200, patched.text
+
+    pods = "/api/v1/namespaces/default/pods"
+    first = server.api("POST", pods, json=pod_manifest("alice-1", labels={"owner": "alice"}))
+    assert first.status_code == 201, first.text
+    assert server.api("POST", pods, json=pod_manifest("bob-1", labels={"owner": "bob"})).status_code == 201
+    status = assert_status(server.api("POST", pods, json=pod_manifest("alice-2", labels={"owner": "alice"})), 403, "Forbidden")
+    assert status["message"] == (
+        'admission policy "pods-per-owner" denied the request: namespace "default" already has 1 pod with owner=alice '
+        "and allows at most 1 per owner; delete pods of alice that you no longer need, or ask your IT admin to raise the limit"
+    ), status
+
+    # A policy review (of a manifest not applied) sees the stored pods too.
+    manifest = (REPO / "policies" / "pods-per-owner" / "policy.yaml").read_text()
+    assert "max: 10" in manifest
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(manifest.replace("max: 10", "max: 1"))
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(json.dumps(pod_manifest("bob-2", namespace="default", labels={"owner": "bob"})))
+    reviewed = server.kapsel("policy", "test", str(strict), "--object", str(pod))
+    assert reviewed.returncode == 1 and reviewed.stdout.startswith("DENIED"), reviewed.stdout + reviewed.stderr
+    assert "already has 1 pod with owner=bob" in reviewed.stdout, reviewed.stdout
+
+    # Once alice's pod is gone, she may create another.
+    assert server.api("DELETE", f"{pods}/alice-1").status_code == 200
+    assert server.api("POST", pods, json=pod_manifest("alice-2", labels={"owner": "alice"})).status_code == 201

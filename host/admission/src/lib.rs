@@ -9,11 +9,20 @@
 //! whose `match` selects it. The input is shaped like Gatekeeper's —
 //! `input.review` a Kubernetes AdmissionReview request, `input.parameters`
 //! the policy's parameters — so Gatekeeper's policies run unmodified.
+//!
+//! A policy that declares `inventory.kinds` also sees existing objects of
+//! those kinds as `data.inventory`, in Gatekeeper's layout ([`inventory`]);
+//! the caller loads them ([`PolicySet::inventory_kinds`] says which) and
+//! passes them to [`PolicySet::review_with_inventory`]. Policies without an
+//! inventory are evaluated exactly as before, on the prepared engine.
+//! [`cases`] runs the test cases kept beside a policy (`policies/*/cases.yaml`).
 //! [`audit`] selects and reviews objects at rest, for the periodic audit.
+
+pub mod cases;
 
 pub mod audit;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -77,6 +86,8 @@ pub struct Policy {
     excluded_namespaces: Vec<String>,
     namespace_selector: Option<LabelSelector>,
     label_selector: Option<LabelSelector>,
+    /// The kinds of existing objects the policy reads as `data.inventory`.
+    inventory_kinds: Vec<String>,
     /// The longest evaluation seen, in microseconds (so callers can move slow policies off latency-sensitive threads).
     slowest_micros: AtomicU64,
 }
@@ -139,6 +150,7 @@ impl Policy {
             excluded_namespaces: spec.match_.excluded_namespaces.clone(),
             namespace_selector: selector(&spec.match_.namespace_selector, "spec.match.namespaceSelector")?,
             label_selector: selector(&spec.match_.label_selector, "spec.match.labelSelector")?,
+            inventory_kinds: spec.inventory.as_ref().map(|i| i.kinds.clone()).unwrap_or_default(),
             slowest_micros: AtomicU64::new(0),
             id,
         })
@@ -147,6 +159,11 @@ impl Policy {
     /// Whether the policy needs the request's namespace labels to decide if it matches.
     pub fn needs_namespace_labels(&self) -> bool {
         self.namespace_selector.is_some()
+    }
+
+    /// The kinds of existing objects the policy reads as `data.inventory` (empty: it reads none).
+    pub fn inventory_kinds(&self) -> &[String] {
+        &self.inventory_kinds
     }
 
     /// Whether the policy's `match` selects `request` (its kind is already known to match).
@@ -181,16 +198,24 @@ impl Policy {
         Duration::from_micros(self.slowest_micros.load(Ordering::Relaxed))
     }
 
-    /// Evaluates the policy on `review` (the `input.review` document).
-    pub fn evaluate(&self, review: &regorus::Value) -> Result<Vec<Violation>, String> {
+    /// Evaluates the policy on `review` (the `input.review` document), with
+    /// `inventory` (built by [`inventory`]) as `data.inventory` when given.
+    pub fn evaluate(&self, review: &regorus::Value, inventory: Option<&regorus::Value>) -> Result<Vec<Violation>, String> {
         let started = Instant::now();
-        let outcome = self.evaluate_once(review);
+        let outcome = self.evaluate_once(review, inventory);
         self.slowest_micros.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         outcome
     }
 
-    fn evaluate_once(&self, review: &regorus::Value) -> Result<Vec<Violation>, String> {
+    fn evaluate_once(&self, review: &regorus::Value, inventory: Option<&regorus::Value>) -> Result<Vec<Violation>, String> {
         let mut engine = self.engine.clone();
+        if let Some(inventory) = inventory {
+            // New data makes the engine analyse its modules again on the next
+            // evaluation: the price of an inventory, paid only by the policies that ask for one.
+            let mut data = regorus::Value::new_object();
+            data.as_object_mut().map_err(|e| e.to_string())?.insert("inventory".into(), inventory.clone());
+            engine.add_data(data).map_err(|e| format!("{e:#}"))?;
+        }
         let mut input = regorus::Value::new_object();
         let fields = input.as_object_mut().map_err(|e| e.to_string())?;
         fields.insert("review".into(), review.clone());
@@ -208,6 +233,37 @@ impl Policy {
         }
         Ok(violations)
     }
+}
+
+/// Gatekeeper's `data.inventory` of `objects`:
+/// `namespace[<namespace>][<apiVersion>][<kind>][<name>]` for objects with a
+/// namespace, `cluster[<apiVersion>][<kind>][<name>]` for the others. Objects
+/// without an `apiVersion`, `kind` or name are left out.
+pub fn inventory<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Result<regorus::Value, String> {
+    let mut namespaced = serde_json::Map::new();
+    let mut cluster = serde_json::Map::new();
+    for object in objects {
+        let text = |field: &str| object.get(field).and_then(Value::as_str).filter(|t| !t.is_empty());
+        let (Some(api_version), Some(kind), Some(name)) = (text("apiVersion"), text("kind"), kapsel_api::object::name(object)) else {
+            continue;
+        };
+        let root = match kapsel_api::object::meta_str(object, "namespace").filter(|n| !n.is_empty()) {
+            Some(namespace) => entry(&mut namespaced, namespace),
+            None => &mut cluster,
+        };
+        entry(entry(root, api_version), kind).insert(name.to_string(), object.clone());
+    }
+    let layout = serde_json::json!({"namespace": namespaced, "cluster": cluster});
+    regorus::Value::deserialize(&layout).map_err(|e| e.to_string())
+}
+
+/// The object under `key` in `map`, created empty when missing (or not an object).
+fn entry<'m>(map: &'m mut serde_json::Map<String, Value>, key: &str) -> &'m mut serde_json::Map<String, Value> {
+    let slot = map.entry(key.to_string()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(serde_json::Map::new());
+    }
+    slot.as_object_mut().expect("an object")
 }
 
 /// A decision element as a violation: `{"msg": …, "details": …}` or a bare message.
@@ -362,8 +418,25 @@ impl PolicySet {
         named.chain(self.by_kind.get(&None).into_iter().flatten())
     }
 
-    /// Evaluates every policy whose `match` selects `request`, in name order.
+    /// The kinds of existing objects the policies selecting `request` read
+    /// as `data.inventory`; empty when none reads any.
+    pub fn inventory_kinds(&self, request: &Request<'_>) -> BTreeSet<&str> {
+        self.candidates(request.kind)
+            .filter(|p| !p.inventory_kinds.is_empty() && p.selects(request))
+            .flat_map(|p| p.inventory_kinds.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Evaluates every policy whose `match` selects `request`, in name order,
+    /// with an empty inventory for the policies that read one.
     pub fn review(&self, request: &Request<'_>) -> Vec<Decision> {
+        self.review_with_inventory(request, &[])
+    }
+
+    /// Evaluates every policy whose `match` selects `request`, in name order;
+    /// a policy that declares inventory kinds sees the objects of `existing`
+    /// of those kinds as `data.inventory`.
+    pub fn review_with_inventory(&self, request: &Request<'_>, existing: &[Value]) -> Vec<Decision> {
         let mut selected: Vec<&Arc<Policy>> = self.candidates(request.kind).filter(|p| p.selects(request)).collect();
         if selected.is_empty() {
             return Vec::new();
@@ -372,11 +445,17 @@ impl PolicySet {
         let review = request.review();
         selected
             .into_iter()
-            .map(|policy| Decision {
-                policy: policy.id.clone(),
-                enforcement: policy.enforcement,
-                failure_policy: policy.failure_policy,
-                outcome: review.as_ref().map_err(Clone::clone).and_then(|review| policy.evaluate(review)),
+            .map(|policy| {
+                let outcome = review.as_ref().map_err(Clone::clone).and_then(|review| {
+                    if policy.inventory_kinds.is_empty() {
+                        return policy.evaluate(review, None);
+                    }
+                    let kinds = &policy.inventory_kinds;
+                    let wanted =
+                        existing.iter().filter(|o| o.get("kind").and_then(Value::as_str).is_some_and(|k| kinds.iter().any(|w| w == k)));
+                    policy.evaluate(review, Some(&inventory(wanted)?))
+                });
+                Decision { policy: policy.id.clone(), enforcement: policy.enforcement, failure_policy: policy.failure_policy, outcome }
             })
             .collect()
     }

@@ -178,3 +178,51 @@ deny contains "too many" if {
     assert!(error.contains("time") || error.contains("limit"), "{error}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
 }
+
+#[test]
+fn the_inventory_is_laid_out_as_gatekeeper_lays_it_out() {
+    let objects = [
+        pod(json!({"owner": "alice"}), "x:1"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dev"}}),
+        json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Plugin", "metadata": {"name": "spread"}}),
+        json!({"kind": "Pod", "metadata": {"name": "typeless", "namespace": "dev"}}),
+    ];
+    let layout = serde_json::to_value(kapsel_admission::inventory(&objects).unwrap()).unwrap();
+    assert_eq!(layout["namespace"]["dev"]["v1"]["Pod"]["web"], objects[0]);
+    assert_eq!(layout["cluster"]["v1"]["Namespace"]["dev"], objects[1]);
+    assert_eq!(layout["cluster"]["kapsel.io/v1alpha1"]["Plugin"]["spread"], objects[2]);
+    assert_eq!(layout["namespace"]["dev"]["v1"]["Pod"].as_object().unwrap().len(), 1, "objects without apiVersion are left out");
+    let empty = serde_json::to_value(kapsel_admission::inventory(&[]).unwrap()).unwrap();
+    assert_eq!(empty, json!({"namespace": {}, "cluster": {}}));
+}
+
+#[test]
+fn only_policies_that_declare_an_inventory_see_one() {
+    let counting = r#"package counting
+deny contains sprintf("%d pods, %d nodes", [count(pods), count(nodes)]) if { true }
+pods := object.get(data.inventory.namespace, [input.review.namespace, "v1", "Pod"], {})
+nodes := object.get(data.inventory.cluster, ["v1", "Node"], {})"#;
+    let peeking = r#"package peeking
+deny contains "saw an inventory" if data.inventory"#;
+    let set = PolicySet::default()
+        .with(Policy::compile(cluster("counting"), &spec(json!({"rego": counting, "inventory": {"kinds": ["Pod"]}}))).unwrap())
+        .with(Policy::compile(cluster("peeking"), &spec(json!({"rego": peeking}))).unwrap());
+    let user = UserInfo::default();
+    let object = pod(json!({}), "x:1");
+    let request = request(&object, "dev", &user);
+    assert_eq!(set.inventory_kinds(&request).into_iter().collect::<Vec<_>>(), ["Pod"]);
+    assert_eq!(set.get(&cluster("counting")).unwrap().inventory_kinds(), ["Pod"]);
+
+    let mut other = pod(json!({}), "x:1");
+    other["metadata"]["name"] = json!("other");
+    let mut elsewhere = other.clone();
+    elsewhere["metadata"]["namespace"] = json!("prod");
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+    let existing = [other, elsewhere, node];
+    let decided = |decisions: Vec<kapsel_admission::Decision>| {
+        decisions.into_iter().map(|d| d.outcome.unwrap().into_iter().map(|v| v.msg).collect::<Vec<_>>()).collect::<Vec<_>>()
+    };
+    // Only the declared kind, only the request's namespace; the policy without an inventory sees none.
+    assert_eq!(decided(set.review_with_inventory(&request, &existing)), [vec!["1 pods, 0 nodes".to_string()], vec![]]);
+    assert_eq!(decided(set.review(&request)), [vec!["0 pods, 0 nodes".to_string()], vec![]]);
+}

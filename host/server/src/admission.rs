@@ -173,14 +173,19 @@ impl Admission {
             dry_run,
             namespace_labels,
         };
+        // Policies that read existing objects (`data.inventory`) get those of their kinds here.
+        let inventory_kinds = policies.inventory_kinds(&request);
+        let existing = if inventory_kinds.is_empty() { Vec::new() } else { load_inventory(store, &inventory_kinds, namespace).await? };
         // Policies are evaluated in place (microseconds each); one that has
         // been slow moves the review off the async worker, whose other
         // requests it would hold up (a thread hand-off costs more than a
         // typical review, so fast ones stay).
         let slow = policies.candidates(resource.kind).any(|p| p.slowest_evaluation() >= SLOW_POLICY);
         let decisions = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread if slow => tokio::task::block_in_place(|| policies.review(&request)),
-            _ => policies.review(&request),
+            tokio::runtime::RuntimeFlavor::MultiThread if slow => {
+                tokio::task::block_in_place(|| policies.review_with_inventory(&request, &existing))
+            }
+            _ => policies.review_with_inventory(&request, &existing),
         };
         let mut denials = Vec::new();
         let mut warnings = Vec::new();
@@ -303,7 +308,15 @@ pub async fn review(
         dry_run: true,
         namespace_labels: None,
     };
-    let outcome = request.review().and_then(|input| policy.evaluate(&input));
+    // A policy that reads existing objects sees the stored ones, as admission would show it.
+    let existing = match policy.inventory_kinds() {
+        [] => None,
+        kinds => Some(load_inventory(&app.store, &kinds.iter().map(String::as_str).collect(), request.namespace).await?),
+    };
+    let outcome = request.review().and_then(|input| match &existing {
+        None => policy.evaluate(&input, None),
+        Some(objects) => policy.evaluate(&input, Some(&kapsel_admission::inventory(objects)?)),
+    });
     let status = match outcome {
         Ok(violations) => serde_json::json!({
             "allowed": violations.is_empty() || policy.enforcement != Enforcement::Deny,
@@ -319,6 +332,29 @@ pub async fn review(
     };
     review["status"] = status;
     Ok((StatusCode::CREATED, Json(review)).into_response())
+}
+
+/// The stored objects of `kinds` a policy may read as `data.inventory`: those
+/// in `namespace` for namespaced kinds, all of them for cluster-scoped kinds.
+async fn load_inventory(store: &Store, kinds: &std::collections::BTreeSet<&str>, namespace: Option<&str>) -> Result<Vec<Value>, ApiError> {
+    let mut objects = Vec::new();
+    for resource in kapsel_api::registry::ALL.iter().copied().filter(|r| kinds.contains(r.kind)) {
+        let scope = match (resource.namespaced(), namespace) {
+            (true, Some(ns)) => Some(ns),
+            (true, None) => continue,
+            (false, _) => None,
+        };
+        let listing = store.list(&resource.store_key(), scope).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
+        objects.extend(listing.objects.into_iter().map(|mut object| {
+            // Stored objects carry their type, but the inventory's layout depends on it: make sure.
+            if object.get("kind").is_none_or(Value::is_null) {
+                object["apiVersion"] = Value::String(resource.api_version());
+                object["kind"] = Value::String(resource.kind.to_string());
+            }
+            object
+        }));
+    }
+    Ok(objects)
 }
 
 async fn store_get(store: &Store, key: &Key, resource: &ResourceType, name: &str) -> Result<Value, ApiError> {

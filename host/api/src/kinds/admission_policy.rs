@@ -8,9 +8,11 @@
 //! imports (`libs`), which requests it sees (`match`), its `parameters`
 //! (`input.parameters`), what a violation does (`enforcement`), the Rego
 //! dialect (`regoVersion`: `v1` by default, `v0` for Gatekeeper's library
-//! text) and what a policy that errors does (`failurePolicy`). That the
-//! Rego compiles is checked by the server (kapsel-admission) on create and
-//! update; this module checks the shape.
+//! text), what a policy that errors does (`failurePolicy`) and which kinds
+//! of existing objects it reads as `data.inventory` (`inventory.kinds`, as
+//! Gatekeeper's referential policies do). That the Rego compiles is checked
+//! by the server (kapsel-admission) on create and update; this module checks
+//! the shape.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sLabelSelector;
 use serde::{Deserialize, Serialize};
@@ -146,6 +148,21 @@ pub struct PolicySpec {
     pub rego_version: RegoVersion,
     #[serde(default)]
     pub failure_policy: PolicyFailurePolicy,
+    /// Existing objects the policy reads as `data.inventory` (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<PolicyInventory>,
+}
+
+/// Which existing objects a policy sees as `data.inventory`, laid out as
+/// Gatekeeper lays it out: `data.inventory.namespace[ns][apiVersion][kind][name]`
+/// for objects in the request's namespace, `data.inventory.cluster[apiVersion][kind][name]`
+/// for cluster-scoped ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyInventory {
+    /// Kind names such as `Pod`, each a kind the platform serves.
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 fn kinds_column(policy: &Value) -> String {
@@ -176,5 +193,35 @@ fn validate(object: &Value) -> Vec<FieldError> {
             errors.push(FieldError::invalid(field, e.to_string()));
         }
     }
+    if let Some(inventory) = &spec.inventory {
+        if inventory.kinds.is_empty() {
+            errors.push(FieldError::required("spec.inventory.kinds"));
+        }
+        for (i, kind) in inventory.kinds.iter().enumerate() {
+            if !crate::registry::ALL.iter().any(|r| r.kind == kind) {
+                let known: Vec<&str> = crate::registry::ALL.iter().map(|r| r.kind).collect();
+                errors.push(FieldError::not_supported(format!("spec.inventory.kinds[{i}]"), kind, &known));
+            }
+        }
+    }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(spec: Value) -> Vec<String> {
+        validate(&json!({"spec": spec})).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn inventory_kinds_are_served_kinds() {
+        let rego = "package x\ndeny contains \"no\" if false";
+        assert!(fields(json!({"rego": rego, "inventory": {"kinds": ["Pod", "Namespace"]}})).is_empty());
+        assert_eq!(fields(json!({"rego": rego, "inventory": {"kinds": ["Pod", "Deployment"]}})), ["spec.inventory.kinds[1]"]);
+        assert_eq!(fields(json!({"rego": rego, "inventory": {"kinds": []}})), ["spec.inventory.kinds"]);
+        assert_eq!(fields(json!({"rego": rego, "inventory": {"kind": ["Pod"]}})).len(), 1, "unknown fields are refused");
+    }
 }

@@ -4,6 +4,11 @@
 //! stores nothing, and prints what admission would decide. Exit status 0
 //! when the object would be admitted, 1 when it would be refused.
 //!
+//! `kapsel policy test DIR` runs the test cases of a policy folder
+//! (`policy.yaml` and `cases.yaml`), or of every folder under DIR (e.g.
+//! `policies/`), offline with kapsel-admission — no server — and prints
+//! PASS or FAIL per case with what differs; exit status 1 when any failed.
+//!
 //! `kapsel policy audit NAME [-n NS]` audits a stored policy now against the
 //! existing objects it matches and prints what it found.
 
@@ -17,13 +22,13 @@ use crate::client::{Client, ConnectionArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
-    /// Evaluate a policy manifest against an object (the server stores nothing).
+    /// Evaluate a policy manifest against an object (the server stores nothing), or run a policy folder's cases offline.
     Test {
-        /// The policy manifest (YAML or JSON).
+        /// The policy manifest (YAML or JSON); or a folder: a policy's (policy.yaml, cases.yaml) or one holding many (policies/), whose cases run offline.
         policy: PathBuf,
-        /// The object under review (YAML or JSON).
+        /// The object under review (YAML or JSON); required with a manifest.
         #[arg(long)]
-        object: PathBuf,
+        object: Option<PathBuf>,
         /// The object before the change, for an UPDATE.
         #[arg(long)]
         old_object: Option<PathBuf>,
@@ -41,6 +46,21 @@ pub enum PolicyCommand {
     },
 }
 
+/// `kapsel policy test DIR`: every case of every policy folder under `dir`, offline.
+fn test_cases(dir: &Path) -> anyhow::Result<ExitCode> {
+    let reports = kapsel_admission::cases::run_all(dir).with_context(|| format!("reading {}", dir.display()))?;
+    anyhow::ensure!(!reports.is_empty(), "{} holds no policy folders (policy.yaml and cases.yaml)", dir.display());
+    let (mut passed, mut failed) = (0, 0);
+    for report in &reports {
+        print!("{report}");
+        let (p, f) = report.counts();
+        passed += p;
+        failed += f;
+    }
+    println!("{passed} passed, {failed} failed ({} policy folder(s))", reports.len());
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn read_manifest(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML or JSON", path.display()))
@@ -48,7 +68,14 @@ fn read_manifest(path: &Path) -> anyhow::Result<Value> {
 
 pub async fn run(connection: &ConnectionArgs, command: PolicyCommand) -> anyhow::Result<ExitCode> {
     let (policy, object, old_object, operation) = match command {
-        PolicyCommand::Test { policy, object, old_object, operation } => (policy, object, old_object, operation),
+        PolicyCommand::Test { policy, .. } if policy.is_dir() => return test_cases(&policy),
+        PolicyCommand::Test { policy, object: Some(object), old_object, operation } => (policy, object, old_object, operation),
+        PolicyCommand::Test { policy, object: None, .. } => {
+            anyhow::bail!(
+                "{} is not a folder of policy cases; to review a policy manifest against an object, give --object",
+                policy.display()
+            )
+        }
         PolicyCommand::Audit { name, namespace } => return audit(connection, &name, namespace.as_deref()).await,
     };
     let mut spec = json!({"policy": read_manifest(&policy)?, "object": read_manifest(&object)?, "operation": operation});
