@@ -82,7 +82,7 @@ struct ServeArgs {
     #[arg(long)]
     no_default_plugins: bool,
     /// Seconds between admission audits (every policy against the existing objects it matches; results in its status); 0 turns the periodic audit off.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = kapsel_server::controllers::audit::DEFAULT_INTERVAL.as_secs())]
     audit_interval: u64,
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]

@@ -80,11 +80,16 @@ pub fn compile(object: &Value) -> Result<Policy, kapsel_admission::CompileError>
 }
 
 /// Checks a policy before it is stored: 422 with the parser's line and
-/// column when its Rego does not compile; otherwise its status says it loaded.
+/// column when its Rego does not compile; otherwise its status says it
+/// loaded (the rest of its status, the last audit's results, stays).
 pub fn check_policy(resource: &ResourceType, object: &mut Value) -> Result<(), ApiError> {
     match compile(object) {
         Ok(_) => {
-            object["status"] = serde_json::json!({"loaded": true, "message": ""});
+            if !object.get("status").is_some_and(Value::is_object) {
+                object["status"] = serde_json::json!({});
+            }
+            object["status"]["loaded"] = Value::Bool(true);
+            object["status"]["message"] = Value::String(String::new());
             Ok(())
         }
         Err(error) => {
@@ -124,6 +129,8 @@ impl Admission {
             let id = policy_id(&change.object);
             let next = match change.change_type {
                 ChangeType::Deleted => policies.without(&id),
+                // A status write (the audit's results) leaves the policy in force as it is.
+                ChangeType::Modified if change.previous.as_ref().is_some_and(|p| p.get("spec") == change.object.get("spec")) => continue,
                 ChangeType::Added | ChangeType::Modified => match compile(&change.object) {
                     Ok(policy) => policies.with(policy),
                     // Checked before it was stored; only a policy written around the API gets here.
@@ -308,10 +315,22 @@ pub async fn review(
         dry_run: true,
         namespace_labels: None,
     };
-    // A policy that reads existing objects sees the stored ones, as admission would show it.
+    // A policy that reads existing objects sees the stored ones, as admission
+    // would show it — only those the caller may list itself.
     let existing = match policy.inventory_kinds() {
         [] => None,
-        kinds => Some(load_inventory(&app.store, &kinds.iter().map(String::as_str).collect(), request.namespace).await?),
+        kinds => {
+            for resource in kapsel_api::registry::ALL.iter().filter(|r| kinds.iter().any(|k| k == r.kind)) {
+                authorize(&identity, Verb::List, resource, if resource.namespaced() { request.namespace } else { None })?;
+            }
+            let mut objects = load_inventory(&app.store, &kinds.iter().map(String::as_str).collect(), request.namespace).await?;
+            objects.retain(|o| {
+                let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::resources::visible(&identity, r, o))
+            });
+            Some(objects)
+        }
     };
     let outcome = request.review().and_then(|input| match &existing {
         None => policy.evaluate(&input, None),

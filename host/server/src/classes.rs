@@ -17,7 +17,8 @@ use crate::error::ApiError;
 
 /// Sizes `pod` (a new pod in `namespace`) by the class it names, if any.
 pub async fn apply(store: &Store, namespace: &str, pod: &mut Value) -> Result<(), ApiError> {
-    let Some(class_name) = pod.pointer("/spec/resourceClassName").and_then(Value::as_str).map(str::to_string) else {
+    let Some(class_name) = pod.pointer("/spec/resourceClassName").and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string)
+    else {
         return Ok(());
     };
     let name = object::name(pod).unwrap_or_default().to_string();
@@ -46,21 +47,24 @@ pub async fn apply(store: &Store, namespace: &str, pod: &mut Value) -> Result<()
     }
     let spec: ResourceClassSpec = serde_json::from_value(class.get("spec").cloned().unwrap_or(Value::Null))
         .map_err(|e| ApiError::internal(format!("resource class {class_name:?} as stored"), e))?;
-    let sized = json!({"requests": spec.requests, "limits": spec.limits});
     for field in ["initContainers", "containers"] {
         let Some(containers) = pod.pointer_mut(&format!("/spec/{field}")).and_then(Value::as_array_mut) else { continue };
         for (i, container) in containers.iter_mut().enumerate() {
-            let own = container
-                .get("resources")
-                .and_then(Value::as_object)
-                .is_some_and(|r| r.values().any(|v| v.as_object().is_some_and(|m| !m.is_empty())));
+            let own = ["requests", "limits"]
+                .iter()
+                .any(|f| container.pointer(&format!("/resources/{f}")).and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
             if own {
                 return Err(invalid(
                     format!("spec.{field}[{i}].resources"),
                     format!("must be empty when spec.resourceClassName is set: the class {class_name:?} sizes every container"),
                 ));
             }
-            container["resources"] = sized.clone();
+            // Only requests and limits: anything else under resources (claims) stays.
+            if !container.get("resources").is_some_and(Value::is_object) {
+                container["resources"] = json!({});
+            }
+            container["resources"]["requests"] = json!(spec.requests);
+            container["resources"]["limits"] = json!(spec.limits);
         }
     }
     Ok(())

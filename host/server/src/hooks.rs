@@ -47,6 +47,8 @@ pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Opti
         object["status"] = json!({"phase": "Pending", "message": "no component uploaded yet"});
     }
     if crate::admission::is_policy_kind(resource) {
+        // A new policy's status is the platform's: loaded, then its audits.
+        object.as_object_mut().map(|o| o.remove("status"));
         crate::admission::check_policy(resource, object)?;
     }
     if std::ptr::eq(resource, &POD) {
@@ -189,6 +191,9 @@ pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value)
             }
         }
     }
+    if std::ptr::eq(resource, &POD) {
+        check_pod_sizes(current, next)?;
+    }
     if std::ptr::eq(resource, &TOKEN) && current.pointer("/spec/secretHash") != next.pointer("/spec/secretHash") {
         let name = kapsel_api::object::name(current).unwrap_or_default();
         return Err(ApiError::invalid(
@@ -196,6 +201,40 @@ pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value)
             name,
             vec![kapsel_api::FieldError::forbidden("spec.secretHash", "field is immutable: revoke the token and create a new one")],
         ));
+    }
+    Ok(())
+}
+
+/// A pod's size is fixed at create, where its class, the LimitRanges and
+/// the quotas' "must specify" judged it (as in Kubernetes, where a pod's
+/// resources are immutable): its `resourceClassName` and the resources of
+/// the containers it has stay; a pod with a class takes no new containers.
+fn check_pod_sizes(current: &Value, next: &Value) -> Result<(), ApiError> {
+    let name = kapsel_api::object::name(current).unwrap_or_default();
+    let immutable =
+        |field: String, message: &str| ApiError::invalid(&POD, name, vec![kapsel_api::FieldError::forbidden(field, message.to_string())]);
+    let class = |pod: &Value| pod.pointer("/spec/resourceClassName").cloned();
+    if class(current) != class(next) {
+        return Err(immutable("spec.resourceClassName".into(), "field is immutable: create a new pod with the other class"));
+    }
+    for field in ["containers", "initContainers"] {
+        let list = |pod: &Value| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let before = list(current);
+        for (i, container) in list(next).iter().enumerate() {
+            let name = container.get("name");
+            match before.iter().find(|c| c.get("name") == name) {
+                Some(old) if old.get("resources") != container.get("resources") => {
+                    return Err(immutable(
+                        format!("spec.{field}[{i}].resources"),
+                        "field is immutable: a pod's size is set when it is created",
+                    ));
+                }
+                None if class(current).is_some() => {
+                    return Err(immutable(format!("spec.{field}[{i}]"), "a pod sized by a resource class takes no new containers"));
+                }
+                _ => {}
+            }
+        }
     }
     Ok(())
 }

@@ -16,10 +16,14 @@
 //! `requests.memory` (also `memory`), `limits.cpu`, `limits.memory`, and the
 //! storage its generic ephemeral volumes claim as `requests.storage`.
 //!
-//! A quota's `status` (`hard`, `used`) is the platform's: every write of a
-//! quota recomputes it from the namespace's objects, and a resync pass
-//! ([`resync`]) corrects any drift (objects written before the quota
-//! existed, a supervisor killed between… nothing: the charge is atomic).
+//! A quota's `status` (`hard`, `used`) is the platform's (only IT admins
+//! may write any `/status`, and a pod's size cannot change after create):
+//! every write of a quota recounts it from the namespace's objects, and a
+//! resync pass ([`resync`]) corrects drift — possible only for an object
+//! written in the instant its namespace's first quota was being created,
+//! before writes there took the lock. Platform writers that go to the
+//! store directly (Events, audit and plug-in statuses) are not charged;
+//! `count/events` and `count/resourcequotas` are refused for that reason.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -219,8 +223,11 @@ pub struct Charge {
     namespace: String,
     name: String,
     change: Usage,
-    /// For a new pod: which of the limitable requests and limits every container sets.
-    new_pod_sets: Option<BTreeSet<&'static str>>,
+    /// For a pod that gains containers (a new pod: all of them): which of
+    /// the limitable requests and limits every new container sets.
+    new_containers_set: Option<BTreeSet<&'static str>>,
+    /// The revision of the object the charge was worked out from (updates, deletes).
+    old_revision: Option<i64>,
 }
 
 /// The quota names that need every container of a pod to set a request or a limit.
@@ -237,29 +244,60 @@ impl Charge {
     /// The charge of writing `new` over `old` (`None`: created, or deleted).
     pub fn new(resource: &'static ResourceType, namespace: &str, name: &str, old: Option<&Value>, new: Option<&Value>) -> Charge {
         let of = |object: Option<&Value>| object.map(|o| usage(resource, o)).unwrap_or_default();
-        let new_pod_sets = match (new, old) {
-            (Some(pod), None) if std::ptr::eq(resource, &POD) => Some(specified(pod)),
+        let new_containers_set = match new {
+            Some(pod) if std::ptr::eq(resource, &POD) => specified(pod, old),
             _ => None,
         };
-        Charge { resource, namespace: namespace.to_string(), name: name.to_string(), change: difference(&of(new), &of(old)), new_pod_sets }
+        Charge {
+            resource,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            change: difference(&of(new), &of(old)),
+            new_containers_set,
+            old_revision: old.and_then(revision),
+        }
+    }
+
+    /// Whether a quota with these `hard` limits has a say in this write:
+    /// it limits something the write changes, or something a new container
+    /// leaves unspecified.
+    fn limited_by(&self, hard: &Usage) -> bool {
+        self.change.keys().any(|name| hard.contains_key(name)) || !self.unspecified(hard).is_empty()
+    }
+
+    /// What `hard` limits that a new container leaves unspecified.
+    fn unspecified(&self, hard: &Usage) -> Vec<&'static str> {
+        let Some(set) = &self.new_containers_set else { return Vec::new() };
+        NEEDS_SPECIFIED.iter().map(|(name, _, _)| *name).filter(|name| hard.contains_key(*name) && !set.contains(name)).collect()
     }
 }
 
-/// Which of [`NEEDS_SPECIFIED`]'s names every container of `pod` sets.
-fn specified(pod: &Value) -> BTreeSet<&'static str> {
-    let amounts: Vec<(Usage, Usage)> = ["containers", "initContainers"]
-        .iter()
-        .filter_map(|field| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array))
-        .flatten()
-        .map(container_amounts)
-        .collect();
-    NEEDS_SPECIFIED
-        .iter()
-        .filter(|(_, field, resource)| {
-            amounts.iter().all(|(requests, limits)| if *field == "requests" { requests } else { limits }.contains_key(*resource))
-        })
-        .map(|(name, _, _)| *name)
-        .collect()
+/// Which of [`NEEDS_SPECIFIED`]'s names every container of `pod` that
+/// `old` (its stored version) does not have sets; `None` when it adds none.
+fn specified(pod: &Value, old: Option<&Value>) -> Option<BTreeSet<&'static str>> {
+    let containers = |pod: &Value| -> Vec<Value> {
+        ["containers", "initContainers"]
+            .iter()
+            .filter_map(|field| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array))
+            .flatten()
+            .cloned()
+            .collect()
+    };
+    let existing: Vec<Value> = old.map(containers).unwrap_or_default();
+    let added: Vec<(Usage, Usage)> =
+        containers(pod).iter().filter(|c| !existing.iter().any(|e| e.get("name") == c.get("name"))).map(container_amounts).collect();
+    if added.is_empty() {
+        return None;
+    }
+    Some(
+        NEEDS_SPECIFIED
+            .iter()
+            .filter(|(_, field, resource)| {
+                added.iter().all(|(requests, limits)| if *field == "requests" { requests } else { limits }.contains_key(*resource))
+            })
+            .map(|(name, _, _)| *name)
+            .collect(),
+    )
 }
 
 /// The quota status updates that go with a write, or why it is refused.
@@ -270,7 +308,7 @@ async fn plan(app: &App, charge: &Charge, quotas: &[Value]) -> Result<Vec<WriteO
     let mut refusals = Vec::new();
     for quota in quotas {
         let hard = amounts_at(quota, "/spec/hard");
-        if !change.keys().any(|name| hard.contains_key(name)) {
+        if !charge.limited_by(&hard) {
             continue;
         }
         let quota_name = object::name(quota).unwrap_or_default();
@@ -282,13 +320,10 @@ async fn plan(app: &App, charge: &Charge, quotas: &[Value]) -> Result<Vec<WriteO
             quota = with_fresh_status(app, &charge.namespace, quota).await?;
         }
         let used = amounts_at(&quota, "/status/used");
-        if let Some(sets) = &charge.new_pod_sets {
-            let missing: Vec<&str> =
-                NEEDS_SPECIFIED.iter().map(|(name, _, _)| *name).filter(|name| hard.contains_key(*name) && !sets.contains(name)).collect();
-            if !missing.is_empty() {
-                refusals.push(format!("failed quota: {quota_name}: must specify {}", missing.join(", ")));
-                continue;
-            }
+        let missing = charge.unspecified(&hard);
+        if !missing.is_empty() {
+            refusals.push(format!("failed quota: {quota_name}: must specify {}", missing.join(", ")));
+            continue;
         }
         let exceeded: Vec<&String> = change
             .iter()
@@ -339,20 +374,18 @@ async fn quotas_of(app: &App, namespace: &str) -> Result<Vec<Value>, ApiError> {
         .objects)
 }
 
-/// Whether any of `quotas` limits a resource in `change`.
-fn affected(quotas: &[Value], change: &Usage) -> bool {
-    quotas.iter().any(|quota| {
-        quota.pointer("/spec/hard").and_then(Value::as_object).is_some_and(|hard| change.keys().any(|name| hard.contains_key(name)))
-    })
+/// Whether any of `quotas` has a say in the write `charge` describes.
+fn affected(quotas: &[Value], charge: &Charge) -> bool {
+    quotas.iter().any(|quota| charge.limited_by(&amounts_at(quota, "/spec/hard")))
 }
 
 /// Checks a write against its namespace's quotas without writing (a dry run).
 pub async fn check(app: &App, charge: &Charge) -> Result<(), ApiError> {
-    if charge.change.is_empty() {
+    if charge.change.is_empty() && charge.new_containers_set.is_none() {
         return Ok(());
     }
     let quotas = quotas_of(app, &charge.namespace).await?;
-    if affected(&quotas, &charge.change) {
+    if affected(&quotas, charge) {
         plan(app, charge, &quotas).await?;
     }
     Ok(())
@@ -363,20 +396,23 @@ pub async fn check(app: &App, charge: &Charge) -> Result<(), ApiError> {
 /// refused with 403 and nothing is stored. A write of a quota itself gets
 /// its status recounted. Returns the changes of `op` alone, or the store's
 /// failure of `op` as it is (for the caller to word).
-pub async fn commit(app: &App, charge: &Charge, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
+///
+/// The charge was worked out from the object as it was read; an update or
+/// delete the client did not make conditional is made conditional on that
+/// revision here, and when the object changed meanwhile (a status write
+/// that ended the pod, say) the charge is worked out again.
+pub async fn commit(app: &App, charge: Charge, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
     if std::ptr::eq(charge.resource, &RESOURCE_QUOTA) {
-        return commit_quota(app, charge, op).await;
+        return commit_quota(app, &charge, op).await;
     }
-    if charge.change.is_empty() || !affected(&quotas_of(app, &charge.namespace).await?, &charge.change) {
+    if (charge.change.is_empty() && charge.new_containers_set.is_none()) || !affected(&quotas_of(app, &charge.namespace).await?, &charge) {
         return Ok(app.store.write(op).await);
     }
     let _serialized = app.quota_locks.lock(&charge.namespace).await;
+    let (mut charge, mut op, guarded_here) = guard(charge, op);
     for _ in 0..CHARGE_RETRIES {
         let quotas = quotas_of(app, &charge.namespace).await?;
-        let updates = plan(app, charge, &quotas).await?;
-        if updates.is_empty() {
-            return Ok(app.store.write(op).await);
-        }
+        let updates = plan(app, &charge, &quotas).await?;
         let mut ops = vec![op.clone()];
         ops.extend(updates);
         match app.store.write(WriteOp::Atomic(ops)).await {
@@ -385,13 +421,51 @@ pub async fn commit(app: &App, charge: &Charge, op: WriteOp) -> Result<Result<Ve
                 changes.truncate(1);
                 return Ok(Ok(changes));
             }
-            Err(StoreError::AtomicOpFailed { index: 0, error }) => return Ok(Err(*error)),
+            Err(StoreError::AtomicOpFailed { index: 0, error }) => match *error {
+                // The object moved since the charge was worked out: work it out again.
+                StoreError::Conflict { .. } if guarded_here => {
+                    let key = Key::new(charge.resource.store_key(), charge.namespace.clone(), charge.name.clone());
+                    let current = match app.store.get(&key).await {
+                        Ok(current) => current,
+                        Err(error) => return Ok(Err(error)),
+                    };
+                    let new = match &op {
+                        WriteOp::Update { object, .. } => Some(object),
+                        _ => None,
+                    };
+                    charge = Charge::new(charge.resource, &charge.namespace, &charge.name, Some(&current), new);
+                    op = with_expected_revision(op, charge.old_revision);
+                }
+                error => return Ok(Err(error)),
+            },
             // A quota changed underneath (another replica, an edit): count again.
             Err(StoreError::AtomicOpFailed { error, .. }) if matches!(*error, StoreError::Conflict { .. } | StoreError::NotFound) => {}
             Err(other) => return Ok(Err(other)),
         }
     }
     Err(ApiError::conflict(charge.resource, &charge.name, "the namespace's quotas kept changing while the write was charged; try again"))
+}
+
+/// Makes an unconditional update or delete conditional on the revision the
+/// charge was worked out from; says whether it did.
+fn guard(charge: Charge, op: WriteOp) -> (Charge, WriteOp, bool) {
+    match &op {
+        WriteOp::Update { expected_revision: None, .. } | WriteOp::Delete { expected_revision: None, .. }
+            if charge.old_revision.is_some() =>
+        {
+            let op = with_expected_revision(op, charge.old_revision);
+            (charge, op, true)
+        }
+        _ => (charge, op, false),
+    }
+}
+
+fn with_expected_revision(op: WriteOp, revision: Option<i64>) -> WriteOp {
+    match op {
+        WriteOp::Update { key, object, .. } => WriteOp::Update { key, object, expected_revision: revision },
+        WriteOp::Delete { key, .. } => WriteOp::Delete { key, expected_revision: revision },
+        other => other,
+    }
 }
 
 /// Writes a quota (create, update, status write) with its status recounted

@@ -43,6 +43,15 @@ pub async fn handle(
     let verb = verb(&method, &target, &params)?;
     let authz_namespace = if target.resource.kind == NAMESPACE.kind { target.name.as_deref() } else { target.namespace.as_deref() };
     authorize(&identity, verb, target.resource, authz_namespace)?;
+    if target.subresource.as_deref() == Some("status") && !verb.is_read() && !identity.admin {
+        // What a status says (a pod's phase, a quota's usage, a policy's audit) is the platform's to write.
+        return Err(ApiError::Forbidden(format!(
+            "{plural}/status is forbidden: User {user:?} cannot {verb} resource \"{plural}/status\": statuses are written by the platform",
+            plural = target.resource.plural,
+            user = identity.user,
+            verb = verb.as_str(),
+        )));
+    }
     match verb {
         Verb::Get => get(&app, &target, &params, &headers).await,
         Verb::List => list(&app, &identity, &target, &params, &headers).await,
@@ -369,7 +378,7 @@ pub async fn create_object(
     }
     hooks::before_store(app, resource, &mut object).await?;
     let op = WriteOp::Create { key: key(target, &name), object };
-    let created = first_change(commit(app, charge.as_ref(), op).await?).map_err(|e| ApiError::from_store(e, resource, &name))?;
+    let created = first_change(commit(app, charge, op).await?).map_err(|e| ApiError::from_store(e, resource, &name))?;
     hooks::after_commit(app, resource, std::slice::from_ref(&created));
     let mut answer = (*created.object).clone();
     hooks::after_create(resource, &mut answer, shown_once);
@@ -379,7 +388,7 @@ pub async fn create_object(
 /// Commits the write of one object: charged to its namespace's quotas
 /// when it has a namespace. The outer error is a quota's refusal; the inner
 /// one the store's failure of the write, for the caller to word.
-async fn commit(app: &App, charge: Option<&quota::Charge>, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
+async fn commit(app: &App, charge: Option<quota::Charge>, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
     match charge {
         Some(charge) => quota::commit(app, charge, op).await,
         None => Ok(app.store.write(op).await),
@@ -480,7 +489,7 @@ async fn store_update(
         return Ok((next, warnings));
     }
     let op = WriteOp::Update { key: key(target, name), object: next, expected_revision: expected };
-    let updated = first_change(commit(app, charge.as_ref(), op).await?).map_err(|e| ApiError::from_store(e, resource, name))?;
+    let updated = first_change(commit(app, charge, op).await?).map_err(|e| ApiError::from_store(e, resource, name))?;
     hooks::after_commit(app, resource, std::slice::from_ref(&updated));
     Ok(((*updated.object).clone(), warnings))
 }
@@ -593,7 +602,7 @@ async fn delete(
         return terminate_namespace(app, target, params, headers, expected).await.map(|r| with_warnings(r, &warnings));
     }
     let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, name, Some(&current), None));
-    let changes = commit(app, charge.as_ref(), WriteOp::Delete { key, expected_revision: expected }).await?.map_err(|e| match e {
+    let changes = commit(app, charge, WriteOp::Delete { key, expected_revision: expected }).await?.map_err(|e| match e {
         StoreError::Conflict { .. } => {
             ApiError::conflict(resource, name, "Precondition failed: the object has been modified since the given resourceVersion")
         }

@@ -27,7 +27,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use kapsel_api::kinds::pod::POD;
-use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE, WorkloadTemplateSpec, references};
+use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE, WorkloadTemplateSpec};
 use kapsel_api::{FieldError, ResourceType, object};
 use kapsel_store::Key;
 use serde::Deserialize;
@@ -186,23 +186,39 @@ fn render(kind: &ResourceType, name: &str, spec: &WorkloadTemplateSpec, request:
         annotations.insert(TEMPLATE_ANNOTATION.into(), json!(format!("{}/{name}", kind.kind)));
     }
     if !request.env.is_empty() {
-        for container in pod.pointer_mut("/spec/containers").and_then(Value::as_array_mut).into_iter().flatten() {
-            set_env(container, &request.env);
+        for field in ["initContainers", "containers"] {
+            for container in pod.pointer_mut(&format!("/spec/{field}")).and_then(Value::as_array_mut).into_iter().flatten() {
+                set_env(container, &request.env);
+            }
         }
+    }
+    // An optional parameter left empty leaves the class unset, not named "".
+    if pod.pointer("/spec/resourceClassName").is_some_and(|c| c == "")
+        && let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.remove("resourceClassName");
     }
     Ok(pod)
 }
 
-/// Replaces every `${name}` in `value`'s strings with its value.
+/// Replaces every `${name}` in `value`'s strings with its value, in one
+/// pass (a value that itself holds `${…}` is taken as it is).
 fn substitute(value: &mut Value, values: &BTreeMap<&str, &str>) {
     match value {
         Value::String(text) if text.contains("${") => {
-            let mut out = text.clone();
-            for name in references(text) {
-                if let Some(replacement) = values.get(name) {
-                    out = out.replace(&format!("${{{name}}}"), replacement);
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("${") {
+                let Some(end) = rest[start + 2..].find('}') else { break };
+                let name = &rest[start + 2..start + 2 + end];
+                out.push_str(&rest[..start]);
+                match values.get(name) {
+                    Some(replacement) => out.push_str(replacement),
+                    None => out.push_str(&rest[start..start + 3 + end]),
                 }
+                rest = &rest[start + 3 + end..];
             }
+            out.push_str(rest);
             *text = out;
         }
         Value::Array(items) => items.iter_mut().for_each(|item| substitute(item, values)),

@@ -2070,7 +2070,10 @@ async fn an_audit_finds_existing_violations_and_records_them_in_the_status() {
 
     // Fixed objects drop out; every violation is counted, twenty are listed; enforcement does not matter.
     api.patch(&pod_path("dev", "web"), MERGE_PATCH, json!({"metadata": {"labels": {"cost-center": "1"}}})).await.ok(200);
-    api.patch(&format!("{CLUSTER_POLICIES}/labels"), MERGE_PATCH, json!({"spec": {"enforcement": "audit"}})).await.ok(200);
+    let edited = api.patch(&format!("{CLUSTER_POLICIES}/labels"), MERGE_PATCH, json!({"spec": {"enforcement": "audit"}})).await;
+    edited.ok(200);
+    assert_eq!(edited.body["status"]["audit"]["totalViolations"], 3, "an edit keeps the last audit: {}", edited.text);
+    assert_eq!(edited.body["status"]["loaded"], true);
     for i in 0..20 {
         api.create_pod("prod", pod(&format!("batch-{i}"))).await;
     }

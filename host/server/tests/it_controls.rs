@@ -290,3 +290,104 @@ async fn a_workload_template_makes_pods_through_the_ordinary_create_path() {
     assert_eq!(made.body["metadata"]["annotations"]["kapsel.io/template"], "WorkloadTemplate/web");
     api.post(&format!("{own}/web/instantiate"), json!({"namespace": "qa", "parameters": {"image": "x"}})).await.failure(422, "Invalid");
 }
+
+/// A token for a new user with `roles`, issued by the admin.
+async fn token(api: &Api, user: &str, roles: Value) -> String {
+    let issued = api
+        .post(
+            "/apis/kapsel.io/v1alpha1/tokens",
+            json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Token",
+            "metadata": {"name": user}, "spec": {"user": user, "roles": roles}}),
+        )
+        .await;
+    issued.ok(201);
+    issued.body["status"]["token"].as_str().expect("the secret, shown once").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_shrink_what_their_pods_count_for() {
+    let api = Api::start().await;
+    api.post(CLASSES, class("guaranteed-small", "500m", "256Mi")).await.ok(201);
+    api.post(QUOTAS, quota("cpu", json!({"requests.cpu": "2"}))).await.ok(201);
+
+    // A quota on compute alone still needs every new pod to say what it asks for.
+    let refused = api.json_as(ALICE, http::Method::POST, &pods("dev"), Some(pod("bare"))).await;
+    refused.failure(403, "Forbidden");
+    assert_eq!(refused.message(), r#"pods "bare" is forbidden: failed quota: cpu: must specify requests.cpu"#);
+
+    api.json_as(ALICE, http::Method::POST, &pods("dev"), Some(sized_pod("web", "1", "64Mi"))).await.ok(201);
+    api.json_as(ALICE, http::Method::POST, &pods("dev"), Some(classed_pod("small", "guaranteed-small"))).await.ok(201);
+    assert_eq!(used(&api, "cpu").await, json!({"requests.cpu": "1500m"}));
+
+    // Statuses are the platform's: a tenant cannot declare its pod finished to free its quota.
+    let mut finished = api.get(&pod_path("dev", "web")).await.body;
+    finished["status"]["phase"] = json!("Succeeded");
+    let refused = api.json_as(ALICE, http::Method::PUT, &format!("{}/status", pod_path("dev", "web")), Some(finished)).await;
+    refused.failure(403, "Forbidden");
+    assert!(refused.message().contains("statuses are written by the platform"), "{}", refused.text);
+
+    // A pod's size and class are fixed once it exists.
+    let shrink =
+        json!({"spec": {"containers": [{"name": "app", "image": "registry.example/app:1", "resources": {"requests": {"cpu": "1m"}}}]}});
+    let refused =
+        api.call(Some(ALICE), http::Method::PATCH, &pod_path("dev", "web"), &[("content-type", STRATEGIC_PATCH)], shrink.to_string()).await;
+    refused.failure(422, "Invalid");
+    assert_eq!(refused.cause_fields(), ["spec.containers[0].resources"]);
+    let reclass = api
+        .call(
+            Some(ALICE),
+            http::Method::PATCH,
+            &pod_path("dev", "small"),
+            &[("content-type", MERGE_PATCH)],
+            json!({"spec": {"resourceClassName": "other"}}).to_string(),
+        )
+        .await;
+    reclass.failure(422, "Invalid");
+    assert_eq!(reclass.cause_fields(), ["spec.resourceClassName"]);
+    // Other edits go through; a container added to an unclassed pod must say what it asks for too.
+    let relabel = api
+        .call(
+            Some(ALICE),
+            http::Method::PATCH,
+            &pod_path("dev", "web"),
+            &[("content-type", MERGE_PATCH)],
+            json!({"metadata": {"labels": {"a": "b"}}}).to_string(),
+        )
+        .await;
+    relabel.ok(200);
+    let sidecar = json!({"spec": {"containers": [{"name": "side", "image": "registry.example/side:1"}]}});
+    let refused = api
+        .call(Some(ALICE), http::Method::PATCH, &pod_path("dev", "web"), &[("content-type", STRATEGIC_PATCH)], sidecar.to_string())
+        .await;
+    refused.failure(403, "Forbidden");
+    assert!(refused.message().ends_with("failed quota: cpu: must specify requests.cpu"), "{}", refused.text);
+    assert_eq!(used(&api, "cpu").await, json!({"requests.cpu": "1500m"}));
+    // A quota on something else counted by name only.
+    api.post(QUOTAS, quota("events", json!({"count/events": "5"}))).await.failure(422, "Invalid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_policy_reads_only_what_its_tenants_may_read() {
+    let api = Api::start().await;
+    let owner = token(&api, "olga", json!([{"namespace": "dev", "role": "owner"}])).await;
+    let policy = |kinds: Value| {
+        json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy", "metadata": {"name": "peek", "namespace": "dev"},
+            "spec": {"match": {"kinds": ["Pod"]}, "inventory": {"kinds": kinds},
+                     "rego": "package peek\ndeny contains sprintf(\"%v\", [data.inventory]) if { true }"}})
+    };
+    let path = "/apis/kapsel.io/v1alpha1/namespaces/dev/admissionpolicies";
+    for secret in ["Token", "Plugin", "Namespace"] {
+        let refused = api.json_as(&owner, http::Method::POST, path, Some(policy(json!([secret])))).await;
+        refused.failure(422, "Invalid");
+        assert_eq!(refused.cause_fields(), ["spec.inventory.kinds[0]"], "{secret}");
+    }
+    // A review of an inline policy sees only what the caller may list: not another namespace's pods.
+    api.create_pod("prod", pod("secret-pod")).await;
+    let mut object = pod("probe");
+    object["metadata"]["namespace"] = json!("prod");
+    let review =
+        json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policy": policy(json!(["Pod"])), "object": object}});
+    let refused = api.json_as(&owner, http::Method::POST, "/apis/kapsel.io/v1alpha1/policyreviews", Some(review)).await;
+    refused.failure(403, "Forbidden");
+    assert!(!refused.text.contains("secret-pod"), "{}", refused.text);
+}

@@ -197,9 +197,17 @@ fn validate(object: &Value) -> Vec<FieldError> {
         if inventory.kinds.is_empty() {
             errors.push(FieldError::required("spec.inventory.kinds"));
         }
+        // A namespace's own policy reads only what every tenant of it may
+        // read; no policy reads secrets or platform internals (tokens, plug-ins).
+        let namespaced_policy = object.get("kind").and_then(Value::as_str) == Some(ADMISSION_POLICY.kind);
+        let readable = |r: &ResourceType| match r.tenant_access {
+            TenantAccess::None => false,
+            TenantAccess::OwnNamespaces => !namespaced_policy,
+            TenantAccess::Workload | TenantAccess::ReadOnly | TenantAccess::NamespaceOwned | TenantAccess::ClusterReadable => true,
+        };
         for (i, kind) in inventory.kinds.iter().enumerate() {
-            if !crate::registry::ALL.iter().any(|r| r.kind == kind) {
-                let known: Vec<&str> = crate::registry::ALL.iter().map(|r| r.kind).collect();
+            if !crate::registry::ALL.iter().any(|r| r.kind == kind && readable(r)) {
+                let known: Vec<&str> = crate::registry::ALL.iter().filter(|r| readable(r)).map(|r| r.kind).collect();
                 errors.push(FieldError::not_supported(format!("spec.inventory.kinds[{i}]"), kind, &known));
             }
         }

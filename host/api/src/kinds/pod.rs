@@ -68,6 +68,7 @@ fn validate(object: &Value) -> Vec<FieldError> {
     }
     match object.pointer("/spec/resourceClassName") {
         None | Some(Value::Null) => {}
+        Some(Value::String(class)) if class.is_empty() => {}
         Some(Value::String(class)) => {
             if let Err(e) = dns1123_subdomain(class) {
                 errors.push(FieldError::invalid("spec.resourceClassName", e));

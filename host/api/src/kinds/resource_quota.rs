@@ -34,7 +34,9 @@ fn validate(object: &Value) -> Vec<FieldError> {
             let mut errors = Vec::new();
             check_quantities(spec.as_ref().and_then(|s| s.hard.as_ref()), "spec.hard", &mut errors);
             for name in spec.as_ref().and_then(|s| s.hard.as_ref()).into_iter().flat_map(|hard| hard.keys()) {
-                let counted = name.strip_prefix("count/").is_some_and(|_| crate::registry::ALL.iter().any(|r| count_name(r) == *name));
+                let counted = name
+                    .strip_prefix("count/")
+                    .is_some_and(|_| crate::registry::ALL.iter().any(|r| countable(r) && count_name(r) == *name));
                 if !(COMPUTE_RESOURCES.contains(&name.as_str()) || counted) {
                     let mut supported = COMPUTE_RESOURCES.to_vec();
                     supported.push("count/<plural>[.<group>] of a kind, as count/pods or count/plugins.kapsel.io");
@@ -52,6 +54,12 @@ fn validate(object: &Value) -> Vec<FieldError> {
 /// The resource names a quota may limit besides `count/<resource>`.
 pub const COMPUTE_RESOURCES: &[&str] =
     &["pods", "cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "requests.storage"];
+
+/// Whether a quota may count objects of `resource`: namespaced kinds that
+/// clients create (not Events, which the platform records, nor quotas themselves).
+pub fn countable(resource: &ResourceType) -> bool {
+    resource.namespaced() && !matches!(resource.kind, "Event" | "ResourceQuota")
+}
 
 /// The name under which a quota counts objects of `resource`:
 /// `count/pods`, `count/plugins.kapsel.io`.
