@@ -65,8 +65,6 @@ pub struct App {
     pub plugins: plugins::PluginRegistry,
     /// The admission policies in force.
     pub admission: admission::Admission,
-    /// Serializes quota-charged writes per namespace.
-    pub quota_locks: Arc<quota::QuotaLocks>,
 }
 
 /// The whole HTTP API.

@@ -1,12 +1,13 @@
 //! `ResourceQuota` enforcement, as Kubernetes' quota admission and quota
 //! controller do it together, but exact by construction: a write that
-//! changes what a namespace uses of a resource some quota limits is
-//! checked against the quota's `status.used` and committed in one atomic
-//! store write with the quota's new `status.used` (guarded by the quota's
-//! revision). Writes in one namespace that touch its quotas are serialized
-//! in this process by a per-namespace lock, so 32 clients creating at once
-//! neither over-admit nor retry; another supervisor replica writing the
-//! same quota makes the guarded write conflict, and it is retried.
+//! changes what a namespace uses of a resource some quota limits commits in
+//! one atomic store write with an adjustment of each such quota
+//! (`WriteOp::Adjust`) that checks the charge against the quota's
+//! `status.used` *as stored at that moment* and adds it, inside the
+//! writer's transaction. Concurrent creates are batched by the group commit
+//! and charged one after the other there, so 32 clients creating at once
+//! neither over-admit nor serialize on a lock, and a second supervisor on
+//! the same PostgreSQL is ordered by the store's writer lock.
 //!
 //! What an object uses ([`usage`]): every object counts 1 of
 //! `count/<plural>[.<group>]`; a pod that has not terminated counts 1 of
@@ -18,21 +19,22 @@
 //!
 //! A quota's `status` (`hard`, `used`) is the platform's (only IT admins
 //! may write any `/status`, and a pod's size cannot change after create):
-//! every write of a quota recounts it from the namespace's objects, and a
-//! resync pass ([`resync`]) corrects drift — possible only for an object
-//! written in the instant its namespace's first quota was being created,
-//! before writes there took the lock. Platform writers that go to the
-//! store directly (Events, audit and plug-in statuses) are not charged;
-//! `count/events` and `count/resourcequotas` are refused for that reason.
+//! every write of a quota recounts it from the namespace's objects, guarded
+//! by the quota's revision so no charge slips between the count and the
+//! write; a new quota is recounted again a moment later (a create that did
+//! not see it yet), and a resync pass ([`resync`]) corrects any drift.
+//! Platform writers that go to the store directly (Events, audit and
+//! plug-in statuses) are not charged; `count/events` and
+//! `count/resourcequotas` are refused for that reason.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::resource_quota::{COMPUTE_RESOURCES, RESOURCE_QUOTA, count_name};
 use kapsel_api::{Quantity, ResourceType, object, registry};
-use kapsel_store::{Change, Key, StoreError, WriteOp};
+use kapsel_store::{Adjustment, Change, Key, StoreError, WriteOp};
 use serde_json::{Value, json};
 
 use crate::App;
@@ -41,27 +43,15 @@ use crate::error::ApiError;
 /// How often every quota's usage is recomputed from the objects.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How many times a charge is retried when a quota changes underneath it.
-const CHARGE_RETRIES: usize = 8;
+/// How many times a charge or a recount is retried when what it read changes underneath it.
+const RETRIES: usize = 8;
+
+/// How long after a quota is created its usage is counted again (a write
+/// that had read the namespace's quotas just before it existed has landed by then).
+const RECOUNT_AFTER_CREATE: Duration = Duration::from_secs(1);
 
 /// Amounts of quota-tracked resources, by resource name (`requests.cpu`, `pods`, …).
 pub type Usage = BTreeMap<String, Quantity>;
-
-/// The per-namespace locks that serialize quota-charged writes in this process.
-#[derive(Debug, Default)]
-pub struct QuotaLocks {
-    namespaces: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl QuotaLocks {
-    async fn lock(&self, namespace: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut namespaces = self.namespaces.lock().expect("quota locks poisoned");
-            namespaces.entry(namespace.to_string()).or_default().clone()
-        };
-        lock.lock_owned().await
-    }
-}
 
 /// What `object` (of `resource`) uses of quota-tracked resources.
 pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
@@ -242,7 +232,7 @@ const NEEDS_SPECIFIED: [(&str, &str, &str); 6] = [
 
 impl Charge {
     /// The charge of writing `new` over `old` (`None`: created, or deleted).
-    pub fn new(resource: &'static ResourceType, namespace: &str, name: &str, old: Option<&Value>, new: Option<&Value>) -> Charge {
+    fn new(resource: &'static ResourceType, namespace: &str, name: &str, old: Option<&Value>, new: Option<&Value>) -> Charge {
         let of = |object: Option<&Value>| object.map(|o| usage(resource, o)).unwrap_or_default();
         let new_containers_set = match new {
             Some(pod) if std::ptr::eq(resource, &POD) => specified(pod, old),
@@ -258,6 +248,11 @@ impl Charge {
         }
     }
 
+    /// Whether the write changes nothing a quota could limit.
+    fn is_empty(&self) -> bool {
+        self.change.is_empty() && self.new_containers_set.is_none()
+    }
+
     /// Whether a quota with these `hard` limits has a say in this write:
     /// it limits something the write changes, or something a new container
     /// leaves unspecified.
@@ -270,6 +265,24 @@ impl Charge {
         let Some(set) = &self.new_containers_set else { return Vec::new() };
         NEEDS_SPECIFIED.iter().map(|(name, _, _)| *name).filter(|name| hard.contains_key(*name) && !set.contains(name)).collect()
     }
+}
+
+/// The charge of a write in `namespace`, or `None` when no quota there can
+/// have a say in it (most namespaces: the charge is not even worked out).
+pub async fn charge_for(
+    app: &App,
+    resource: &'static ResourceType,
+    namespace: &str,
+    name: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+) -> Result<Option<Charge>, ApiError> {
+    let quotas =
+        app.store.list(&RESOURCE_QUOTA.store_key(), Some(namespace)).await.map_err(|e| ApiError::from_store(e, &RESOURCE_QUOTA, ""))?;
+    if quotas.objects.is_empty() && !std::ptr::eq(resource, &RESOURCE_QUOTA) {
+        return Ok(None);
+    }
+    Ok(Some(Charge::new(resource, namespace, name, old, new)))
 }
 
 /// Which of [`NEEDS_SPECIFIED`]'s names every container of `pod` that
@@ -300,68 +313,56 @@ fn specified(pod: &Value, old: Option<&Value>) -> Option<BTreeSet<&'static str>>
     )
 }
 
-/// The quota status updates that go with a write, or why it is refused.
-/// `quotas` are the namespace's quotas as read under its lock.
-async fn plan(app: &App, charge: &Charge, quotas: &[Value]) -> Result<Vec<WriteOp>, ApiError> {
-    let change = &charge.change;
-    let mut updates = Vec::new();
-    let mut refusals = Vec::new();
-    for quota in quotas {
-        let hard = amounts_at(quota, "/spec/hard");
-        if !charge.limited_by(&hard) {
-            continue;
-        }
-        let quota_name = object::name(quota).unwrap_or_default();
-        // A status that does not cover the spec (a quota written by an older
-        // build, or by hand) is recounted first.
-        let mut quota = quota.clone();
-        let counted = amounts_at(&quota, "/status/used");
-        if amounts_at(&quota, "/status/hard") != hard || !hard.keys().all(|name| counted.contains_key(name)) {
-            quota = with_fresh_status(app, &charge.namespace, quota).await?;
-        }
-        let used = amounts_at(&quota, "/status/used");
-        let missing = charge.unspecified(&hard);
-        if !missing.is_empty() {
-            refusals.push(format!("failed quota: {quota_name}: must specify {}", missing.join(", ")));
-            continue;
-        }
-        let exceeded: Vec<&String> = change
-            .iter()
-            .filter(|(name, delta)| {
-                hard.get(*name)
-                    .is_some_and(|limit| **delta > Quantity::default() && used.get(*name).copied().unwrap_or_default() + **delta > *limit)
-            })
-            .map(|(name, _)| name)
-            .collect();
-        if !exceeded.is_empty() {
-            let list = |amounts: &dyn Fn(&String) -> Quantity| {
-                exceeded.iter().map(|name| format!("{name}={}", amounts(name))).collect::<Vec<_>>().join(",")
-            };
-            refusals.push(format!(
-                "exceeded quota: {quota_name}, requested: {}, used: {}, limited: {}",
-                list(&|name| change[name]),
-                list(&|name| used.get(name).copied().unwrap_or_default()),
-                list(&|name| hard[name]),
-            ));
-            continue;
-        }
-        let mut next_used = used.clone();
-        for (name, delta) in change.iter().filter(|(name, _)| hard.contains_key(*name)) {
-            let total = next_used.entry(name.clone()).or_default();
-            *total = *total + *delta;
-            if total.is_negative() {
-                *total = Quantity::default();
-            }
-        }
-        let expected_revision = revision(&quota);
-        let key = quota_key(&quota);
-        quota["status"]["used"] = to_json(&next_used);
-        updates.push(WriteOp::Update { key, object: quota, expected_revision });
+/// What charging `charge` makes of `quota` as stored: the quota with its
+/// new `status.used` (unchanged when it limits nothing the write changes),
+/// or the refusal in Kubernetes' words.
+fn charged(charge: &Charge, quota: &Value) -> Result<Value, String> {
+    let hard = amounts_at(quota, "/spec/hard");
+    if !charge.limited_by(&hard) {
+        return Ok(quota.clone());
     }
-    if refusals.is_empty() {
-        return Ok(updates);
+    let name = object::name(quota).unwrap_or_default();
+    let refused = |why: String| format!("{} {:?} is forbidden: {why}", charge.resource.plural, charge.name);
+    let used = amounts_at(quota, "/status/used");
+    if amounts_at(quota, "/status/hard") != hard || !hard.keys().all(|limited| used.contains_key(limited)) {
+        // Every write of a quota counts its status; only one written around the API lacks it.
+        return Err(refused(format!("quota {name} has not been counted yet; try again in a moment")));
     }
-    Err(ApiError::Forbidden(format!("{} {:?} is forbidden: {}", charge.resource.plural, charge.name, refusals.join("; "))))
+    let missing = charge.unspecified(&hard);
+    if !missing.is_empty() {
+        return Err(refused(format!("failed quota: {name}: must specify {}", missing.join(", "))));
+    }
+    let exceeded: Vec<&String> = charge
+        .change
+        .iter()
+        .filter(|(limited, delta)| {
+            hard.get(*limited)
+                .is_some_and(|limit| **delta > Quantity::default() && used.get(*limited).copied().unwrap_or_default() + **delta > *limit)
+        })
+        .map(|(limited, _)| limited)
+        .collect();
+    if !exceeded.is_empty() {
+        let list = |amounts: &dyn Fn(&String) -> Quantity| {
+            exceeded.iter().map(|limited| format!("{limited}={}", amounts(limited))).collect::<Vec<_>>().join(",")
+        };
+        return Err(refused(format!(
+            "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
+            list(&|limited| charge.change[limited]),
+            list(&|limited| used.get(limited).copied().unwrap_or_default()),
+            list(&|limited| hard[limited]),
+        )));
+    }
+    let mut next_used = used;
+    for (limited, delta) in charge.change.iter().filter(|(limited, _)| hard.contains_key(*limited)) {
+        let total = next_used.entry(limited.clone()).or_default();
+        *total = *total + *delta;
+        if total.is_negative() {
+            *total = Quantity::default();
+        }
+    }
+    let mut next = quota.clone();
+    next["status"]["used"] = to_json(&next_used);
+    Ok(next)
 }
 
 /// The namespace's quotas, as stored now.
@@ -374,28 +375,28 @@ async fn quotas_of(app: &App, namespace: &str) -> Result<Vec<Value>, ApiError> {
         .objects)
 }
 
-/// Whether any of `quotas` has a say in the write `charge` describes.
-fn affected(quotas: &[Value], charge: &Charge) -> bool {
-    quotas.iter().any(|quota| charge.limited_by(&amounts_at(quota, "/spec/hard")))
+/// The quotas of `quotas` that have a say in the write `charge` describes.
+fn affected<'a>(quotas: &'a [Value], charge: &Charge) -> impl Iterator<Item = &'a Value> {
+    quotas.iter().filter(|quota| charge.limited_by(&amounts_at(quota, "/spec/hard")))
 }
 
-/// Checks a write against its namespace's quotas without writing (a dry run).
+/// Checks a write against its namespace's quotas as they are now, without
+/// writing (a dry run).
 pub async fn check(app: &App, charge: &Charge) -> Result<(), ApiError> {
-    if charge.change.is_empty() && charge.new_containers_set.is_none() {
+    if charge.is_empty() {
         return Ok(());
     }
-    let quotas = quotas_of(app, &charge.namespace).await?;
-    if affected(&quotas, charge) {
-        plan(app, charge, &quotas).await?;
+    for quota in affected(&quotas_of(app, &charge.namespace).await?, charge) {
+        charged(charge, quota).map_err(ApiError::Forbidden)?;
     }
     Ok(())
 }
 
-/// Commits `op` (the write `charge` describes), charging the namespace's
-/// quotas in the same atomic store write; a write that would exceed one is
-/// refused with 403 and nothing is stored. A write of a quota itself gets
-/// its status recounted. Returns the changes of `op` alone, or the store's
-/// failure of `op` as it is (for the caller to word).
+/// Commits `op` (the write `charge` describes) with an adjustment of every
+/// quota of the namespace that has a say in it, atomically; a write that
+/// would exceed one is refused with 403 and nothing is stored. A write of a
+/// quota itself gets its status recounted. Returns the changes of `op`
+/// alone, or the store's failure of `op` as it is (for the caller to word).
 ///
 /// The charge was worked out from the object as it was read; an update or
 /// delete the client did not make conditional is made conditional on that
@@ -405,16 +406,20 @@ pub async fn commit(app: &App, charge: Charge, op: WriteOp) -> Result<Result<Vec
     if std::ptr::eq(charge.resource, &RESOURCE_QUOTA) {
         return commit_quota(app, &charge, op).await;
     }
-    if (charge.change.is_empty() && charge.new_containers_set.is_none()) || !affected(&quotas_of(app, &charge.namespace).await?, &charge) {
+    if charge.is_empty() {
         return Ok(app.store.write(op).await);
     }
-    let _serialized = app.quota_locks.lock(&charge.namespace).await;
     let (mut charge, mut op, guarded_here) = guard(charge, op);
-    for _ in 0..CHARGE_RETRIES {
+    for _ in 0..RETRIES {
         let quotas = quotas_of(app, &charge.namespace).await?;
-        let updates = plan(app, &charge, &quotas).await?;
+        let keys: Vec<Key> = affected(&quotas, &charge).map(quota_key).collect();
+        if keys.is_empty() {
+            return Ok(app.store.write(op).await);
+        }
+        let shared = Arc::new(charge.clone());
+        let adjust = Adjustment(Arc::new(move |quota: &Value| charged(&shared, quota)));
         let mut ops = vec![op.clone()];
-        ops.extend(updates);
+        ops.extend(keys.into_iter().map(|key| WriteOp::Adjust { key, adjust: adjust.clone() }));
         match app.store.write(WriteOp::Atomic(ops)).await {
             Ok(mut changes) => {
                 // The op's own change; the quotas' changes went to watchers.
@@ -438,8 +443,12 @@ pub async fn commit(app: &App, charge: Charge, op: WriteOp) -> Result<Result<Vec
                 }
                 error => return Ok(Err(error)),
             },
-            // A quota changed underneath (another replica, an edit): count again.
-            Err(StoreError::AtomicOpFailed { error, .. }) if matches!(*error, StoreError::Conflict { .. } | StoreError::NotFound) => {}
+            Err(StoreError::AtomicOpFailed { error, .. }) => match *error {
+                StoreError::Refused(message) => return Err(ApiError::Forbidden(message)),
+                // A quota deleted meanwhile: charge the ones there are.
+                StoreError::NotFound => {}
+                other => return Ok(Err(other)),
+            },
             Err(other) => return Ok(Err(other)),
         }
     }
@@ -468,19 +477,45 @@ fn with_expected_revision(op: WriteOp, revision: Option<i64>) -> WriteOp {
     }
 }
 
-/// Writes a quota (create, update, status write) with its status recounted
-/// under the namespace's lock, so it starts exact.
+/// Writes a quota (create, update, status write) with its status counted
+/// from the namespace's objects. An update is guarded by the revision read
+/// before the count (the client's, when it gave one), so a charge that
+/// lands meanwhile makes it count again; a new quota is counted again a
+/// moment after it is created.
 async fn commit_quota(app: &App, charge: &Charge, op: WriteOp) -> Result<Result<Vec<Change>, StoreError>, ApiError> {
-    let namespace = charge.namespace.as_str();
-    let _serialized = app.quota_locks.lock(namespace).await;
-    let op = match op {
-        WriteOp::Create { key, object } => WriteOp::Create { key, object: with_fresh_status(app, namespace, object).await? },
-        WriteOp::Update { key, object, expected_revision } => {
-            WriteOp::Update { key, object: with_fresh_status(app, namespace, object).await?, expected_revision }
+    let namespace = charge.namespace.clone();
+    match op {
+        WriteOp::Create { key, object } => {
+            let object = with_fresh_status(app, &namespace, object).await?;
+            let created = app.store.write(WriteOp::Create { key, object }).await;
+            if created.is_ok() {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RECOUNT_AFTER_CREATE).await;
+                    if let Err(error) = recount(&app, &namespace).await {
+                        tracing::warn!(namespace, error = %error, "recounting a new quota failed; the resync will");
+                    }
+                });
+            }
+            Ok(created)
         }
-        other => other,
-    };
-    Ok(app.store.write(op).await)
+        WriteOp::Update { key, object, expected_revision } => {
+            for _ in 0..RETRIES {
+                let stored = match app.store.get(&key).await {
+                    Ok(stored) => stored,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let guard = expected_revision.or_else(|| revision(&stored));
+                let counted = with_fresh_status(app, &namespace, object.clone()).await?;
+                match app.store.write(WriteOp::Update { key: key.clone(), object: counted, expected_revision: guard }).await {
+                    Err(StoreError::Conflict { .. }) if expected_revision.is_none() => continue,
+                    written => return Ok(written),
+                }
+            }
+            Err(ApiError::conflict(&RESOURCE_QUOTA, &charge.name, "the quota kept changing while it was counted; try again"))
+        }
+        other => Ok(app.store.write(other).await),
+    }
 }
 
 /// Recounts every quota's usage from the objects and writes the ones that
@@ -505,19 +540,37 @@ pub async fn resync_once(app: &App) -> Result<usize, ApiError> {
     let namespaces: BTreeSet<String> = quotas.objects.iter().filter_map(|q| object::namespace(q).map(str::to_string)).collect();
     let mut corrected = 0;
     for namespace in namespaces {
-        let _serialized = app.quota_locks.lock(&namespace).await;
-        for quota in quotas_of(app, &namespace).await? {
-            let fresh = with_fresh_status(app, &namespace, quota.clone()).await?;
+        corrected += recount(app, &namespace).await?;
+    }
+    Ok(corrected)
+}
+
+/// Recounts the quotas of `namespace`, each guarded by the revision read
+/// before its count (a charge landing meanwhile makes it count again);
+/// returns how many were corrected.
+async fn recount(app: &App, namespace: &str) -> Result<usize, ApiError> {
+    let mut corrected = 0;
+    for listed in quotas_of(app, namespace).await? {
+        let key = quota_key(&listed);
+        for _ in 0..RETRIES {
+            let quota = match app.store.get(&key).await {
+                Ok(quota) => quota,
+                Err(StoreError::NotFound) => break,
+                Err(other) => return Err(ApiError::from_store(other, &RESOURCE_QUOTA, &key.name)),
+            };
+            let fresh = with_fresh_status(app, namespace, quota.clone()).await?;
             if fresh.get("status") == quota.get("status") {
-                continue;
+                break;
             }
-            let name = object::name(&quota).unwrap_or_default().to_string();
-            tracing::info!(namespace, quota = name, used = %fresh["status"]["used"], "corrected a quota's usage");
-            match app.store.update(quota_key(&quota), fresh, revision(&quota)).await {
-                Ok(_) => corrected += 1,
-                // Changed or gone meanwhile: its own write recounted it.
-                Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
-                Err(other) => return Err(ApiError::from_store(other, &RESOURCE_QUOTA, &name)),
+            match app.store.update(key.clone(), fresh.clone(), revision(&quota)).await {
+                Ok(_) => {
+                    tracing::info!(namespace, quota = key.name, used = %fresh["status"]["used"], "corrected a quota's usage");
+                    corrected += 1;
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound) => break,
+                Err(other) => return Err(ApiError::from_store(other, &RESOURCE_QUOTA, &key.name)),
             }
         }
     }

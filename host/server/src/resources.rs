@@ -369,7 +369,10 @@ pub async fn create_object(
         dry_run,
     };
     warnings.extend(app.admission.admit(&app.store, identity, write).await?);
-    let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, &name, None, Some(&object)));
+    let charge = match target.namespace.as_deref() {
+        Some(ns) => quota::charge_for(app, resource, ns, &name, None, Some(&object)).await?,
+        None => None,
+    };
     if dry_run {
         if let Some(charge) = &charge {
             quota::check(app, charge).await?;
@@ -481,7 +484,10 @@ async fn store_update(
         }
         None => None,
     };
-    let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, name, Some(current), Some(&next)));
+    let charge = match target.namespace.as_deref() {
+        Some(ns) => quota::charge_for(app, resource, ns, name, Some(current), Some(&next)).await?,
+        None => None,
+    };
     if dry_run {
         if let Some(charge) = &charge {
             quota::check(app, charge).await?;
@@ -601,7 +607,10 @@ async fn delete(
     if resource.kind == NAMESPACE.kind {
         return terminate_namespace(app, target, params, headers, expected).await.map(|r| with_warnings(r, &warnings));
     }
-    let charge = target.namespace.as_deref().map(|ns| quota::Charge::new(resource, ns, name, Some(&current), None));
+    let charge = match target.namespace.as_deref() {
+        Some(ns) => quota::charge_for(app, resource, ns, name, Some(&current), None).await?,
+        None => None,
+    };
     let changes = commit(app, charge, WriteOp::Delete { key, expected_revision: expected }).await?.map_err(|e| match e {
         StoreError::Conflict { .. } => {
             ApiError::conflict(resource, name, "Precondition failed: the object has been modified since the given resourceVersion")

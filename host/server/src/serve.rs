@@ -81,15 +81,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;
-    let app = App {
-        store,
-        auth,
-        info: Arc::new(ServerInfo { advertise_address: advertise }),
-        stopping,
-        plugins,
-        admission,
-        quota_locks: Default::default(),
-    };
+    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins, admission };
     crate::controllers::start(&app);
     crate::controllers::audit::start(&app, config.audit_interval);
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {

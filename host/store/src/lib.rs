@@ -105,11 +105,31 @@ pub enum WriteOp {
     /// namespace is its name; with `expected_revision`, only if the namespace
     /// is still at that revision.
     DeleteNamespace { key: Key, expected_revision: Option<i64> },
+    /// Replace the object under `key` with what `adjust` makes of it as
+    /// stored at that moment, inside the write's transaction: the read and
+    /// the write see no other write between them, so adjustments queued by
+    /// concurrent requests apply one after the other (a quota's usage,
+    /// charged and checked by many creates at once). `adjust` refusing fails
+    /// the op with [`StoreError::Refused`]; returning the object unchanged
+    /// writes nothing.
+    Adjust { key: Key, adjust: Adjustment },
     /// Every op or none: applied in order at consecutive revisions; when one
     /// fails, those before it are undone and the write fails with
     /// [`StoreError::AtomicOpFailed`] naming it (a quota's usage and the
     /// object it is charged for commit together).
     Atomic(Vec<WriteOp>),
+}
+
+/// The function of a [`WriteOp::Adjust`]: the stored object in, the object
+/// to store (or why not) out. It runs inside the writer's transaction, so
+/// it must be quick and must not wait on anything.
+#[derive(Clone)]
+pub struct Adjustment(pub Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>);
+
+impl std::fmt::Debug for Adjustment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Adjustment(..)")
+    }
 }
 
 /// Why a store operation failed.
@@ -133,6 +153,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("the store is shut down")]
     Closed,
+    /// The function of a [`WriteOp::Adjust`] refused the object, saying why.
+    #[error("refused: {0}")]
+    Refused(String),
     /// Op `index` of a [`WriteOp::Atomic`] failed with `error`; nothing of it was applied.
     #[error("write {index} of an atomic write failed: {error}")]
     AtomicOpFailed { index: usize, error: Box<StoreError> },

@@ -229,6 +229,11 @@ fn parse(data: &str) -> Result<Value, StoreError> {
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("stored object is not JSON: {e}")))
 }
 
+/// The revision `metadata.resourceVersion` of a stored object says (0 if none).
+fn stored_revision(object: &Value) -> i64 {
+    object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// Sets `metadata.resourceVersion` to `revision`.
 fn stamp(object: &mut Value, revision: i64) {
     if let Some(meta) = object.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Default::default())))
@@ -282,6 +287,22 @@ async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result
                 return Ok(Err(StoreError::AlreadyExists));
             }
             Ok(Ok(vec![record(tx, Record { revision: next, change_type: ChangeType::Added, key, object, data, previous: None }).await?]))
+        }
+        WriteOp::Adjust { key, adjust } => {
+            let stored = match current(tx, &key, None).await? {
+                Ok(stored) => stored,
+                Err(error) => return Ok(Err(error)),
+            };
+            let mut object = match (adjust.0)(&stored) {
+                Ok(object) => object,
+                Err(reason) => return Ok(Err(StoreError::Refused(reason))),
+            };
+            // The revision is not part of the comparison: the stored one carries it.
+            stamp(&mut object, stored_revision(&stored));
+            if object == stored {
+                return Ok(Ok(Vec::new()));
+            }
+            Box::pin(apply_one(tx, WriteOp::Update { key, object, expected_revision: None }, revision)).await
         }
         WriteOp::Update { key, mut object, expected_revision } => {
             let previous = match current(tx, &key, expected_revision).await? {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kapsel_store::{ChangeType, Key, Store, StoreError, StoreOptions, WriteOp};
+use kapsel_store::{Adjustment, ChangeType, Key, Store, StoreError, StoreOptions, WriteOp};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
@@ -101,7 +101,8 @@ conformance!(
     deleting_a_namespace_deletes_its_contents,
     writes_survive_reopening,
     refuses_an_unknown_schema,
-    atomic_writes_apply_all_or_nothing
+    atomic_writes_apply_all_or_nothing,
+    adjustments_apply_one_after_another
 );
 
 fn pod(name: &str) -> Value {
@@ -387,4 +388,56 @@ async fn atomic_writes_apply_all_or_nothing(url: &str) {
     let reopened = Store::open(url, options()).await.unwrap();
     assert_eq!(reopened.get(&counter).await.unwrap()["used"], 1);
     assert!(matches!(reopened.get(&Key::new("pods", "dev", "b")).await, Err(StoreError::NotFound)));
+}
+
+/// Adjustments queued at once apply one after the other on what the ones
+/// before them stored, inside the group commit: 60 concurrent "take one if
+/// fewer than 40 are taken" give exactly 40, each with its object.
+async fn adjustments_apply_one_after_another(url: &str) {
+    let store = Store::open(url, options()).await.unwrap();
+    let counter = Key::new("counters", "dev", "seats");
+    store.create(counter.clone(), json!({"metadata": {"name": "seats"}, "taken": 0, "limit": 40})).await.unwrap();
+    let take_one = Adjustment(std::sync::Arc::new(|stored: &Value| {
+        let taken = stored["taken"].as_i64().unwrap_or_default();
+        if taken >= stored["limit"].as_i64().unwrap_or_default() {
+            return Err(format!("all {taken} seats are taken"));
+        }
+        let mut next = stored.clone();
+        next["taken"] = json!(taken + 1);
+        Ok(next)
+    }));
+    let attempts = (0..60).map(|i| {
+        let (store, counter, take_one) = (store.clone(), counter.clone(), take_one.clone());
+        async move {
+            let name = format!("guest-{i}");
+            store
+                .write(WriteOp::Atomic(vec![
+                    WriteOp::Create { key: Key::new("guests", "dev", &name), object: json!({"metadata": {"name": name}}) },
+                    WriteOp::Adjust { key: counter, adjust: take_one },
+                ]))
+                .await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(admitted, 40);
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        match refused {
+            StoreError::AtomicOpFailed { index: 1, error } => {
+                assert!(matches!(&**error, StoreError::Refused(reason) if reason == "all 40 seats are taken"), "{error:?}")
+            }
+            other => panic!("expected the adjustment to refuse, got {other:?}"),
+        }
+    }
+    assert_eq!(store.get(&counter).await.unwrap()["taken"], 40);
+    assert_eq!(store.list("guests", Some("dev")).await.unwrap().objects.len(), 40);
+    // An adjustment that changes nothing writes nothing.
+    let unchanged = store
+        .write(WriteOp::Atomic(vec![WriteOp::Adjust {
+            key: counter.clone(),
+            adjust: Adjustment(std::sync::Arc::new(|v: &Value| Ok(v.clone()))),
+        }]))
+        .await
+        .unwrap();
+    assert!(unchanged.is_empty());
 }

@@ -243,7 +243,6 @@ impl Api {
             stopping,
             plugins,
             admission: kapsel_server::admission::Admission::start(&store).await.expect("load admission policies"),
-            quota_locks: Default::default(),
         };
         kapsel_server::controllers::start(&app);
         let api = Api { router: router(app.clone()), app, store, stop, _dir: dir };
