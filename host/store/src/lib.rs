@@ -124,7 +124,10 @@ pub enum WriteOp {
 /// to store (or why not) out. It runs inside the writer's transaction, so
 /// it must be quick and must not wait on anything.
 #[derive(Clone)]
-pub struct Adjustment(pub Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>);
+pub struct Adjustment(pub Arc<AdjustFn>);
+
+/// The object as stored → the object to store, or why it may not be.
+pub type AdjustFn = dyn Fn(&Value) -> Result<Value, String> + Send + Sync;
 
 impl std::fmt::Debug for Adjustment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
