@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
-use kapsel_api::kinds::admission_policy::{Enforcement, PolicyFailurePolicy, PolicySpec};
+use crate::{ObjectType, Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
+use kapsel_api::kinds::admission_policy::PolicySpec;
 
 /// The policy manifest in a policy folder.
 pub const POLICY_FILE: &str = "policy.yaml";
@@ -303,47 +303,22 @@ fn decide(manifest: &Value, case: &Case) -> Got {
             None => return failed(format!("unsupported operation {text:?}: CREATE, UPDATE or DELETE")),
         },
     };
-    let object = &case.object;
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let plural = kapsel_api::registry::by_kind(api_version, kind)
-        .map(|r| r.plural.to_string())
-        .unwrap_or_else(|| format!("{}s", kind.to_lowercase()));
+    let object_type = ObjectType::of(&case.object);
     let user = match &case.user_info {
         Some(user) => UserInfo { username: user.username.clone(), groups: user.groups.clone() },
         None => UserInfo { username: "tenant".into(), groups: vec!["system:authenticated".into()] },
     };
     let request = Request {
-        group,
-        version,
-        kind,
-        resource: &plural,
-        operation,
-        name: kapsel_api::object::name(object).unwrap_or_default(),
-        namespace: kapsel_api::object::meta_str(object, "namespace").filter(|n| !n.is_empty()),
-        object: (operation != Operation::Delete).then_some(object),
-        old_object: if operation == Operation::Delete { Some(object) } else { case.old_object.as_ref() },
-        user: &user,
-        dry_run: false,
         namespace_labels: case.namespace_labels.as_ref(),
+        ..Request::about(&object_type, operation, &case.object, case.old_object.as_ref(), &user)
     };
     let set = PolicySet::default().with(policy);
     let Some(decision) = set.review_with_inventory(&request, &case.inventory).pop() else {
         return Got { allowed: true, selected: false, messages: Vec::new(), error: None };
     };
+    let allowed = decision.admits();
     match decision.outcome {
-        Ok(violations) => Got {
-            allowed: violations.is_empty() || decision.enforcement != Enforcement::Deny,
-            selected: true,
-            messages: violations.into_iter().map(|v| v.msg).collect(),
-            error: None,
-        },
-        Err(error) => Got {
-            allowed: decision.failure_policy == PolicyFailurePolicy::Ignore,
-            selected: true,
-            messages: Vec::new(),
-            error: Some(error),
-        },
+        Ok(violations) => Got { allowed, selected: true, messages: violations.into_iter().map(|v| v.msg).collect(), error: None },
+        Err(error) => Got { allowed, selected: true, messages: Vec::new(), error: Some(error) },
     }
 }

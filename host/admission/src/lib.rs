@@ -354,6 +354,67 @@ impl Request<'_> {
     }
 }
 
+/// The type of an object reviewed on its own (a policy review, a test
+/// case): group, version and kind from its `apiVersion` and `kind`, the
+/// plural from the registry (or guessed, for a kind Kapsel does not serve).
+#[derive(Debug, Clone)]
+pub struct ObjectType {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub plural: String,
+}
+
+impl ObjectType {
+    pub fn of(object: &Value) -> ObjectType {
+        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let plural = kapsel_api::registry::by_kind(api_version, kind)
+            .map(|r| r.plural.to_string())
+            .unwrap_or_else(|| format!("{}s", kind.to_lowercase()));
+        ObjectType { group: group.into(), version: version.into(), kind: kind.into(), plural }
+    }
+}
+
+impl<'a> Request<'a> {
+    /// A request about `object` (of `object_type`) as a client would send it:
+    /// for a DELETE, `object` is the object deleted (`oldObject`).
+    pub fn about(
+        object_type: &'a ObjectType,
+        operation: Operation,
+        object: &'a Value,
+        old_object: Option<&'a Value>,
+        user: &'a UserInfo,
+    ) -> Request<'a> {
+        let deleting = operation == Operation::Delete;
+        Request {
+            group: &object_type.group,
+            version: &object_type.version,
+            kind: &object_type.kind,
+            resource: &object_type.plural,
+            operation,
+            name: kapsel_api::object::name(object).unwrap_or_default(),
+            namespace: kapsel_api::object::meta_str(object, "namespace").filter(|n| !n.is_empty()),
+            object: (!deleting).then_some(object),
+            old_object: if deleting { Some(object) } else { old_object },
+            user,
+            dry_run: false,
+            namespace_labels: None,
+        }
+    }
+}
+
+/// Whether a policy's outcome admits the request: no violations, or an
+/// enforcement that does not deny; an evaluation that failed admits only
+/// under `failurePolicy: Ignore`.
+pub fn admits(enforcement: Enforcement, failure_policy: PolicyFailurePolicy, outcome: &Result<Vec<Violation>, String>) -> bool {
+    match outcome {
+        Ok(violations) => violations.is_empty() || enforcement != Enforcement::Deny,
+        Err(_) => failure_policy == PolicyFailurePolicy::Ignore,
+    }
+}
+
 /// What one policy decided about a request.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -362,6 +423,13 @@ pub struct Decision {
     pub failure_policy: PolicyFailurePolicy,
     /// The violations, or why the policy could not be evaluated.
     pub outcome: Result<Vec<Violation>, String>,
+}
+
+impl Decision {
+    /// Whether this decision admits the request (see [`admits`]).
+    pub fn admits(&self) -> bool {
+        admits(self.enforcement, self.failure_policy, &self.outcome)
+    }
 }
 
 /// The loaded policies, indexed by the kinds they match.

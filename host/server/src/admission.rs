@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use kapsel_admission::{Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
+use kapsel_admission::{ObjectType, Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement, PolicyFailurePolicy, PolicySpec};
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::token::TOKEN;
@@ -295,26 +295,8 @@ pub async fn review(
         },
         None => UserInfo { username: identity.user.clone(), groups: vec!["system:authenticated".into()] },
     };
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let plural = kapsel_api::registry::by_kind(api_version, kind)
-        .map(|r| r.plural.to_string())
-        .unwrap_or_else(|| format!("{}s", kind.to_lowercase()));
-    let request = Request {
-        group,
-        version,
-        kind,
-        resource: &plural,
-        operation,
-        name: object::name(object).unwrap_or_default(),
-        namespace: object::meta_str(object, "namespace"),
-        object: (operation != Operation::Delete).then_some(object),
-        old_object: if operation == Operation::Delete { Some(object) } else { old_object },
-        user: &user,
-        dry_run: true,
-        namespace_labels: None,
-    };
+    let object_type = ObjectType::of(object);
+    let request = Request { dry_run: true, ..Request::about(&object_type, operation, object, old_object, &user) };
     // A policy that reads existing objects sees the stored ones, as admission
     // would show it — only those the caller may list itself.
     let existing = match policy.inventory_kinds() {
@@ -336,18 +318,10 @@ pub async fn review(
         None => policy.evaluate(&input, None),
         Some(objects) => policy.evaluate(&input, Some(&kapsel_admission::inventory(objects)?)),
     });
+    let allowed = kapsel_admission::admits(policy.enforcement, policy.failure_policy, &outcome);
     let status = match outcome {
-        Ok(violations) => serde_json::json!({
-            "allowed": violations.is_empty() || policy.enforcement != Enforcement::Deny,
-            "enforcement": policy.enforcement,
-            "violations": violations,
-        }),
-        Err(error) => serde_json::json!({
-            "allowed": policy.failure_policy == PolicyFailurePolicy::Ignore,
-            "enforcement": policy.enforcement,
-            "violations": [],
-            "error": error,
-        }),
+        Ok(violations) => serde_json::json!({"allowed": allowed, "enforcement": policy.enforcement, "violations": violations}),
+        Err(error) => serde_json::json!({"allowed": allowed, "enforcement": policy.enforcement, "violations": [], "error": error}),
     };
     review["status"] = status;
     Ok((StatusCode::CREATED, Json(review)).into_response())
