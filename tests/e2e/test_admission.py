@@ -126,3 +126,24 @@ def test_a_policy_counts_existing_pods_through_its_inventory(server, tmp_path):
     # Once alice's pod is gone, she may create another.
     assert server.api("DELETE", f"{pods}/alice-1").status_code == 200
     assert server.api("POST", pods, json=pod_manifest("alice-2", labels={"owner": "alice"})).status_code == 201
+
+
+def test_kapsel_policy_audit_finds_what_was_there_before_the_policy(server):
+    for name, labels in (("old-web", None), ("old-db", None), ("billed", {"cost-center": "9"})):
+        assert server.api("POST", "/api/v1/namespaces/default/pods",
+                          json=pod_manifest(name, labels=labels)).status_code == 201
+    applied = server.kubectl("apply", "-f", str(POLICY))
+    assert applied.returncode == 0, applied.stderr
+
+    audited = server.kapsel("policy", "audit", "require-cost-center")
+    assert audited.returncode == 1, audited.stdout + audited.stderr
+    lines = audited.stdout.splitlines()
+    assert lines[0].startswith("2 violations in "), audited.stdout
+    assert any(line.strip().startswith("Pod default/old-db: you must provide labels") for line in lines), audited.stdout
+    assert not any("billed" in line for line in lines), audited.stdout
+    listed = server.kubectl("get", "clusteradmissionpolicies")
+    header, row = listed.stdout.splitlines()[:2]
+    assert row.split()[header.split().index("VIOLATIONS")] == "2", listed.stdout
+
+    unknown = server.kapsel("policy", "audit", "nope")
+    assert unknown.returncode != 0 and "not found" in unknown.stderr, unknown.stderr

@@ -94,3 +94,27 @@ def test_quota_usage_stays_exact_under_32_concurrent_clients(server):
     status = assert_status(server.api("POST", "/api/v1/namespaces/race/pods", json=over), 403, "Forbidden")
     assert status["message"].startswith('pods "huge" is forbidden: exceeded quota: pods, requested: '), status
     assert "requests.memory=4Gi" in status["message"] and "limited: " in status["message"], status
+
+
+def test_two_supervisors_on_one_postgresql_share_a_quota_exactly(start_server, postgres_url):
+    """Quota charges from two supervisor processes on the same PostgreSQL are
+    ordered by the store's writer: 64 creates split across both never
+    over-admit a quota of 20."""
+    first = start_server("first", datastore=postgres_url)
+    second = start_server("second", datastore=postgres_url)
+    assert first.api("POST", "/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": "shared"}}).status_code == 201
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"}, "spec": {"hard": {"pods": "20"}}}
+    assert first.api("POST", "/api/v1/namespaces/shared/resourcequotas", json=quota).status_code == 201
+
+    def create(i: int) -> int:
+        server = first if i % 2 else second
+        return server.api("POST", "/api/v1/namespaces/shared/pods", json=pod_manifest(f"p{i}")).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        codes = list(pool.map(create, range(64)))
+    assert codes.count(201) == 20 and codes.count(403) == 44, codes
+    for server in (first, second):
+        used = server.api("GET", "/api/v1/namespaces/shared/resourcequotas/pods").json()["status"]["used"]
+        assert used == {"pods": "20"}, used
+    assert len(second.api("GET", "/api/v1/namespaces/shared/pods").json()["items"]) == 20
