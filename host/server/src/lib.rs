@@ -27,6 +27,7 @@ pub mod protobuf;
 pub mod quota;
 pub mod request;
 pub mod resources;
+pub mod scheduler;
 pub mod serve;
 pub mod table;
 pub mod templates;
