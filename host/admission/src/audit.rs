@@ -70,25 +70,7 @@ impl Policy {
         if !self.kinds.is_empty() && !self.kinds.iter().any(|k| k == stored.kind) {
             return false;
         }
-        let namespace = stored.namespace().unwrap_or_default();
-        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
-            return false;
-        }
-        if self.excluded_namespaces.iter().any(|n| n == namespace) {
-            return false;
-        }
-        if let Some(selector) = &self.namespace_selector
-            && !selector.matches(stored.namespace_labels)
-        {
-            return false;
-        }
-        if let Some(selector) = &self.label_selector {
-            let labels = stored.object.pointer("/metadata/labels").and_then(Value::as_object);
-            if !selector.matches(labels) {
-                return false;
-            }
-        }
-        true
+        self.selects_object(stored.namespace(), stored.namespace_labels, Some(stored.object))
     }
 }
 

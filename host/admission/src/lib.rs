@@ -171,7 +171,18 @@ impl Policy {
         if !self.operations.is_empty() && !self.operations.iter().any(|o| o == request.operation.as_str()) {
             return false;
         }
-        let namespace = request.namespace.unwrap_or_default();
+        self.selects_object(request.namespace, request.namespace_labels, request.object.or(request.old_object))
+    }
+
+    /// The part of `match` that looks at the object and its namespace (not
+    /// the kind, known to match, nor the operation): shared by requests and audits.
+    fn selects_object(
+        &self,
+        namespace: Option<&str>,
+        namespace_labels: Option<&serde_json::Map<String, Value>>,
+        object: Option<&Value>,
+    ) -> bool {
+        let namespace = namespace.unwrap_or_default();
         if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
             return false;
         }
@@ -179,12 +190,11 @@ impl Policy {
             return false;
         }
         if let Some(selector) = &self.namespace_selector
-            && !selector.matches(request.namespace_labels)
+            && !selector.matches(namespace_labels)
         {
             return false;
         }
         if let Some(selector) = &self.label_selector {
-            let object = request.object.or(request.old_object);
             let labels = object.and_then(|o| o.pointer("/metadata/labels")).and_then(Value::as_object);
             if !selector.matches(labels) {
                 return false;

@@ -4,7 +4,8 @@
 //! then — behind bearer-token authentication — discovery, OpenAPI, the
 //! plug-in upload and rollback endpoints ([`plugins`]), policy reviews
 //! ([`admission::review`]), on-demand policy audits
-//! ([`controllers::audit`]), and the generic
+//! ([`controllers::audit`]), workload template instantiation
+//! ([`templates`]), and the generic
 //! resource handler that serves every registered kind. [`controllers`] run
 //! beside it. [`serve`]
 //! is `kapsel serve`: it prepares the data directory (database, admin token,

@@ -3,7 +3,10 @@
 //! registration (validation, columns) and in [`crate::hooks`].
 //!
 //! The request path: authenticate (middleware) → parse the target → authorize
-//! → decode → default and stamp server fields → validate → persist → respond.
+//! → decode → default and stamp server fields (a pod's class and limit
+//! ranges: [`crate::classes`], [`crate::limits`]) → validate → admission
+//! ([`crate::admission`]) → persist, charged to the namespace's quotas
+//! ([`crate::quota`]) → respond.
 
 use axum::Extension;
 use axum::body::Body;

@@ -34,6 +34,15 @@ pub(crate) fn typed<T: DeserializeOwned>(object: &Value, field: &str) -> Result<
     })
 }
 
+/// The required `spec` of `object` as `T`: `spec` missing or null is
+/// `Required`, a field of the wrong type is reported at its full path.
+pub(crate) fn required_spec<T: DeserializeOwned>(object: &Value) -> Result<T, FieldError> {
+    if object.get("spec").is_none_or(Value::is_null) {
+        return Err(FieldError::required("spec"));
+    }
+    typed(object, "spec")
+}
+
 /// Checks that every value of a resource map parses as a non-negative quantity.
 pub(crate) fn check_quantities(map: Option<&BTreeMap<String, K8sQuantity>>, path: &str, errors: &mut Vec<FieldError>) {
     for (resource, quantity) in map.into_iter().flatten() {

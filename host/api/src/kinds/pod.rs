@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 
-use super::{check_quantities, roundtrip, text_at, typed};
+use super::{check_quantities, required_spec, roundtrip, text_at};
 use crate::quantity::Quantity;
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_label, dns1123_subdomain};
@@ -55,10 +55,7 @@ fn pod_roundtrip(object: &Value) -> Option<Value> {
 }
 
 fn validate(object: &Value) -> Vec<FieldError> {
-    if object.get("spec").is_none_or(Value::is_null) {
-        return vec![FieldError::required("spec")];
-    }
-    let spec: PodSpec = match typed(object, "spec") {
+    let spec: PodSpec = match required_spec(object) {
         Ok(spec) => spec,
         Err(e) => return vec![e],
     };

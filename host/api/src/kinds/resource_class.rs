@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{check_quantities, text_at, typed};
+use super::{check_quantities, required_spec, text_at};
 use crate::quantity::Quantity;
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
@@ -58,10 +58,7 @@ pub struct ResourceClassSpec {
 }
 
 fn validate(object: &Value) -> Vec<FieldError> {
-    if object.get("spec").is_none_or(Value::is_null) {
-        return vec![FieldError::required("spec")];
-    }
-    let spec: ResourceClassSpec = match typed(object, "spec") {
+    let spec: ResourceClassSpec = match required_spec(object) {
         Ok(spec) => spec,
         Err(e) => return vec![e],
     };

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{text_at, typed};
+use super::{required_spec, text_at};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
@@ -123,10 +123,7 @@ fn parameter_name_ok(name: &str) -> bool {
 }
 
 fn validate(object: &Value) -> Vec<FieldError> {
-    if object.get("spec").is_none_or(Value::is_null) {
-        return vec![FieldError::required("spec")];
-    }
-    let spec: WorkloadTemplateSpec = match typed(object, "spec") {
+    let spec: WorkloadTemplateSpec = match required_spec(object) {
         Ok(spec) => spec,
         Err(e) => return vec![e],
     };
