@@ -74,6 +74,11 @@ fn effect(text: &str) -> Option<TaintEffect> {
     }
 }
 
+/// The elements of the array at `pointer` (none when it is absent).
+fn items<'a>(value: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value> {
+    value.pointer(pointer).and_then(Value::as_array).into_iter().flatten()
+}
+
 /// Whether a pod has ended (its resources are free again).
 fn terminated(pod: &Value) -> bool {
     matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
@@ -98,13 +103,12 @@ pub fn pod_requests(pod: &Value) -> Resources {
         }
         requests
     };
-    let list = |field: &str| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).cloned().unwrap_or_default();
     let mut total = Resources { cpu_millicores: 0, memory_bytes: 0, storage_bytes: 0 };
-    for c in list("containers") {
-        add(&mut total, &container(&c));
+    for c in items(pod, "/spec/containers") {
+        add(&mut total, &container(c));
     }
-    for c in list("initContainers") {
-        let init = container(&c);
+    for c in items(pod, "/spec/initContainers") {
+        let init = container(c);
         total.cpu_millicores = total.cpu_millicores.max(init.cpu_millicores);
         total.memory_bytes = total.memory_bytes.max(init.memory_bytes);
         total.storage_bytes = total.storage_bytes.max(init.storage_bytes);
@@ -114,11 +118,7 @@ pub fn pod_requests(pod: &Value) -> Resources {
 
 /// The summary of a pod to place.
 pub fn pod_summary(pod: &Value) -> PodSummary {
-    let tolerations = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let tolerations = items(pod, "/spec/tolerations")
         .map(|t| {
             let text = |field: &str| t.get(field).and_then(Value::as_str).unwrap_or_default().to_string();
             Toleration {
@@ -158,15 +158,9 @@ pub fn candidates(nodes: &[Value], pods: &[Value]) -> Vec<Candidate> {
                 add(&mut requested, &pod_requests(pod));
             }
             let allocatable = node.pointer("/status/allocatable").or_else(|| node.pointer("/status/capacity"));
-            let ready =
-                node.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|c| {
-                    c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True")
-                });
-            let taints = node
-                .pointer("/spec/taints")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+            let ready = items(node, "/status/conditions")
+                .any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True"));
+            let taints = items(node, "/spec/taints")
                 .filter_map(|t| {
                     Some(Taint {
                         key: t.get("key")?.as_str()?.to_string(),
