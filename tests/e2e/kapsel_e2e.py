@@ -238,15 +238,24 @@ def kubectl_bin() -> str:
 
 # -- API helpers used across modules ---------------------------------------------
 
+# The pods of the API tests name a scheduler nobody runs, so that no
+# controller writes to them (Kapsel's scheduler leaves a pod naming another
+# `schedulerName` alone, as Kubernetes' does): those tests watch, compare
+# and count only their own writes. Tests of scheduling leave it out.
+UNPLACED = "e2e-unplaced"
+
+
 def pod_manifest(name: str, namespace: str | None = None, image: str = "registry.example/app:1",
-                 labels: dict | None = None, **extra_meta) -> dict:
+                 labels: dict | None = None, scheduler: str | None = UNPLACED, **extra_meta) -> dict:
     meta: dict = {"name": name, **extra_meta}
     if namespace:
         meta["namespace"] = namespace
     if labels:
         meta["labels"] = labels
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"containers": [{"name": "main", "image": image}]}}
+    spec: dict = {"containers": [{"name": "main", "image": image}]}
+    if scheduler:
+        spec["schedulerName"] = scheduler
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
 def create_namespace(server: KapselServer, name: str, token: str | None = "admin") -> dict:

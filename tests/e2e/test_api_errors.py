@@ -20,7 +20,7 @@ def watch_events(response: requests.Response) -> list[dict]:
 
 def test_yaml_body_create(server):
     body = ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\n  labels: {format: yaml}\n"
-            "spec:\n  containers:\n  - name: main\n    image: registry.example/app:1\n"
+            "spec:\n  schedulerName: e2e-unplaced\n  containers:\n  - name: main\n    image: registry.example/app:1\n"
             "    args: [\"--port\", \"8080\"]\n")
     r = server.api("POST", PODS, data=body.encode(), headers={"Content-Type": "application/yaml"})
     assert r.status_code == 201, r.text

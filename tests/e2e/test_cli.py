@@ -7,6 +7,8 @@ import re
 
 import yaml
 
+from kapsel_e2e import UNPLACED
+
 SHOP = """\
 apiVersion: v1
 kind: Namespace
@@ -158,7 +160,7 @@ def test_get_yaml_is_read_back_as_the_same_strings(server, tmp_path):
     tricky = {"a": "no", "b": "on", "c": "yes", "d": "off", "e": "y", "f": "1.0", "g": "true"}
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "tricky", "labels": tricky, "annotations": {"since": "2024-01-01"}},
-           "spec": {"containers": [{"name": "main", "image": "registry.example/app:1"}]}}
+           "spec": {"schedulerName": UNPLACED, "containers": [{"name": "main", "image": "registry.example/app:1"}]}}
     assert server.api("POST", "/api/v1/namespaces/default/pods", json=pod).status_code == 201
     stored = server.api("GET", "/api/v1/namespaces/default/pods/tricky").json()
     printed = ok(server.kapsel("get", "pod", "tricky", "-o", "yaml"))

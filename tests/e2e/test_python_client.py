@@ -11,6 +11,7 @@ import time
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+from kapsel_e2e import UNPLACED
 
 
 @pytest.fixture
@@ -27,9 +28,11 @@ def new_namespace(v1, name="dev"):
 
 
 def new_pod(name, labels=None, image="registry.example/app:1", containers=None):
+    # Not placed by the scheduler (see kapsel_e2e.UNPLACED): the tests see only their own writes.
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels),
-        spec=client.V1PodSpec(containers=containers or [client.V1Container(name="main", image=image)]),
+        spec=client.V1PodSpec(containers=containers or [client.V1Container(name="main", image=image)],
+                              scheduler_name=UNPLACED),
     )
 
 

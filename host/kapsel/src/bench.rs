@@ -5,7 +5,9 @@
 //! `--server` names), creates
 //! `--objects` pods with `--concurrency` clients, then reads each back, and
 //! reports throughput and latency percentiles (human-readable or `--json`).
-//! `kapsel bench plugin` measures a scheduler extension in-process: compile,
+//! `kapsel bench schedule` runs the supervisor's scheduler in-process
+//! against a real store holding simulated nodes and pending pods, until
+//! every binding is written. `kapsel bench plugin` measures a scheduler extension in-process: compile,
 //! deserialize from the compile cache, load, `update-nodes`, and per-pod
 //! `filter`/`score` against N nodes.
 
@@ -28,6 +30,29 @@ pub enum BenchCommand {
     Plugin(PluginBenchArgs),
     /// Pod creates through the full request path with admission policies loaded; the latency they add.
     Admission(AdmissionBenchArgs),
+    /// The scheduler against the store: simulated nodes, pending pods, bindings persisted; pods/s.
+    Schedule(ScheduleBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScheduleBenchArgs {
+    /// Simulated nodes (Ready, 32 CPUs, 128 GiB, 110 pods each, in 3 zones).
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pending pods to place (100m CPU, 128 MiB each, in groups of 50 labels).
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// A scheduler-extension component to run beside the built-in filters: a
+    /// file, a default plug-in's name (`spread`, `binpack`), or `none`.
+    #[arg(long, default_value = "spread")]
+    plugin: String,
+    /// Datastore (default: SQLite in a temporary directory). A PostgreSQL
+    /// database given here gets the bench's nodes and pods.
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +119,7 @@ pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::
         BenchCommand::Api(args) => api(connection, args).await,
         BenchCommand::Plugin(args) => tokio::task::spawn_blocking(move || plugin(args)).await?,
         BenchCommand::Admission(args) => admission(args).await,
+        BenchCommand::Schedule(args) => schedule(args).await,
     }
 }
 
@@ -558,6 +584,145 @@ async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
                 s["p99_ms"].as_f64().unwrap_or_default()
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `objects` in atomic batches (setting up a bench, not measuring it).
+async fn store_all(store: &kapsel_store::Store, objects: impl Iterator<Item = (kapsel_store::Key, Value)>) -> anyhow::Result<()> {
+    let creates: Vec<kapsel_store::WriteOp> = objects.map(|(key, object)| kapsel_store::WriteOp::Create { key, object }).collect();
+    for chunk in creates.chunks(500) {
+        store.write(kapsel_store::WriteOp::Atomic(chunk.to_vec())).await?;
+    }
+    Ok(())
+}
+
+async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<ExitCode> {
+    use kapsel_api::kinds::{node::NODE, plugin::PLUGIN, pod::POD};
+    use kapsel_store::{Key, Store, StoreOptions};
+    anyhow::ensure!(args.nodes > 0 && args.pods > 0, "--nodes and --pods must be positive");
+    let dir = tempfile::tempdir()?;
+    let url = args.datastore.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()));
+    let store = Store::open(&url, StoreOptions::default()).await.context("opening the datastore")?;
+
+    let plugin_name = match args.plugin.as_str() {
+        "none" => None,
+        named => {
+            let bytes = match kapsel_plugins::defaults::by_name(named) {
+                Some(bytes) => bytes.to_vec(),
+                None => std::fs::read(named).with_context(|| format!("reading {named}"))?,
+            };
+            let digest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            store.put_blob(&digest, &bytes).await?;
+            let plugin = json!({
+                "apiVersion": PLUGIN.api_version(), "kind": PLUGIN.kind,
+                "metadata": {"name": "bench-extension", "uid": "bench-extension", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"world": "scheduler-extension", "digest": digest, "weight": 1},
+            });
+            store.create(Key::new(PLUGIN.store_key(), "", "bench-extension"), plugin).await?;
+            Some(named.to_string())
+        }
+    };
+    let zones = ["zone-a", "zone-b", "zone-c"];
+    store_all(
+        &store,
+        (0..args.nodes).map(|i| {
+            let name = format!("node-{i:05}");
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2026-01-01T00:00:00Z",
+                             "labels": {"topology.kubernetes.io/zone": zones[i % zones.len()], "kubernetes.io/hostname": name}},
+                "status": {"capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                           "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            });
+            (Key::new(NODE.store_key(), "", name), node)
+        }),
+    )
+    .await
+    .context("storing the nodes")?;
+    store_all(
+        &store,
+        (0..args.pods).map(|i| {
+            let name = format!("pod-{i:06}");
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "bench", "uid": format!("uid-{name}"), "creationTimestamp": "2026-01-01T00:00:00Z",
+                             "labels": {"app": format!("app-{}", i % 50)}},
+                "spec": {"containers": [{"name": "main", "image": "hello:1",
+                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]},
+                "status": {"phase": "Pending"},
+            });
+            (Key::new(POD.store_key(), "bench", name), pod)
+        }),
+    )
+    .await
+    .context("storing the pods")?;
+
+    let registry = kapsel_server::plugins::PluginRegistry::start(&store, None, dir.path().join("volumes")).await?;
+    if plugin_name.is_some() {
+        anyhow::ensure!(registry.get("bench-extension").is_some(), "the scheduler extension did not load (see the log)");
+    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(kapsel_server::scheduler::SchedulerStats::default());
+    let started = Instant::now();
+    tokio::spawn(kapsel_server::scheduler::run(store.clone(), registry, stopping, Default::default(), stats.clone()));
+    let total = args.pods as u64;
+    loop {
+        let bound = stats.bound.load(Ordering::Relaxed);
+        if bound >= total {
+            break;
+        }
+        let waiting = stats.unschedulable.load(Ordering::Relaxed);
+        anyhow::ensure!(waiting == 0, "{waiting} pods found no node: the bench's nodes are too small for its pods");
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "only {bound} of {total} pods bound after 15 minutes");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = stop.send(true);
+
+    // Persisted: every pod has its node in the store.
+    let pods = store.list(&POD.store_key(), Some("bench")).await?.objects;
+    let mut per_node: std::collections::HashMap<String, usize> = Default::default();
+    for pod in &pods {
+        let node =
+            pod.pointer("/spec/nodeName").and_then(Value::as_str).context("a pod the scheduler reported bound has no node in the store")?;
+        *per_node.entry(node.to_string()).or_default() += 1;
+    }
+    let decisions = stats.decisions.load(Ordering::Relaxed).max(1);
+    let decide_us = stats.deciding_nanos.load(Ordering::Relaxed) as f64 / decisions as f64 / 1000.0;
+    let report = json!({
+        "benchmark": "schedule",
+        "datastore": store.backend_name(),
+        "nodes": args.nodes,
+        "pods": args.pods,
+        "plugin": plugin_name,
+        "nodes_scored_per_pod": kapsel_server::scheduler::nodes_to_score(args.nodes),
+        "seconds": elapsed.as_secs_f64(),
+        "pods_per_second": args.pods as f64 / elapsed.as_secs_f64(),
+        "decision_us_mean": decide_us,
+        "bindings_retried": stats.forgotten.load(Ordering::Relaxed),
+        "nodes_used": per_node.len(),
+        "most_pods_on_a_node": per_node.values().max().copied().unwrap_or(0),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "kapsel bench schedule: {} nodes, {} pods, extension {}, {} datastore",
+            args.nodes,
+            args.pods,
+            plugin_name.as_deref().unwrap_or("none"),
+            store.backend_name()
+        );
+        println!(
+            "  {:.0} pods/s ({:.2} s until every binding was written), decision {:.1} µs per pod (mean), {} nodes scored per pod",
+            report["pods_per_second"].as_f64().unwrap_or_default(),
+            elapsed.as_secs_f64(),
+            decide_us,
+            report["nodes_scored_per_pod"]
+        );
+        println!("  {} nodes used, at most {} pods on one", per_node.len(), report["most_pods_on_a_node"]);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,12 @@ use crate::sandbox::{self, Limits, Live, PluginError, PluginState};
 
 #[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
 pub(crate) mod bindings {
-    wasmtime::component::bindgen!({ path: "../../wit/kapsel-plugin@0.1.0", world: "scheduler-extension" });
+    wasmtime::component::bindgen!({
+        path: "../../wit/kapsel-plugin@0.1.0",
+        world: "scheduler-extension",
+        // The scheduler compares node summaries to tell a real change from a rewrite.
+        additional_derives: [PartialEq],
+    });
 }
 
 pub use bindings::kapsel::plugin::types::{

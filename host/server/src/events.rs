@@ -44,55 +44,60 @@ pub async fn record(store: &Store, involved: &Value, event_type: EventType, reas
     }
 }
 
-async fn try_record(store: &Store, involved: &Value, event_type: EventType, reason: &str, message: &str) -> Result<(), StoreError> {
+/// The key and first occurrence of the Event recording that `reason`
+/// happened to `involved` (for a caller that writes it together with
+/// something else; [`record`] aggregates repeats).
+pub fn first_event(involved: &Value, event_type: EventType, reason: &str, message: &str) -> (Key, Value) {
     let kind = involved.get("kind").and_then(Value::as_str).unwrap_or_default();
     let name = object::name(involved).unwrap_or_default();
     let object_namespace = object::meta_str(involved, "namespace").filter(|n| !n.is_empty());
     let namespace = object_namespace.unwrap_or(CLUSTER_EVENTS_NAMESPACE);
     let event_name = format!("{name}.{}.{}", kind.to_ascii_lowercase(), reason.to_ascii_lowercase());
-    let key = Key::new(EVENT.store_key(), namespace, &event_name);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut involved_object = json!({
+        "apiVersion": involved.get("apiVersion").cloned().unwrap_or(Value::Null),
+        "kind": kind,
+        "name": name,
+        "uid": object::meta_str(involved, "uid").unwrap_or_default(),
+    });
+    if let Some(namespace) = object_namespace {
+        involved_object["namespace"] = json!(namespace);
+    }
+    let event = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": event_name,
+            "namespace": namespace,
+            "uid": uuid::Uuid::new_v4().to_string(),
+            "creationTimestamp": now,
+        },
+        "involvedObject": involved_object,
+        "reason": reason,
+        "message": message,
+        "type": event_type.as_str(),
+        "count": 1,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "source": {"component": "kapsel"},
+        "reportingComponent": "kapsel",
+    });
+    (Key::new(EVENT.store_key(), namespace, event_name), event)
+}
+
+async fn try_record(store: &Store, involved: &Value, event_type: EventType, reason: &str, message: &str) -> Result<(), StoreError> {
+    let (key, first) = first_event(involved, event_type, reason, message);
     match store.get(&key).await {
         Ok(mut event) => {
             let expected = object::resource_version(&event).and_then(Result::ok);
             let count = event.get("count").and_then(Value::as_i64).unwrap_or(1);
             event["count"] = json!(count + 1);
-            event["lastTimestamp"] = json!(now);
+            event["lastTimestamp"] = first["lastTimestamp"].clone();
             event["message"] = json!(message);
             event["type"] = json!(event_type.as_str());
             store.update(key, event, expected).await.map(drop)
         }
-        Err(StoreError::NotFound) => {
-            let mut involved_object = json!({
-                "apiVersion": involved.get("apiVersion").cloned().unwrap_or(Value::Null),
-                "kind": kind,
-                "name": name,
-                "uid": object::meta_str(involved, "uid").unwrap_or_default(),
-            });
-            if let Some(namespace) = object_namespace {
-                involved_object["namespace"] = json!(namespace);
-            }
-            let event = json!({
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {
-                    "name": event_name,
-                    "namespace": namespace,
-                    "uid": uuid::Uuid::new_v4().to_string(),
-                    "creationTimestamp": now,
-                },
-                "involvedObject": involved_object,
-                "reason": reason,
-                "message": message,
-                "type": event_type.as_str(),
-                "count": 1,
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "source": {"component": "kapsel"},
-                "reportingComponent": "kapsel",
-            });
-            store.create(key, event).await.map(drop)
-        }
+        Err(StoreError::NotFound) => store.create(key, first).await.map(drop),
         Err(error) => Err(error),
     }
 }

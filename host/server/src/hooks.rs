@@ -193,6 +193,7 @@ pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value)
     }
     if std::ptr::eq(resource, &POD) {
         check_pod_sizes(current, next)?;
+        keep_binding(current, next)?;
     }
     if std::ptr::eq(resource, &TOKEN) && current.pointer("/spec/secretHash") != next.pointer("/spec/secretHash") {
         let name = kapsel_api::object::name(current).unwrap_or_default();
@@ -203,6 +204,30 @@ pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value)
         ));
     }
     Ok(())
+}
+
+/// A pod's node is set once, at create or by the scheduler's binding: an
+/// update that leaves `spec.nodeName` out keeps it (so re-applying the
+/// manifest a pod was created from works); one that changes it is refused.
+fn keep_binding(current: &Value, next: &mut Value) -> Result<(), ApiError> {
+    let node = |pod: &Value| pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string);
+    match (node(current), node(next)) {
+        (Some(bound), None) => {
+            if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("nodeName".into(), json!(bound));
+            }
+            Ok(())
+        }
+        (before, after) if before != after => {
+            let name = kapsel_api::object::name(current).unwrap_or_default();
+            let message = match before {
+                Some(_) => "field is immutable: a bound pod stays on its node",
+                None => "may not be set on update: the scheduler binds pods",
+            };
+            Err(ApiError::invalid(&POD, name, vec![kapsel_api::FieldError::forbidden("spec.nodeName", message)]))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A pod's size is fixed at create, where its class, the LimitRanges and

@@ -59,6 +59,8 @@ pub struct ActivePlugin {
     pub name: String,
     pub world: World,
     pub failure_policy: FailurePolicy,
+    /// How much a scheduler extension's scores count (`spec.weight`).
+    pub weight: u32,
     /// Calls to one instance never overlap: each call holds this lock.
     hosted: Mutex<Hosted>,
     health: Mutex<Health>,
@@ -85,11 +87,12 @@ enum Turn {
 }
 
 impl ActivePlugin {
-    fn new(name: &str, failure_policy: FailurePolicy, hosted: Hosted) -> Self {
+    fn new(name: &str, spec: &PluginSpec, hosted: Hosted) -> Self {
         ActivePlugin {
             name: name.to_string(),
             world: hosted.world(),
-            failure_policy,
+            failure_policy: spec.failure_policy,
+            weight: spec.weight,
             hosted: Mutex::new(hosted),
             // A new instance starts healthy; the first status pass says so.
             health: Mutex::new(Health { dirty: true, ..Health::default() }),
@@ -188,7 +191,7 @@ impl PluginRegistry {
                 tracing::error!(plugin = %name, %namespace, %error, "the new network driver refuses a network the old one handed out");
             }
         }
-        let plugin = Arc::new(ActivePlugin::new(name, spec.failure_policy, hosted));
+        let plugin = Arc::new(ActivePlugin::new(name, spec, hosted));
         self.active.write().expect("plug-in registry lock").insert(name.to_string(), plugin);
         if let Some(old) = &old {
             old.retired.store(true, Ordering::Release);
@@ -228,30 +231,57 @@ impl PluginRegistry {
         operation: impl Into<String>,
         call: impl FnOnce(&mut Hosted) -> Result<R, PluginError> + Send + 'static,
     ) -> Result<Option<R>, PluginFailure> {
-        let operation = operation.into();
         let registry = self.clone();
         let calling = plugin.clone();
-        // Runs on the version that is active when the call gets its turn (see `activate`).
-        let served = tokio::task::spawn_blocking(move || {
-            let mut current = calling;
-            loop {
-                let mut hosted = current.hosted.lock().expect("plug-in instance lock");
-                if !current.retired.load(Ordering::Acquire) {
-                    let outcome = call(&mut hosted);
-                    drop(hosted);
-                    return Some((current, outcome));
-                }
-                drop(hosted);
-                current = registry.get(&current.name)?;
-            }
-        })
-        .await;
-        let (plugin, outcome) = match served {
-            Ok(Some(served)) => served,
-            // Deleted while the call waited: as if it had not been there.
-            Ok(None) => return Ok(None),
-            Err(lost) => (plugin.clone(), Err(PluginError::Trap(format!("the call was lost: {lost}")))),
+        let served = match tokio::task::spawn_blocking(move || registry.serve(calling, call)).await {
+            Ok(served) => served,
+            Err(lost) => Some((plugin.clone(), Err(PluginError::Trap(format!("the call was lost: {lost}"))))),
         };
+        self.settle(operation.into(), served)
+    }
+
+    /// [`PluginRegistry::invoke`] for a caller already off the async
+    /// threads (the scheduler's cycle, which calls extensions per pod):
+    /// the call runs on this thread. Must run inside the Tokio runtime (events are spawned on it).
+    pub fn invoke_blocking<R>(
+        &self,
+        plugin: &Arc<ActivePlugin>,
+        operation: impl Into<String>,
+        call: impl FnOnce(&mut Hosted) -> Result<R, PluginError>,
+    ) -> Result<Option<R>, PluginFailure> {
+        let served = self.serve(plugin.clone(), call);
+        self.settle(operation.into(), served)
+    }
+
+    /// Runs `call` on the version of the plug-in that is active when the
+    /// call gets its turn (see `activate`); `None` when it was deleted while
+    /// the call waited.
+    fn serve<R>(
+        &self,
+        calling: Arc<ActivePlugin>,
+        call: impl FnOnce(&mut Hosted) -> Result<R, PluginError>,
+    ) -> Option<(Arc<ActivePlugin>, Result<R, PluginError>)> {
+        let mut current = calling;
+        loop {
+            let mut hosted = current.hosted.lock().expect("plug-in instance lock");
+            if !current.retired.load(Ordering::Acquire) {
+                let outcome = call(&mut hosted);
+                drop(hosted);
+                return Some((current, outcome));
+            }
+            drop(hosted);
+            current = self.get(&current.name)?;
+        }
+    }
+
+    /// Counts a served call's outcome and applies the failure policy.
+    fn settle<R>(
+        &self,
+        operation: String,
+        served: Option<(Arc<ActivePlugin>, Result<R, PluginError>)>,
+    ) -> Result<Option<R>, PluginFailure> {
+        // Deleted while the call waited: as if it had not been there.
+        let Some((plugin, outcome)) = served else { return Ok(None) };
         let plugin = &plugin;
         let turn = plugin.record(outcome.as_ref().map(|_| ()));
         let error = match outcome {

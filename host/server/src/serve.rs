@@ -84,6 +84,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins, admission };
     crate::controllers::start(&app);
     crate::controllers::audit::start(&app, config.audit_interval);
+    crate::scheduler::start(&app, crate::scheduler::SchedulerOptions::default());
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         shutdown_signal().await;
         // Ends open watches so that graceful shutdown does not wait for their timeouts.

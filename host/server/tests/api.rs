@@ -1695,19 +1695,6 @@ async fn plugin_config_is_applied_and_edits_reload() {
     }
 }
 
-/// Polls `path` until `done` holds for its body (plug-in status and controller passes are asynchronous).
-async fn eventually(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = api.get(path).await;
-        if reply.status == 200 && done(&reply.body) {
-            return reply.body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: still {}", reply.text);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn segment(namespace: &Value) -> Option<&str> {
     namespace.pointer("/metadata/annotations/network.kapsel.io~1segment").and_then(Value::as_str)
 }

@@ -66,6 +66,10 @@ fn default_deadline() -> u64 {
     100
 }
 
+fn default_weight() -> u32 {
+    1
+}
+
 fn default_memory() -> u64 {
     64 << 20
 }
@@ -77,7 +81,7 @@ impl Default for PluginLimits {
 }
 
 /// `spec` of a `Plugin`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginSpec {
     pub world: String,
@@ -97,9 +101,29 @@ pub struct PluginSpec {
     pub failure_policy: FailurePolicy,
     #[serde(default)]
     pub limits: PluginLimits,
+    /// For scheduler extensions: how much their scores count against the
+    /// built-in least-allocated score (weight 1), 1–100.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// Passed to the guest's `configure`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+}
+
+impl Default for PluginSpec {
+    fn default() -> Self {
+        PluginSpec {
+            world: String::new(),
+            version: String::new(),
+            digest: String::new(),
+            previous_digest: String::new(),
+            previous_version: String::new(),
+            failure_policy: FailurePolicy::default(),
+            limits: PluginLimits::default(),
+            weight: default_weight(),
+            config: BTreeMap::new(),
+        }
+    }
 }
 
 /// Checks a `sha256:<64 hex>` digest.
@@ -127,6 +151,9 @@ fn validate(object: &Value) -> Vec<FieldError> {
     }
     if !(1..=60_000).contains(&spec.limits.deadline_milliseconds) {
         errors.push(FieldError::invalid("spec.limits.deadlineMilliseconds", "must be between 1 and 60000"));
+    }
+    if !(1..=100).contains(&spec.weight) {
+        errors.push(FieldError::invalid("spec.weight", "must be between 1 and 100"));
     }
     if !((1 << 20)..=(1 << 30)).contains(&spec.limits.memory_bytes) {
         errors.push(FieldError::invalid("spec.limits.memoryBytes", "must be between 1 MiB and 1 GiB"));

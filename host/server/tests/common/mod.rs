@@ -410,3 +410,16 @@ pub fn summary(event: &Value) -> (String, String) {
         format!("{}/{}", object["namespace"].as_str().unwrap_or_default(), object["name"].as_str().unwrap_or_default()),
     )
 }
+
+/// Polls `path` until `done` holds for its body (plug-in status and controller passes are asynchronous).
+pub async fn eventually(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = api.get(path).await;
+        if reply.status == 200 && done(&reply.body) {
+            return reply.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {}", reply.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

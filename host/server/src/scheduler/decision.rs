@@ -12,10 +12,6 @@
 //! scale only a sample of the feasible nodes is scored, as kube-scheduler's
 //! `percentageOfNodesToScore` does ([`nodes_to_score`]), so the cost per pod
 //! stays flat as nodes grow.
-//!
-//! Not built yet (issue 4): the scheduling queue and controller that bind
-//! pods with these decisions, calling extensions under their failure
-//! policies, and `kapsel bench schedule`.
 
 use std::collections::BTreeMap;
 
@@ -80,7 +76,7 @@ fn items<'a>(value: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value>
 }
 
 /// Whether a pod has ended (its resources are free again).
-fn terminated(pod: &Value) -> bool {
+pub fn terminated(pod: &Value) -> bool {
     matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
@@ -144,58 +140,85 @@ pub fn pod_summary(pod: &Value) -> PodSummary {
 pub fn candidates(nodes: &[Value], pods: &[Value]) -> Vec<Candidate> {
     let mut bound: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
     for pod in pods.iter().filter(|p| !terminated(p)) {
-        if let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        if let Some(node) = bound_node(pod) {
             bound.entry(node).or_default().push(pod);
         }
     }
     nodes
         .iter()
         .map(|node| {
-            let name = object::name(node).unwrap_or_default();
-            let on_it = bound.get(name).map(Vec::as_slice).unwrap_or_default();
-            let mut requested = Resources { cpu_millicores: 0, memory_bytes: 0, storage_bytes: 0 };
-            for pod in on_it {
-                add(&mut requested, &pod_requests(pod));
+            let mut candidate = candidate(node);
+            for pod in bound.get(candidate.summary.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
+                add(&mut candidate.summary.requested, &pod_requests(pod));
+                candidate.summary.pods.push(pod_ref(pod));
             }
-            let allocatable = node.pointer("/status/allocatable").or_else(|| node.pointer("/status/capacity"));
-            let ready = items(node, "/status/conditions")
-                .any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True"));
-            let taints = items(node, "/spec/taints")
-                .filter_map(|t| {
-                    Some(Taint {
-                        key: t.get("key")?.as_str()?.to_string(),
-                        value: t.get("value").and_then(Value::as_str).unwrap_or_default().to_string(),
-                        effect: effect(t.get("effect")?.as_str()?)?,
-                    })
-                })
-                .collect();
-            Candidate {
-                summary: NodeSummary {
-                    name: name.to_string(),
-                    labels: labels(node.pointer("/metadata/labels")),
-                    taints,
-                    allocatable: resources(allocatable),
-                    requested,
-                    ready,
-                    pods: on_it
-                        .iter()
-                        .map(|p| PodRef {
-                            namespace: object::namespace(p).unwrap_or_default().to_string(),
-                            name: object::name(p).unwrap_or_default().to_string(),
-                            labels: labels(p.pointer("/metadata/labels")),
-                        })
-                        .collect(),
-                },
-                max_pods: quantity(allocatable.and_then(|a| a.get("pods"))).map_or(DEFAULT_MAX_PODS, |q| q.units_ceil().max(0) as u64),
-                cordoned: node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
-            }
+            candidate
         })
         .collect()
 }
 
+/// The node a pod is bound to (`spec.nodeName`), if any.
+pub fn bound_node(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
+/// A pod as a node's summary lists it.
+pub fn pod_ref(pod: &Value) -> PodRef {
+    PodRef {
+        namespace: object::namespace(pod).unwrap_or_default().to_string(),
+        name: object::name(pod).unwrap_or_default().to_string(),
+        labels: labels(pod.pointer("/metadata/labels")),
+    }
+}
+
+/// A node as a candidate, with nothing bound to it yet.
+pub fn candidate(node: &Value) -> Candidate {
+    let allocatable = node.pointer("/status/allocatable").or_else(|| node.pointer("/status/capacity"));
+    let ready = items(node, "/status/conditions")
+        .any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True"));
+    let taints = items(node, "/spec/taints")
+        .filter_map(|t| {
+            Some(Taint {
+                key: t.get("key")?.as_str()?.to_string(),
+                value: t.get("value").and_then(Value::as_str).unwrap_or_default().to_string(),
+                effect: effect(t.get("effect")?.as_str()?)?,
+            })
+        })
+        .collect();
+    Candidate {
+        summary: NodeSummary {
+            name: object::name(node).unwrap_or_default().to_string(),
+            labels: labels(node.pointer("/metadata/labels")),
+            taints,
+            allocatable: resources(allocatable),
+            requested: Resources { cpu_millicores: 0, memory_bytes: 0, storage_bytes: 0 },
+            ready,
+            pods: Vec::new(),
+        },
+        max_pods: quantity(allocatable.and_then(|a| a.get("pods"))).map_or(DEFAULT_MAX_PODS, |q| q.units_ceil().max(0) as u64),
+        cordoned: node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
+    }
+}
+
+/// Counts `pod` (its `requests` and reference) on `node`.
+pub fn place(node: &mut NodeSummary, pod: PodRef, requests: &Resources) {
+    add(&mut node.requested, requests);
+    node.pods.push(pod);
+}
+
+/// Takes `pod` (its `requests`) off `node`; `false` when it was not there.
+pub fn unplace(node: &mut NodeSummary, namespace: &str, name: &str, requests: &Resources) -> bool {
+    let Some(at) = node.pods.iter().position(|p| p.namespace == namespace && p.name == name) else { return false };
+    node.pods.swap_remove(at);
+    node.requested.cpu_millicores = node.requested.cpu_millicores.saturating_sub(requests.cpu_millicores);
+    node.requested.memory_bytes = node.requested.memory_bytes.saturating_sub(requests.memory_bytes);
+    node.requested.storage_bytes = node.requested.storage_bytes.saturating_sub(requests.storage_bytes);
+    true
+}
+
 /// Why a built-in filter rejects a node, worded as kube-scheduler words it
 /// (the message counts nodes per reason).
-fn rejection(pod: &PodSummary, pinned: Option<&str>, node: &Candidate) -> Option<String> {
+pub fn rejection(pod: &PodSummary, pinned: Option<&str>, node: &Candidate) -> Option<String> {
     let summary = &node.summary;
     if pinned.is_some_and(|name| name != summary.name) {
         return Some("node(s) didn't match the requested node name".into());
@@ -261,6 +284,9 @@ pub fn filter(pod: &PodSummary, node_name: Option<&str>, nodes: &[Candidate]) ->
     filtered
 }
 
+/// Most distinct reasons a message lists (plug-ins' reasons may name figures per node).
+const MAX_REASONS: usize = 8;
+
 /// The message of a pod that fits nowhere, counting nodes per reason (the
 /// most frequent first), as kube-scheduler's `FailedScheduling`:
 /// `0/3 nodes are available: 2 Insufficient memory, 1 rejected by plug-in spread: full.`
@@ -270,7 +296,11 @@ pub fn unschedulable_message(total: usize, rejected: &BTreeMap<String, usize>) -
     }
     let mut reasons: Vec<(&String, &usize)> = rejected.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-    let listed: Vec<String> = reasons.iter().map(|(reason, count)| format!("{count} {reason}")).collect();
+    let mut listed: Vec<String> = reasons.iter().take(MAX_REASONS).map(|(reason, count)| format!("{count} {reason}")).collect();
+    if reasons.len() > MAX_REASONS {
+        let others: usize = reasons[MAX_REASONS..].iter().map(|(_, count)| **count).sum();
+        listed.push(format!("{others} for {} other reasons", reasons.len() - MAX_REASONS));
+    }
     format!("0/{total} nodes are available: {}.", listed.join(", "))
 }
 
