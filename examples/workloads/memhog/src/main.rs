@@ -10,7 +10,7 @@ fn main() {
         // Touch every page, so the memory is really used and not just reserved.
         held.push(vec![0xA5; STEP]);
         let total_mib = held.len();
-        if total_mib % 16 == 0 {
+        if total_mib.is_multiple_of(16) {
             println!("memhog: holding {total_mib} MiB");
         }
     }
