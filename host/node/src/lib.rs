@@ -1,2 +1,39 @@
-//! The node side of Kapsel: the runtime that runs pods' Wasm components
-//! (being built; see issue 4).
+//! The node side of Kapsel: the runtime a node agent uses to run pods.
+//!
+//! A pod's containers are WebAssembly components (`wasi:cli/run` commands)
+//! run in wasmtime sandboxes. [`runtime`] runs one container: a compiled,
+//! cached component in its own store with no ambient authority, a memory
+//! limit, fair CPU through epoch yields, and an exit like a process's.
+//! [`logs`] keeps what containers write, per run, rotated, and reads it back
+//! for `GET …/pods/{name}/log`. [`pod`] runs a whole pod as kubelet does
+//! (init containers, restart policies with back-off, deadlines, images
+//! resolved and fetched through [`pod::Images`]) and publishes its status as
+//! Kubernetes shapes it. The agent (registration, leases, watching bound
+//! pods, status patches) lives with the supervisor and drives these.
+//!
+//! The crate's build script also builds the sample workloads of
+//! `examples/workloads/` ([`EXAMPLE_WORKLOADS_DIR`]).
+
+mod cache;
+pub mod logs;
+pub mod pod;
+pub mod runtime;
+
+pub use logs::{LogError, LogFile, LogFollow, LogQuery, LogSource, Logs};
+pub use pod::{Images, PodWorker};
+pub use runtime::{Container, ContainerConfig, Exit, ExitReason, PrepareError, Prepared, Runtime, RuntimeConfig, RuntimeError};
+
+/// The directory holding the built sample workloads (`hello.wasm`,
+/// `fail.wasm`, `worker.wasm`, `memhog.wasm`, `spin.wasm`), for tests and demos.
+pub const EXAMPLE_WORKLOADS_DIR: &str = env!("KAPSEL_EXAMPLE_WORKLOADS");
+
+/// The `hello` sample workload: prints a greeting, its arguments and `$GREETING`, exits 0.
+pub const HELLO: &[u8] = include_bytes!(concat!(env!("KAPSEL_EXAMPLE_WORKLOADS"), "/hello.wasm"));
+
+/// The `worker` sample workload: logs a numbered line every second until stopped.
+pub const WORKER: &[u8] = include_bytes!(concat!(env!("KAPSEL_EXAMPLE_WORKLOADS"), "/worker.wasm"));
+
+/// Locks a mutex, carrying on past a panic of another holder (the data are plain records).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,467 @@
+//! Running one pod, as kubelet's pod worker does: init containers in
+//! order, then the containers side by side, each restarted under the pod's
+//! `restartPolicy` with kubelet's back-off (`CrashLoopBackOff`), images
+//! resolved and fetched through [`Images`] (retried with back-off while
+//! `ErrImagePull`), `activeDeadlineSeconds` enforced, and the pod's status
+//! published after every change as Kubernetes shapes it ([`status`]).
+//!
+//! Stopping a pod ([`PodWorker::stop`]) kills its containers at once: Wasm
+//! guests have no signals, so there is nothing to tell them and waiting out
+//! the grace period would only delay the stop; the grace period bounds how
+//! long `stop` waits for the kills to take effect (an epoch tick for a busy
+//! guest, at once for one waiting on the host).
+
+pub mod backoff;
+pub mod spec;
+pub mod status;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::lock;
+use crate::runtime::{ContainerConfig, Exit, ExitReason, Prepared, Runtime};
+use backoff::{Backoff, go_duration};
+use spec::{ContainerSpec, PodSpec, RestartPolicy};
+use status::{ContainerRecord, ContainerState, Phase, PodRecord, Termination};
+
+/// Where a node gets pods' components from (the supervisor's artifact store).
+#[async_trait::async_trait]
+pub trait Images: Send + Sync + 'static {
+    /// The digest (`sha256:<hex>`) that `image` (`NAME:TAG` or `NAME@sha256:…`) names in `namespace`.
+    async fn resolve(&self, namespace: &str, image: &str) -> anyhow::Result<String>;
+    /// The component's bytes.
+    async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
+}
+
+/// The pod-level reason and message of a pod stopped at its deadline (kubelet's words).
+pub const DEADLINE_EXCEEDED: (&str, &str) = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
+
+/// Runs one pod on a [`Runtime`] and publishes its status. Dropping the
+/// worker stops the pod (its containers are killed).
+#[derive(Debug)]
+pub struct PodWorker {
+    context: Arc<PodContext>,
+    status: watch::Receiver<Value>,
+    done: watch::Receiver<bool>,
+}
+
+impl PodWorker {
+    /// Starts running `pod` (a Pod object as the API stores it) on tokio.
+    /// A pod the node cannot read at all is reported `Failed` with reason
+    /// `InvalidPod` and the problem as its message.
+    pub fn start(runtime: Runtime, images: Arc<dyn Images>, pod: &Value) -> PodWorker {
+        let now = Utc::now();
+        let (spec, problem) = match PodSpec::from_pod(pod) {
+            Ok(spec) => (spec, None),
+            Err(problem) => (PodSpec::invalid(pod), Some(problem)),
+        };
+        let start_time = spec.start_time.unwrap_or(now);
+        let deadline = spec.active_deadline.map(|deadline| {
+            let elapsed = (now - start_time).to_std().unwrap_or_default();
+            tokio::time::Instant::now() + deadline.saturating_sub(elapsed)
+        });
+        let first_state = if spec.init_containers.is_empty() { "ContainerCreating" } else { "PodInitializing" };
+        let records = |containers: &[ContainerSpec], state: &str| {
+            containers.iter().map(|c| ContainerRecord::new(&c.name, &c.image, ContainerState::waiting(state, None))).collect()
+        };
+        let mut record = PodRecord::new(
+            start_time,
+            spec.restart_policy,
+            records(&spec.init_containers, "PodInitializing"),
+            records(&spec.containers, first_state),
+        );
+        if let Some(problem) = &problem {
+            record.failure = Some(("InvalidPod".into(), problem.to_string()));
+        }
+        let (status_sender, status) = watch::channel(record.status(now));
+        let (done_sender, done) = watch::channel(false);
+        let context = Arc::new(PodContext {
+            runtime,
+            images,
+            spec,
+            record: Mutex::new(record),
+            status: status_sender,
+            stop: watch::Sender::new(None),
+            deadline,
+        });
+        if problem.is_some() {
+            done_sender.send_replace(true);
+        } else {
+            tokio::spawn(supervise(context.clone(), done_sender));
+        }
+        PodWorker { context, status, done }
+    }
+
+    /// The pod's `metadata.uid`.
+    pub fn uid(&self) -> &str {
+        &self.context.spec.uid
+    }
+
+    /// The pod's `status`, updated after every change.
+    pub fn status(&self) -> watch::Receiver<Value> {
+        self.status.clone()
+    }
+
+    /// The pod's phase now.
+    pub fn phase(&self) -> Phase {
+        lock(&self.context.record).phase()
+    }
+
+    /// Waits until the pod's run is over: every container ended and none
+    /// will restart (never, under `restartPolicy: Always`, until stopped).
+    pub async fn wait(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|done| *done).await;
+    }
+
+    /// Stops the pod: every container is killed at once (see the module
+    /// docs), and this resolves once they are stopped — in practice within an
+    /// epoch tick, at most after `grace` — with the final status published
+    /// (containers `terminated`, phase `Succeeded` or `Failed`).
+    pub async fn stop(&self, grace: Duration) {
+        self.context.request_stop(StopCause::Stopped);
+        let mut done = self.done.clone();
+        if tokio::time::timeout(grace, done.wait_for(|done| *done)).await.is_err() {
+            tracing::warn!(pod = %self.context.pod_ref(), ?grace, "the pod's containers did not stop within the grace period");
+        }
+    }
+}
+
+impl Drop for PodWorker {
+    fn drop(&mut self) {
+        self.context.request_stop(StopCause::Stopped);
+    }
+}
+
+/// Why the node stops a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    /// Asked to ([`PodWorker::stop`], or the worker was dropped).
+    Stopped,
+    /// `activeDeadlineSeconds` has passed.
+    DeadlineExceeded,
+}
+
+/// How a container's part in the pod ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Exited 0 and will not restart.
+    Succeeded,
+    /// Exited non-zero and will not restart.
+    Failed,
+    /// The pod was stopped.
+    Stopped,
+}
+
+/// Which container of the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Init(usize),
+    Main(usize),
+}
+
+/// What the tasks of one pod share.
+struct PodContext {
+    runtime: Runtime,
+    images: Arc<dyn Images>,
+    spec: PodSpec,
+    record: Mutex<PodRecord>,
+    status: watch::Sender<Value>,
+    stop: watch::Sender<Option<StopCause>>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl std::fmt::Debug for PodContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodContext").field("pod", &self.pod_ref()).finish_non_exhaustive()
+    }
+}
+
+/// Runs the pod, enforces its deadline, and writes its final status.
+async fn supervise(context: Arc<PodContext>, done: watch::Sender<bool>) {
+    let pod = run_pod(&context);
+    tokio::pin!(pod);
+    match context.deadline {
+        Some(deadline) => {
+            tokio::select! {
+                () = &mut pod => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    context.request_stop(StopCause::DeadlineExceeded);
+                    pod.await;
+                }
+            }
+        }
+        None => pod.await,
+    }
+    let cause = *context.stop.borrow();
+    if let Some(cause) = cause {
+        context.update(|record| {
+            record.terminal = true;
+            if cause == StopCause::DeadlineExceeded {
+                record.failure = Some((DEADLINE_EXCEEDED.0.into(), DEADLINE_EXCEEDED.1.into()));
+            }
+            // Containers that never ran end too: as kubelet reports a container it cannot find.
+            for container in record.init.iter_mut().chain(record.containers.iter_mut()) {
+                if matches!(container.state, ContainerState::Waiting { .. }) {
+                    container.state = ContainerState::Terminated(Termination {
+                        exit_code: crate::runtime::EXIT_CODE_KILLED,
+                        reason: "ContainerStatusUnknown".into(),
+                        message: "the pod was stopped before the container started".into(),
+                        started_at: None,
+                        finished_at: Utc::now(),
+                        container_id: None,
+                    });
+                }
+            }
+        });
+    }
+    done.send_replace(true);
+}
+
+async fn run_pod(context: &PodContext) {
+    for index in 0..context.spec.init_containers.len() {
+        if run_container(context, Slot::Init(index)).await != Outcome::Succeeded {
+            return;
+        }
+    }
+    if !context.spec.init_containers.is_empty() {
+        context.update(|record| {
+            for container in &mut record.containers {
+                container.state = ContainerState::waiting("ContainerCreating", None);
+            }
+        });
+    }
+    let containers = (0..context.spec.containers.len()).map(|index| run_container(context, Slot::Main(index)));
+    futures::future::join_all(containers).await;
+}
+
+/// Runs one container until it ends for good (or the pod is stopped): pull,
+/// start, wait, and under the restart policy back off and start again.
+async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
+    let spec = context.container_spec(slot);
+    let policy = match slot {
+        Slot::Init(_) => context.spec.restart_policy.for_init_container(),
+        Slot::Main(_) => context.spec.restart_policy,
+    };
+    let mut stop = context.stop.subscribe();
+    if let Some(problem) = &spec.config_error {
+        context.set(slot, |c| c.state = ContainerState::waiting("CreateContainerConfigError", Some(problem.clone())));
+        stopped(&mut stop).await;
+        return Outcome::Stopped;
+    }
+    let config = context.runtime.config();
+    let new_backoff = || Backoff::new(config.restart_backoff_base, config.restart_backoff_cap, config.restart_backoff_reset);
+    let (mut restarts, mut pulls) = (new_backoff(), new_backoff());
+    context.set(slot, |c| c.state = ContainerState::waiting("ContainerCreating", None));
+    let prepared = loop {
+        let pulled = tokio::select! {
+            pulled = context.pull(spec) => pulled,
+            _ = stopped(&mut stop) => return Outcome::Stopped,
+        };
+        match pulled {
+            Ok(prepared) => break prepared,
+            Err((reason, message)) => {
+                tracing::info!(pod = %context.pod_ref(), container = %spec.name, %reason, %message, "cannot get the container's image");
+                context.set(slot, |c| c.state = ContainerState::waiting(reason, Some(message)));
+                tokio::select! {
+                    () = tokio::time::sleep(pulls.next_delay(Duration::ZERO)) => {}
+                    _ = stopped(&mut stop) => return Outcome::Stopped,
+                }
+            }
+        }
+    };
+    context.set(slot, |c| c.image_id = prepared.digest().to_string());
+
+    let mut restart_count: u32 = 0;
+    loop {
+        let container_id = format!("kapsel://{}/{}/{restart_count}", context.spec.uid, spec.name);
+        let exit = match context.run_once(spec, &prepared, restart_count, slot, &container_id, &mut stop).await {
+            Ok(exit) => exit,
+            Err(message) => {
+                // The run could not even start (its log could not be created): back off like a crash.
+                context.set(slot, |c| c.state = ContainerState::waiting("RunContainerError", Some(message)));
+                tokio::select! {
+                    () = tokio::time::sleep(restarts.next_delay(Duration::ZERO)) => continue,
+                    _ = stopped(&mut stop) => return Outcome::Stopped,
+                }
+            }
+        };
+        let termination = termination(&exit, &container_id);
+        context.set(slot, |c| c.state = ContainerState::Terminated(termination.clone()));
+        if stop.borrow().is_some() {
+            return Outcome::Stopped;
+        }
+        if !policy.restarts(exit.exit_code) {
+            return if exit.exit_code == 0 { Outcome::Succeeded } else { Outcome::Failed };
+        }
+
+        let ran_for = (exit.finished_at - exit.started_at).to_std().unwrap_or_default();
+        let delay = restarts.next_delay(ran_for);
+        let message = format!("back-off {} restarting failed container={} pod={}", go_duration(delay), spec.name, context.pod_ref());
+        let mut older = None;
+        context.set(slot, |c| {
+            older = c.last_state.replace(termination.clone());
+            c.state = ContainerState::waiting("CrashLoopBackOff", Some(message));
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => {
+                context.set(slot, |c| {
+                    c.state = ContainerState::Terminated(termination);
+                    c.last_state = older;
+                });
+                return Outcome::Stopped;
+            }
+        }
+        restart_count += 1;
+    }
+}
+
+impl PodContext {
+    fn container_spec(&self, slot: Slot) -> &ContainerSpec {
+        match slot {
+            Slot::Init(index) => &self.spec.init_containers[index],
+            Slot::Main(index) => &self.spec.containers[index],
+        }
+    }
+
+    /// The pod as kubelet names it in messages: `name_namespace(uid)`.
+    fn pod_ref(&self) -> String {
+        format!("{}_{}({})", self.spec.name, self.spec.namespace, self.spec.uid)
+    }
+
+    fn request_stop(&self, cause: StopCause) {
+        self.stop.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(cause);
+            }
+            first
+        });
+    }
+
+    /// Resolves and prepares a container's image; on failure the waiting reason and message.
+    async fn pull(&self, spec: &ContainerSpec) -> Result<Prepared, (&'static str, String)> {
+        let digest = self
+            .images
+            .resolve(&self.spec.namespace, &spec.image)
+            .await
+            .map_err(|e| ("ErrImagePull", format!("failed to resolve image {:?}: {e:#}", spec.image)))?;
+        self.runtime.prepare(&digest, self.images.fetch(&digest)).await.map_err(|error| {
+            let reason = if error.is_pull_error() { "ErrImagePull" } else { "CreateContainerError" };
+            (reason, format!("image {:?}: {:#}", spec.image, anyhow::Error::from(error)))
+        })
+    }
+
+    /// One run of a container: its log, the guest, its exit (killed when the pod is stopped).
+    async fn run_once(
+        &self,
+        spec: &ContainerSpec,
+        prepared: &Prepared,
+        restart_count: u32,
+        slot: Slot,
+        container_id: &str,
+        stop: &mut watch::Receiver<Option<StopCause>>,
+    ) -> Result<Exit, String> {
+        let log = self
+            .runtime
+            .logs()
+            .create(&self.spec.uid, &spec.name, restart_count)
+            .map_err(|e| format!("creating the container's log: {e}"))?;
+        let container = self.runtime.start(
+            prepared,
+            ContainerConfig {
+                args: spec.argv.clone(),
+                env: spec.env.clone(),
+                memory_limit_bytes: spec.memory_limit_bytes,
+                log,
+                deadline: self.deadline,
+            },
+        );
+        self.set(slot, |c| {
+            c.restart_count = restart_count;
+            c.container_id = Some(container_id.to_string());
+            c.state = ContainerState::Running { started_at: container.started_at() };
+        });
+        tokio::select! {
+            exit = container.wait() => Ok(exit),
+            cause = stopped(stop) => {
+                // At the deadline the guest stops itself (it has the same deadline); a stop kills it.
+                if cause == StopCause::Stopped
+                    || tokio::time::timeout(Duration::from_secs(1), container.wait()).await.is_err()
+                {
+                    container.kill();
+                }
+                Ok(container.wait().await)
+            }
+        }
+    }
+
+    /// Changes one container's record and publishes the status.
+    fn set(&self, slot: Slot, change: impl FnOnce(&mut ContainerRecord)) {
+        self.update(|record| match slot {
+            Slot::Init(index) => change(&mut record.init[index]),
+            Slot::Main(index) => change(&mut record.containers[index]),
+        });
+    }
+
+    /// Changes the pod's record and publishes the status when it changed.
+    fn update(&self, change: impl FnOnce(&mut PodRecord)) {
+        let mut record = lock(&self.record);
+        change(&mut record);
+        let status = record.status(Utc::now());
+        self.status.send_if_modified(|published| {
+            let changed = *published != status;
+            if changed {
+                *published = status;
+            }
+            changed
+        });
+    }
+}
+
+/// A container's `terminated` state for an exit.
+fn termination(exit: &Exit, container_id: &str) -> Termination {
+    let reason = match exit.reason {
+        ExitReason::Completed => "Completed",
+        ExitReason::Error | ExitReason::Killed => "Error",
+        ExitReason::OOMKilled => "OOMKilled",
+        ExitReason::DeadlineExceeded => "DeadlineExceeded",
+    };
+    Termination {
+        exit_code: exit.exit_code,
+        reason: reason.into(),
+        message: exit.message.clone(),
+        started_at: Some(exit.started_at),
+        finished_at: exit.finished_at,
+        container_id: Some(container_id.to_string()),
+    }
+}
+
+/// Waits until the pod is to stop, and says why.
+async fn stopped(stop: &mut watch::Receiver<Option<StopCause>>) -> StopCause {
+    match stop.wait_for(Option::is_some).await {
+        Ok(cause) => (*cause).unwrap_or(StopCause::Stopped),
+        Err(_) => StopCause::Stopped,
+    }
+}
+
+impl PodSpec {
+    /// What can be read of a pod that cannot be run, for its status.
+    fn invalid(pod: &Value) -> PodSpec {
+        PodSpec {
+            uid: kapsel_api::object::meta_str(pod, "uid").unwrap_or_default().to_string(),
+            name: kapsel_api::object::name(pod).unwrap_or_default().to_string(),
+            namespace: kapsel_api::object::namespace(pod).unwrap_or("default").to_string(),
+            restart_policy: RestartPolicy::Never,
+            init_containers: Vec::new(),
+            containers: Vec::new(),
+            active_deadline: None,
+            start_time: None,
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! What the node takes from a Pod object (as the API stores it, JSON): its
+//! identity, restart policy, deadline, and per container the image, argv,
+//! environment and memory limit. Fields the node cannot honour for one
+//! container (an `env` entry with `valueFrom`, a bad quantity) become that
+//! container's configuration error, reported as kubelet's
+//! `CreateContainerConfigError`, instead of failing the whole pod.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kapsel_api::Quantity;
+use serde_json::Value;
+
+/// `spec.restartPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn parse(text: &str) -> Option<RestartPolicy> {
+        match text {
+            "Always" => Some(RestartPolicy::Always),
+            "OnFailure" => Some(RestartPolicy::OnFailure),
+            "Never" => Some(RestartPolicy::Never),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "Always",
+            RestartPolicy::OnFailure => "OnFailure",
+            RestartPolicy::Never => "Never",
+        }
+    }
+
+    /// Whether a container that exited with `exit_code` is started again.
+    pub fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+
+    /// The policy an init container follows: never again once it succeeded,
+    /// and after a failure as the pod says (Always counts as OnFailure).
+    pub fn for_init_container(self) -> RestartPolicy {
+        match self {
+            RestartPolicy::Never => RestartPolicy::Never,
+            RestartPolicy::Always | RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+        }
+    }
+}
+
+/// Why a pod object cannot be run at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("the pod has no metadata.uid")]
+    NoUid,
+    #[error("the pod has no containers")]
+    NoContainers,
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+/// The parts of a pod the node acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub restart_policy: RestartPolicy,
+    pub init_containers: Vec<ContainerSpec>,
+    pub containers: Vec<ContainerSpec>,
+    /// `spec.activeDeadlineSeconds`, counted from the start time.
+    pub active_deadline: Option<Duration>,
+    /// `status.startTime`, when a node already started the pod (the deadline counts from it).
+    pub start_time: Option<DateTime<Utc>>,
+}
+
+/// One container of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// The program name (from the image), then `command`, then `args`.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `resources.limits.memory` in bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// Why the node cannot start this container as specified.
+    pub config_error: Option<String>,
+}
+
+impl PodSpec {
+    /// Reads a Pod object.
+    pub fn from_pod(pod: &Value) -> Result<PodSpec, SpecError> {
+        let uid = kapsel_api::object::meta_str(pod, "uid").filter(|uid| !uid.is_empty()).ok_or(SpecError::NoUid)?;
+        let spec = pod.get("spec").unwrap_or(&Value::Null);
+        let restart_policy = match spec.get("restartPolicy").and_then(Value::as_str) {
+            None => RestartPolicy::Always,
+            Some(text) => RestartPolicy::parse(text).ok_or_else(|| SpecError::Invalid {
+                field: "spec.restartPolicy".into(),
+                problem: format!("unsupported value {text:?}: must be Always, OnFailure or Never"),
+            })?,
+        };
+        let active_deadline = match spec.get("activeDeadlineSeconds") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_u64().filter(|s| *s > 0).map(Duration::from_secs).ok_or_else(|| SpecError::Invalid {
+                field: "spec.activeDeadlineSeconds".into(),
+                problem: format!("must be a positive integer, not {value}"),
+            })?),
+        };
+        let init_containers = containers(spec, "initContainers")?;
+        let containers = containers(spec, "containers")?;
+        if containers.is_empty() {
+            return Err(SpecError::NoContainers);
+        }
+        let start_time = pod
+            .pointer("/status/startTime")
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Ok(PodSpec {
+            uid: uid.to_string(),
+            name: kapsel_api::object::name(pod).unwrap_or_default().to_string(),
+            namespace: kapsel_api::object::namespace(pod).unwrap_or("default").to_string(),
+            restart_policy,
+            init_containers,
+            containers,
+            active_deadline,
+            start_time,
+        })
+    }
+}
+
+fn containers(spec: &Value, field: &str) -> Result<Vec<ContainerSpec>, SpecError> {
+    let Some(items) = spec.get(field).filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let items = items.as_array().ok_or_else(|| SpecError::Invalid { field: format!("spec.{field}"), problem: "must be a list".into() })?;
+    items.iter().enumerate().map(|(index, item)| container(item, &format!("spec.{field}[{index}]"))).collect()
+}
+
+fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
+    let text = |key: &str| item.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let name = text("name").ok_or_else(|| SpecError::Invalid { field: format!("{field}.name"), problem: "required".into() })?;
+    let image = text("image").ok_or_else(|| SpecError::Invalid { field: format!("{field}.image"), problem: "required".into() })?;
+    let mut problems = Vec::new();
+
+    let mut argv = vec![program_name(image)];
+    for key in ["command", "args"] {
+        for (index, arg) in item.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            match arg.as_str() {
+                Some(arg) => argv.push(arg.to_string()),
+                None => problems.push(format!("{key}[{index}] is not a string")),
+            }
+        }
+    }
+
+    let mut env = Vec::new();
+    for var in item.get("env").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = var.get("name").and_then(Value::as_str) else {
+            problems.push("an env entry has no name".into());
+            continue;
+        };
+        if var.get("valueFrom").is_some_and(|v| !v.is_null()) {
+            problems.push(format!("env {name}: valueFrom is not supported on this node"));
+            continue;
+        }
+        env.push((name.to_string(), var.get("value").and_then(Value::as_str).unwrap_or_default().to_string()));
+    }
+
+    let memory_limit_bytes = match item.pointer("/resources/limits/memory") {
+        None | Some(Value::Null) => None,
+        Some(value) => match memory_bytes(value) {
+            Ok(bytes) => Some(bytes),
+            Err(problem) => {
+                problems.push(format!("resources.limits.memory: {problem}"));
+                None
+            }
+        },
+    };
+
+    Ok(ContainerSpec {
+        name: name.to_string(),
+        image: image.to_string(),
+        argv,
+        env,
+        memory_limit_bytes,
+        config_error: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
+}
+
+/// A memory quantity (`32Mi`, `1Gi`, `1000000`, or a JSON number) in bytes, rounded up.
+pub fn memory_bytes(value: &Value) -> Result<u64, String> {
+    let quantity = match value {
+        Value::String(text) => Quantity::parse(text).map_err(|e| e.to_string())?,
+        Value::Number(number) => Quantity::parse(&number.to_string()).map_err(|e| e.to_string())?,
+        other => return Err(format!("must be a quantity, not {other}")),
+    };
+    if quantity.is_negative() {
+        return Err(format!("must not be negative (got {value})"));
+    }
+    u64::try_from(quantity.units_ceil()).map_err(|_| format!("too large (got {value})"))
+}
+
+/// The program name a container's argv starts with: the image's name
+/// without registry path, tag or digest (`registry:5000/team/hello:1` → `hello`).
+pub fn program_name(image: &str) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    let name = last.split(':').next().unwrap_or(last);
+    if name.is_empty() { image.to_string() } else { name.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn restart_policies_decide_like_kubelet() {
+        assert!(RestartPolicy::Always.restarts(0) && RestartPolicy::Always.restarts(3));
+        assert!(!RestartPolicy::OnFailure.restarts(0) && RestartPolicy::OnFailure.restarts(137));
+        assert!(!RestartPolicy::Never.restarts(0) && !RestartPolicy::Never.restarts(1));
+        assert_eq!(RestartPolicy::Always.for_init_container(), RestartPolicy::OnFailure);
+        assert_eq!(RestartPolicy::Never.for_init_container(), RestartPolicy::Never);
+    }
+
+    #[test]
+    fn quantities_become_bytes() {
+        assert_eq!(memory_bytes(&json!("32Mi")), Ok(32 << 20));
+        assert_eq!(memory_bytes(&json!("1Gi")), Ok(1 << 30));
+        assert_eq!(memory_bytes(&json!("1000000")), Ok(1_000_000));
+        assert_eq!(memory_bytes(&json!("1M")), Ok(1_000_000));
+        assert_eq!(memory_bytes(&json!("1500m")), Ok(2));
+        assert_eq!(memory_bytes(&json!(4096)), Ok(4096));
+        assert!(memory_bytes(&json!("lots")).is_err());
+        assert!(memory_bytes(&json!("-1Mi")).is_err());
+        assert!(memory_bytes(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn program_names_come_from_images() {
+        assert_eq!(program_name("hello:1"), "hello");
+        assert_eq!(program_name("hello"), "hello");
+        assert_eq!(program_name("registry:5000/team/hello:1"), "hello");
+        assert_eq!(program_name("hello@sha256:abc"), "hello");
+    }
+
+    #[test]
+    fn a_pod_is_read_with_kubernetes_defaults() {
+        let pod = json!({
+            "metadata": {"name": "hello", "uid": "u-1"},
+            "spec": {
+                "initContainers": [{"name": "setup", "image": "setup:1"}],
+                "containers": [{
+                    "name": "main", "image": "hello:1",
+                    "command": ["run"], "args": ["--loud", "x"],
+                    "env": [{"name": "GREETING", "value": "hi"}, {"name": "EMPTY"}],
+                    "resources": {"limits": {"memory": "32Mi"}}
+                }],
+                "activeDeadlineSeconds": 30
+            },
+            "status": {"startTime": "2026-11-26T12:00:00Z"}
+        });
+        let spec = PodSpec::from_pod(&pod).unwrap();
+        assert_eq!(spec.namespace, "default");
+        assert_eq!(spec.restart_policy, RestartPolicy::Always);
+        assert_eq!(spec.active_deadline, Some(Duration::from_secs(30)));
+        assert_eq!(spec.start_time.unwrap().to_rfc3339(), "2026-11-26T12:00:00+00:00");
+        assert_eq!(spec.init_containers[0].argv, ["setup"]);
+        let main = &spec.containers[0];
+        assert_eq!(main.argv, ["hello", "run", "--loud", "x"]);
+        assert_eq!(main.env, [("GREETING".to_string(), "hi".to_string()), ("EMPTY".to_string(), String::new())]);
+        assert_eq!(main.memory_limit_bytes, Some(32 << 20));
+        assert_eq!(main.config_error, None);
+    }
+
+    #[test]
+    fn what_the_node_cannot_honour_is_said() {
+        assert_eq!(PodSpec::from_pod(&json!({"metadata": {"name": "x"}})), Err(SpecError::NoUid));
+        assert_eq!(PodSpec::from_pod(&json!({"metadata": {"uid": "u"}, "spec": {"containers": []}})), Err(SpecError::NoContainers));
+        let bad_policy =
+            json!({"metadata": {"uid": "u"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "a"}]}});
+        assert!(matches!(PodSpec::from_pod(&bad_policy), Err(SpecError::Invalid { field, .. }) if field == "spec.restartPolicy"));
+        let from_secret = json!({"metadata": {"uid": "u"}, "spec": {"containers": [{
+            "name": "a", "image": "a",
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            "resources": {"limits": {"memory": "much"}}
+        }]}});
+        let spec = PodSpec::from_pod(&from_secret).unwrap();
+        let problem = spec.containers[0].config_error.as_deref().unwrap();
+        assert!(problem.contains("env TOKEN: valueFrom is not supported"), "{problem}");
+        assert!(problem.contains("resources.limits.memory"), "{problem}");
+    }
+}

@@ -1,0 +1,667 @@
+//! The container runtime: runs a pod's Wasm component (a `wasi:cli/run`
+//! command) in its own wasmtime [`Store`], the way a container runtime runs
+//! a process.
+//!
+//! A [`Runtime`] owns one wasmtime [`Engine`] for pods, with epoch
+//! interruption driven by a ticker thread: every tick a running guest yields
+//! to the async executor, so a guest that never calls the host (a busy
+//! loop) cannot starve the others, and can always be stopped. Components
+//! are compiled once per digest ([`Runtime::prepare`]): kept in memory as a
+//! linked, pre-instantiated [`Prepared`], and on disk in
+//! `DATA/images/` ([`crate::cache`]). [`Runtime::start`] instantiates a
+//! prepared component in a fresh store whose WASI context grants nothing
+//! ambient — no files, no network; only the arguments, environment, clocks
+//! and randomness — with stdout and stderr going to the container's log, and
+//! runs it on a tokio task. Its memory is capped by a resource limiter; a
+//! guest that grows past its limit is stopped and reported `OOMKilled`.
+//! [`Container::wait`] gives its [`Exit`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OnceCell, watch};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::cache::CompileCache;
+use crate::lock;
+use crate::logs::{DEFAULT_MAX_FILE_BYTES, LogFile, LogSource, Logs};
+
+/// How a node's runtime is set up. [`RuntimeConfig::new`] gives kubelet's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Where compiled components (`images/`) and container logs (`pods/`) are kept.
+    pub data_dir: PathBuf,
+    /// How often the epoch advances: the longest a guest runs before it yields.
+    pub epoch_tick: Duration,
+    /// Size at which a run's log file is rotated.
+    pub log_max_file_bytes: u64,
+    /// The first delay before a container is restarted (or an image pull retried); doubled after each failure.
+    pub restart_backoff_base: Duration,
+    /// The longest delay before a restart.
+    pub restart_backoff_cap: Duration,
+    /// A run at least this long resets the delay to the base.
+    pub restart_backoff_reset: Duration,
+}
+
+impl RuntimeConfig {
+    /// A runtime keeping its files in `data_dir`: 10 ms epochs, 10 MiB log
+    /// files, restarts after 10 s, 20 s, 40 s … up to 5 min, reset by a 10 min run.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            data_dir: data_dir.into(),
+            epoch_tick: Duration::from_millis(10),
+            log_max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            restart_backoff_base: Duration::from_secs(10),
+            restart_backoff_cap: Duration::from_secs(300),
+            restart_backoff_reset: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("configuring the wasmtime engine for pods")]
+    Engine(#[source] anyhow::Error),
+    #[error("creating the data directory {}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a component cannot be made ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{0:?} is not a digest of the form sha256:<64 hex digits>")]
+    InvalidDigest(String),
+    #[error("fetching {digest}")]
+    Fetch {
+        digest: String,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("the fetched bytes have digest {actual}, not {expected}: refusing them")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("{digest} is not a WebAssembly file")]
+    NotWasm { digest: String },
+    #[error(
+        "{digest} is a core WebAssembly module, not a component: build it for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { digest: String },
+    #[error("{digest} does not compile")]
+    Compile {
+        digest: String,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("{digest} is not a command: it does not export wasi:cli/run (its exports: {exports})")]
+    NotACommand { digest: String, exports: String },
+    #[error("{digest} needs imports this node does not provide")]
+    Unlinkable {
+        digest: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl PrepareError {
+    /// True for failures to get the right bytes (kubelet's `ErrImagePull`),
+    /// false for bytes that are not a runnable component.
+    pub fn is_pull_error(&self) -> bool {
+        matches!(self, PrepareError::InvalidDigest(_) | PrepareError::Fetch { .. } | PrepareError::DigestMismatch { .. })
+    }
+}
+
+/// A node's container runtime. Cheap to clone; clones share the engine,
+/// the compiled components and the logs.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    engine: Engine,
+    linker: Linker<ContainerState>,
+    cache: CompileCache,
+    logs: Logs,
+    /// Prepared components by digest; a cell is filled once, by whoever asks first.
+    prepared: Mutex<HashMap<String, Arc<OnceCell<Prepared>>>>,
+    /// Tells the epoch ticker to end when the runtime goes.
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime with its own engine and epoch ticker thread (which ends when the last clone is dropped).
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let images = config.data_dir.join("images");
+        std::fs::create_dir_all(&images).map_err(|source| RuntimeError::DataDir { path: images.clone(), source })?;
+
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.into()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(e.into()))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop, tick) = (engine.clone(), ticker_stop.clone(), config.epoch_tick.max(Duration::from_millis(1)));
+        std::thread::Builder::new()
+            .name("kapsel-pod-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(e.into()))?;
+
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                logs: Logs::new(&config.data_dir, config.log_max_file_bytes),
+                cache: CompileCache::new(images),
+                config,
+                engine,
+                linker,
+                prepared: Mutex::default(),
+                ticker_stop,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// The logs of the containers this runtime runs.
+    pub fn logs(&self) -> &Logs {
+        &self.inner.logs
+    }
+
+    /// The component of `digest` (`sha256:<hex>`), ready to start: from
+    /// memory, else from the disk cache, else `fetch`ed (its bytes must have
+    /// that digest), checked to be a `wasi:cli` command, compiled and cached.
+    /// `fetch` is awaited only when neither cache has the component.
+    pub async fn prepare<F>(&self, digest: &str, fetch: F) -> Result<Prepared, PrepareError>
+    where
+        F: Future<Output = anyhow::Result<Vec<u8>>>,
+    {
+        parse_digest(digest)?;
+        let cell = lock(&self.inner.prepared).entry(digest.to_string()).or_default().clone();
+        cell.get_or_try_init(|| self.load_or_compile(digest, fetch)).await.cloned()
+    }
+
+    async fn load_or_compile<F>(&self, digest: &str, fetch: F) -> Result<Prepared, PrepareError>
+    where
+        F: Future<Output = anyhow::Result<Vec<u8>>>,
+    {
+        let runtime = self.clone();
+        let key = digest.to_string();
+        let cached = blocking(move || runtime.inner.cache.load(&runtime.inner.engine, &key)).await;
+        let component = match cached {
+            Some(component) => {
+                tracing::debug!(digest, "loaded a compiled component from the disk cache");
+                component
+            }
+            None => {
+                let bytes = fetch.await.map_err(|source| PrepareError::Fetch { digest: digest.to_string(), source })?;
+                let runtime = self.clone();
+                let digest = digest.to_string();
+                blocking(move || runtime.compile(&digest, &bytes)).await?
+            }
+        };
+        self.link(digest, &component)
+    }
+
+    /// Verifies and compiles fetched bytes, and caches the result on disk.
+    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Component, PrepareError> {
+        let actual = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+        if actual != digest {
+            return Err(PrepareError::DigestMismatch { expected: digest.to_string(), actual });
+        }
+        check_component_header(digest, bytes)?;
+        let started = Instant::now();
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|source| PrepareError::Compile { digest: digest.to_string(), source: source.into() })?;
+        tracing::info!(digest, bytes = bytes.len(), elapsed = ?started.elapsed(), "compiled a pod component");
+        if let Err(error) = self.inner.cache.store(digest, &component) {
+            tracing::warn!(digest, dir = %self.inner.cache.dir().display(), error = %format!("{error:#}"), "could not cache a compiled component");
+        }
+        Ok(component)
+    }
+
+    /// Checks that `component` is a command this node can link, and pre-instantiates it.
+    fn link(&self, digest: &str, component: &Component) -> Result<Prepared, PrepareError> {
+        let engine = &self.inner.engine;
+        let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+        if !exports.iter().any(|name| name.starts_with("wasi:cli/run@0.2.")) {
+            let exports = if exports.is_empty() { "none".to_string() } else { exports.join(", ") };
+            return Err(PrepareError::NotACommand { digest: digest.to_string(), exports });
+        }
+        let unlinkable = |source: wasmtime::Error| PrepareError::Unlinkable { digest: digest.to_string(), source: source.into() };
+        let pre = self.inner.linker.instantiate_pre(component).map_err(unlinkable)?;
+        let pre = CommandPre::new(pre).map_err(|e| PrepareError::NotACommand { digest: digest.to_string(), exports: format!("{e:#}") })?;
+        Ok(Prepared { digest: digest.to_string(), pre })
+    }
+
+    /// Starts a run of `prepared` on a tokio task (call it within a tokio
+    /// runtime). The run ends when the guest returns from `wasi:cli/run` or
+    /// exits, traps, outgrows its memory limit, passes its deadline, or is killed.
+    pub fn start(&self, prepared: &Prepared, config: ContainerConfig) -> Container {
+        let started_at = Utc::now();
+        let limit = config.memory_limit_bytes.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&config.args)
+            .envs(&config.env)
+            .stdout(config.log.output(LogSource::Stdout))
+            .stderr(config.log.output(LogSource::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let state =
+            ContainerState { wasi: wasi.build(), table: ResourceTable::new(), limiter: MemoryLimiter { limit, used: 0, refused: None } };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Yield to the executor at every epoch tick: fairness, and a point where a kill takes effect.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let (kill, killed) = watch::channel(false);
+        let (exited, exit) = watch::channel(None);
+        let pre = prepared.pre.clone();
+        let log = config.log;
+        let deadline = config.deadline;
+        tokio::spawn(async move {
+            let outcome = run(&pre, &mut store, killed, deadline).await;
+            let finished_at = Utc::now();
+            let exit = classify(outcome, store.data(), started_at, finished_at);
+            drop(store);
+            log.close();
+            exited.send_replace(Some(exit));
+        });
+        Container { kill, exit, started_at }
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// A component ready to start: compiled, linked and pre-instantiated. Cheap to clone.
+#[derive(Clone)]
+pub struct Prepared {
+    digest: String,
+    pre: CommandPre<ContainerState>,
+}
+
+impl Prepared {
+    /// The digest of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared").field("digest", &self.digest).finish_non_exhaustive()
+    }
+}
+
+/// What one run of a container is given.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The whole argv, program name first (a pod's `command` and `args` come after it).
+    pub args: Vec<String>,
+    /// The environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Most linear memory (all memories together) the guest may hold; `None` leaves wasm32's 4 GiB.
+    pub memory_limit_bytes: Option<u64>,
+    /// Where stdout and stderr go; closed when the run ends.
+    pub log: LogFile,
+    /// When the run is stopped with [`ExitReason::DeadlineExceeded`] (a pod's `activeDeadlineSeconds`).
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// A running (or finished) container. Dropping it kills the guest.
+#[derive(Debug)]
+pub struct Container {
+    kill: watch::Sender<bool>,
+    exit: watch::Receiver<Option<Exit>>,
+    started_at: DateTime<Utc>,
+}
+
+impl Container {
+    /// When the run started.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// Stops the guest at its next yield point (at most an epoch tick away,
+    /// or at once when it waits on the host); the run ends [`ExitReason::Killed`]
+    /// unless it had already ended.
+    pub fn kill(&self) {
+        self.kill.send_replace(true);
+    }
+
+    /// How the run ended, once it has.
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits for the run to end.
+    pub async fn wait(&self) -> Exit {
+        let mut exit = self.exit.clone();
+        let result = exit.wait_for(Option::is_some).await.map(|exit| exit.clone());
+        match result {
+            Ok(Some(exit)) => exit,
+            // The run's task is gone without a word: it panicked (or the tokio runtime is shutting down).
+            _ => {
+                let now = Utc::now();
+                Exit {
+                    exit_code: EXIT_CODE_TRAP,
+                    reason: ExitReason::Error,
+                    message: "the container's task ended without reporting an exit".into(),
+                    started_at: self.started_at,
+                    finished_at: now,
+                }
+            }
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The guest's exit status: 0 for success, the code it exited with
+    /// (WASI 0.2's `exit` carries only success or failure, so Rust's
+    /// `std::process::exit(n)` gives 1 for any `n` other than 0; `exit-with-code`
+    /// carries the code), [`EXIT_CODE_TRAP`] for a trap, [`EXIT_CODE_KILLED`]
+    /// when the node stopped it.
+    pub exit_code: i32,
+    pub reason: ExitReason,
+    /// What happened, for a trap, a memory limit, a deadline or a kill; empty otherwise.
+    pub message: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Exit code reported for a trap (a panic, an `unreachable`…), as for a native process killed by SIGABRT.
+pub const EXIT_CODE_TRAP: i32 = 134;
+/// Exit code reported when the node stopped the guest (memory limit, deadline, kill), as for SIGKILL.
+pub const EXIT_CODE_KILLED: i32 = 137;
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// Exited with status 0.
+    Completed,
+    /// Exited with a non-zero status, or trapped.
+    Error,
+    /// Tried to grow its memory past the limit.
+    OOMKilled,
+    /// Stopped by [`Container::kill`].
+    Killed,
+    /// Stopped at its deadline.
+    DeadlineExceeded,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Completed => "Completed",
+            ExitReason::Error => "Error",
+            ExitReason::OOMKilled => "OOMKilled",
+            ExitReason::Killed => "Killed",
+            ExitReason::DeadlineExceeded => "DeadlineExceeded",
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The host state of one container's store.
+struct ContainerState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl fmt::Debug for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerState").field("limiter", &self.limiter).finish_non_exhaustive()
+    }
+}
+
+impl WasiView for ContainerState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps the guest's linear memory (all memories together). Growing past the
+/// cap is refused with an error that stops the guest at once — the node's
+/// OOM killer — and remembered, so the exit is reported as `OOMKilled`.
+#[derive(Debug)]
+struct MemoryLimiter {
+    limit: Option<usize>,
+    /// Bytes of linear memory the guest holds.
+    used: usize,
+    /// The size a refused growth asked for.
+    refused: Option<usize>,
+}
+
+/// The error that stops a guest growing past its memory limit.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {limit} bytes exceeded (growing to {wanted} bytes)")]
+struct MemoryLimitExceeded {
+    limit: usize,
+    wanted: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let wanted = self.used.saturating_add(desired.saturating_sub(current));
+        if let Some(limit) = self.limit
+            && wanted > limit
+        {
+            self.refused = Some(wanted);
+            return Err(MemoryLimitExceeded { limit, wanted }.into());
+        }
+        self.used = wanted;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// How the guest's task ended, before classification.
+enum Outcome {
+    Finished(wasmtime::Result<Result<(), ()>>),
+    Killed,
+    DeadlineExceeded,
+}
+
+async fn run(
+    pre: &CommandPre<ContainerState>,
+    store: &mut Store<ContainerState>,
+    mut killed: watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
+) -> Outcome {
+    let guest = async {
+        let command = pre.instantiate_async(&mut *store).await?;
+        command.wasi_cli_run().call_run(&mut *store).await
+    };
+    let deadline = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    // Dropping the guest's future (when killed) unwinds its fiber; the store is then free again.
+    tokio::select! {
+        biased;
+        // A dropped `Container` (sender gone) kills the guest too.
+        _ = killed.wait_for(|killed| *killed) => Outcome::Killed,
+        () = deadline => Outcome::DeadlineExceeded,
+        result = guest => Outcome::Finished(result),
+    }
+}
+
+fn classify(outcome: Outcome, state: &ContainerState, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> Exit {
+    let exit = |exit_code, reason, message: String| Exit { exit_code, reason, message, started_at, finished_at };
+    if let (Some(wanted), Some(limit)) = (state.limiter.refused, state.limiter.limit) {
+        return exit(
+            EXIT_CODE_KILLED,
+            ExitReason::OOMKilled,
+            format!("the container exceeded its memory limit of {} (it asked for {})", bytes_text(limit), bytes_text(wanted)),
+        );
+    }
+    match outcome {
+        Outcome::Killed => exit(EXIT_CODE_KILLED, ExitReason::Killed, "the container was killed".into()),
+        Outcome::DeadlineExceeded => exit(EXIT_CODE_KILLED, ExitReason::DeadlineExceeded, "the container ran past its deadline".into()),
+        Outcome::Finished(Ok(Ok(()))) => exit(0, ExitReason::Completed, String::new()),
+        Outcome::Finished(Ok(Err(()))) => exit(1, ExitReason::Error, String::new()),
+        Outcome::Finished(Err(error)) => {
+            if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
+                let reason = if *code == 0 { ExitReason::Completed } else { ExitReason::Error };
+                return exit(*code, reason, String::new());
+            }
+            let message = match error.downcast_ref::<wasmtime::Trap>() {
+                Some(trap) => format!("wasm trap: {trap}"),
+                None => format!("{error:#}"),
+            };
+            tracing::debug!(error = ?error, "a container trapped");
+            exit(EXIT_CODE_TRAP, ExitReason::Error, cut(message, 1024))
+        }
+    }
+}
+
+/// Checks the preamble: `\0asm`, then a component's version and layer.
+fn check_component_header(digest: &str, bytes: &[u8]) -> Result<(), PrepareError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PrepareError::NotWasm { digest: digest.to_string() });
+    }
+    match bytes[6..8] {
+        [1, 0] => Ok(()),
+        [0, 0] => Err(PrepareError::CoreModule { digest: digest.to_string() }),
+        _ => Err(PrepareError::NotWasm { digest: digest.to_string() }),
+    }
+}
+
+/// Checks `sha256:<64 lowercase hex digits>`.
+fn parse_digest(digest: &str) -> Result<&str, PrepareError> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .ok_or_else(|| PrepareError::InvalidDigest(digest.to_string()))
+}
+
+/// The digest (`sha256:<hex>`) of `bytes`, as images are named.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bytes_text(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) { format!("{}Mi", bytes >> 20) } else { format!("{bytes} bytes") }
+}
+
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Runs blocking work (compiling, file I/O) off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn digests_are_checked_for_form() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        assert!(parse_digest(&good).is_ok());
+        for bad in ["sha256:abc", "md5:00", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:{}", "g".repeat(64))] {
+            assert!(matches!(parse_digest(bad), Err(PrepareError::InvalidDigest(_))), "{bad}");
+        }
+        assert_eq!(digest_of(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn the_preamble_tells_components_from_modules() {
+        assert!(check_component_header("d", b"\0asm\x0d\0\x01\0rest").is_ok());
+        assert!(matches!(check_component_header("d", b"\0asm\x01\0\0\0"), Err(PrepareError::CoreModule { .. })));
+        assert!(matches!(check_component_header("d", b"#!/bin/sh\n"), Err(PrepareError::NotWasm { .. })));
+        assert!(matches!(check_component_header("d", b"\0as"), Err(PrepareError::NotWasm { .. })));
+    }
+
+    #[test]
+    fn the_limiter_counts_all_memories_and_remembers_a_refusal() {
+        let mut limiter = MemoryLimiter { limit: Some(10 << 20), used: 0, refused: None };
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(limiter.memory_growing(4 << 20, 6 << 20, None).unwrap());
+        assert!(limiter.refused.is_none());
+        let error = limiter.memory_growing(6 << 20, 7 << 20, None).unwrap_err();
+        assert!(error.to_string().contains("memory limit of 10485760 bytes exceeded"), "{error}");
+        assert_eq!(limiter.refused, Some(11 << 20));
+        let mut unlimited = MemoryLimiter { limit: None, used: 0, refused: None };
+        assert!(unlimited.memory_growing(0, 1 << 32, None).unwrap());
+    }
+
+    #[test]
+    fn sizes_read_like_quantities() {
+        assert_eq!(bytes_text(32 << 20), "32Mi");
+        assert_eq!(bytes_text(1000), "1000 bytes");
+        assert_eq!(cut("ééé".into(), 3), "é…");
+    }
+}
