@@ -148,7 +148,9 @@ def test_tokens_are_for_admins_and_revocable(server, tenants):
     listing = server.kapsel("token", "list")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "USER", "ADMIN", "ROLES", "AGE"]
+    assert lines[0].split() == ["NAME", "USER", "ADMIN", "ROLES", "NODE", "AGE"]
+    # The embedded node agent's token: a node token, neither admin nor tenant.
+    assert any(line.split()[1].startswith("system:node:") and line.split()[2] == "false" for line in lines[1:]), lines
     [row] = [line.split() for line in lines[1:] if line.split()[1] == "alice"]
     name = row[0]
     assert row[2] == "false" and row[3] == "dev:edit,qa:view"

@@ -112,6 +112,7 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::resource_quota::RESOURCE_QUOTA,
     &kinds::limit_range::LIMIT_RANGE,
     &kinds::event::EVENT,
+    &kinds::lease::LEASE,
     &kinds::token::TOKEN,
     &kinds::plugin::PLUGIN,
     &kinds::admission_policy::CLUSTER_ADMISSION_POLICY,

@@ -6,6 +6,7 @@
 mod bench;
 mod client;
 mod commands;
+mod node;
 mod output;
 
 use std::net::SocketAddr;
@@ -53,7 +54,9 @@ enum Command {
     /// Admission policies: `kapsel policy test POLICY.yaml --object OBJECT.yaml`, `kapsel policy audit NAME`.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
-    /// Measure the platform (`kapsel bench api|plugin|admission`).
+    /// Run a node agent: register this host as a Node, renew its lease (`--server URL --token NODE-TOKEN`).
+    Node(node::NodeArgs),
+    /// Measure the platform (`kapsel bench api|plugin|admission|schedule`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -84,6 +87,15 @@ struct ServeArgs {
     /// Seconds between admission audits (every policy against the existing objects it matches; results in its status); 0 turns the periodic audit off.
     #[arg(long, default_value_t = kapsel_server::controllers::audit::DEFAULT_INTERVAL.as_secs())]
     audit_interval: u64,
+    /// Do not run a node agent for this host in-process (only `kapsel node` agents elsewhere run pods).
+    #[arg(long)]
+    no_local_node: bool,
+    /// The name of this host's node (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Seconds a node stays lost (no lease renewal for 10 s) before its pods are marked Failed.
+    #[arg(long, default_value_t = 30)]
+    node_pod_grace: u64,
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -136,6 +148,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls_san: args.tls_san,
                 default_plugins: !args.no_default_plugins,
                 audit_interval: std::time::Duration::from_secs(args.audit_interval),
+                node_lifecycle: kapsel_server::controllers::node_lifecycle::NodeLifecycleOptions {
+                    pod_grace: std::time::Duration::from_secs(args.node_pod_grace),
+                    ..Default::default()
+                },
+                local_node: if args.no_local_node { None } else { Some(local_node(args.node_name)?) },
             };
             kapsel_server::serve::run(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -149,5 +166,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(command) => commands::plugin::run(&cli.connection, command).await,
         Command::Policy(command) => commands::policy::run(&cli.connection, command).await,
         Command::Bench(command) => bench::run(&cli.connection, command).await,
+        Command::Node(args) => {
+            init_logging(LogFormat::Text);
+            node::command(client::Client::connect(&cli.connection)?, args).await
+        }
     }
+}
+
+/// The embedded node agent of `kapsel serve`: `kapsel node` for this host,
+/// reaching the server over HTTPS with the node token serve issues it.
+fn local_node(name: Option<String>) -> anyhow::Result<kapsel_server::serve::LocalNode> {
+    let name = match name {
+        Some(name) => name,
+        None => node::host_name()?,
+    };
+    kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--node-name {name:?}: {e}"))?;
+    let agent = std::sync::Arc::new(|context: kapsel_server::serve::LocalNodeContext| {
+        let run = async move {
+            let trust = client::TlsTrust { ca_pem: Some(context.ca_pem.into_bytes()), insecure: false };
+            let client = client::Client::new(&context.server, Some(context.token), "default".into(), &trust)?;
+            node::run(client, node::AgentConfig::local(context.name, context.data_dir), context.stopping).await
+        };
+        Box::pin(run) as futures::future::BoxFuture<'static, anyhow::Result<()>>
+    });
+    Ok(kapsel_server::serve::LocalNode { name, agent })
 }

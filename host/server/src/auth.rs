@@ -10,6 +10,11 @@
 //! per-namespace roles (`view`, `edit`, `owner`) and each kind's
 //! [`TenantAccess`] says what those roles allow. Lists and watches across
 //! all namespaces are allowed to tenants and *filtered* to their namespaces.
+//! Node agents hold node tokens ([`Identity::node`]): they read nodes, pods,
+//! images and write events; they change only their own `Node` and lease,
+//! and only the status (and deletion) of the pods bound to them — the
+//! object-level half of that is [`node_may_touch`], checked once the target
+//! object is known.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -34,6 +39,8 @@ pub struct Identity {
     pub roles: BTreeMap<String, Role>,
     /// RFC 3339 expiry, if the token has one.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The node whose agent this is (a node token).
+    pub node: Option<String>,
 }
 
 impl Identity {
@@ -54,8 +61,12 @@ impl Identity {
             *role = (*role).max(grant.role);
         }
         Identity {
-            user: spec.user.clone(),
-            admin: spec.admin,
+            user: match &spec.node {
+                Some(node) => kapsel_api::kinds::token::node_user(node),
+                None => spec.user.clone(),
+            },
+            node: spec.node.clone(),
+            admin: spec.admin && spec.node.is_none(),
             roles,
             expires_at: spec
                 .expires_at
@@ -217,6 +228,19 @@ pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, names
     if identity.admin {
         return Ok(());
     }
+    if identity.node.is_some() {
+        return if node_allows(verb, resource) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "{plural} is forbidden: User {user:?} cannot {verb} resource {plural:?} in API group {group:?}: node agents may not",
+                plural = resource.plural,
+                user = identity.user,
+                verb = verb.as_str(),
+                group = resource.group,
+            )))
+        };
+    }
     let role = namespace.and_then(|ns| identity.role_in(ns));
     let allowed = match resource.tenant_access {
         TenantAccess::None => false,
@@ -258,6 +282,58 @@ pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, names
     )))
 }
 
+/// The kinds and verbs a node agent may use at all; which objects, [`node_may_touch`] decides.
+fn node_allows(verb: Verb, resource: &ResourceType) -> bool {
+    match (resource.group, resource.kind) {
+        ("", "Node") | ("coordination.k8s.io", "Lease") => verb != Verb::Delete,
+        ("", "Pod") => verb != Verb::Create,
+        ("", "Event") => verb != Verb::Delete,
+        (kapsel_api::KAPSEL_GROUP, "Artifact") => verb.is_read(),
+        _ => false,
+    }
+}
+
+/// The object-level half of a node agent's rights: its own `Node` and
+/// lease (named after it, the lease in `kube-node-lease`), and the pods
+/// bound to it — `bound_to`, the stored pod's `spec.nodeName`, for a write
+/// to a pod, which must be to its status or its deletion.
+pub fn node_may_touch(
+    node: &str,
+    verb: Verb,
+    resource: &ResourceType,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    subresource: Option<&str>,
+    bound_to: Option<&str>,
+) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        Err(ApiError::Forbidden(format!(
+            "{plural} {name:?} is forbidden: node {node:?} cannot {verb} it: {why}",
+            plural = resource.plural,
+            name = name.unwrap_or_default(),
+            verb = verb.as_str(),
+        )))
+    };
+    match (resource.group, resource.kind) {
+        ("", "Node") if !verb.is_read() && name.is_some_and(|n| n != node) => refuse("a node agent changes only its own Node"),
+        ("coordination.k8s.io", "Lease")
+            if namespace != Some(kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE) || name.is_some_and(|n| n != node) =>
+        {
+            refuse("a node agent holds only its own lease, in kube-node-lease")
+        }
+        ("", "Pod") if !verb.is_read() => {
+            if verb != Verb::Delete && subresource != Some("status") {
+                refuse("a node agent writes only the status of pods")
+            } else if bound_to != Some(node) {
+                refuse("the pod is not bound to this node")
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::View => "view",
@@ -272,7 +348,13 @@ mod tests {
     use kapsel_api::kinds::{namespace::NAMESPACE, node::NODE, pod::POD, resource_quota::RESOURCE_QUOTA};
 
     fn tenant(roles: &[(&str, Role)]) -> Identity {
-        Identity { user: "alice".into(), admin: false, roles: roles.iter().map(|(n, r)| (n.to_string(), *r)).collect(), expires_at: None }
+        Identity {
+            user: "alice".into(),
+            admin: false,
+            roles: roles.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
+            expires_at: None,
+            node: None,
+        }
     }
 
     #[test]
@@ -295,6 +377,37 @@ mod tests {
         assert!(authorize(&alice, Verb::Get, &NAMESPACE, Some("prod")).is_err());
         assert!(authorize(&alice, Verb::Create, &NAMESPACE, Some("new")).is_err());
         assert!(authorize(&alice, Verb::List, &TOKEN, None).is_err());
+    }
+
+    #[test]
+    fn node_agents_touch_only_their_node_lease_and_pods() {
+        use kapsel_api::kinds::lease::LEASE;
+        let auth = Authenticator::default();
+        let secret = new_secret();
+        let token = serde_json::json!({"spec": {"user": "ignored", "admin": true, "node": "n1", "secretHash": hash_secret(&secret)}});
+        auth.apply(ChangeType::Added, &token);
+        let agent = auth.authenticate(Some(&format!("Bearer {secret}"))).unwrap();
+        assert_eq!((agent.user.as_str(), agent.admin, agent.node.as_deref()), ("system:node:n1", false, Some("n1")));
+
+        assert!(authorize(&agent, Verb::List, &POD, None).is_ok());
+        assert!(authorize(&agent, Verb::Create, &POD, Some("dev")).is_err());
+        assert!(authorize(&agent, Verb::Delete, &NODE, None).is_err());
+        assert!(authorize(&agent, Verb::Get, &TOKEN, None).is_err());
+        assert!(authorize(&agent, Verb::Create, &RESOURCE_QUOTA, Some("dev")).is_err());
+
+        let touch = |verb, resource, namespace, name, subresource, bound_to| {
+            node_may_touch("n1", verb, resource, namespace, name, subresource, bound_to).is_ok()
+        };
+        assert!(touch(Verb::Update, &NODE, None, Some("n1"), Some("status"), None));
+        assert!(!touch(Verb::Update, &NODE, None, Some("n2"), None, None));
+        assert!(touch(Verb::Update, &LEASE, Some("kube-node-lease"), Some("n1"), None, None));
+        assert!(!touch(Verb::Get, &LEASE, Some("kube-node-lease"), Some("n2"), None, None));
+        assert!(!touch(Verb::Update, &LEASE, Some("dev"), Some("n1"), None, None));
+        assert!(touch(Verb::Patch, &POD, Some("dev"), Some("p"), Some("status"), Some("n1")));
+        assert!(touch(Verb::Delete, &POD, Some("dev"), Some("p"), None, Some("n1")));
+        assert!(!touch(Verb::Patch, &POD, Some("dev"), Some("p"), Some("status"), Some("n2")));
+        assert!(!touch(Verb::Patch, &POD, Some("dev"), Some("p"), None, Some("n1")), "not the spec");
+        assert!(touch(Verb::Get, &POD, Some("dev"), Some("p"), None, Some("n2")));
     }
 
     #[test]

@@ -46,7 +46,18 @@ pub async fn handle(
     let verb = verb(&method, &target, &params)?;
     let authz_namespace = if target.resource.kind == NAMESPACE.kind { target.name.as_deref() } else { target.namespace.as_deref() };
     authorize(&identity, verb, target.resource, authz_namespace)?;
-    if target.subresource.as_deref() == Some("status") && !verb.is_read() && !identity.admin {
+    if let Some(node) = &identity.node {
+        // A node agent writes the status of the pods bound to it: read where the pod is bound.
+        let bound_to = if target.resource.kind == POD.kind && !verb.is_read() && target.name.is_some() {
+            let stored = app.store.get(&key(&target, target_name(&target))).await.ok();
+            stored.and_then(|pod| pod.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string))
+        } else {
+            None
+        };
+        let (namespace, name, subresource) = (target.namespace.as_deref(), target.name.as_deref(), target.subresource.as_deref());
+        crate::auth::node_may_touch(node, verb, target.resource, namespace, name, subresource, bound_to.as_deref())?;
+    }
+    if target.subresource.as_deref() == Some("status") && !verb.is_read() && !identity.admin && identity.node.is_none() {
         // What a status says (a pod's phase, a quota's usage, a policy's audit) is the platform's to write.
         return Err(ApiError::Forbidden(format!(
             "{plural}/status is forbidden: User {user:?} cannot {verb} resource \"{plural}/status\": statuses are written by the platform",
@@ -340,6 +351,10 @@ pub async fn create_object(
     }
     if object::meta_str(&object, "resourceVersion").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::BadRequest("resourceVersion should not be set on objects to be created".into()));
+    }
+    if let Some(node) = &identity.node {
+        let (namespace, name) = (target.namespace.as_deref(), object::name(&object));
+        crate::auth::node_may_touch(node, Verb::Create, resource, namespace, name, None, None)?;
     }
     let meta = object::metadata_mut(&mut object);
     for server_field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {

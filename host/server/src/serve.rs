@@ -7,8 +7,13 @@
 //! `tls/` (the cluster CA, see [`crate::tls`]) and `kubeconfig.yaml` (the
 //! server's address, its CA and the admin token, for kapsel and kubectl alike),
 //! `plugin-cache/` (compiled plug-ins) and `volumes/` (the storage roots of
-//! storage drivers, one directory per plug-in). On first start it installs
-//! the default plug-ins ([`crate::plugins::install_defaults`]).
+//! storage drivers, one directory per plug-in), and, with the embedded node
+//! agent, `node.token` (its node token) and `node/` (its own directory). On
+//! first start it installs the default plug-ins
+//! ([`crate::plugins::install_defaults`]). Beside the API it runs the
+//! controllers, the scheduler, the node lifecycle controller and — unless
+//! `--no-local-node` — a node agent for this host ([`LocalNode`]), which
+//! reaches the API over HTTPS like any other agent.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -38,10 +43,49 @@ pub struct ServeConfig {
     pub default_plugins: bool,
     /// How often the admission audit runs ([`crate::controllers::audit`]); zero turns it off.
     pub audit_interval: std::time::Duration,
+    /// When nodes count as lost, and their pods as failed.
+    pub node_lifecycle: crate::controllers::node_lifecycle::NodeLifecycleOptions,
+    /// The node agent to run in-process for this host, if any.
+    pub local_node: Option<LocalNode>,
+}
+
+/// The embedded node agent of `kapsel serve`: its node's name, and the
+/// agent itself (the binary's `kapsel node`, given what it needs to reach
+/// this server as that node).
+#[derive(Clone)]
+pub struct LocalNode {
+    pub name: String,
+    pub agent: Arc<dyn Fn(LocalNodeContext) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNode").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// What the embedded node agent is given.
+#[derive(Debug, Clone)]
+pub struct LocalNodeContext {
+    pub name: String,
+    /// `https://host:port` of this server.
+    pub server: String,
+    /// PEM of the cluster CA.
+    pub ca_pem: String,
+    /// The node's bearer token (`node.token` in the data directory).
+    pub token: String,
+    /// The agent's own directory: `<data dir>/node`.
+    pub data_dir: PathBuf,
+    /// Turns `true` when the server stops.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Files `kapsel serve` writes in its data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The embedded node agent's token.
+pub const NODE_TOKEN_FILE: &str = "node.token";
+/// The embedded node agent's directory (images, pod logs).
+pub const NODE_DIR: &str = "node";
 pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
 pub const DATABASE_FILE: &str = "kapsel.db";
 /// Compiled plug-ins, so a restart does not compile them again.
@@ -61,7 +105,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let url = datastore_url(&config);
     let store = Store::open(&url, config.store.clone()).await.with_context(|| format!("opening the datastore {}", redact(&url)))?;
     let admin_secret = ensure_admin_token(&config.data_dir, &store).await?;
-    let first_start = ensure_default_namespace(&store).await?;
+    let first_start = ensure_namespace(&store, DEFAULT_NAMESPACE).await?;
+    ensure_namespace(&store, kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE).await?;
+    let node_secret = match &config.local_node {
+        Some(local) => Some(ensure_node_token(&config.data_dir, &store, &local.name).await?),
+        None => None,
+    };
     if first_start && config.default_plugins {
         crate::plugins::install_defaults(&store).await.context("installing the default plug-ins")?;
     }
@@ -81,10 +130,28 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;
-    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise }), stopping, plugins, admission };
+    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise.clone() }), stopping, plugins, admission };
     crate::controllers::start(&app);
     crate::controllers::audit::start(&app, config.audit_interval);
     crate::scheduler::start(&app, crate::scheduler::SchedulerOptions::default());
+    crate::controllers::node_lifecycle::start(&app, config.node_lifecycle);
+    if let (Some(local), Some(token)) = (&config.local_node, node_secret) {
+        let context = LocalNodeContext {
+            name: local.name.clone(),
+            server: format!("https://{advertise}"),
+            ca_pem: certificates.ca_pem.clone(),
+            token,
+            data_dir: config.data_dir.join(NODE_DIR),
+            stopping: app.stopping.clone(),
+        };
+        let agent = (local.agent)(context);
+        let name = local.name.clone();
+        tokio::spawn(async move {
+            if let Err(error) = agent.await {
+                tracing::error!(node = %name, error = format!("{error:#}"), "the embedded node agent stopped");
+            }
+        });
+    }
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         shutdown_signal().await;
         // Ends open watches so that graceful shutdown does not wait for their timeouts.
@@ -114,10 +181,9 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Reads (or creates) `admin.token` and makes sure the store holds its hash.
-async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<String> {
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let secret = match std::fs::read_to_string(&path) {
+/// Reads the secret in `path`, creating it (mode 0600) with a new one when it does not exist.
+fn ensure_secret_file(path: &Path) -> anyhow::Result<String> {
+    let secret = match std::fs::read_to_string(path) {
         Ok(text) => text.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = new_secret();
@@ -125,7 +191,7 @@ async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<St
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
+                .open(path)
                 .with_context(|| format!("creating {}", path.display()))?;
             writeln!(file, "{secret}")?;
             file.sync_all()?;
@@ -133,39 +199,60 @@ async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<St
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    anyhow::ensure!(!secret.is_empty(), "{} is empty: delete it and restart to issue a new admin token", path.display());
-    let hash = hash_secret(&secret);
-    // One admin Token per data directory, named by its hash, so replicas sharing a database keep theirs.
-    let name = format!("admin-{}", &hash["sha256:".len().."sha256:".len() + 10]);
+    anyhow::ensure!(!secret.is_empty(), "{} is empty: delete it and restart to issue a new token", path.display());
+    Ok(secret)
+}
+
+/// Stores a Token named `<prefix>-<hash prefix>` for `secret` with `spec`, unless it exists.
+async fn store_token(store: &Store, prefix: &str, secret: &str, mut spec: serde_json::Value) -> anyhow::Result<()> {
+    let hash = hash_secret(secret);
+    // Named by its hash, so replicas sharing a database keep theirs.
+    let name = format!("{prefix}-{}", &hash["sha256:".len().."sha256:".len() + 10]);
+    spec["secretHash"] = json!(hash);
     let token = json!({
         "apiVersion": TOKEN.api_version(),
         "kind": TOKEN.kind,
         "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-        "spec": {"user": "admin", "admin": true, "roles": [], "secretHash": hash},
+        "spec": spec,
     });
     match store.create(Key::new(TOKEN.store_key(), "", &name), token).await {
-        Ok(_) => tracing::info!(token = %name, file = %path.display(), "issued the IT admin token"),
+        Ok(_) => tracing::info!(token = %name, "issued a token"),
         Err(StoreError::AlreadyExists) => {}
-        Err(e) => return Err(e).context("storing the admin token"),
+        Err(e) => return Err(e).context("storing a token"),
     }
+    Ok(())
+}
+
+/// Reads (or creates) `admin.token` and makes sure the store holds its hash.
+async fn ensure_admin_token(data_dir: &Path, store: &Store) -> anyhow::Result<String> {
+    let secret = ensure_secret_file(&data_dir.join(ADMIN_TOKEN_FILE))?;
+    store_token(store, "admin", &secret, json!({"user": "admin", "admin": true, "roles": []})).await?;
+    Ok(secret)
+}
+
+/// Reads (or creates) `node.token`, the embedded node agent's, and makes sure the store holds its hash.
+async fn ensure_node_token(data_dir: &Path, store: &Store, node: &str) -> anyhow::Result<String> {
+    let secret = ensure_secret_file(&data_dir.join(NODE_TOKEN_FILE))?;
+    let user = kapsel_api::kinds::token::node_user(node);
+    store_token(store, &format!("node-{node}"), &secret, json!({"user": user, "node": node})).await?;
     Ok(secret)
 }
 
 /// The namespace kubeconfigs point at, as in Kubernetes; created on first start.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Creates the default namespace unless it exists; `true` when it did (the store is new).
-async fn ensure_default_namespace(store: &Store) -> anyhow::Result<bool> {
+/// Creates the namespace `name` unless it exists; `true` when it did not (for `default`: the store is new).
+async fn ensure_namespace(store: &Store, name: &str) -> anyhow::Result<bool> {
     let namespace = json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": DEFAULT_NAMESPACE, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
+        "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
         "status": {"phase": "Active"},
     });
-    match store.create(Key::new(kapsel_api::kinds::namespace::NAMESPACE.store_key(), "", DEFAULT_NAMESPACE), namespace).await {
+    match store.create(Key::new(kapsel_api::kinds::namespace::NAMESPACE.store_key(), "", name), namespace).await {
         Ok(_) => Ok(true),
         Err(StoreError::AlreadyExists) => Ok(false),
-        Err(e) => Err(e).context("creating the default namespace"),
+        Err(e) => Err(e).with_context(|| format!("creating the namespace {name}")),
     }
 }
 

@@ -305,7 +305,7 @@ async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result
             Box::pin(apply_one(tx, WriteOp::Update { key, object, expected_revision: None }, revision)).await
         }
         WriteOp::Update { key, mut object, expected_revision } => {
-            let previous = match current(tx, &key, expected_revision).await? {
+            let previous = match current_with_text(tx, &key, expected_revision).await? {
                 Ok(previous) => previous,
                 Err(error) => return Ok(Err(error)),
             };
@@ -354,6 +354,11 @@ async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result
 /// The stored object under `key`, if it exists and (when `expected` is
 /// given) is still at that revision; otherwise why not.
 async fn current(tx: &mut Tx<'_>, key: &Key, expected: Option<i64>) -> Result<Result<Value, StoreError>, StoreError> {
+    Ok(current_with_text(tx, key, expected).await?.map(|(object, _)| object))
+}
+
+/// As [`current`], with the stored JSON text too (a modification logs it as `previous` as it is).
+async fn current_with_text(tx: &mut Tx<'_>, key: &Key, expected: Option<i64>) -> Result<Result<(Value, String), StoreError>, StoreError> {
     let row = sqlx::query("SELECT revision, data FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
         .bind(&key.resource)
         .bind(&key.namespace)
@@ -367,7 +372,8 @@ async fn current(tx: &mut Tx<'_>, key: &Key, expected: Option<i64>) -> Result<Re
     if expected.is_some_and(|e| e != stored) {
         return Ok(Err(StoreError::Conflict { current: stored }));
     }
-    Ok(Ok(parse(&row.try_get::<String, _>(1)?)?))
+    let text: String = row.try_get(1)?;
+    Ok(Ok((parse(&text)?, text)))
 }
 
 async fn delete_row(tx: &mut Tx<'_>, key: &Key) -> Result<(), StoreError> {
@@ -393,12 +399,12 @@ struct Record {
     key: Key,
     object: Value,
     data: String,
-    /// The object before a modification.
-    previous: Option<Value>,
+    /// The object before a modification, and its stored text.
+    previous: Option<(Value, String)>,
 }
 
 async fn record(tx: &mut Tx<'_>, record: Record) -> Result<Change, StoreError> {
-    let previous = record.previous.as_ref().map(Value::to_string);
+    let (previous, previous_text) = record.previous.unzip();
     sqlx::query("INSERT INTO changes (revision, type, resource, namespace, name, data, previous) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(record.revision)
         .bind(record.change_type.as_str())
@@ -406,7 +412,7 @@ async fn record(tx: &mut Tx<'_>, record: Record) -> Result<Change, StoreError> {
         .bind(&record.key.namespace)
         .bind(&record.key.name)
         .bind(&record.data)
-        .bind(previous)
+        .bind(previous_text)
         .execute(&mut **tx)
         .await?;
     Ok(Change {
@@ -414,6 +420,6 @@ async fn record(tx: &mut Tx<'_>, record: Record) -> Result<Change, StoreError> {
         change_type: record.change_type,
         key: record.key,
         object: Arc::new(record.object),
-        previous: record.previous.map(Arc::new),
+        previous: previous.map(Arc::new),
     })
 }

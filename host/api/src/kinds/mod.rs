@@ -4,6 +4,7 @@
 
 pub mod admission_policy;
 pub mod event;
+pub mod lease;
 pub mod limit_range;
 pub mod namespace;
 pub mod node;

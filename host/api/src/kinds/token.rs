@@ -27,6 +27,7 @@ pub static TOKEN: ResourceType = ResourceType {
         Column { name: "User", wide: false, value: |t| text_at(t, "spec.user") },
         Column { name: "Admin", wide: false, value: |t| t.pointer("/spec/admin").and_then(Value::as_bool).unwrap_or(false).to_string() },
         Column { name: "Roles", wide: false, value: roles_column },
+        Column { name: "Node", wide: false, value: |t| text_at(t, "spec.node") },
     ],
 };
 
@@ -79,6 +80,16 @@ pub struct TokenSpec {
     /// RFC 3339 expiry; none means it lasts until revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// A node agent's token: it may touch only this `Node`, its lease, and
+    /// the pods bound to it (their status, their deletion), and read pods,
+    /// nodes and images. Not with `admin` or `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// The user a node token authenticates as, as Kubernetes names kubelets.
+pub fn node_user(node: &str) -> String {
+    format!("system:node:{node}")
 }
 
 fn validate(object: &Value) -> Vec<FieldError> {
@@ -93,6 +104,17 @@ fn validate(object: &Value) -> Vec<FieldError> {
     for (i, role) in spec.roles.iter().enumerate() {
         if let Err(e) = dns1123_label(&role.namespace) {
             errors.push(FieldError::invalid(format!("spec.roles[{i}].namespace"), e));
+        }
+    }
+    if let Some(node) = &spec.node {
+        if let Err(e) = dns1123_subdomain(node) {
+            errors.push(FieldError::invalid("spec.node", e));
+        }
+        if spec.admin {
+            errors.push(FieldError::forbidden("spec.admin", "a node token cannot be an IT admin's"));
+        }
+        if !spec.roles.is_empty() {
+            errors.push(FieldError::forbidden("spec.roles", "a node token holds no namespace roles"));
         }
     }
     if let Some(expiry) = &spec.expires_at

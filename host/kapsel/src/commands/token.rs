@@ -1,5 +1,6 @@
 //! `kapsel token create|list|revoke`: IT admins issue bearer tokens to users
-//! with roles in namespaces, see them, and revoke them.
+//! with roles in namespaces (or to node agents: `--node NAME`), see them,
+//! and revoke them.
 
 use std::process::ExitCode;
 
@@ -15,8 +16,12 @@ pub enum TokenCommand {
     /// Issue a token; prints the secret once.
     Create {
         /// The user the token authenticates as.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "node")]
+        user: Option<String>,
+        /// A node agent's token for the node NAME (for `kapsel node --token`): it may
+        /// register that node, renew its lease and report the status of the pods bound to it.
+        #[arg(long, conflicts_with_all = ["user", "namespaces", "roles", "admin"])]
+        node: Option<String>,
         /// A namespace to grant a role in; pair each with a --role.
         #[arg(long = "namespace", short = 'n')]
         namespaces: Vec<String>,
@@ -42,13 +47,21 @@ pub enum TokenCommand {
 pub async fn run(connection: &ConnectionArgs, command: TokenCommand) -> anyhow::Result<ExitCode> {
     let client = Client::connect(connection)?;
     match command {
-        TokenCommand::Create { user, namespaces, roles, admin, expires_at } => {
+        TokenCommand::Create { user, node, namespaces, roles, admin, expires_at } => {
             if namespaces.len() != roles.len() {
                 bail!("give one --role for each --namespace (got {} namespaces and {} roles)", namespaces.len(), roles.len());
             }
             let grants: Vec<Value> = namespaces.iter().zip(&roles).map(|(ns, role)| json!({"namespace": ns, "role": role})).collect();
+            let user = match (&node, user) {
+                (Some(node), _) => kapsel_api::kinds::token::node_user(node),
+                (None, Some(user)) => user,
+                (None, None) => bail!("give --user (or --node for a node agent's token)"),
+            };
             let prefix: String = user.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
             let mut spec = json!({"user": user, "admin": admin, "roles": grants});
+            if let Some(node) = &node {
+                spec["node"] = json!(node);
+            }
             if let Some(expiry) = expires_at {
                 spec["expiresAt"] = json!(expiry);
             }

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod namespace;
+pub mod node_lifecycle;
 
 use std::time::Duration;
 

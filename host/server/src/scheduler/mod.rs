@@ -12,9 +12,9 @@
 //! plus each extension's `score` times its `spec.weight`), and takes the
 //! best. The pod is counted on that node at once ("assumed", as
 //! kube-scheduler does) and extensions are told with `pod-bound`, so the
-//! next pod of the batch sees it; the binding — `spec.nodeName`, the
-//! `PodScheduled` condition and a `Scheduled` Event, in one atomic write
-//! guarded by the pod's revision — is written in the background, and a
+//! next pod of the batch sees it; the binding — `spec.nodeName` and the
+//! `PodScheduled` condition, guarded by the pod's revision, then a
+//! `Scheduled` Event — is written in the background, and a
 //! binding that cannot be written is forgotten and the pod queued again.
 //!
 //! Extensions are called through [`PluginRegistry::invoke_blocking`], under
@@ -517,15 +517,17 @@ impl Cluster {
                     Ok(None) => continue,
                     Err(failure) => return Decision::Wait { pod, reason: "SchedulerError", message: failure.to_string() },
                 };
-                let mut verdict_of: HashMap<u32, (bool, String)> =
-                    verdicts.into_iter().map(|v| (v.index, (v.feasible, v.reason))).collect();
-                chunk.retain(|index| match verdict_of.remove(index) {
-                    Some((true, _)) => true,
-                    Some((false, reason)) => {
+                // Verdicts come in any order (usually the candidates'): sorted, each is found by a binary search.
+                let mut verdicts = verdicts;
+                verdicts.sort_unstable_by_key(|v| v.index);
+                chunk.retain(|index| match verdicts.binary_search_by_key(index, |v| v.index) {
+                    Ok(at) if verdicts[at].feasible => true,
+                    Ok(at) => {
+                        let reason = &verdicts[at].reason;
                         *rejected.entry(format!("rejected by plug-in {}: {reason}", extension.name)).or_default() += 1;
                         false
                     }
-                    None => {
+                    Err(_) => {
                         *rejected.entry(format!("rejected by plug-in {}: no verdict", extension.name)).or_default() += 1;
                         false
                     }
@@ -582,9 +584,10 @@ impl Cluster {
                 Ok(None) => continue,
                 Err(failure) => return Err(failure.to_string()),
             };
-            let score_of: HashMap<u32, u8> = scores.into_iter().collect();
+            let mut scores = scores;
+            scores.sort_unstable_by_key(|(index, _)| *index);
             for (total, index) in totals.iter_mut().zip(feasible) {
-                let score = score_of.get(index).copied().unwrap_or(0).min(100);
+                let score = scores.binary_search_by_key(index, |(i, _)| *i).map_or(0, |at| scores[at].1).min(100);
                 *total += u64::from(score) * u64::from(extension.weight);
             }
         }
@@ -636,8 +639,8 @@ fn set_scheduled_condition(pod: &mut Value, status: &str, reason: &str, message:
     }
 }
 
-/// Writes the binding of `pod` to `node`: `spec.nodeName`, `PodScheduled`
-/// and a `Scheduled` Event, guarded by the pod's revision. On a conflict the
+/// Writes the binding of `pod` to `node` — `spec.nodeName` and
+/// `PodScheduled`, guarded by the pod's revision — then a `Scheduled` Event. On a conflict the
 /// pod is read again and, if it is still unbound, bound with its new version.
 async fn bind(store: &Store, mut pod: Arc<Value>, node: String) -> BindOutcome {
     let key = key_of(&pod);
@@ -648,21 +651,16 @@ async fn bind(store: &Store, mut pod: Arc<Value>, node: String) -> BindOutcome {
         bound["spec"]["nodeName"] = json!(node);
         set_scheduled_condition(&mut bound, "True", "", "");
         let message = format!("Successfully assigned {}/{} to {node}", key.0, key.1);
-        let (event_key, event) = events::first_event(&bound, EventType::Normal, "Scheduled", &message);
         let expected_revision = object::resource_version(&pod).and_then(Result::ok);
-        let update = WriteOp::Update { key: store_key.clone(), object: bound.clone(), expected_revision };
-        let written = match store.write(WriteOp::Atomic(vec![update.clone(), WriteOp::Create { key: event_key, object: event }])).await {
-            // The pod's name was used before and its event is still there: bind, then count the event.
-            Err(StoreError::AtomicOpFailed { index: 1, .. }) => {
-                let written = store.write(update).await;
-                if written.is_ok() {
-                    events::record(store, &bound, EventType::Normal, "Scheduled", &message).await;
-                }
-                written
+        let written = store.write(WriteOp::Update { key: store_key.clone(), object: bound.clone(), expected_revision }).await;
+        if written.is_ok() {
+            // The event follows the binding (one write each keeps the group commit's batches plain).
+            let (event_key, event) = events::first_event(&bound, EventType::Normal, "Scheduled", &message);
+            if let Err(StoreError::AlreadyExists) = store.create(event_key, event).await {
+                // The pod's name was used before and its event is still there: count this one in it.
+                events::record(store, &bound, EventType::Normal, "Scheduled", &message).await;
             }
-            Err(StoreError::AtomicOpFailed { error, .. }) => Err(*error),
-            other => other,
-        };
+        }
         match written {
             Ok(_) => return BindOutcome::Bound,
             Err(StoreError::Conflict { .. }) => {}

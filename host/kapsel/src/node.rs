@@ -1,0 +1,328 @@
+//! `kapsel node`: the node agent, a host's member of the pool (Kubernetes'
+//! kubelet, vSphere's spherelet). `kapsel serve` runs one in-process for its
+//! own host; `kapsel node --server URL --token T` runs one anywhere else.
+//!
+//! It registers its `Node` (capacity and allocatable resources, labels,
+//! taints, addresses, agent version, `Ready`), then renews the lease named
+//! after it in `kube-node-lease` every `--lease-interval` (2 s): a small
+//! write the supervisor's node lifecycle controller reads, instead of a
+//! rewrite of the whole `Node`. It authenticates with a node token, which
+//! lets it change only its own `Node`, its lease and the status of the pods
+//! bound to it.
+//!
+//! Not built yet (issue 4): running the pods bound to the node (the Wasm
+//! runtime of `kapsel-node`), their status and logs. Pods bound to a node
+//! stay `Pending` until then.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kapsel_api::Quantity;
+use kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE;
+use serde_json::{Value, json};
+
+use crate::client::{ApiFailure, Client};
+
+/// `kapsel node` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// The node's name (default: this host's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// What the node offers, as `cpu=4,memory=8Gi,pods=110` (default: this host's CPUs and memory, 110 pods).
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// Node labels, as `zone=a,disk=ssd`.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// A taint, as `key=value:NoSchedule` (repeatable; effects NoSchedule, PreferNoSchedule, NoExecute).
+    #[arg(long = "taint")]
+    pub taints: Vec<String>,
+    /// The agent's directory (compiled images, pod logs).
+    #[arg(long, default_value = "./kapsel-node")]
+    pub data_dir: PathBuf,
+    /// Seconds between lease renewals (the supervisor counts a node lost after 10 s without one).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub lease_interval: u64,
+}
+
+/// What an agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub capacity: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Value>,
+    pub data_dir: PathBuf,
+    pub lease_interval: Duration,
+}
+
+impl AgentConfig {
+    /// The configuration `flags` describe, with this host's defaults.
+    pub fn from_args(flags: NodeArgs) -> anyhow::Result<AgentConfig> {
+        let name = match flags.name {
+            Some(name) => name,
+            None => host_name()?,
+        };
+        kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--name {name:?}: {e}"))?;
+        let mut capacity = host_capacity();
+        if let Some(text) = &flags.capacity {
+            for (resource, value) in pairs(text, "--capacity")? {
+                if !matches!(resource.as_str(), "cpu" | "memory" | "pods" | "ephemeral-storage") {
+                    bail!("--capacity: unknown resource {resource:?} (known: cpu, memory, pods, ephemeral-storage)");
+                }
+                Quantity::parse(&value).map_err(|e| anyhow::anyhow!("--capacity {resource}={value}: {e}"))?;
+                capacity.insert(resource, value);
+            }
+        }
+        let labels = match &flags.labels {
+            Some(text) => pairs(text, "--labels")?.into_iter().collect(),
+            None => BTreeMap::new(),
+        };
+        let taints = flags.taints.iter().map(|t| taint(t)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(AgentConfig {
+            name,
+            capacity,
+            labels,
+            taints,
+            data_dir: flags.data_dir,
+            lease_interval: Duration::from_secs(flags.lease_interval),
+        })
+    }
+
+    /// The embedded agent of `kapsel serve`: this host, its defaults.
+    pub fn local(name: String, data_dir: PathBuf) -> AgentConfig {
+        AgentConfig {
+            name,
+            capacity: host_capacity(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            data_dir,
+            lease_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `a=1,b=2` as pairs.
+fn pairs(text: &str, flag: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.trim().to_string())),
+            _ => bail!("{flag}: {item:?} is not key=value"),
+        })
+        .collect()
+}
+
+/// `key=value:Effect` (or `key:Effect`) as a taint object.
+fn taint(text: &str) -> anyhow::Result<Value> {
+    let Some((key_value, effect)) = text.rsplit_once(':') else { bail!("--taint {text:?}: expected key=value:Effect") };
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        bail!("--taint {text:?}: the effect must be NoSchedule, PreferNoSchedule or NoExecute");
+    }
+    let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
+    if key.is_empty() {
+        bail!("--taint {text:?}: the key is empty");
+    }
+    Ok(json!({"key": key, "value": value, "effect": effect}))
+}
+
+/// This host's name, as a node name (lower case).
+pub fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .context("reading the host name (pass --name)")?;
+    let name = name.trim().to_ascii_lowercase();
+    anyhow::ensure!(!name.is_empty(), "the host name is empty (pass --name)");
+    Ok(name)
+}
+
+/// This host's CPUs and memory, and Kubernetes' default of 110 pods.
+fn host_capacity() -> BTreeMap<String, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let memory_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        info.lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    let mut capacity = BTreeMap::from([("cpu".to_string(), cpus.to_string()), ("pods".to_string(), "110".to_string())]);
+    if let Some(kib) = memory_kib {
+        capacity.insert("memory".into(), format!("{kib}Ki"));
+    }
+    capacity
+}
+
+fn not_found(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<ApiFailure>().is_some_and(|f| f.status.code == 404)
+}
+
+fn conflict(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<ApiFailure>().is_some_and(|f| f.status.code == 409)
+}
+
+fn now_micros() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The status the agent reports for its node.
+fn node_status(config: &AgentConfig) -> Value {
+    let now = now_micros();
+    json!({
+        "capacity": config.capacity,
+        "allocatable": config.capacity,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "NodeAgentReady",
+                        "message": "kapsel node agent is ready", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "addresses": [{"type": "Hostname", "address": config.name}],
+        "nodeInfo": {
+            "kubeletVersion": concat!("kapsel-", env!("CARGO_PKG_VERSION")),
+            "containerRuntimeVersion": "wasmtime://48",
+            "operatingSystem": std::env::consts::OS,
+            "architecture": std::env::consts::ARCH,
+            "kernelVersion": "", "osImage": "", "kubeProxyVersion": "",
+            "machineID": "", "systemUUID": "", "bootID": "",
+        },
+    })
+}
+
+/// Creates the node, or brings an existing one up to date (its labels,
+/// taints and status; a cordon set by IT stays).
+async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<()> {
+    let path = format!("/api/v1/nodes/{}", config.name);
+    match client.get(&path).await {
+        Ok(mut node) => {
+            node["metadata"]["labels"] = json!(config.labels);
+            node["spec"]["taints"] = json!(config.taints);
+            let updated = client.put(&path, &node).await.context("updating the node")?;
+            let mut with_status = updated;
+            with_status["status"] = node_status(config);
+            client.put(&format!("{path}/status"), &with_status).await.context("reporting the node's status")?;
+        }
+        Err(error) if not_found(&error) => {
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": config.name, "labels": config.labels},
+                "spec": {"taints": config.taints},
+                "status": node_status(config),
+            });
+            client.post("/api/v1/nodes", &node).await.context("registering the node")?;
+        }
+        Err(error) => return Err(error).context("reading the node"),
+    }
+    Ok(())
+}
+
+/// Renews (or takes) the node's lease; returns the lease as stored.
+async fn renew(client: &Client, config: &AgentConfig, last: Option<Value>) -> anyhow::Result<Value> {
+    let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases");
+    let path = format!("{collection}/{}", config.name);
+    let duration = (config.lease_interval.as_secs() * 5).max(10);
+    let spec = json!({"holderIdentity": config.name, "leaseDurationSeconds": duration, "renewTime": now_micros()});
+    if let Some(mut lease) = last {
+        lease["spec"] = spec.clone();
+        match client.put(&path, &lease).await {
+            Ok(renewed) => return Ok(renewed),
+            // Someone else wrote it (an admin, a second agent by mistake): read it again below.
+            Err(error) if conflict(&error) || not_found(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    match client.get(&path).await {
+        Ok(mut lease) => {
+            lease["spec"] = spec;
+            client.put(&path, &lease).await
+        }
+        Err(error) if not_found(&error) => {
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": config.name, "namespace": NODE_LEASE_NAMESPACE}, "spec": spec});
+            client.post(&collection, &lease).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs the agent until `stopping` turns true: registers (retrying until
+/// the supervisor answers), then renews the lease.
+pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match register(&client, &config).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(node = %config.name, error = format!("{error:#}"), "registering the node failed; trying again");
+                tokio::select! {
+                    _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!(node = %config.name, capacity = ?config.capacity, "node registered");
+    let mut ticker = tokio::time::interval(config.lease_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease = None;
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        match renew(&client, &config, lease.take()).await {
+            Ok(renewed) => lease = Some(renewed),
+            Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
+        }
+    }
+}
+
+/// `kapsel node`: runs an agent until SIGTERM or ctrl-c.
+pub async fn command(client: Client, flags: NodeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = AgentConfig::from_args(flags)?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("node agent stopping");
+        let _ = stop.send(true);
+    });
+    run(client, config, stopping).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_the_nodes_capacity_labels_and_taints() {
+        let flags = NodeArgs {
+            name: Some("edge-1".into()),
+            capacity: Some("cpu=4,memory=8Gi,pods=20".into()),
+            labels: Some("zone=a, disk=ssd".into()),
+            taints: vec!["dedicated=gpu:NoSchedule".into(), "spot:PreferNoSchedule".into()],
+            data_dir: "d".into(),
+            lease_interval: 2,
+        };
+        let config = AgentConfig::from_args(flags.clone()).unwrap();
+        assert_eq!(config.capacity["cpu"], "4");
+        assert_eq!(config.capacity["memory"], "8Gi");
+        assert_eq!(config.capacity["pods"], "20");
+        assert_eq!(config.labels["disk"], "ssd");
+        assert_eq!(config.taints[0], json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}));
+        assert_eq!(config.taints[1], json!({"key": "spot", "value": "", "effect": "PreferNoSchedule"}));
+
+        let wrong = |change: fn(&mut NodeArgs)| {
+            let mut flags = flags.clone();
+            change(&mut flags);
+            AgentConfig::from_args(flags).unwrap_err().to_string()
+        };
+        assert!(wrong(|f| f.capacity = Some("gpus=1".into())).contains("unknown resource"));
+        assert!(wrong(|f| f.capacity = Some("cpu=lots".into())).contains("cpu=lots"));
+        assert!(wrong(|f| f.taints = vec!["x=y:Sometimes".into()]).contains("effect"));
+        assert!(wrong(|f| f.name = Some("Not A Name".into())).contains("--name"));
+    }
+}
