@@ -1,0 +1,251 @@
+//! The pod worker with the real sample workloads: phases, restart policies
+//! and back-off, OOM kills, image errors, init containers, deadlines, stop,
+//! and the logs the API serves.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{WorkloadImages, log_contains, log_text, runtime, status_where};
+use futures::StreamExt;
+use kapsel_node::LogQuery;
+use kapsel_node::PodWorker;
+use kapsel_node::pod::status::Phase;
+use serde_json::{Value, json};
+
+const SOON: Duration = Duration::from_secs(10);
+
+fn pod(uid: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": uid, "namespace": "team-a", "uid": uid}, "spec": spec})
+}
+
+fn phase(status: &Value) -> &str {
+    status["phase"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_succeeds_with_its_output_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let images = WorkloadImages::new();
+    let spec = json!({
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "hello:1", "args": ["--from", "pods.rs"], "env": [{"name": "GREETING", "value": "hi there"}]}]
+    });
+    let worker = PodWorker::start(runtime.clone(), images.clone(), &pod("uid-hello", spec));
+    tokio::time::timeout(SOON, worker.wait()).await.expect("hello finishes");
+    let status = worker.status().borrow().clone();
+    assert_eq!(phase(&status), "Succeeded", "{status:#}");
+    assert_eq!(worker.phase(), Phase::Succeeded);
+    let main = &status["containerStatuses"][0];
+    assert_eq!(main["name"], "main");
+    assert_eq!(main["image"], "hello:1");
+    assert!(main["imageID"].as_str().unwrap().starts_with("sha256:"), "{main:#}");
+    assert_eq!(main["ready"], false);
+    assert_eq!(main["restartCount"], 0);
+    let terminated = &main["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 0);
+    assert_eq!(terminated["reason"], "Completed");
+    assert!(terminated["startedAt"].is_string() && terminated["finishedAt"].is_string());
+    let conditions: Vec<(String, String)> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap().to_string(), c["status"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        conditions,
+        [("Initialized".into(), "True".into()), ("Ready".into(), "False".into()), ("ContainersReady".into(), "False".into())]
+    );
+    assert!(status.get("initContainerStatuses").is_none());
+    assert_eq!(log_text(&runtime, "uid-hello", "main").await, "Hello from Kapsel\nargs: hello --from pods.rs\nGREETING=hi there\n");
+    assert_eq!(images.fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_under_always_crash_loops_with_a_rising_restart_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let spec = json!({"restartPolicy": "Always", "containers": [{"name": "main", "image": "fail:1"}]});
+    let worker = PodWorker::start(runtime.clone(), WorkloadImages::new(), &pod("uid-fail", spec));
+    let status = status_where(&worker, SOON, |s| {
+        s["containerStatuses"][0]["restartCount"].as_u64() >= Some(3)
+            && s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    assert_eq!(phase(&status), "Running", "a crash-looping pod stays Running, as in Kubernetes: {status:#}");
+    let main = &status["containerStatuses"][0];
+    let message = main["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("back-off ") && message.ends_with(" restarting failed container=main pod=uid-fail_team-a(uid-fail)"),
+        "{message}"
+    );
+    assert_eq!(main["lastState"]["terminated"]["exitCode"], 1);
+    assert_eq!(main["lastState"]["terminated"]["reason"], "Error");
+
+    // The previous run's log is there too.
+    let previous = runtime.logs().read("uid-fail", "main", &LogQuery { previous: true, ..LogQuery::default() }).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&previous), "fail: giving up on purpose (exit code 3)\n");
+
+    worker.stop(Duration::from_secs(5)).await;
+    let last = worker.status().borrow().clone();
+    assert_eq!(phase(&last), "Failed", "{last:#}");
+    assert!(last["containerStatuses"][0]["state"]["terminated"].is_object(), "{last:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_restarts_and_never_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let images = WorkloadImages::new();
+    let on_failure = json!({"restartPolicy": "OnFailure", "containers": [{"name": "main", "image": "fail:1"}]});
+    let restarting = PodWorker::start(runtime.clone(), images.clone(), &pod("uid-onfailure", on_failure));
+    status_where(&restarting, SOON, |s| s["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)).await;
+
+    let never = json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "fail:1"}]});
+    let failing = PodWorker::start(runtime.clone(), images, &pod("uid-never", never));
+    tokio::time::timeout(SOON, failing.wait()).await.expect("the pod ends");
+    let status = failing.status().borrow().clone();
+    assert_eq!(phase(&status), "Failed", "{status:#}");
+    assert_eq!(status["containerStatuses"][0]["state"]["terminated"]["exitCode"], 1);
+    assert_eq!(status["containerStatuses"][0]["restartCount"], 0);
+    restarting.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memhog_past_its_limit_is_oom_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let spec = json!({
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "memhog:1", "resources": {"limits": {"memory": "32Mi"}}}]
+    });
+    let worker = PodWorker::start(runtime, WorkloadImages::new(), &pod("uid-memhog", spec));
+    tokio::time::timeout(SOON, worker.wait()).await.expect("memhog is stopped");
+    let status = worker.status().borrow().clone();
+    assert_eq!(phase(&status), "Failed", "{status:#}");
+    let terminated = &status["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{status:#}");
+    assert_eq!(terminated["exitCode"], 137);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_ends_within_its_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let spec = json!({"terminationGracePeriodSeconds": 5, "containers": [{"name": "main", "image": "worker:1"}]});
+    let worker = PodWorker::start(runtime.clone(), WorkloadImages::new(), &pod("uid-worker", spec));
+    let running = status_where(&worker, SOON, |s| phase(s) == "Running").await;
+    let conditions = running["conditions"].as_array().unwrap();
+    assert!(conditions.iter().all(|c| c["status"] == "True"), "{running:#}");
+    assert_eq!(running["containerStatuses"][0]["ready"], true);
+    assert!(running["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
+
+    // Follow the log while it runs; the stream ends when the pod is stopped.
+    let mut follow = runtime.logs().follow("uid-worker", "main", &LogQuery::default()).unwrap();
+    log_contains(&runtime, "uid-worker", "main", "worker: tick 2\n", SOON).await;
+    let stopping = Instant::now();
+    worker.stop(Duration::from_secs(5)).await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    eprintln!("worker: stopped in {took:?}");
+    let mut followed = String::new();
+    while let Some(chunk) = tokio::time::timeout(SOON, follow.next()).await.expect("the follow ends") {
+        followed.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(followed.starts_with("worker: tick 1\nworker: tick 2\n"), "{followed}");
+
+    let last = worker.status().borrow().clone();
+    assert_eq!(phase(&last), "Failed", "{last:#}");
+    let terminated = &last["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 137, "{last:#}");
+    assert_eq!(terminated["reason"], "Error");
+    assert_eq!(last["conditions"][1]["reason"], "PodCompleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_cannot_be_pulled_waits_in_err_image_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let spec = json!({"containers": [{"name": "main", "image": "missing:1"}]});
+    let worker = PodWorker::start(runtime, WorkloadImages::new(), &pod("uid-missing", spec));
+    let status = status_where(&worker, SOON, |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull").await;
+    assert_eq!(phase(&status), "Pending");
+    let message = status["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(message.contains("failed to resolve image \"missing:1\": image \"missing:1\" not found"), "{message}");
+    worker.stop(Duration::from_secs(5)).await;
+    let last = worker.status().borrow().clone();
+    assert_eq!(last["containerStatuses"][0]["state"]["terminated"]["reason"], "ContainerStatusUnknown", "{last:#}");
+    assert_eq!(phase(&last), "Failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_first_and_a_failed_one_fails_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let images = WorkloadImages::new();
+    let spec = json!({
+        "restartPolicy": "Never",
+        "initContainers": [{"name": "setup", "image": "hello:1", "args": ["setup"]}],
+        "containers": [{"name": "main", "image": "hello:1"}]
+    });
+    let worker = PodWorker::start(runtime.clone(), images.clone(), &pod("uid-init", spec));
+    tokio::time::timeout(SOON, worker.wait()).await.expect("the pod finishes");
+    let status = worker.status().borrow().clone();
+    assert_eq!(phase(&status), "Succeeded", "{status:#}");
+    assert_eq!(status["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert!(log_text(&runtime, "uid-init", "setup").await.contains("args: hello setup\n"));
+    assert_eq!(images.fetches(), 1, "one image, fetched once");
+
+    let failing = json!({
+        "restartPolicy": "Never",
+        "initContainers": [{"name": "setup", "image": "fail:1"}],
+        "containers": [{"name": "main", "image": "hello:1"}]
+    });
+    let worker = PodWorker::start(runtime, images, &pod("uid-init-fail", failing));
+    tokio::time::timeout(SOON, worker.wait()).await.expect("the pod finishes");
+    let status = worker.status().borrow().clone();
+    assert_eq!(phase(&status), "Failed", "{status:#}");
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["message"], "containers with incomplete status: [setup]");
+    assert_eq!(status["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_past_its_active_deadline_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let spec = json!({"activeDeadlineSeconds": 1, "containers": [{"name": "main", "image": "worker:1"}]});
+    let started = Instant::now();
+    let worker = PodWorker::start(runtime, WorkloadImages::new(), &pod("uid-deadline", spec));
+    tokio::time::timeout(SOON, worker.wait()).await.expect("the deadline ends the pod");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let status = worker.status().borrow().clone();
+    assert_eq!(phase(&status), "Failed", "{status:#}");
+    assert_eq!(status["reason"], "DeadlineExceeded");
+    assert_eq!(status["message"], "Pod was active on the node longer than the specified deadline");
+    assert_eq!(status["containerStatuses"][0]["state"]["terminated"]["reason"], "DeadlineExceeded", "{status:#}");
+}
+
+#[tokio::test]
+async fn a_pod_the_node_cannot_read_is_failed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = PodWorker::start(runtime(dir.path()), WorkloadImages::new(), &json!({"metadata": {"uid": "u"}, "spec": {}}));
+    worker.wait().await;
+    let status = worker.status().borrow().clone();
+    assert_eq!(phase(&status), "Failed");
+    assert_eq!(status["reason"], "InvalidPod");
+    assert_eq!(status["message"], "the pod has no containers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_the_node_cannot_configure_waits_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"containers": [{"name": "main", "image": "hello:1", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]});
+    let worker = PodWorker::start(runtime(dir.path()), WorkloadImages::new(), &pod("uid-config", spec));
+    let status =
+        status_where(&worker, SOON, |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError").await;
+    assert_eq!(status["containerStatuses"][0]["state"]["waiting"]["message"], "env T: valueFrom is not supported on this node");
+    worker.stop(Duration::from_secs(5)).await;
+}
