@@ -156,15 +156,16 @@ impl Logs {
     pub async fn read(&self, pod_uid: &str, container: &str, query: &LogQuery) -> Result<Bytes, LogError> {
         let path = self.run_path(pod_uid, container, query.previous)?;
         let query = query.clone();
-        let container = container.to_string();
-        tokio::task::spawn_blocking(move || {
+        let reading = tokio::task::spawn_blocking(move || {
             let mut assembler = Assembler::new(query.timestamps);
-            read_run(&path, &mut assembler).map_err(|source| LogError::Io { container, source })?;
+            read_run(&path, &mut assembler)?;
             assembler.finish();
             Ok(assembler.take_lines(query.tail_lines))
-        })
-        .await
-        .map_err(|e| LogError::Io { container: String::new(), source: io::Error::other(e) })?
+        });
+        match reading.await {
+            Ok(result) => result.map_err(|source| LogError::Io { container: container.to_string(), source }),
+            Err(failed) => Err(LogError::Io { container: container.to_string(), source: io::Error::other(failed) }),
+        }
     }
 
     /// Streams a container's log: what is there (cut to `tail_lines`), then
@@ -488,8 +489,16 @@ impl Follower {
             }
             return;
         };
-        let mut rotations = live.borrow_and_update().rotations;
-        if !self.read_on().await || !self.send(tail_lines).await {
+        let seen = *live.borrow_and_update();
+        let mut rotations = seen.rotations;
+        if !self.read_on().await {
+            return;
+        }
+        if seen.closed {
+            // The run ended before the follow began: nothing more will come.
+            self.assembler.finish();
+        }
+        if !self.send(tail_lines).await || seen.closed {
             return;
         }
         loop {
@@ -826,6 +835,21 @@ mod tests {
         let chunks: Vec<_> = logs.follow("uid", "main", &LogQuery { tail_lines: Some(1), ..LogQuery::default() }).unwrap().collect().await;
         assert_eq!(chunks.len(), 1);
         assert_eq!(text(chunks[0].as_ref().unwrap()), "after 29\n");
+    }
+
+    /// On one thread the follower starts only after the run has ended; a kept clone of the log must not keep it waiting.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_follow_begun_as_the_run_ends_ends_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path(), DEFAULT_MAX_FILE_BYTES);
+        let log = logs.create("uid", "main", 0).unwrap();
+        log.write(LogSource::Stdout, b"last words");
+        let follow = logs.follow("uid", "main", &LogQuery::default()).unwrap();
+        let _kept = log.clone();
+        log.close();
+        let chunks: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(5), follow.collect()).await.expect("the follow ends");
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(text(chunks[0].as_ref().unwrap()), "last words\n");
     }
 
     #[test]

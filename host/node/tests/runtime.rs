@@ -69,6 +69,17 @@ async fn fail_reports_failure_and_its_stderr() {
 }
 
 #[tokio::test]
+async fn a_trap_is_an_error_with_the_trap_as_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let fail = prepare(&runtime, "fail").await;
+    let exit = runtime.start(&fail, config(&runtime, "pod-panic", &["fail", "panic"])).wait().await;
+    assert_eq!((exit.exit_code, exit.reason), (kapsel_node::runtime::EXIT_CODE_TRAP, ExitReason::Error), "{exit:?}");
+    assert!(exit.message.starts_with("wasm trap: "), "{}", exit.message);
+    assert!(log_of(&runtime, "pod-panic").await.contains("panicking on purpose"));
+}
+
+#[tokio::test]
 async fn memhog_is_oom_killed_at_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(dir.path());
