@@ -265,7 +265,7 @@ impl Runtime {
         let unlinkable = |source: wasmtime::Error| PrepareError::Unlinkable { digest: digest.to_string(), source: source.into() };
         let pre = self.inner.linker.instantiate_pre(component).map_err(unlinkable)?;
         let pre = CommandPre::new(pre).map_err(|e| PrepareError::NotACommand { digest: digest.to_string(), exports: format!("{e:#}") })?;
-        Ok(Prepared { digest: digest.to_string(), pre })
+        Ok(Prepared { digest: digest.to_string(), pre, engine: engine.clone() })
     }
 
     /// Starts a run of `prepared` on a tokio task (call it within a tokio
@@ -273,6 +273,18 @@ impl Runtime {
     /// exits, traps, outgrows its memory limit, passes its deadline, or is killed.
     pub fn start(&self, prepared: &Prepared, config: ContainerConfig) -> Container {
         let started_at = Utc::now();
+        if !Engine::same(&prepared.engine, &self.inner.engine) {
+            // Compiled code belongs to the engine that compiled it.
+            let message = format!("{} was prepared by another runtime", prepared.digest);
+            config.log.close();
+            return Container::ended(Exit {
+                exit_code: EXIT_CODE_TRAP,
+                reason: ExitReason::Error,
+                message,
+                started_at,
+                finished_at: Utc::now(),
+            });
+        }
         let limit = config.memory_limit_bytes.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&config.args)
@@ -318,6 +330,7 @@ impl fmt::Debug for Inner {
 pub struct Prepared {
     digest: String,
     pre: CommandPre<ContainerState>,
+    engine: Engine,
 }
 
 impl Prepared {
@@ -357,6 +370,11 @@ pub struct Container {
 }
 
 impl Container {
+    /// A container whose run is already over.
+    fn ended(exit: Exit) -> Container {
+        Container { kill: watch::Sender::new(false), started_at: exit.started_at, exit: watch::Sender::new(Some(exit)).subscribe() }
+    }
+
     /// When the run started.
     pub fn started_at(&self) -> DateTime<Utc> {
         self.started_at

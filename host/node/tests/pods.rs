@@ -144,8 +144,9 @@ async fn a_stopped_worker_ends_within_its_grace_period() {
     // Follow the log while it runs; the stream ends when the pod is stopped.
     let mut follow = runtime.logs().follow("uid-worker", "main", &LogQuery::default()).unwrap();
     log_contains(&runtime, "uid-worker", "main", "worker: tick 2\n", SOON).await;
+    assert_eq!(worker.termination_grace(), Duration::from_secs(5));
     let stopping = Instant::now();
-    worker.stop(Duration::from_secs(5)).await;
+    worker.stop(worker.termination_grace()).await;
     let took = stopping.elapsed();
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     eprintln!("worker: stopped in {took:?}");

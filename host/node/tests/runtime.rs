@@ -212,4 +212,9 @@ async fn components_are_compiled_once_and_the_disk_cache_serves_another_runtime(
     assert!(fetched.load(std::sync::atomic::Ordering::SeqCst), "the damaged file was not used");
     assert_eq!(third.start(&hello, config(&third, "pod-recompiled", &["hello"])).wait().await.reason, ExitReason::Completed);
     assert_ne!(std::fs::read(&cached).unwrap(), damaged, "the cache file was written again");
+
+    // Compiled code stays with its engine: another runtime refuses to start it.
+    let exit = first.start(&hello, config(&first, "pod-elsewhere", &["hello"])).wait().await;
+    assert_eq!(exit.reason, ExitReason::Error);
+    assert!(exit.message.ends_with("was prepared by another runtime"), "{}", exit.message);
 }

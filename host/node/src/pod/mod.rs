@@ -50,7 +50,8 @@ pub struct PodWorker {
 }
 
 impl PodWorker {
-    /// Starts running `pod` (a Pod object as the API stores it) on tokio.
+    /// Starts running `pod` (a Pod object as the API stores it) on tokio
+    /// (call it within a tokio runtime).
     /// A pod the node cannot read at all is reported `Failed` with reason
     /// `InvalidPod` and the problem as its message.
     pub fn start(runtime: Runtime, images: Arc<dyn Images>, pod: &Value) -> PodWorker {
@@ -99,6 +100,11 @@ impl PodWorker {
     /// The pod's `metadata.uid`.
     pub fn uid(&self) -> &str {
         &self.context.spec.uid
+    }
+
+    /// The pod's `spec.terminationGracePeriodSeconds`, for [`PodWorker::stop`].
+    pub fn termination_grace(&self) -> Duration {
+        self.context.spec.termination_grace
     }
 
     /// The pod's `status`, updated after every change.
@@ -462,6 +468,7 @@ impl PodSpec {
             containers: Vec::new(),
             active_deadline: None,
             start_time: None,
+            termination_grace: spec::DEFAULT_TERMINATION_GRACE,
         }
     }
 }

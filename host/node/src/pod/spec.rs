@@ -81,7 +81,12 @@ pub struct PodSpec {
     pub active_deadline: Option<Duration>,
     /// `status.startTime`, when a node already started the pod (the deadline counts from it).
     pub start_time: Option<DateTime<Utc>>,
+    /// `spec.terminationGracePeriodSeconds` (30 s when not set).
+    pub termination_grace: Duration,
 }
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_TERMINATION_GRACE: Duration = Duration::from_secs(30);
 
 /// One container of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +121,13 @@ impl PodSpec {
                 problem: format!("must be a positive integer, not {value}"),
             })?),
         };
+        let termination_grace = match spec.get("terminationGracePeriodSeconds") {
+            None | Some(Value::Null) => DEFAULT_TERMINATION_GRACE,
+            Some(value) => value.as_u64().map(Duration::from_secs).ok_or_else(|| SpecError::Invalid {
+                field: "spec.terminationGracePeriodSeconds".into(),
+                problem: format!("must be a non-negative integer, not {value}"),
+            })?,
+        };
         let init_containers = containers(spec, "initContainers")?;
         let containers = containers(spec, "containers")?;
         if containers.is_empty() {
@@ -135,6 +147,7 @@ impl PodSpec {
             containers,
             active_deadline,
             start_time,
+            termination_grace,
         })
     }
 }
@@ -274,6 +287,7 @@ mod tests {
         assert_eq!(spec.namespace, "default");
         assert_eq!(spec.restart_policy, RestartPolicy::Always);
         assert_eq!(spec.active_deadline, Some(Duration::from_secs(30)));
+        assert_eq!(spec.termination_grace, DEFAULT_TERMINATION_GRACE);
         assert_eq!(spec.start_time.unwrap().to_rfc3339(), "2026-11-26T12:00:00+00:00");
         assert_eq!(spec.init_containers[0].argv, ["setup"]);
         let main = &spec.containers[0];
