@@ -120,6 +120,7 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::resource_class::RESOURCE_CLASS,
     &kinds::workload_template::CLUSTER_WORKLOAD_TEMPLATE,
     &kinds::workload_template::WORKLOAD_TEMPLATE,
+    &kinds::artifact::ARTIFACT,
 ];
 
 /// The kind served at `group`/`version` under the plural `resource`.

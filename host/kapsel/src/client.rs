@@ -217,6 +217,59 @@ impl Client {
         self.send(Method::GET, path, None).await
     }
 
+    /// A JSON merge patch (`application/merge-patch+json`).
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> anyhow::Result<Value> {
+        self.send(Method::PATCH, path, Some(("application/merge-patch+json", serde_json::to_vec(patch)?))).await
+    }
+
+    /// The raw bytes of a GET (a component), or the failure `Status`.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let response = self.open(path).await?;
+        Ok(response.bytes().await.with_context(|| format!("reading {path}"))?.to_vec())
+    }
+
+    /// Starts a GET whose answer is read as it comes (a watch, a followed
+    /// log); a failure answer becomes [`ApiFailure`].
+    pub async fn open(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach the Kapsel server at {}", self.base))?;
+        let code = response.status();
+        if code.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.context("reading the server's answer")?;
+        match serde_json::from_slice::<Status>(&bytes) {
+            Ok(status) => Err(ApiFailure { status }.into()),
+            Err(_) => bail!("GET {path} failed with HTTP {code}: {}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+
+    /// The events of a watch (`path` with `watch=true`), one JSON object per line, until the server ends it.
+    pub async fn watch(&self, path: &str) -> anyhow::Result<impl futures::Stream<Item = anyhow::Result<Value>> + use<>> {
+        use futures::StreamExt as _;
+        let response = self.open(path).await?;
+        let state = (response.bytes_stream().boxed(), Vec::<u8>::new());
+        Ok(futures::stream::unfold(state, |(mut bytes, mut pending)| async move {
+            loop {
+                if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let event = serde_json::from_slice::<Value>(&line).context("a watch event is not JSON");
+                    return Some((event, (bytes, pending)));
+                }
+                match bytes.next().await? {
+                    Ok(chunk) => pending.extend_from_slice(&chunk),
+                    Err(error) => return Some((Err(anyhow::Error::new(error).context("reading the watch")), (bytes, Vec::new()))),
+                }
+            }
+        }))
+    }
+
     pub async fn post(&self, path: &str, object: &Value) -> anyhow::Result<Value> {
         self.send(Method::POST, path, Some(("application/json", serde_json::to_vec(object)?))).await
     }

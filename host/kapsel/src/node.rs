@@ -10,17 +10,32 @@
 //! lets it change only its own `Node`, its lease and the status of the pods
 //! bound to it.
 //!
-//! Not built yet (issue 4): running the pods bound to the node (the Wasm
-//! runtime of `kapsel-node`), their status and logs. Pods bound to a node
-//! stay `Pending` until then.
+//!
+//! It lists and then watches the pods bound to it
+//! (`fieldSelector=spec.nodeName=NAME`) and runs each on the Wasm runtime of
+//! `kapsel-node` ([`kapsel_node::PodWorker`]): images are resolved through
+//! the pod's namespace's `Artifact` and fetched by digest from the
+//! supervisor once (then compiled and cached on disk), and every change of
+//! the pod's status is sent back as a merge patch of `pods/{name}/status`
+//! (the scheduler's `PodScheduled` condition kept). A pod deleted, or one the
+//! supervisor marked `Failed` (its node was lost), is stopped. A restarted
+//! agent runs again the pods bound to it that have not ended.
+//!
+//! Not built yet (issue 4): serving logs to the supervisor, graceful
+//! deletion (the object stays until the node stopped the pod).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
 use kapsel_api::Quantity;
+use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
 use kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE;
+use kapsel_api::object;
+use kapsel_node::{PodWorker, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
 use crate::client::{ApiFailure, Client};
@@ -261,6 +276,8 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         }
     }
     tracing::info!(node = %config.name, capacity = ?config.capacity, "node registered");
+    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.clone())).context("starting the Wasm runtime")?;
+    tokio::spawn(sync_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease = None;
@@ -273,6 +290,186 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
             Ok(renewed) => lease = Some(renewed),
             Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
         }
+    }
+}
+
+/// The supervisor's artifact store as the runtime's image source: an
+/// image is resolved through its namespace's `Artifact`, and its bytes are
+/// fetched through that artifact (which the node token may read).
+#[derive(Debug)]
+struct ArtifactImages {
+    client: Client,
+    /// Which artifact each resolved digest came from.
+    sources: Mutex<HashMap<String, (String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl kapsel_node::Images for ArtifactImages {
+    async fn resolve(&self, namespace: &str, image: &str) -> anyhow::Result<String> {
+        let reference = ImageReference::parse(image).map_err(anyhow::Error::msg)?;
+        let path = format!("{}/{}", ARTIFACT.collection_path(Some(namespace)), reference.name());
+        let artifact = match self.client.get(&path).await {
+            Ok(artifact) => artifact,
+            Err(error) if not_found(&error) => bail!("image {image:?} not found in namespace {namespace:?}"),
+            Err(error) => return Err(error),
+        };
+        let spec: ArtifactSpec =
+            serde_json::from_value(artifact.get("spec").cloned().unwrap_or_default()).context("reading the artifact")?;
+        let digest = spec.resolve(&reference).with_context(|| format!("image {image:?} not found in namespace {namespace:?}"))?.to_string();
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), (namespace.to_string(), reference.name().to_string()));
+        Ok(digest)
+    }
+
+    async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let source = self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned();
+        let (namespace, name) = source.with_context(|| format!("no artifact is known to hold {digest}"))?;
+        self.client.get_bytes(&format!("{}/{name}/blobs/{digest}", ARTIFACT.collection_path(Some(&namespace)))).await
+    }
+}
+
+/// A pod this node runs.
+struct Running {
+    worker: Arc<PodWorker>,
+    /// Sends the worker's status to the supervisor.
+    reporter: tokio::task::JoinHandle<()>,
+}
+
+/// How long a stopped pod's containers get (Wasm guests have no signals; see [`PodWorker::stop`]).
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+fn terminal(pod: &Value) -> bool {
+    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+fn pod_status_path(pod: &Value) -> String {
+    format!("/api/v1/namespaces/{}/pods/{}/status", object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default())
+}
+
+/// Sends every change of a pod's status as a merge patch, keeping the
+/// scheduler's `PodScheduled` condition; ends when the pod is gone.
+async fn report(client: Client, pod: Value, mut status: tokio::sync::watch::Receiver<Value>) {
+    let path = pod_status_path(&pod);
+    let scheduled = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled")).cloned());
+    loop {
+        let mut next = status.borrow_and_update().clone();
+        if let (Some(scheduled), Some(conditions)) = (&scheduled, next.get_mut("conditions").and_then(Value::as_array_mut)) {
+            conditions.insert(0, scheduled.clone());
+        }
+        match client.merge_patch(&path, &json!({"status": next})).await {
+            Ok(_) => {}
+            Err(error) if not_found(&error) => return,
+            Err(error) => {
+                tracing::warn!(pod = %path, error = format!("{error:#}"), "reporting a pod's status failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The pods this node runs, by uid.
+struct PodSync {
+    client: Client,
+    runtime: Runtime,
+    images: Arc<ArtifactImages>,
+    running: HashMap<String, Running>,
+}
+
+impl PodSync {
+    /// Starts `pod` unless it runs here already, has ended or is being deleted;
+    /// stops one the supervisor marked ended while it runs here.
+    fn take(&mut self, pod: &Value) {
+        let uid = object::meta_str(pod, "uid").unwrap_or_default().to_string();
+        if let Some(running) = self.running.get(&uid) {
+            if terminal(pod) && !running.worker.phase().is_terminal() {
+                tracing::warn!(pod = %pod_status_path(pod), "the supervisor ended a pod this node runs; stopping it");
+                self.stop(&uid);
+            }
+            return;
+        }
+        if terminal(pod) || pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            return;
+        }
+        let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.images.clone(), pod));
+        let reporter = tokio::spawn(report(self.client.clone(), pod.clone(), worker.status()));
+        tracing::info!(pod = %pod_status_path(pod), %uid, "pod started");
+        self.running.insert(uid, Running { worker, reporter });
+    }
+
+    /// Stops the pod `uid` runs as (if it does) in the background.
+    fn stop(&mut self, uid: &str) {
+        let Some(running) = self.running.remove(uid) else { return };
+        tokio::spawn(async move {
+            running.worker.stop(STOP_GRACE).await;
+            // The last status reaches the supervisor (when the pod still exists) before the reporter goes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            running.reporter.abort();
+        });
+    }
+
+    /// Brings what runs in line with a full list of the pods bound here.
+    fn resync(&mut self, pods: &[Value]) {
+        let listed: std::collections::HashSet<&str> = pods.iter().filter_map(|p| object::meta_str(p, "uid")).collect();
+        let gone: Vec<String> = self.running.keys().filter(|uid| !listed.contains(uid.as_str())).cloned().collect();
+        for uid in gone {
+            self.stop(&uid);
+        }
+        for pod in pods {
+            self.take(pod);
+        }
+    }
+}
+
+/// Follows the pods bound to `node` (list, then watch; again after a
+/// watch ends) and runs them, until `stopping`; then stops them all.
+async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let images = Arc::new(ArtifactImages { client: client.clone(), sources: Mutex::default() });
+    let mut pods = PodSync { client: client.clone(), runtime, images, running: HashMap::new() };
+    let selector = format!("fieldSelector=spec.nodeName%3D{node}");
+    loop {
+        let followed = async {
+            let list = client.get(&format!("/api/v1/pods?{selector}")).await?;
+            pods.resync(list.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default());
+            let revision = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string();
+            let mut events = std::pin::pin!(
+                client.watch(&format!("/api/v1/pods?{selector}&watch=true&resourceVersion={revision}&timeoutSeconds=300")).await?
+            );
+            while let Some(event) = events.next().await {
+                let event = event?;
+                let pod = event.get("object").cloned().unwrap_or_default();
+                match event.get("type").and_then(Value::as_str) {
+                    Some("DELETED") => pods.stop(object::meta_str(&pod, "uid").unwrap_or_default()),
+                    Some("ADDED" | "MODIFIED") => pods.take(&pod),
+                    Some("ERROR") => bail!("the watch failed: {}", pod.get("message").and_then(Value::as_str).unwrap_or_default()),
+                    _ => {}
+                }
+            }
+            anyhow::Ok(())
+        };
+        let outcome = tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => break,
+            outcome = followed => outcome,
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(node = %node, error = format!("{error:#}"), "following the node's pods failed; listing them again");
+            tokio::select! {
+                _ = stopping.wait_for(|stop| *stop) => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+    let uids: Vec<String> = pods.running.keys().cloned().collect();
+    for uid in uids {
+        pods.stop(&uid);
     }
 }
 

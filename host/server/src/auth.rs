@@ -49,9 +49,11 @@ impl Identity {
         self.roles.get(namespace).copied()
     }
 
-    /// Whether objects in `namespace` are visible to this identity.
+    /// Whether objects in `namespace` are visible to this identity (a node
+    /// agent reads the kinds it may read in every namespace: the pods bound
+    /// to it, the artifacts their images come from).
     pub fn sees_namespace(&self, namespace: &str) -> bool {
-        self.admin || self.roles.contains_key(namespace)
+        self.admin || self.node.is_some() || self.roles.contains_key(namespace)
     }
 
     fn from_spec(spec: &TokenSpec) -> Identity {

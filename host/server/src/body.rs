@@ -65,3 +65,28 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, ApiError> {
 fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_yaml::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
 }
+
+/// Reads a binary upload (a component) of at most `limit` bytes, hashing it
+/// as it arrives: its bytes and `sha256:<hex>`. An announced
+/// `Content-Length` over the limit is refused before anything is read.
+pub async fn receive_blob(headers: &HeaderMap, body: Body, limit: usize) -> Result<(Vec<u8>, String), ApiError> {
+    use futures::StreamExt as _;
+    use sha2::Digest as _;
+    let too_large = ApiError::TooLarge { limit };
+    let announced = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if announced.is_some_and(|length| length > limit) {
+        return Err(too_large);
+    }
+    let mut bytes = Vec::with_capacity(announced.unwrap_or(0));
+    let mut hasher = sha2::Sha256::new();
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the upload: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        hasher.update(&chunk);
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes, format!("sha256:{:x}", hasher.finalize())))
+}

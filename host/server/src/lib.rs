@@ -2,7 +2,8 @@
 //!
 //! [`router`] builds the axum application: unauthenticated health checks,
 //! then — behind bearer-token authentication — discovery, OpenAPI, the
-//! plug-in upload and rollback endpoints ([`plugins`]), policy reviews
+//! plug-in upload and rollback endpoints ([`plugins`]), image pushes and
+//! blob reads ([`artifacts`]), policy reviews
 //! ([`admission::review`]), on-demand policy audits
 //! ([`controllers::audit`]), workload template instantiation
 //! ([`templates`]), and the generic
@@ -12,6 +13,7 @@
 //! kubeconfig, TLS), opens the store and serves HTTPS until SIGTERM/ctrl-c.
 
 pub mod admission;
+pub mod artifacts;
 pub mod auth;
 pub mod body;
 pub mod classes;
@@ -84,6 +86,8 @@ pub fn router(app: App) -> Router {
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/component", axum::routing::post(plugins::upload))
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/rollback", axum::routing::post(plugins::rollback))
         .route("/apis/kapsel.io/v1alpha1/policyreviews", axum::routing::post(admission::review))
+        .route("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/push", axum::routing::post(artifacts::push))
+        .route("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/blobs/{digest}", get(artifacts::blob))
         .route(
             "/apis/kapsel.io/v1alpha1/namespaces/{namespace}/workloadtemplates/{name}/instantiate",
             axum::routing::post(templates::instantiate_namespaced),

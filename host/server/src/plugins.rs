@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::plugin::{FailurePolicy, PLUGIN, PluginSpec, WORLDS};
@@ -532,7 +532,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&identity, Verb::Create, &PLUGIN, None)?;
-    let (bytes, digest) = receive_component(&headers, body).await?;
+    let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_COMPONENT_BYTES).await?;
     let key = Key::new(PLUGIN.store_key(), "", &name);
     let current = match app.store.get(&key).await {
         Ok(current) => Some(current),
@@ -591,30 +591,6 @@ pub async fn upload(
     let active = stored.pointer("/spec/digest").and_then(|d| d.as_str()).unwrap_or_default().to_string();
     tracing::info!(plugin = %name, digest = %active, "plug-in active");
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
-}
-
-/// Reads an uploaded component as it streams in, hashing it on the way: a
-/// body announced or found larger than [`MAX_COMPONENT_BYTES`] is refused
-/// (413) without reading the rest. Returns the bytes and their digest.
-async fn receive_component(headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, String), ApiError> {
-    use futures::StreamExt as _;
-    let too_large = ApiError::TooLarge { limit: MAX_COMPONENT_BYTES };
-    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if announced.is_some_and(|length| length > MAX_COMPONENT_BYTES) {
-        return Err(too_large);
-    }
-    let mut bytes = Vec::with_capacity(announced.unwrap_or(0));
-    let mut hasher = Sha256::new();
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the component: {e}")))?;
-        if bytes.len() + chunk.len() > MAX_COMPONENT_BYTES {
-            return Err(too_large);
-        }
-        hasher.update(&chunk);
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok((bytes, format!("sha256:{:x}", hasher.finalize())))
 }
 
 /// `POST /apis/kapsel.io/v1alpha1/plugins/{name}/rollback`: make the previous component active again.

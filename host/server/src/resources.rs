@@ -371,6 +371,17 @@ pub async fn create_object(
     }
     let shown_once = hooks::before_create(resource, &mut object)?;
     validate(resource, &object)?;
+    if std::ptr::eq(resource, &POD) {
+        // A pod runs images its namespace pushed: one no Artifact has is refused now, not on a node later.
+        let name = object::name(&object).unwrap_or_default().to_string();
+        let namespace = target.namespace.as_deref().unwrap_or_default();
+        let missing = crate::artifacts::check_pod_images(&app.store, namespace, &object)
+            .await
+            .map_err(|e| ApiError::from_store(e, &kapsel_api::kinds::artifact::ARTIFACT, &name))?;
+        if !missing.is_empty() {
+            return Err(ApiError::invalid(resource, &name, missing));
+        }
+    }
     let mut warnings = check_fields(resource, &mut object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();
     if let Some(namespace) = &target.namespace {
@@ -422,7 +433,7 @@ fn first_change(written: Result<Vec<Change>, StoreError>) -> Result<Change, Stor
 }
 
 /// New content needs a namespace that exists and is not terminating.
-async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiError> {
+pub async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiError> {
     let object =
         app.store.get(&Key::new(NAMESPACE.store_key(), "", namespace)).await.map_err(|e| ApiError::from_store(e, &NAMESPACE, namespace))?;
     if object::meta_str(&object, "deletionTimestamp").is_some() {

@@ -3,6 +3,7 @@
 //! so a field of the wrong type is reported with its exact path.
 
 pub mod admission_policy;
+pub mod artifact;
 pub mod event;
 pub mod lease;
 pub mod limit_range;

@@ -7,4 +7,5 @@ pub mod get;
 pub mod plugin;
 pub mod plugin_test;
 pub mod policy;
+pub mod push;
 pub mod token;
