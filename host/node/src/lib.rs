@@ -20,7 +20,7 @@ pub mod pod;
 pub mod runtime;
 
 pub use logs::{LogError, LogFile, LogFollow, LogQuery, LogSource, Logs};
-pub use pod::{Images, PodWorker};
+pub use pod::{EventKind, Images, PodEvent, PodWorker};
 pub use runtime::{Container, ContainerConfig, Exit, ExitReason, PrepareError, Prepared, Runtime, RuntimeConfig, RuntimeError};
 
 /// The directory holding the built sample workloads (`hello.wasm`,

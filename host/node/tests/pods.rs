@@ -12,11 +12,17 @@ use kapsel_node::LogQuery;
 use kapsel_node::PodWorker;
 use kapsel_node::pod::status::Phase;
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 const SOON: Duration = Duration::from_secs(10);
 
 fn pod(uid: &str, spec: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": uid, "namespace": "team-a", "uid": uid}, "spec": spec})
+}
+
+/// The reasons of the events received so far.
+fn reasons(events: &mut broadcast::Receiver<kapsel_node::PodEvent>) -> Vec<&'static str> {
+    std::iter::from_fn(|| events.try_recv().ok()).map(|event| event.reason).collect()
 }
 
 fn phase(status: &Value) -> &str {
@@ -58,6 +64,12 @@ async fn hello_succeeds_with_its_output_in_the_log() {
         [("Initialized".into(), "True".into()), ("Ready".into(), "False".into()), ("ContainersReady".into(), "False".into())]
     );
     assert!(status.get("initContainerStatuses").is_none());
+    let mut events = worker.events();
+    let first = events.try_recv().unwrap();
+    assert_eq!((first.kind, first.reason), (kapsel_node::EventKind::Normal, "Pulled"));
+    assert_eq!(first.field_path.as_deref(), Some("spec.containers{main}"));
+    assert!(first.message.starts_with("Image \"hello:1\" (sha256:"), "{}", first.message);
+    assert_eq!(reasons(&mut events), ["Started"]);
     assert_eq!(log_text(&runtime, "uid-hello", "main").await, "Hello from Kapsel\nargs: hello --from pods.rs\nGREETING=hi there\n");
     assert_eq!(images.fetches(), 1);
 }
@@ -82,6 +94,8 @@ async fn fail_under_always_crash_loops_with_a_rising_restart_count() {
     );
     assert_eq!(main["lastState"]["terminated"]["exitCode"], 1);
     assert_eq!(main["lastState"]["terminated"]["reason"], "Error");
+    let reasons = reasons(&mut worker.events());
+    assert_eq!(&reasons[..4], ["Pulled", "Started", "BackOff", "Started"]);
 
     // The previous run's log is there too.
     let previous = runtime.logs().read("uid-fail", "main", &LogQuery { previous: true, ..LogQuery::default() }).await.unwrap();
@@ -158,6 +172,7 @@ async fn a_stopped_worker_ends_within_its_grace_period() {
 
     let last = worker.status().borrow().clone();
     assert_eq!(phase(&last), "Failed", "{last:#}");
+    assert_eq!(reasons(&mut worker.events()), ["Pulled", "Started", "Killing"]);
     let terminated = &last["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(terminated["exitCode"], 137, "{last:#}");
     assert_eq!(terminated["reason"], "Error");
@@ -174,6 +189,9 @@ async fn an_image_that_cannot_be_pulled_waits_in_err_image_pull() {
     assert_eq!(phase(&status), "Pending");
     let message = status["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap();
     assert!(message.contains("failed to resolve image \"missing:1\": image \"missing:1\" not found"), "{message}");
+    let failed = worker.events().try_recv().unwrap();
+    assert_eq!((failed.kind, failed.reason), (kapsel_node::EventKind::Warning, "Failed"));
+    assert!(failed.message.starts_with("Error: ErrImagePull: failed to resolve image"), "{}", failed.message);
     worker.stop(Duration::from_secs(5)).await;
     let last = worker.status().borrow().clone();
     assert_eq!(last["containerStatuses"][0]["state"]["terminated"]["reason"], "ContainerStatusUnknown", "{last:#}");
@@ -225,6 +243,7 @@ async fn a_pod_past_its_active_deadline_fails() {
     let status = worker.status().borrow().clone();
     assert_eq!(phase(&status), "Failed", "{status:#}");
     assert_eq!(status["reason"], "DeadlineExceeded");
+    assert!(reasons(&mut worker.events()).contains(&"DeadlineExceeded"));
     assert_eq!(status["message"], "Pod was active on the node longer than the specified deadline");
     assert_eq!(status["containerStatuses"][0]["state"]["terminated"]["reason"], "DeadlineExceeded", "{status:#}");
 }

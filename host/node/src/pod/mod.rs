@@ -5,6 +5,10 @@
 //! `ErrImagePull`), `activeDeadlineSeconds` enforced, and the pod's status
 //! published after every change as Kubernetes shapes it ([`status`]).
 //!
+//! What happens along the way is also told as [`PodEvent`]s (kubelet's
+//! `Pulled`, `Failed`, `Started`, `BackOff`, `Killing`, `DeadlineExceeded`)
+//! for the agent to record as Events.
+//!
 //! Stopping a pod ([`PodWorker::stop`]) kills its containers at once: Wasm
 //! guests have no signals, so there is nothing to tell them and waiting out
 //! the grace period would only delay the stop; the grace period bounds how
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::lock;
 use crate::runtime::{ContainerConfig, Exit, ExitReason, Prepared, Runtime};
@@ -37,6 +41,37 @@ pub trait Images: Send + Sync + 'static {
     async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
 }
 
+/// Something that happened to a pod, as kubelet records it in an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEvent {
+    pub kind: EventKind,
+    /// `Pulled`, `Failed`, `Started`, `BackOff`, `Killing`, `DeadlineExceeded`.
+    pub reason: &'static str,
+    pub message: String,
+    /// The container it concerns, as an Event's `involvedObject.fieldPath`
+    /// (`spec.containers{main}`, `spec.initContainers{setup}`); `None` for the pod.
+    pub field_path: Option<String>,
+}
+
+/// An Event's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        }
+    }
+}
+
+/// How many events a slow reader of [`PodWorker::events`] may fall behind before it misses some.
+const EVENT_BACKLOG: usize = 128;
+
 /// The pod-level reason and message of a pod stopped at its deadline (kubelet's words).
 pub const DEADLINE_EXCEEDED: (&str, &str) = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
 
@@ -47,6 +82,8 @@ pub struct PodWorker {
     context: Arc<PodContext>,
     status: watch::Receiver<Value>,
     done: watch::Receiver<bool>,
+    /// The events since the start, for the first caller of [`PodWorker::events`].
+    first_events: Mutex<Option<broadcast::Receiver<PodEvent>>>,
 }
 
 impl PodWorker {
@@ -80,7 +117,9 @@ impl PodWorker {
         }
         let (status_sender, status) = watch::channel(record.status(now));
         let (done_sender, done) = watch::channel(false);
+        let (events, first_events) = broadcast::channel(EVENT_BACKLOG);
         let context = Arc::new(PodContext {
+            events,
             runtime,
             images,
             spec,
@@ -94,7 +133,7 @@ impl PodWorker {
         } else {
             tokio::spawn(supervise(context.clone(), done_sender));
         }
-        PodWorker { context, status, done }
+        PodWorker { context, status, done, first_events: Mutex::new(Some(first_events)) }
     }
 
     /// The pod's `metadata.uid`.
@@ -110,6 +149,12 @@ impl PodWorker {
     /// The pod's `status`, updated after every change.
     pub fn status(&self) -> watch::Receiver<Value> {
         self.status.clone()
+    }
+
+    /// The pod's events: the first call gets every event since the start
+    /// (up to a backlog of 128), later calls those from then on.
+    pub fn events(&self) -> broadcast::Receiver<PodEvent> {
+        lock(&self.first_events).take().unwrap_or_else(|| self.context.events.subscribe())
     }
 
     /// The pod's phase now.
@@ -177,6 +222,7 @@ struct PodContext {
     spec: PodSpec,
     record: Mutex<PodRecord>,
     status: watch::Sender<Value>,
+    events: broadcast::Sender<PodEvent>,
     stop: watch::Sender<Option<StopCause>>,
     deadline: Option<tokio::time::Instant>,
 }
@@ -196,6 +242,7 @@ async fn supervise(context: Arc<PodContext>, done: watch::Sender<bool>) {
             tokio::select! {
                 () = &mut pod => {}
                 () = tokio::time::sleep_until(deadline) => {
+                    context.event(None, EventKind::Warning, DEADLINE_EXCEEDED.0, DEADLINE_EXCEEDED.1.into());
                     context.request_stop(StopCause::DeadlineExceeded);
                     pod.await;
                 }
@@ -256,6 +303,7 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
     let mut stop = context.stop.subscribe();
     if let Some(problem) = &spec.config_error {
         context.set(slot, |c| c.state = ContainerState::waiting("CreateContainerConfigError", Some(problem.clone())));
+        context.event(Some(slot), EventKind::Warning, "Failed", format!("Error: {problem}"));
         stopped(&mut stop).await;
         return Outcome::Stopped;
     }
@@ -264,14 +312,20 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
     let (mut restarts, mut pulls) = (new_backoff(), new_backoff());
     context.set(slot, |c| c.state = ContainerState::waiting("ContainerCreating", None));
     let prepared = loop {
+        let pulling = std::time::Instant::now();
         let pulled = tokio::select! {
             pulled = context.pull(spec) => pulled,
             _ = stopped(&mut stop) => return Outcome::Stopped,
         };
         match pulled {
-            Ok(prepared) => break prepared,
+            Ok(prepared) => {
+                let message = format!("Image {:?} ({}) ready in {:?}", spec.image, prepared.digest(), pulling.elapsed());
+                context.event(Some(slot), EventKind::Normal, "Pulled", message);
+                break prepared;
+            }
             Err((reason, message)) => {
                 tracing::info!(pod = %context.pod_ref(), container = %spec.name, %reason, %message, "cannot get the container's image");
+                context.event(Some(slot), EventKind::Warning, "Failed", format!("Error: {reason}: {message}"));
                 context.set(slot, |c| c.state = ContainerState::waiting(reason, Some(message)));
                 tokio::select! {
                     () = tokio::time::sleep(pulls.next_delay(Duration::ZERO)) => {}
@@ -308,6 +362,8 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
         let ran_for = (exit.finished_at - exit.started_at).to_std().unwrap_or_default();
         let delay = restarts.next_delay(ran_for);
         let message = format!("back-off {} restarting failed container={} pod={}", go_duration(delay), spec.name, context.pod_ref());
+        let event = format!("Back-off restarting failed container {} in pod {}", spec.name, context.pod_ref());
+        context.event(Some(slot), EventKind::Warning, "BackOff", event);
         let mut older = None;
         context.set(slot, |c| {
             older = c.last_state.replace(termination.clone());
@@ -393,9 +449,13 @@ impl PodContext {
             c.container_id = Some(container_id.to_string());
             c.state = ContainerState::Running { started_at: container.started_at() };
         });
+        self.event(Some(slot), EventKind::Normal, "Started", format!("Started container {}", spec.name));
         tokio::select! {
             exit = container.wait() => Ok(exit),
             cause = stopped(stop) => {
+                if cause == StopCause::Stopped {
+                    self.event(Some(slot), EventKind::Normal, "Killing", format!("Stopping container {}", spec.name));
+                }
                 // At the deadline the guest stops itself (it has the same deadline); a stop kills it.
                 if cause == StopCause::Stopped
                     || tokio::time::timeout(Duration::from_secs(1), container.wait()).await.is_err()
@@ -405,6 +465,15 @@ impl PodContext {
                 Ok(container.wait().await)
             }
         }
+    }
+
+    /// Tells whoever listens (nobody listening is fine).
+    fn event(&self, slot: Option<Slot>, kind: EventKind, reason: &'static str, message: String) {
+        let field_path = slot.map(|slot| match slot {
+            Slot::Init(index) => format!("spec.initContainers{{{}}}", self.spec.init_containers[index].name),
+            Slot::Main(index) => format!("spec.containers{{{}}}", self.spec.containers[index].name),
+        });
+        let _ = self.events.send(PodEvent { kind, reason, message, field_path });
     }
 
     /// Changes one container's record and publishes the status.
