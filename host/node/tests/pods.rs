@@ -192,7 +192,7 @@ async fn an_image_that_cannot_be_pulled_waits_in_err_image_pull() {
     let failed = worker.events().try_recv().unwrap();
     assert_eq!((failed.kind, failed.reason), (kapsel_node::EventKind::Warning, "Failed"));
     assert!(failed.message.starts_with("Error: ErrImagePull: failed to resolve image"), "{}", failed.message);
-    worker.stop(Duration::from_secs(5)).await;
+    worker.stop(Duration::ZERO).await;
     let last = worker.status().borrow().clone();
     assert_eq!(last["containerStatuses"][0]["state"]["terminated"]["reason"], "ContainerStatusUnknown", "{last:#}");
     assert_eq!(phase(&last), "Failed");

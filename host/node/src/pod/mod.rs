@@ -171,11 +171,13 @@ impl PodWorker {
 
     /// Stops the pod: every container is killed at once (see the module
     /// docs), and this resolves once they are stopped — in practice within an
-    /// epoch tick, at most after `grace` — with the final status published
-    /// (containers `terminated`, phase `Succeeded` or `Failed`).
+    /// epoch tick; it gives up waiting after `grace` (at least a second, so a
+    /// grace of 0 still sees the kills through) — with the final status
+    /// published (containers `terminated`, phase `Succeeded` or `Failed`).
     pub async fn stop(&self, grace: Duration) {
-        self.context.request_stop(StopCause::Stopped);
+        let _ = self.context.request_stop(StopCause::Stopped);
         let mut done = self.done.clone();
+        let grace = grace.max(Duration::from_secs(1));
         if tokio::time::timeout(grace, done.wait_for(|done| *done)).await.is_err() {
             tracing::warn!(pod = %self.context.pod_ref(), ?grace, "the pod's containers did not stop within the grace period");
         }
@@ -184,7 +186,7 @@ impl PodWorker {
 
 impl Drop for PodWorker {
     fn drop(&mut self) {
-        self.context.request_stop(StopCause::Stopped);
+        let _ = self.context.request_stop(StopCause::Stopped);
     }
 }
 
@@ -242,8 +244,9 @@ async fn supervise(context: Arc<PodContext>, done: watch::Sender<bool>) {
             tokio::select! {
                 () = &mut pod => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    context.event(None, EventKind::Warning, DEADLINE_EXCEEDED.0, DEADLINE_EXCEEDED.1.into());
-                    context.request_stop(StopCause::DeadlineExceeded);
+                    if context.request_stop(StopCause::DeadlineExceeded) {
+                        context.event(None, EventKind::Warning, DEADLINE_EXCEEDED.0, DEADLINE_EXCEEDED.1.into());
+                    }
                     pod.await;
                 }
             }
@@ -396,14 +399,15 @@ impl PodContext {
         format!("{}_{}({})", self.spec.name, self.spec.namespace, self.spec.uid)
     }
 
-    fn request_stop(&self, cause: StopCause) {
+    /// Asks every container to stop; true when this was the first request (its cause is the one kept).
+    fn request_stop(&self, cause: StopCause) -> bool {
         self.stop.send_if_modified(|current| {
             let first = current.is_none();
             if first {
                 *current = Some(cause);
             }
             first
-        });
+        })
     }
 
     /// Resolves and prepares a container's image; on failure the waiting reason and message.
