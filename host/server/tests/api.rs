@@ -230,7 +230,7 @@ async fn create_rejects_undecodable_or_mismatched_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_from_yaml() {
     let api = Api::start().await;
-    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\n  labels:\n    app: web\nspec:\n  containers:\n  - name: app\n    image: registry.example/app:1\n    args: [\"--port\", \"80\"]\n";
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\n  labels:\n    app: web\nspec:\n  containers:\n  - name: app\n    image: app:1\n    args: [\"--port\", \"80\"]\n";
     let reply = api.call(Some(ADMIN), Method::POST, &pods("dev"), &[("content-type", "application/yaml")], yaml).await;
     reply.ok(201);
     assert_eq!(reply.body["metadata"]["name"], "from-yaml");
@@ -238,7 +238,7 @@ async fn create_from_yaml() {
     assert_eq!(reply.body["spec"]["containers"][0]["args"], json!(["--port", "80"]));
     let fetched = api.get(&pod_path("dev", "from-yaml")).await;
     fetched.ok(200);
-    assert_eq!(fetched.body["spec"]["containers"][0]["image"], "registry.example/app:1");
+    assert_eq!(fetched.body["spec"]["containers"][0]["image"], "app:1");
 
     let reply = api.call(Some(ADMIN), Method::POST, &pods("dev"), &[("content-type", "application/yaml")], "metadata: [unclosed").await;
     reply.failure(400, "BadRequest").mentions(&["YAML"]);
@@ -499,18 +499,18 @@ async fn status_is_a_subresource() {
     reply.ok(200);
     assert_eq!(reply.body["status"]["phase"], "Running");
     assert_eq!(reply.body["status"]["podIP"], "10.0.0.7");
-    assert_eq!(reply.body["spec"]["containers"][0]["image"], "registry.example/app:1");
+    assert_eq!(reply.body["spec"]["containers"][0]["image"], "app:1");
     assert_eq!(reply.body["metadata"]["labels"], json!({"a": "1"}));
     assert_eq!(reply.body["metadata"]["generation"], 1);
 
     // The status survives later writes to the object.
     let mut spec_write = reply.body.clone();
     spec_write["status"] = json!({"phase": "Failed"});
-    spec_write["spec"]["containers"][0]["image"] = json!("registry.example/app:2");
+    spec_write["spec"]["containers"][0]["image"] = json!("app:2");
     let reply = api.put(&pod_path("dev", "web"), spec_write).await;
     reply.ok(200);
     assert_eq!(reply.body["status"]["phase"], "Running");
-    assert_eq!(reply.body["spec"]["containers"][0]["image"], "registry.example/app:2");
+    assert_eq!(reply.body["spec"]["containers"][0]["image"], "app:2");
 
     // A merge patch of /status changes it too.
     let reply = api.patch(&format!("{}/status", pod_path("dev", "web")), MERGE_PATCH, json!({"status": {"phase": "Succeeded"}})).await;
@@ -544,7 +544,7 @@ async fn generation_counts_spec_changes_only() {
     assert!(revision(&reply.body) > revision(&created));
 
     let mut spec_change = reply.body.clone();
-    spec_change["spec"]["containers"][0]["image"] = json!("registry.example/app:2");
+    spec_change["spec"]["containers"][0]["image"] = json!("app:2");
     let reply = api.put(&pod_path("dev", "web"), spec_change).await;
     reply.ok(200);
     assert_eq!(reply.body["metadata"]["generation"], 2);
@@ -1944,7 +1944,7 @@ async fn namespace_policies_are_the_owners_and_stay_in_their_namespace() {
     api.json_as(ALICE, Method::GET, path, None).await.ok(200);
     let latest = |name: &str| {
         let mut pod = pod(name);
-        pod["spec"]["containers"][0]["image"] = json!("registry.example/app:latest");
+        pod["spec"]["containers"][0]["image"] = json!("app:latest");
         pod
     };
     let denied = api.post(&pods("dev"), latest("web")).await;
@@ -2080,7 +2080,7 @@ async fn a_namespace_policy_audits_only_its_namespace() {
     let api = Api::start().await;
     let latest = |name: &str| {
         let mut pod = pod(name);
-        pod["spec"]["containers"][0]["image"] = json!("registry.example/app:latest");
+        pod["spec"]["containers"][0]["image"] = json!("app:latest");
         pod
     };
     api.create_pod("dev", latest("web")).await;

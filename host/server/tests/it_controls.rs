@@ -244,7 +244,7 @@ async fn a_workload_template_makes_pods_through_the_ordinary_create_path() {
     // A tenant with edit rights in dev makes a pod from IT's template.
     let made = api
         .json_as(ALICE, http::Method::POST, instantiate,
-            Some(json!({"namespace": "dev", "parameters": {"image": "registry.example/web:2", "level": "debug"}, "labels": {"team": "a"}, "env": {"EXTRA": "1"}})))
+            Some(json!({"namespace": "dev", "parameters": {"image": "web:2", "level": "debug"}, "labels": {"team": "a"}, "env": {"EXTRA": "1"}})))
         .await;
     made.ok(201);
     let pod = &made.body;
@@ -252,7 +252,7 @@ async fn a_workload_template_makes_pods_through_the_ordinary_create_path() {
     assert_eq!(pod["metadata"]["labels"], json!({"app": "web", "tier": "debug", "team": "a"}));
     assert_eq!(pod["metadata"]["annotations"]["kapsel.io/template"], "ClusterWorkloadTemplate/web");
     let container = &pod["spec"]["containers"][0];
-    assert_eq!(container["image"], "registry.example/web:2");
+    assert_eq!(container["image"], "web:2");
     assert_eq!(container["env"], json!([{"name": "LOG_LEVEL", "value": "debug"}, {"name": "EXTRA", "value": "1"}]));
     assert_eq!(container["resources"]["limits"]["memory"], "256Mi", "the default class sized it");
 
@@ -327,8 +327,7 @@ async fn tenants_cannot_shrink_what_their_pods_count_for() {
     assert!(refused.message().contains("statuses are written by the platform"), "{}", refused.text);
 
     // A pod's size and class are fixed once it exists.
-    let shrink =
-        json!({"spec": {"containers": [{"name": "app", "image": "registry.example/app:1", "resources": {"requests": {"cpu": "1m"}}}]}});
+    let shrink = json!({"spec": {"containers": [{"name": "app", "image": "app:1", "resources": {"requests": {"cpu": "1m"}}}]}});
     let refused =
         api.call(Some(ALICE), http::Method::PATCH, &pod_path("dev", "web"), &[("content-type", STRATEGIC_PATCH)], shrink.to_string()).await;
     refused.failure(422, "Invalid");
@@ -355,7 +354,7 @@ async fn tenants_cannot_shrink_what_their_pods_count_for() {
         )
         .await;
     relabel.ok(200);
-    let sidecar = json!({"spec": {"containers": [{"name": "side", "image": "registry.example/side:1"}]}});
+    let sidecar = json!({"spec": {"containers": [{"name": "side", "image": "side:1"}]}});
     let refused = api
         .call(Some(ALICE), http::Method::PATCH, &pod_path("dev", "web"), &[("content-type", STRATEGIC_PATCH)], sidecar.to_string())
         .await;

@@ -1,7 +1,8 @@
 //! An in-process Kapsel API for integration tests: a fresh SQLite store in a
 //! temporary directory, an IT admin and a tenant token, the `default`,
-//! `dev`, `qa` and `prod` namespaces, and the router driven with
-//! `tower::ServiceExt::oneshot` (no network).
+//! `dev`, `qa` and `prod` namespaces with the [`IMAGES`] pushed into each
+//! (a pod's image must name a pushed `Artifact`), and the router driven
+//! with `tower::ServiceExt::oneshot` (no network).
 
 #![allow(dead_code)]
 
@@ -44,7 +45,8 @@ pub struct Api {
     /// Set to `true` to tell the server it is stopping (watches end). Kept
     /// here because a dropped sender would read as "stopping" at once.
     pub stop: tokio::sync::watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    /// The data directory (the store's SQLite file is `k.db` in it).
+    pub dir: tempfile::TempDir,
 }
 
 /// A response, its body parsed as JSON when it is JSON (`Value::Null` otherwise).
@@ -168,14 +170,52 @@ pub fn revision(object: &Value) -> i64 {
     rv(object).parse().unwrap_or_else(|_| panic!("resourceVersion is not a number in {object}"))
 }
 
-/// A minimal valid pod.
+/// The images `Api::start` pushes into each of its namespaces — all of
+/// them the `hello` sample component, so one blob — for tests whose pods
+/// are not about images.
+pub const IMAGES: &[&str] =
+    &["app:1", "app:2", "app:latest", "web:1", "web:2", "web:3", "log:1", "log:2", "sidecar:1", "side:1", "x:latest"];
+
+/// The component the standard images are: the `hello` sample workload, built by `kapsel-node`'s build script.
+pub const COMPONENT: &[u8] = kapsel_node::HELLO;
+
+/// A minimal valid pod (its image is one of [`IMAGES`]).
 pub fn pod(name: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
     })
+}
+
+/// `sha256:<hex>` of `bytes`, as the server names a pushed image.
+pub fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+pub fn artifacts(namespace: &str) -> String {
+    format!("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts")
+}
+
+pub fn artifact_path(namespace: &str, name: &str) -> String {
+    format!("{}/{name}", artifacts(namespace))
+}
+
+/// The push endpoint of artifact `name` for `tag`.
+pub fn push_path(namespace: &str, name: &str, tag: &str) -> String {
+    format!("{}/push?tag={}", artifact_path(namespace, name), q(tag))
+}
+
+/// The blob endpoint of artifact `name` for `digest`.
+pub fn blob_path(namespace: &str, name: &str, digest: &str) -> String {
+    format!("{}/blobs/{digest}", artifact_path(namespace, name))
+}
+
+/// `NAME:TAG` (or `NAME`, meaning `NAME:latest`) as `(NAME, TAG)`.
+pub fn split_image(image: &str) -> (&str, &str) {
+    image.split_once(':').unwrap_or((image, "latest"))
 }
 
 /// A minimal valid pod with labels.
@@ -245,14 +285,50 @@ impl Api {
             admission: kapsel_server::admission::Admission::start(&store).await.expect("load admission policies"),
         };
         kapsel_server::controllers::start(&app);
-        let api = Api { router: router(app.clone()), app, store, stop, _dir: dir };
-        for namespace in ["default", "dev", "qa", "prod"] {
+        let api = Api { router: router(app.clone()), app, store, stop, dir };
+        let namespaces = ["default", "dev", "qa", "prod"];
+        for namespace in namespaces {
             let reply =
                 api.post("/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await;
             reply.ok(201);
             assert_eq!(reply.body["status"]["phase"], "Active");
         }
+        futures::future::join_all(namespaces.map(|namespace| api.push_images(namespace, IMAGES))).await;
         api
+    }
+
+    /// Pushes `bytes` as `token` to artifact `name` under `tag` (the reply as it is).
+    pub async fn push_as(&self, token: &str, namespace: &str, name: &str, tag: &str, bytes: impl Into<Body>) -> Reply {
+        self.call(Some(token), Method::POST, &push_path(namespace, name, tag), &[("content-type", "application/wasm")], bytes).await
+    }
+
+    /// Pushes the standard [`COMPONENT`] as the admin under `image` (`NAME:TAG`
+    /// or `NAME`) into `namespace`, as `kapsel push` does; returns the artifact.
+    pub async fn push_image(&self, namespace: &str, image: &str) -> Value {
+        let (name, tag) = split_image(image);
+        let reply = self.push_as(ADMIN, namespace, name, tag, COMPONENT).await;
+        reply.ok(200);
+        assert_eq!(reply.body["spec"]["tags"][tag], digest_of(COMPONENT), "{}", reply.text);
+        reply.body
+    }
+
+    /// Pushes each of `images` into `namespace`: the tags of one artifact one
+    /// after the other, different artifacts at the same time.
+    pub async fn push_images(&self, namespace: &str, images: &[&str]) {
+        let mut by_name: Vec<(&str, Vec<&str>)> = Vec::new();
+        for image in images {
+            let name = split_image(image).0;
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, same)) => same.push(image),
+                None => by_name.push((name, vec![image])),
+            }
+        }
+        futures::future::join_all(by_name.into_iter().map(|(_, images)| async move {
+            for image in images {
+                self.push_image(namespace, image).await;
+            }
+        }))
+        .await;
     }
 
     /// Sends a request as it is.
