@@ -2,9 +2,10 @@
 `kapsel node` agents of different sizes, each with its own node token. Pods
 are spread over both by the scheduler and its `spread` extension; one too
 large for both waits with the counting message; the sample workloads of
-examples/ run to their ends (hello Succeeds, fail goes to CrashLoopBackOff,
-memhog is OOMKilled, worker keeps Running); and when one agent is killed its
-node is lost within 10 s and its pods fail with it after the grace."""
+examples/ run to their ends (hello Succeeds with its output in `kapsel logs`
+and `kubectl logs`, fail goes to CrashLoopBackOff, memhog is OOMKilled,
+worker keeps Running); and when one agent is killed its node is lost within
+10 s and its pods fail with it after the grace."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class NodeAgent:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(KAPSEL_BIN), "node", "--server", server.url, "--token", token,
-             "--certificate-authority", str(server.ca), "--name", name,
+             "--certificate-authority", str(server.ca), "--name", name, "--listen", "127.0.0.1:0",
              "--data-dir", str(server.workdir / f"node-{name}"), *flags],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=child_env(), cwd=server.workdir,
@@ -111,8 +112,10 @@ def test_pods_spread_run_to_their_ends_and_fail_with_a_lost_node(start_server):
             return sorted(n["metadata"]["name"] for n in nodes
                           if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]))
         assert until("both nodes ready", lambda: ready_nodes() == ["big", "small"] and ready_nodes())
-        leases = get(server, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")["items"]
-        assert sorted(l["metadata"]["name"] for l in leases) == ["big", "small"]
+        def leases():
+            items = get(server, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")["items"]
+            return sorted(l["metadata"]["name"] for l in items)
+        until("both leases renewed", lambda: leases() == ["big", "small"])
 
         for image in ("hello", "fail", "worker", "memhog"):
             pushed = server.kapsel("push", str(workload(image)), f"{image}:1")
@@ -146,12 +149,20 @@ def test_pods_spread_run_to_their_ends_and_fail_with_a_lost_node(start_server):
         done = until("hello succeeds", lambda: pod(server, "hello") if pod(server, "hello").get("status", {}).get("phase") == "Succeeded" else None)
         assert container_state(done)["terminated"]["reason"] == "Completed"
         assert container_state(done)["terminated"]["exitCode"] == 0
+        # Its output, relayed from its node by the supervisor, to kapsel and kubectl alike.
+        logs = server.kapsel("logs", "hello")
+        assert logs.returncode == 0, logs.stderr
+        assert logs.stdout.splitlines() == ["Hello from Kapsel", "args: hello --from examples/hello.yaml", "GREETING=Grüezi"], logs.stdout
+        assert server.kubectl("logs", "hello").stdout == logs.stdout
+        tail = server.kapsel("logs", "web-0", "--tail", "1")
+        assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 1 and tail.stdout.startswith("worker: tick"), tail
         crashing = until("fail crash-loops", lambda: (p := pod(server, "fail")) and
                          container_state(p).get("waiting", {}).get("reason") == "CrashLoopBackOff" and p)
         assert "back-off" in container_state(crashing)["waiting"]["message"]
         last = crashing["status"]["containerStatuses"][0]["lastState"]["terminated"]
         # WASI 0.2's exit carries success or failure only: `exit(3)` reaches the host as 1.
         assert last["exitCode"] == 1 and last["reason"] == "Error", last
+        assert "giving up on purpose" in server.kapsel("logs", "fail").stdout
         listing = server.kapsel("get", "pods")
         assert "CrashLoopBackOff" in listing.stdout, listing.stdout
         hog = until("memhog is OOMKilled", lambda: (p := pod(server, "memhog")) and p.get("status", {}).get("phase") == "Failed" and p)

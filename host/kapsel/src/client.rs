@@ -217,6 +217,11 @@ impl Client {
         self.send(Method::GET, path, None).await
     }
 
+    /// The server's URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// A JSON merge patch (`application/merge-patch+json`).
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> anyhow::Result<Value> {
         self.send(Method::PATCH, path, Some(("application/merge-patch+json", serde_json::to_vec(patch)?))).await

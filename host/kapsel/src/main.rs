@@ -48,6 +48,8 @@ enum Command {
     /// Issue, list and revoke bearer tokens (IT admins).
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
+    /// Print a container's log (`-f` to follow it): `kapsel logs hello`.
+    Logs(commands::logs::LogsArgs),
     /// Push a workload image (a wasm32-wasip2 component) as NAME:TAG into a namespace: `kapsel push app.wasm app:1`.
     Push(commands::push::PushArgs),
     /// Upload Wasm plug-ins and roll them back (IT admins); test them locally.
@@ -167,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => commands::token::run(&cli.connection, command).await,
         Command::Plugin(command) => commands::plugin::run(&cli.connection, command).await,
         Command::Push(args) => commands::push::run(&cli.connection, args).await,
+        Command::Logs(args) => commands::logs::run(&cli.connection, args).await,
         Command::Policy(command) => commands::policy::run(&cli.connection, command).await,
         Command::Bench(command) => bench::run(&cli.connection, command).await,
         Command::Node(args) => {

@@ -21,8 +21,19 @@
 //! supervisor marked `Failed` (its node was lost), is stopped. A restarted
 //! agent runs again the pods bound to it that have not ended.
 //!
-//! Not built yet (issue 4): serving logs to the supervisor, graceful
-//! deletion (the object stays until the node stopped the pod).
+//!
+//! Logs: the agent serves its containers' logs over HTTP on `--listen`
+//! (`GET /pods/{uid}/containers/{name}/log?tailLines&previous&follow&timestamps`),
+//! to whoever presents the secret it draws at start. It publishes that
+//! endpoint and secret as annotations of its lease
+//! (`kapsel.io/agent-endpoint`, `kapsel.io/agent-secret`), which only IT admins and the node itself may
+//! read; the supervisor's `GET …/pods/{name}/log` reads them and relays the
+//! log (plain HTTP: bind the agent to an address only the supervisor
+//! reaches; TLS between them is not built yet).
+//!
+//! Not built yet (issue 4): graceful deletion (the object stays until the
+//! node stopped the pod; today the object goes at once and the node stops
+//! the pod right after).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -33,7 +44,7 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use kapsel_api::Quantity;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
-use kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE;
+use kapsel_api::kinds::lease::{AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, NODE_LEASE_NAMESPACE};
 use kapsel_api::object;
 use kapsel_node::{PodWorker, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
@@ -58,6 +69,13 @@ pub struct NodeArgs {
     /// The agent's directory (compiled images, pod logs).
     #[arg(long, default_value = "./kapsel-node")]
     pub data_dir: PathBuf,
+    /// Where the agent serves its containers' logs to the supervisor (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub listen: std::net::SocketAddr,
+    /// The address the supervisor reaches this agent at (default: the listen address, or, when that
+    /// is unspecified, this host's address on the route to the supervisor).
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Seconds between lease renewals (the supervisor counts a node lost after 10 s without one).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub lease_interval: u64,
@@ -72,6 +90,8 @@ pub struct AgentConfig {
     pub taints: Vec<Value>,
     pub data_dir: PathBuf,
     pub lease_interval: Duration,
+    pub listen: std::net::SocketAddr,
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 impl AgentConfig {
@@ -104,6 +124,8 @@ impl AgentConfig {
             taints,
             data_dir: flags.data_dir,
             lease_interval: Duration::from_secs(flags.lease_interval),
+            listen: flags.listen,
+            advertise_address: flags.advertise_address,
         })
     }
 
@@ -116,6 +138,9 @@ impl AgentConfig {
             taints: Vec::new(),
             data_dir,
             lease_interval: Duration::from_secs(2),
+            // The supervisor is in this process: loopback, any port.
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_address: None,
         }
     }
 }
@@ -181,15 +206,23 @@ fn now_micros() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Where the agent serves logs, and the secret it asks for.
+#[derive(Debug, Clone)]
+struct LogEndpoint {
+    address: std::net::SocketAddr,
+    secret: String,
+}
+
 /// The status the agent reports for its node.
-fn node_status(config: &AgentConfig) -> Value {
+fn node_status(config: &AgentConfig, endpoint: &LogEndpoint) -> Value {
     let now = now_micros();
     json!({
         "capacity": config.capacity,
         "allocatable": config.capacity,
         "conditions": [{"type": "Ready", "status": "True", "reason": "NodeAgentReady",
                         "message": "kapsel node agent is ready", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        "addresses": [{"type": "Hostname", "address": config.name}],
+        "addresses": [{"type": "InternalIP", "address": endpoint.address.ip().to_string()}, {"type": "Hostname", "address": config.name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": endpoint.address.port()}},
         "nodeInfo": {
             "kubeletVersion": concat!("kapsel-", env!("CARGO_PKG_VERSION")),
             "containerRuntimeVersion": "wasmtime://48",
@@ -203,7 +236,7 @@ fn node_status(config: &AgentConfig) -> Value {
 
 /// Creates the node, or brings an existing one up to date (its labels,
 /// taints and status; a cordon set by IT stays).
-async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<()> {
+async fn register(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint) -> anyhow::Result<()> {
     let path = format!("/api/v1/nodes/{}", config.name);
     match client.get(&path).await {
         Ok(mut node) => {
@@ -211,7 +244,7 @@ async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<()> {
             node["spec"]["taints"] = json!(config.taints);
             let updated = client.put(&path, &node).await.context("updating the node")?;
             let mut with_status = updated;
-            with_status["status"] = node_status(config);
+            with_status["status"] = node_status(config, endpoint);
             client.put(&format!("{path}/status"), &with_status).await.context("reporting the node's status")?;
         }
         Err(error) if not_found(&error) => {
@@ -219,7 +252,7 @@ async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<()> {
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": config.name, "labels": config.labels},
                 "spec": {"taints": config.taints},
-                "status": node_status(config),
+                "status": node_status(config, endpoint),
             });
             client.post("/api/v1/nodes", &node).await.context("registering the node")?;
         }
@@ -229,13 +262,15 @@ async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<()> {
 }
 
 /// Renews (or takes) the node's lease; returns the lease as stored.
-async fn renew(client: &Client, config: &AgentConfig, last: Option<Value>) -> anyhow::Result<Value> {
+async fn renew(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint, last: Option<Value>) -> anyhow::Result<Value> {
     let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases");
     let path = format!("{collection}/{}", config.name);
     let duration = (config.lease_interval.as_secs() * 5).max(10);
     let spec = json!({"holderIdentity": config.name, "leaseDurationSeconds": duration, "renewTime": now_micros()});
+    let annotations = json!({AGENT_ENDPOINT_ANNOTATION: format!("http://{}", endpoint.address), AGENT_SECRET_ANNOTATION: endpoint.secret});
     if let Some(mut lease) = last {
         lease["spec"] = spec.clone();
+        lease["metadata"]["annotations"] = annotations.clone();
         match client.put(&path, &lease).await {
             Ok(renewed) => return Ok(renewed),
             // Someone else wrote it (an admin, a second agent by mistake): read it again below.
@@ -246,11 +281,12 @@ async fn renew(client: &Client, config: &AgentConfig, last: Option<Value>) -> an
     match client.get(&path).await {
         Ok(mut lease) => {
             lease["spec"] = spec;
+            lease["metadata"]["annotations"] = annotations;
             client.put(&path, &lease).await
         }
         Err(error) if not_found(&error) => {
             let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": config.name, "namespace": NODE_LEASE_NAMESPACE}, "spec": spec});
+                "metadata": {"name": config.name, "namespace": NODE_LEASE_NAMESPACE, "annotations": annotations}, "spec": spec});
             client.post(&collection, &lease).await
         }
         Err(error) => Err(error),
@@ -261,9 +297,19 @@ async fn renew(client: &Client, config: &AgentConfig, last: Option<Value>) -> an
 /// the supervisor answers), then renews the lease.
 pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.clone())).context("starting the Wasm runtime")?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {} for logs", config.listen))?;
+    let bound = listener.local_addr()?;
+    let ip = match config.advertise_address {
+        Some(ip) => ip,
+        None if !bound.ip().is_unspecified() => bound.ip(),
+        None => route_to(client.base()).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+    };
+    let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), secret: new_secret() };
+    tokio::spawn(serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
     let mut delay = Duration::from_millis(100);
     loop {
-        match register(&client, &config).await {
+        match register(&client, &config, &endpoint).await {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(node = %config.name, error = format!("{error:#}"), "registering the node failed; trying again");
@@ -275,8 +321,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
             }
         }
     }
-    tracing::info!(node = %config.name, capacity = ?config.capacity, "node registered");
-    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.clone())).context("starting the Wasm runtime")?;
+    tracing::info!(node = %config.name, capacity = ?config.capacity, logs = %endpoint.address, "node registered");
     tokio::spawn(sync_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,7 +331,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
             _ = stopping.wait_for(|stop| *stop) => return Ok(()),
             _ = ticker.tick() => {}
         }
-        match renew(&client, &config, lease.take()).await {
+        match renew(&client, &config, &endpoint, lease.take()).await {
             Ok(renewed) => lease = Some(renewed),
             Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
         }
@@ -473,6 +518,96 @@ async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping:
     }
 }
 
+/// A random secret for the log endpoint.
+fn new_secret() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This host's address on the route to `server` (`https://host:port`): the
+/// source address of a UDP socket connected there (nothing is sent).
+fn route_to(server: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs as _;
+    let authority = server.split("://").nth(1)?.split('/').next()?;
+    let target = authority.to_socket_addrs().ok()?.next()?;
+    let socket = std::net::UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// The query of a log request, as Kubernetes names it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogParams {
+    tail_lines: Option<usize>,
+    #[serde(default)]
+    previous: Option<String>,
+    #[serde(default)]
+    follow: Option<String>,
+    #[serde(default)]
+    timestamps: Option<String>,
+}
+
+fn flag(value: &Option<String>) -> bool {
+    matches!(value.as_deref(), Some("true" | "1" | ""))
+}
+
+/// Serves `GET /pods/{uid}/containers/{name}/log` to holders of `secret`.
+async fn serve_logs(
+    listener: tokio::net::TcpListener,
+    logs: kapsel_node::Logs,
+    secret: String,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::extract::{Path, Query, State};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+
+    async fn log(
+        State((logs, secret)): State<(kapsel_node::Logs, Arc<String>)>,
+        Path((uid, container)): Path<(String, String)>,
+        Query(params): Query<LogParams>,
+        headers: HeaderMap,
+    ) -> Response {
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(secret.as_str()) {
+            return (StatusCode::UNAUTHORIZED, "the node's log secret is required").into_response();
+        }
+        let query =
+            kapsel_node::LogQuery { tail_lines: params.tail_lines, previous: flag(&params.previous), timestamps: flag(&params.timestamps) };
+        let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+        let refused = |error: kapsel_node::LogError| {
+            let code = match error {
+                kapsel_node::LogError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (code, format!("{error}")).into_response()
+        };
+        if flag(&params.follow) {
+            match logs.follow(&uid, &container, &query) {
+                Ok(stream) => (text, axum::body::Body::from_stream(stream)).into_response(),
+                Err(error) => refused(error),
+            }
+        } else {
+            match logs.read(&uid, &container, &query).await {
+                Ok(bytes) => (text, bytes).into_response(),
+                Err(error) => refused(error),
+            }
+        }
+    }
+
+    let app =
+        axum::Router::new().route("/pods/{uid}/containers/{container}/log", axum::routing::get(log)).with_state((logs, Arc::new(secret)));
+    let shutdown = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::error!(%error, "the node's log endpoint stopped");
+    }
+}
+
 /// `kapsel node`: runs an agent until SIGTERM or ctrl-c.
 pub async fn command(client: Client, flags: NodeArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = AgentConfig::from_args(flags)?;
@@ -503,6 +638,8 @@ mod tests {
             taints: vec!["dedicated=gpu:NoSchedule".into(), "spot:PreferNoSchedule".into()],
             data_dir: "d".into(),
             lease_interval: 2,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise_address: None,
         };
         let config = AgentConfig::from_args(flags.clone()).unwrap();
         assert_eq!(config.capacity["cpu"], "4");

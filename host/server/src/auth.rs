@@ -318,8 +318,11 @@ pub fn node_may_touch(
     };
     match (resource.group, resource.kind) {
         ("", "Node") if !verb.is_read() && name.is_some_and(|n| n != node) => refuse("a node agent changes only its own Node"),
+        // Leases carry their agent's log secret: a node reads and writes its own only (no lists).
+        // A create names the lease in its body, checked again once it is read.
         ("coordination.k8s.io", "Lease")
-            if namespace != Some(kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE) || name.is_some_and(|n| n != node) =>
+            if namespace != Some(kapsel_api::kinds::lease::NODE_LEASE_NAMESPACE)
+                || (name != Some(node) && !(verb == Verb::Create && name.is_none())) =>
         {
             refuse("a node agent holds only its own lease, in kube-node-lease")
         }
@@ -405,6 +408,8 @@ mod tests {
         assert!(touch(Verb::Update, &LEASE, Some("kube-node-lease"), Some("n1"), None, None));
         assert!(!touch(Verb::Get, &LEASE, Some("kube-node-lease"), Some("n2"), None, None));
         assert!(!touch(Verb::Update, &LEASE, Some("dev"), Some("n1"), None, None));
+        assert!(!touch(Verb::List, &LEASE, Some("kube-node-lease"), None, None, None), "other leases hold other agents' secrets");
+        assert!(touch(Verb::Create, &LEASE, Some("kube-node-lease"), None, None, None), "a create names its lease in the body");
         assert!(touch(Verb::Patch, &POD, Some("dev"), Some("p"), Some("status"), Some("n1")));
         assert!(touch(Verb::Delete, &POD, Some("dev"), Some("p"), None, Some("n1")));
         assert!(!touch(Verb::Patch, &POD, Some("dev"), Some("p"), Some("status"), Some("n2")));

@@ -3,7 +3,7 @@
 //! [`router`] builds the axum application: unauthenticated health checks,
 //! then — behind bearer-token authentication — discovery, OpenAPI, the
 //! plug-in upload and rollback endpoints ([`plugins`]), image pushes and
-//! blob reads ([`artifacts`]), policy reviews
+//! blob reads ([`artifacts`]), pod logs relayed from nodes ([`logs`]), policy reviews
 //! ([`admission::review`]), on-demand policy audits
 //! ([`controllers::audit`]), workload template instantiation
 //! ([`templates`]), and the generic
@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod hooks;
 pub mod limits;
+pub mod logs;
 pub mod openapi;
 pub mod patch;
 pub mod plugins;
@@ -85,6 +86,7 @@ pub fn router(app: App) -> Router {
         .route("/openapi/v3/{*path}", get(openapi::v3_document))
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/component", axum::routing::post(plugins::upload))
         .route("/apis/kapsel.io/v1alpha1/plugins/{name}/rollback", axum::routing::post(plugins::rollback))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/log", get(logs::pod_log))
         .route("/apis/kapsel.io/v1alpha1/policyreviews", axum::routing::post(admission::review))
         .route("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/push", axum::routing::post(artifacts::push))
         .route("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/blobs/{digest}", get(artifacts::blob))

@@ -11,6 +11,13 @@ use super::{roundtrip, text_at, typed};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
+/// The annotation of a node's lease naming where its agent serves
+/// container logs (`http://ip:port`), for the supervisor to relay them.
+pub const AGENT_ENDPOINT_ANNOTATION: &str = "kapsel.io/agent-endpoint";
+/// The annotation of a node's lease holding the secret its agent's log
+/// endpoint asks for (leases are readable by IT admins and their own node only).
+pub const AGENT_SECRET_ANNOTATION: &str = "kapsel.io/agent-secret";
+
 /// The namespace of node leases, as in Kubernetes; the supervisor creates it.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod get;
+pub mod logs;
 pub mod plugin;
 pub mod plugin_test;
 pub mod policy;
