@@ -7,6 +7,7 @@
 //! registry of active plug-ins.
 
 use kapsel_api::ResourceType;
+use kapsel_api::kinds::artifact::ARTIFACT;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::plugin::PLUGIN;
 use kapsel_api::kinds::pod::POD;
@@ -17,6 +18,9 @@ use crate::auth::{hash_secret, new_secret};
 use crate::error::ApiError;
 use crate::{App, plugins};
 use kapsel_store::Change;
+
+/// Why `spec.images` of an `Artifact` cannot be written through the generic API.
+const IMAGES_BY_PUSH: &str = "written by pushes only (`kapsel push FILE NAME:TAG`); tags may point at the artifact's images";
 
 /// Runs before validation on create; may return a secret to show once.
 pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Option<String>, ApiError> {
@@ -35,6 +39,10 @@ pub fn before_create(resource: &ResourceType, object: &mut Value) -> Result<Opti
         if let Some(annotations) = object.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
             annotations.retain(|key, _| !key.starts_with(NETWORK_ANNOTATION_PREFIX));
         }
+    }
+    if std::ptr::eq(resource, &ARTIFACT) && object.pointer("/spec/images").and_then(Value::as_array).is_some_and(|i| !i.is_empty()) {
+        let name = kapsel_api::object::name(object).unwrap_or_default();
+        return Err(ApiError::invalid(resource, name, vec![kapsel_api::FieldError::forbidden("spec.images", IMAGES_BY_PUSH)]));
     }
     if std::ptr::eq(resource, &PLUGIN) {
         for field in ["digest", "previousDigest", "previousVersion"] {
@@ -190,6 +198,11 @@ pub fn before_update(resource: &ResourceType, current: &Value, next: &mut Value)
                 ));
             }
         }
+    }
+    if std::ptr::eq(resource, &ARTIFACT) && current.pointer("/spec/images") != next.pointer("/spec/images") {
+        // An artifact leads only to bytes its own namespace pushed.
+        let name = kapsel_api::object::name(current).unwrap_or_default();
+        return Err(ApiError::invalid(resource, name, vec![kapsel_api::FieldError::forbidden("spec.images", IMAGES_BY_PUSH)]));
     }
     if std::ptr::eq(resource, &POD) {
         check_pod_sizes(current, next)?;
