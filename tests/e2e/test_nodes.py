@@ -184,7 +184,7 @@ def test_pods_spread_run_to_their_ends_and_fail_with_a_lost_node(start_server):
         assert all(pod(server, name)["status"]["phase"] == "Running" for name in survivors)
         events = server.kubectl("get", "events", "-o", "json")
         reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
-        assert {"Scheduled", "FailedScheduling", "NodeLost"} <= reasons, reasons
+        assert {"Scheduled", "FailedScheduling", "NodeLost", "Pulled", "Started", "BackOff"} <= reasons, reasons
     finally:
         for agent in (small, big):
             if agent.proc.poll() is None:

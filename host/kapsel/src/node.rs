@@ -380,10 +380,54 @@ struct Running {
     worker: Arc<PodWorker>,
     /// Sends the worker's status to the supervisor.
     reporter: tokio::task::JoinHandle<()>,
+    /// Records the worker's events (Pulled, Started, BackOff, Killing…) as Events.
+    recorder: tokio::task::JoinHandle<()>,
 }
 
-/// How long a stopped pod's containers get (Wasm guests have no signals; see [`PodWorker::stop`]).
-const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Records a pod's events as Kubernetes Events, aggregated per pod and
+/// reason as the supervisor's are (`<pod>.pod.<reason>`, a `count`).
+async fn record_events(client: Client, pod: Value, mut events: tokio::sync::broadcast::Receiver<kapsel_node::PodEvent>) {
+    let namespace = object::namespace(&pod).unwrap_or_default().to_string();
+    let name = object::name(&pod).unwrap_or_default().to_string();
+    let collection = format!("/api/v1/namespaces/{namespace}/events");
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let event_name = format!("{name}.pod.{}", event.reason.to_ascii_lowercase());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let path = format!("{collection}/{event_name}");
+        let recorded = match client.get(&path).await {
+            Ok(mut existing) => {
+                let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1);
+                existing["count"] = json!(count + 1);
+                existing["lastTimestamp"] = json!(now);
+                existing["message"] = json!(event.message);
+                client.put(&path, &existing).await
+            }
+            Err(error) if not_found(&error) => {
+                let mut involved = json!({"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace,
+                    "uid": object::meta_str(&pod, "uid").unwrap_or_default()});
+                if let Some(field_path) = &event.field_path {
+                    involved["fieldPath"] = json!(field_path);
+                }
+                let created = json!({"apiVersion": "v1", "kind": "Event",
+                    "metadata": {"name": event_name, "namespace": namespace},
+                    "involvedObject": involved, "reason": event.reason, "message": event.message, "type": event.kind.as_str(),
+                    "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+                    "source": {"component": "kapsel-node", "host": pod.pointer("/spec/nodeName").cloned().unwrap_or_default()},
+                    "reportingComponent": "kapsel-node"});
+                client.post(&collection, &created).await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = recorded {
+            tracing::debug!(pod = %name, reason = event.reason, error = format!("{error:#}"), "an event was not recorded");
+        }
+    }
+}
 
 fn terminal(pod: &Value) -> bool {
     matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
@@ -437,7 +481,7 @@ impl PodSync {
         if let Some(running) = self.running.get(&uid) {
             if terminal(pod) && !running.worker.phase().is_terminal() {
                 tracing::warn!(pod = %pod_status_path(pod), "the supervisor ended a pod this node runs; stopping it");
-                self.stop(&uid);
+                self.stop(&uid, false);
             }
             return;
         }
@@ -445,28 +489,43 @@ impl PodSync {
             return;
         }
         let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.images.clone(), pod));
+        let recorder = tokio::spawn(record_events(self.client.clone(), pod.clone(), worker.events()));
         let reporter = tokio::spawn(report(self.client.clone(), pod.clone(), worker.status()));
         tracing::info!(pod = %pod_status_path(pod), %uid, "pod started");
-        self.running.insert(uid, Running { worker, reporter });
+        self.running.insert(uid, Running { worker, reporter, recorder });
     }
 
-    /// Stops the pod `uid` runs as (if it does) in the background.
-    fn stop(&mut self, uid: &str) {
+    /// Stops the pod `uid` runs as (if it does) in the background, within
+    /// its termination grace period; a pod `gone` from the supervisor also
+    /// leaves its logs behind.
+    fn stop(&mut self, uid: &str, gone: bool) {
         let Some(running) = self.running.remove(uid) else { return };
+        let logs = self.runtime.logs().clone();
+        let uid = uid.to_string();
         tokio::spawn(async move {
-            running.worker.stop(STOP_GRACE).await;
-            // The last status reaches the supervisor (when the pod still exists) before the reporter goes.
+            running.worker.stop(running.worker.termination_grace()).await;
+            // The last status and events reach the supervisor (when the pod still exists) before their tasks go.
             tokio::time::sleep(Duration::from_millis(200)).await;
             running.reporter.abort();
+            running.recorder.abort();
+            if gone && let Err(error) = logs.remove_pod(&uid) {
+                tracing::warn!(%uid, %error, "a deleted pod's logs could not be removed");
+            }
         });
     }
 
-    /// Brings what runs in line with a full list of the pods bound here.
+    /// Brings what runs in line with a full list of the pods bound here
+    /// (and removes the logs of pods that are gone, from before a restart too).
     fn resync(&mut self, pods: &[Value]) {
         let listed: std::collections::HashSet<&str> = pods.iter().filter_map(|p| object::meta_str(p, "uid")).collect();
         let gone: Vec<String> = self.running.keys().filter(|uid| !listed.contains(uid.as_str())).cloned().collect();
         for uid in gone {
-            self.stop(&uid);
+            self.stop(&uid, true);
+        }
+        for uid in self.runtime.logs().pod_uids().unwrap_or_default() {
+            if !listed.contains(uid.as_str()) && !self.running.contains_key(&uid) {
+                let _ = self.runtime.logs().remove_pod(&uid);
+            }
         }
         for pod in pods {
             self.take(pod);
@@ -492,7 +551,7 @@ async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping:
                 let event = event?;
                 let pod = event.get("object").cloned().unwrap_or_default();
                 match event.get("type").and_then(Value::as_str) {
-                    Some("DELETED") => pods.stop(object::meta_str(&pod, "uid").unwrap_or_default()),
+                    Some("DELETED") => pods.stop(object::meta_str(&pod, "uid").unwrap_or_default(), true),
                     Some("ADDED" | "MODIFIED") => pods.take(&pod),
                     Some("ERROR") => bail!("the watch failed: {}", pod.get("message").and_then(Value::as_str).unwrap_or_default()),
                     _ => {}
@@ -514,7 +573,7 @@ async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping:
     }
     let uids: Vec<String> = pods.running.keys().cloned().collect();
     for uid in uids {
-        pods.stop(&uid);
+        pods.stop(&uid, false);
     }
 }
 
