@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kapsel_e2e import KAPSEL_BIN, POSTGRES_URL, KapselServer, create_pod
+from kapsel_e2e import KAPSEL_BIN, POSTGRES_URL, KapselServer, create_pod, push_images
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,9 @@ def kapsel_bin() -> Path:
 def start_server(kapsel_bin, tmp_path):
     """A factory: `start_server(name="s", extra_args=[...], datastore=None)`.
 
-    Every server still running at the end of the test is stopped with SIGTERM
-    and must exit 0.
+    A server started here (`wait=True`) has the standard images
+    (kapsel_e2e.STANDARD_IMAGES) pushed into `default`. Every server still
+    running at the end of the test is stopped with SIGTERM and must exit 0.
     """
     servers: list[KapselServer] = []
 
@@ -41,6 +42,7 @@ def start_server(kapsel_bin, tmp_path):
         servers.append(server)
         if wait:
             server.start()
+            push_images(server, "default")
         return server
 
     yield start
@@ -133,6 +135,7 @@ def _compacting_server(request, tmp_path_factory):
                           ["--retained-changes", "5"])
     started_at = time.monotonic()
     server.start()
+    push_images(server, "default")
     old_revision = server.api("GET", "/api/v1/namespaces/default/pods").json()["metadata"]["resourceVersion"]
     # More than 20 writes, so that the 5 retained changes start well after old_revision.
     for i in range(12):

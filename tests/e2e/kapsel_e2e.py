@@ -8,6 +8,11 @@ Helpers on a server: `api()` (HTTPS with the admin token and the CA),
 `kapsel()` (the CLI with the server's kubeconfig), `kubectl()` (stock kubectl
 with only --kubeconfig), `stop()` (SIGTERM; must exit 0) and `kill()`
 (SIGKILL, for crash tests).
+
+A pod's image must name an `Artifact` its namespace pushed, so the server
+fixtures push the `STANDARD_IMAGES` (the built `hello` sample) into
+`default`, and `create_namespace` into each namespace it makes;
+`push_image()` pushes more.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+#: Where kapsel-node's build script (run by `cargo build -p kapsel`) puts the sample workloads of examples/workloads.
+WORKLOADS = REPO / "target" / "workloads" / "wasm32-wasip2" / "release"
 KAPSEL_BIN = Path(os.environ.get("KAPSEL_BIN", REPO / "target" / "debug" / "kapsel"))
 POSTGRES_URL = os.environ.get(
     "KAPSEL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"
@@ -245,7 +252,44 @@ def kubectl_bin() -> str:
 UNPLACED = "e2e-unplaced"
 
 
-def pod_manifest(name: str, namespace: str | None = None, image: str = "registry.example/app:1",
+#: The images pushed into `default` by the server fixtures and into every namespace
+#: `create_namespace` makes — each of them the `hello` sample, so one blob —, for tests
+#: whose pods are not about images.
+STANDARD_IMAGES = ("app:1", "app:2", "web:1", "web:2", "proxy:1")
+
+#: The image of `pod_manifest` (one of `STANDARD_IMAGES`).
+DEFAULT_IMAGE = "app:1"
+
+
+def workload(name: str = "hello") -> Path:
+    """The built sample workload `name` (`hello`, `fail`, `worker`, `memhog`, `spin`)."""
+    path = WORKLOADS / f"{name}.wasm"
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: `cargo build -p kapsel` builds examples/workloads "
+                    "(kapsel-node's build script; it needs the wasm32-wasip2 target)")
+    return path
+
+
+def push_image(server: KapselServer, namespace: str, image: str, sample: str = "hello",
+               token: str | None = "admin") -> dict:
+    """Pushes the built sample workload `sample` into `namespace` as `image` (`NAME:TAG`, or
+    `NAME` for `NAME:latest`) through the push endpoint, as `kapsel push` does; returns the Artifact."""
+    name, _, tag = image.partition(":")
+    r = server.api("POST", f"/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/push",
+                   token=token, params={"tag": tag or "latest"}, data=workload(sample).read_bytes(),
+                   headers={"Content-Type": "application/wasm"})
+    assert r.status_code == 200, f"pushing {image} into {namespace}: {r.text}"
+    return r.json()
+
+
+def push_images(server: KapselServer, namespace: str, images=STANDARD_IMAGES,
+                token: str | None = "admin") -> None:
+    """Pushes the `hello` sample into `namespace` under each of `images`."""
+    for image in images:
+        push_image(server, namespace, image, token=token)
+
+
+def pod_manifest(name: str, namespace: str | None = None, image: str = DEFAULT_IMAGE,
                  labels: dict | None = None, scheduler: str | None = UNPLACED, **extra_meta) -> dict:
     meta: dict = {"name": name, **extra_meta}
     if namespace:
@@ -258,10 +302,13 @@ def pod_manifest(name: str, namespace: str | None = None, image: str = "registry
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-def create_namespace(server: KapselServer, name: str, token: str | None = "admin") -> dict:
+def create_namespace(server: KapselServer, name: str, token: str | None = "admin",
+                     images=STANDARD_IMAGES) -> dict:
+    """Creates namespace `name` and pushes `images` into it."""
     r = server.api("POST", "/api/v1/namespaces", token=token,
                    json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     assert r.status_code == 201, r.text
+    push_images(server, name, images, token=token)
     return r.json()
 
 

@@ -21,7 +21,7 @@ def test_a_policy_applied_with_kubectl_refuses_unlabelled_pods(server):
     listed = server.kapsel("get", "clusteradmissionpolicies")
     assert listed.returncode == 0 and "require-cost-center" in listed.stdout and "true" in listed.stdout, listed.stdout
 
-    refused = server.kubectl("run", "web", "-n", "default", "--image", "registry.example/web:1", "--restart", "Never")
+    refused = server.kubectl("run", "web", "-n", "default", "--image", "web:1", "--restart", "Never")
     assert refused.returncode != 0
     assert "Forbidden" in refused.stderr and MESSAGE in refused.stderr, refused.stderr
 
@@ -35,7 +35,7 @@ def test_a_policy_applied_with_kubectl_refuses_unlabelled_pods(server):
     patched = server.kubectl("patch", "clusteradmissionpolicy", "require-cost-center", "--type", "merge",
                              "-p", '{"spec":{"enforcement":"warn"}}')
     assert patched.returncode == 0, patched.stderr
-    warned = server.kubectl("run", "db", "-n", "default", "--image", "registry.example/db:1", "--restart", "Never")
+    warned = server.kubectl("run", "db", "-n", "default", "--image", "app:1", "--restart", "Never")
     assert warned.returncode == 0, warned.stderr
     assert "Warning:" in warned.stderr and "you must provide labels" in warned.stderr, warned.stderr
 

@@ -20,7 +20,7 @@ def watch_events(response: requests.Response) -> list[dict]:
 
 def test_yaml_body_create(server):
     body = ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\n  labels: {format: yaml}\n"
-            "spec:\n  schedulerName: e2e-unplaced\n  containers:\n  - name: main\n    image: registry.example/app:1\n"
+            "spec:\n  schedulerName: e2e-unplaced\n  containers:\n  - name: main\n    image: app:1\n"
             "    args: [\"--port\", \"8080\"]\n")
     r = server.api("POST", PODS, data=body.encode(), headers={"Content-Type": "application/yaml"})
     assert r.status_code == 201, r.text
@@ -74,7 +74,7 @@ def test_unknown_fields_follow_field_validation(server):
     """fieldValidation=Strict refuses a misspelt field (kubectl's default); without it
     (Warn) the create succeeds with a Warning and, as in Kubernetes, the field is dropped."""
     typo = pod_manifest("typo")
-    typo["spec"]["containers"][0]["imagee"] = "registry.example/app:2"
+    typo["spec"]["containers"][0]["imagee"] = "app:2"
     r = server.api("POST", f"{PODS}?fieldValidation=Strict", json=typo)
     status = assert_status(r, 400, "BadRequest")
     assert 'spec.containers[0].imagee' in status["message"]
@@ -84,7 +84,7 @@ def test_unknown_fields_follow_field_validation(server):
     assert r.status_code == 201, r.text
     assert "spec.containers[0].imagee" in r.headers.get("Warning", ""), r.headers
     stored = server.api("GET", f"{PODS}/typo").json()
-    assert stored["spec"]["containers"][0] == {"name": "main", "image": "registry.example/app:1"}, \
+    assert stored["spec"]["containers"][0] == {"name": "main", "image": "app:1"}, \
         "unknown fields are dropped, not stored"
     assert_status(server.api("POST", f"{PODS}?fieldValidation=Sometimes", json=pod_manifest("x")),
                   400, "BadRequest")
@@ -157,7 +157,7 @@ def test_generate_name(server):
     for _ in range(5):
         r = server.api("POST", PODS, json={"apiVersion": "v1", "kind": "Pod",
                                            "metadata": {"generateName": "web-"},
-                                           "spec": {"containers": [{"name": "m", "image": "i:1"}]}})
+                                           "spec": {"containers": [{"name": "m", "image": "app:1"}]}})
         assert r.status_code == 201, r.text
         pod = r.json()
         name = pod["metadata"]["name"]

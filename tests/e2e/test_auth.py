@@ -53,7 +53,7 @@ def test_tenant_roles(server, tenants, tmp_path):
     # edit in dev: create, read, update, delete pods.
     manifest = tmp_path / "pod.yaml"
     manifest.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: alices, namespace: dev}\n"
-                        "spec: {containers: [{name: main, image: registry.example/app:1}]}\n")
+                        "spec: {containers: [{name: main, image: app:1}]}\n")
     result = server.kapsel("apply", "-f", str(manifest), connection=cli)
     assert result.returncode == 0 and result.stdout.strip() == "pod/alices created", result.stderr
     assert create_pod(server, "dev", "via-api", token=alice)["metadata"]["namespace"] == "dev"

@@ -7,9 +7,10 @@ import re
 
 import yaml
 
-from kapsel_e2e import UNPLACED
+from kapsel_e2e import UNPLACED, push_images
 
-SHOP = """\
+# The pods name a scheduler nobody runs (kapsel_e2e.UNPLACED): they stay Pending, as the tables show.
+SHOP = f"""\
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -20,43 +21,50 @@ kind: Pod
 metadata:
   name: cart
   namespace: shop
-  labels: {app: cart, tier: backend}
+  labels: {{app: cart, tier: backend}}
 spec:
+  schedulerName: {UNPLACED}
   containers:
   - name: main
-    image: registry.example/cart:1
+    image: cart:1
     env:
-    - {name: REGION, value: eu-west}
+    - {{name: REGION, value: eu-west}}
 ---
 apiVersion: v1
 kind: Pod
 metadata:
   name: storefront-with-a-long-name
   namespace: shop
-  labels: {app: storefront, tier: frontend}
+  labels: {{app: storefront, tier: frontend}}
 spec:
+  schedulerName: {UNPLACED}
   containers:
-  - {name: main, image: registry.example/storefront:1}
-  - {name: proxy, image: registry.example/proxy:1}
+  - {{name: main, image: storefront:1}}
+  - {{name: proxy, image: proxy:1}}
 """
 
-BLOG = """\
+BLOG = f"""\
 apiVersion: v1
 kind: Namespace
-metadata: {name: blog}
+metadata: {{name: blog}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: writer, namespace: blog, labels: {tier: backend}}
+metadata: {{name: writer, namespace: blog, labels: {{tier: backend}}}}
 spec:
-  containers: [{name: main, image: registry.example/writer:1}]
+  schedulerName: {UNPLACED}
+  containers: [{{name: main, image: writer:1}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: reader, namespace: blog, labels: {tier: frontend}}
+metadata: {{name: reader, namespace: blog, labels: {{tier: frontend}}}}
 spec:
-  containers: [{name: main, image: registry.example/reader:1}]
+  schedulerName: {UNPLACED}
+  containers: [{{name: main, image: reader:1}}]
 """
+
+#: The images the pods of SHOP and BLOG name (cart:2 for the changed SHOP).
+IMAGES = {"shop": ("cart:1", "cart:2", "storefront:1", "proxy:1"), "blog": ("writer:1", "reader:1")}
 
 DEBUG_DUMP = re.compile(r"ApiFailure|Status \{|StatusDetails|Error \{|\bOk\(|\bErr\(|panicked")
 
@@ -90,28 +98,40 @@ def columns(text: str) -> tuple[list[str], list[list[str]]]:
     return names, rows
 
 
+def prepare(server, manifest: str) -> str:
+    """Applies the manifest's namespace (its first document) and pushes the images its pods
+    name into it: images are pushed into a namespace that exists. Returns what apply printed."""
+    namespace = manifest.split("---\n")[0]
+    out = ok(server.kapsel("apply", "-f", "-", input=namespace))
+    push_images(server, yaml.safe_load(namespace)["metadata"]["name"], IMAGES[yaml.safe_load(namespace)["metadata"]["name"]])
+    return out
+
+
 def applied(server, tmp_path):
+    prepare(server, SHOP)
     manifest = tmp_path / "shop.yaml"
     manifest.write_text(SHOP)
     return manifest, ok(server.kapsel("apply", "-f", str(manifest)))
 
 
 def test_apply_multi_document_from_file_and_stdin(server, tmp_path):
+    assert prepare(server, SHOP).splitlines() == ["namespace/shop created"]
     manifest, out = applied(server, tmp_path)
-    assert out.splitlines() == ["namespace/shop created", "pod/cart created",
+    assert out.splitlines() == ["namespace/shop unchanged", "pod/cart created",
                                 "pod/storefront-with-a-long-name created"]
     # The same documents again, from standard input: nothing changes.
     again = ok(server.kapsel("apply", "-f", "-", input=SHOP))
     assert again.splitlines() == ["namespace/shop unchanged", "pod/cart unchanged",
                                   "pod/storefront-with-a-long-name unchanged"]
     # New documents from standard input are created.
+    assert prepare(server, BLOG).splitlines() == ["namespace/blog created"]
     assert ok(server.kapsel("apply", "-f", "-", input=BLOG)).splitlines() == [
-        "namespace/blog created", "pod/writer created", "pod/reader created"]
+        "namespace/blog unchanged", "pod/writer created", "pod/reader created"]
     # A changed document is configured, and the change is stored.
     changed = SHOP.replace("cart:1", "cart:2")
     assert "pod/cart configured" in ok(server.kapsel("apply", "-f", "-", input=changed)).splitlines()
     cart = server.api("GET", "/api/v1/namespaces/shop/pods/cart").json()
-    assert cart["spec"]["containers"][0]["image"] == "registry.example/cart:2"
+    assert cart["spec"]["containers"][0]["image"] == "cart:2"
     assert cart["spec"]["containers"][0]["env"] == [{"name": "REGION", "value": "eu-west"}]
     # A directory applies every manifest in it.
     directory = tmp_path / "dir"
@@ -160,7 +180,7 @@ def test_get_yaml_is_read_back_as_the_same_strings(server, tmp_path):
     tricky = {"a": "no", "b": "on", "c": "yes", "d": "off", "e": "y", "f": "1.0", "g": "true"}
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "tricky", "labels": tricky, "annotations": {"since": "2024-01-01"}},
-           "spec": {"schedulerName": UNPLACED, "containers": [{"name": "main", "image": "registry.example/app:1"}]}}
+           "spec": {"schedulerName": UNPLACED, "containers": [{"name": "main", "image": "app:1"}]}}
     assert server.api("POST", "/api/v1/namespaces/default/pods", json=pod).status_code == 201
     stored = server.api("GET", "/api/v1/namespaces/default/pods/tricky").json()
     printed = ok(server.kapsel("get", "pod", "tricky", "-o", "yaml"))
@@ -175,6 +195,7 @@ def test_get_yaml_is_read_back_as_the_same_strings(server, tmp_path):
 
 def test_get_across_namespaces_and_by_label(server, tmp_path):
     applied(server, tmp_path)
+    prepare(server, BLOG)
     ok(server.kapsel("apply", "-f", "-", input=BLOG))
     names, rows = columns(ok(server.kapsel("get", "pods", "-A")))
     assert names[:2] == ["NAMESPACE", "NAME"]
@@ -197,7 +218,7 @@ def test_describe_pod(server, tmp_path):
     assert fields["Name"] == "cart" and fields["Namespace"] == "shop" and fields["Kind"] == "Pod"
     assert fields["Status"] == "Pending"
     assert "app=cart" in out and "tier=backend" in out
-    assert "registry.example/cart:1" in out and "REGION" in out
+    assert "cart:1" in out and "REGION" in out
     uid = server.api("GET", "/api/v1/namespaces/shop/pods/cart").json()["metadata"]["uid"]
     assert fields["UID"] == uid
     missing = failed(server.kapsel("describe", "pod", "nope", "-n", "shop"))

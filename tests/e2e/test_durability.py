@@ -48,7 +48,7 @@ def check_all_present(server, namespace: str, acknowledged: set[str]) -> None:
     assert acknowledged - names == set(), f"acknowledged but lost after SIGKILL: {sorted(acknowledged - names)}"
     assert len(items) == N
     for pod in items:
-        assert pod["spec"]["containers"][0]["image"] == "registry.example/app:1"
+        assert pod["spec"]["containers"][0]["image"] == "app:1"
 
 
 def test_acknowledged_creates_survive_sigkill_sqlite(server):

@@ -1,7 +1,8 @@
 """IT's controls end to end, as the README tour uses them: IT applies
 examples/it-controls.yaml (resource classes, a cluster workload template,
 a namespace restricted to small classes, a quota and a limit range); a
-tenant makes pods from the template with the kapsel CLI; the quota's usage
+tenant pushes the image with `kapsel push` and makes pods from the template
+with the kapsel CLI; the quota's usage
 is exact after 32 concurrent creates over HTTPS, and `kapsel describe
 namespace` and `kubectl describe quota` show it.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from kapsel_e2e import REPO, assert_status, pod_manifest
+from kapsel_e2e import REPO, assert_status, pod_manifest, push_images, workload
 
 EXAMPLE = REPO / "examples" / "it-controls.yaml"
 
@@ -30,7 +31,12 @@ def test_a_tenant_makes_pods_from_it_templates_within_classes_and_quota(server):
     assert classes.returncode == 0, classes.stderr
     assert "guaranteed-small" in classes.stdout and "1 / 1" in classes.stdout, classes.stdout
 
-    made = server.kapsel("create", "from-template", "web", "-n", "shop", "--set", "image=registry.example/web:2",
+    # As the README's tour: the tenant pushes the component the template's pods run.
+    pushed = server.kapsel("push", str(workload("hello")), "web:2", "-n", "shop", connection=bob)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert pushed.stdout.startswith("pushed web:2 to namespace shop (sha256:"), pushed.stdout
+
+    made = server.kapsel("create", "from-template", "web", "-n", "shop", "--set", "image=web:2",
                          "--set", "class=guaranteed-small", "--name", "web-1", connection=bob)
     assert made.returncode == 0, made.stdout + made.stderr
     assert made.stdout.strip() == "pod/web-1 created", made.stdout
@@ -39,7 +45,7 @@ def test_a_tenant_makes_pods_from_it_templates_within_classes_and_quota(server):
     assert pod["spec"]["containers"][0]["env"] == [{"name": "LOG_LEVEL", "value": "info"}], pod
     assert pod["metadata"]["labels"] == {"app": "web", "managed-by": "template"}, pod
 
-    refused = server.kapsel("create", "from-template", "web", "-n", "shop", "--set", "image=registry.example/web:2",
+    refused = server.kapsel("create", "from-template", "web", "-n", "shop", "--set", "image=web:2",
                             "--set", "class=guaranteed-large", connection=bob)
     assert refused.returncode != 0
     assert 'resource class "guaranteed-large" is not allowed in namespace "shop"' in refused.stderr, refused.stderr
@@ -64,6 +70,7 @@ def test_quota_usage_stays_exact_under_32_concurrent_clients(server):
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"},
              "spec": {"hard": {"pods": "25", "requests.memory": "2Gi"}}}
     assert server.api("POST", "/api/v1/namespaces/race/resourcequotas", json=quota).status_code == 201
+    push_images(server, "race")
 
     def create(i: int) -> int:
         pod = pod_manifest(f"p{i}")
@@ -106,6 +113,7 @@ def test_two_supervisors_on_one_postgresql_share_a_quota_exactly(start_server, p
                                                          "metadata": {"name": "shared"}}).status_code == 201
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"}, "spec": {"hard": {"pods": "20"}}}
     assert first.api("POST", "/api/v1/namespaces/shared/resourcequotas", json=quota).status_code == 201
+    push_images(first, "shared")
 
     def create(i: int) -> int:
         server = first if i % 2 else second

@@ -10,9 +10,10 @@ import time
 
 import yaml
 
-from kapsel_e2e import create_namespace, create_pod
+from kapsel_e2e import UNPLACED, create_namespace, create_pod, push_image, push_images
 
-POD_YAML = """\
+# Not placed (see kapsel_e2e.UNPLACED): the test compares what it wrote, and expects Pending.
+POD_YAML = f"""\
 apiVersion: v1
 kind: Pod
 metadata:
@@ -21,9 +22,10 @@ metadata:
   labels:
     app: web
 spec:
+  schedulerName: {UNPLACED}
   containers:
   - name: main
-    image: registry.example/web:1
+    image: web:1
     env:
     - name: MODE
       value: production
@@ -33,6 +35,16 @@ spec:
 def ok(result):
     assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     return result.stdout
+
+
+def create_ns(server, name: str) -> None:
+    """`kubectl create ns`, then the standard images pushed into it (a pod runs only pushed images)."""
+    assert f"namespace/{name} created" in ok(server.kubectl("create", "ns", name))
+    push_images(server, name)
+
+
+#: `kubectl run --overrides` that leaves the pod unplaced, so that it stays Pending (see kapsel_e2e.UNPLACED).
+UNPLACED_OVERRIDES = f'--overrides={{"apiVersion": "v1", "spec": {{"schedulerName": "{UNPLACED}"}}}}'
 
 
 def table(text: str) -> list[dict[str, str]]:
@@ -48,7 +60,7 @@ def test_namespaces_and_apply_round_trip(server, tmp_path):
     names = [row["NAME"] for row in table(ok(server.kubectl("get", "ns")))]
     assert "default" in names
 
-    assert "namespace/dev created" in ok(server.kubectl("create", "ns", "dev"))
+    create_ns(server, "dev")
     rows = {row["NAME"]: row for row in table(ok(server.kubectl("get", "ns")))}
     assert rows["dev"]["STATUS"] == "Active"
 
@@ -60,7 +72,7 @@ def test_namespaces_and_apply_round_trip(server, tmp_path):
     manifest.write_text(POD_YAML.replace("web:1", "web:2").replace("app: web", "app: web\n    track: stable"))
     assert ok(server.kubectl("apply", "-f", str(manifest))).strip() == "pod/web configured"
     pod = json.loads(ok(server.kubectl("get", "pod", "web", "-n", "dev", "-o", "json")))
-    assert pod["spec"]["containers"][0]["image"] == "registry.example/web:2"
+    assert pod["spec"]["containers"][0]["image"] == "web:2"
     assert pod["spec"]["containers"][0]["env"] == [{"name": "MODE", "value": "production"}]
     assert pod["metadata"]["labels"] == {"app": "web", "track": "stable"}
     assert pod["metadata"]["generation"] == 2
@@ -113,7 +125,7 @@ def test_watch_sees_a_pod_created_later(server):
     try:
         first = wait_for("first")
         assert first[0].split()[:2] == ["NAME", "READY"]  # the watch is established
-        ok(server.kubectl("run", "late", "--image=registry.example/late:1", "-n", "dev"))
+        ok(server.kubectl("run", "late", "--image=app:2", "-n", "dev"))
         [line] = wait_for("late")[-1:]
         assert line.split()[:3] == ["late", "0/1", "Pending"]
     finally:
@@ -122,9 +134,9 @@ def test_watch_sees_a_pod_created_later(server):
 
 
 def test_labels_and_selectors(server):
-    ok(server.kubectl("create", "ns", "dev"))
+    create_ns(server, "dev")
     for name in ("a", "b", "c"):
-        ok(server.kubectl("run", name, "--image=registry.example/app:1", "-n", "dev"))
+        ok(server.kubectl("run", name, "--image=app:1", "-n", "dev"))
     assert ok(server.kubectl("label", "pod", "a", "tier=frontend", "-n", "dev")).strip() == "pod/a labeled"
     ok(server.kubectl("label", "pod", "b", "tier=backend", "-n", "dev"))
 
@@ -161,11 +173,11 @@ def test_get_missing_pod_fails_with_not_found(server):
 
 
 def test_deleting_a_namespace_deletes_its_pods(server):
-    ok(server.kubectl("create", "ns", "dev"))
-    ok(server.kubectl("create", "ns", "keep"))
-    ok(server.kubectl("run", "one", "--image=registry.example/app:1", "-n", "dev"))
-    ok(server.kubectl("run", "two", "--image=registry.example/app:1", "-n", "dev"))
-    ok(server.kubectl("run", "other", "--image=registry.example/app:1", "-n", "keep"))
+    create_ns(server, "dev")
+    create_ns(server, "keep")
+    ok(server.kubectl("run", "one", "--image=app:1", "-n", "dev"))
+    ok(server.kubectl("run", "two", "--image=app:1", "-n", "dev"))
+    ok(server.kubectl("run", "other", "--image=app:1", "-n", "keep"))
 
     assert 'namespace "dev" deleted' in ok(server.kubectl("delete", "ns", "dev"))
     # Every way of looking shows the pods gone, and only those of dev.
@@ -182,8 +194,8 @@ def test_deleting_a_namespace_deletes_its_pods(server):
 def test_new_pods_are_pending_and_selectable_by_phase(server):
     """As in Kubernetes, the API server gives a new pod `status.phase: Pending`,
     so that `--field-selector status.phase=Pending` finds the pods the table shows as Pending."""
-    ok(server.kubectl("create", "ns", "dev"))
-    ok(server.kubectl("run", "waiting", "--image=registry.example/app:1", "-n", "dev"))
+    create_ns(server, "dev")
+    ok(server.kubectl("run", "waiting", "--image=app:1", UNPLACED_OVERRIDES, "-n", "dev"))
     assert ok(server.kubectl("get", "pod", "waiting", "-n", "dev", "-o", "jsonpath={.status.phase}")) == "Pending"
     rows = table(ok(server.kubectl("get", "pods", "-n", "dev", "--field-selector", "status.phase=Pending")))
     assert [r["NAME"] for r in rows] == ["waiting"]
@@ -193,13 +205,17 @@ def test_new_pods_are_pending_and_selectable_by_phase(server):
 def test_delete_f_of_a_namespace_with_its_pods(server, tmp_path):
     """`kubectl delete -f` of the manifest that made a namespace and its pods succeeds,
     as in Kubernetes (where deleting the namespace leaves the pods deletable until it is gone)."""
+    namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
     manifest = tmp_path / "shop.yaml"
     manifest.write_text(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
+        namespace + "---\n"
         "apiVersion: v1\nkind: Pod\nmetadata: {name: cart, namespace: shop}\n"
-        "spec: {containers: [{name: main, image: registry.example/cart:1}]}\n")
+        "spec: {containers: [{name: main, image: cart:1}]}\n")
+    # The pod's image is pushed into its namespace, so the namespace comes first.
+    assert ok(server.kubectl("apply", "-f", "-", input=namespace)).splitlines() == ["namespace/shop created"]
+    push_image(server, "shop", "cart:1")
     assert ok(server.kubectl("apply", "-f", str(manifest))).splitlines() == [
-        "namespace/shop created", "pod/cart created"]
+        "namespace/shop unchanged", "pod/cart created"]
     result = server.kubectl("delete", "-f", str(manifest))
     assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
     deadline = time.monotonic() + 10

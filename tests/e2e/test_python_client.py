@@ -11,7 +11,15 @@ import time
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from kapsel_e2e import UNPLACED
+from kapsel_e2e import UNPLACED, push_images
+
+
+class CoreV1(client.CoreV1Api):
+    """The client's core API, knowing the server it talks to (to push images)."""
+
+    def __init__(self, api_client, server):
+        super().__init__(api_client)
+        self.server = server
 
 
 @pytest.fixture
@@ -19,15 +27,18 @@ def v1(server):
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(server.kubeconfig), client_configuration=configuration)
     api_client = client.ApiClient(configuration)
-    yield client.CoreV1Api(api_client)
+    yield CoreV1(api_client, server)
     api_client.close()
 
 
 def new_namespace(v1, name="dev"):
-    return v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    """A namespace made with the client, with the standard images pushed into it."""
+    made = v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    push_images(v1.server, name)
+    return made
 
 
-def new_pod(name, labels=None, image="registry.example/app:1", containers=None):
+def new_pod(name, labels=None, image="app:1", containers=None):
     # Not placed by the scheduler (see kapsel_e2e.UNPLACED): the tests see only their own writes.
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels),
@@ -64,23 +75,23 @@ def test_create_and_list_with_label_selector(v1):
 def test_strategic_merge_patch_keeps_other_fields(v1):
     new_namespace(v1)
     containers = [
-        client.V1Container(name="main", image="registry.example/app:1",
+        client.V1Container(name="main", image="app:1",
                            env=[client.V1EnvVar(name="MODE", value="production")]),
-        client.V1Container(name="sidecar", image="registry.example/proxy:1"),
+        client.V1Container(name="sidecar", image="proxy:1"),
     ]
     before = v1.create_namespaced_pod("dev", new_pod("web", {"app": "web"}, containers=containers))
 
     # The client sends a dict body to patch_* as a strategic merge patch.
     patched = v1.patch_namespaced_pod("web", "dev", {
         "metadata": {"labels": {"release": "canary"}},
-        "spec": {"containers": [{"name": "main", "image": "registry.example/app:2"}]},
+        "spec": {"containers": [{"name": "main", "image": "app:2"}]},
     })
     assert patched.metadata.labels == {"app": "web", "release": "canary"}
     by_name = {c.name: c for c in patched.spec.containers}
     assert list(by_name) == ["main", "sidecar"], "containers are merged by name, not replaced"
-    assert by_name["main"].image == "registry.example/app:2"
+    assert by_name["main"].image == "app:2"
     assert [(e.name, e.value) for e in by_name["main"].env] == [("MODE", "production")]
-    assert by_name["sidecar"].image == "registry.example/proxy:1"
+    assert by_name["sidecar"].image == "proxy:1"
     assert patched.metadata.uid == before.metadata.uid
     assert int(patched.metadata.resource_version) > int(before.metadata.resource_version)
     assert patched.metadata.generation == 2
