@@ -7,7 +7,9 @@
 //! reports throughput and latency percentiles (human-readable or `--json`).
 //! `kapsel bench schedule` runs the supervisor's scheduler in-process
 //! against a real store holding simulated nodes and pending pods, until
-//! every binding is written. `kapsel bench plugin` measures a scheduler extension in-process: compile,
+//! every binding is written. `kapsel bench pod-start` starts `kapsel serve`
+//! (with its embedded node) and times pods from create to `Running` as a
+//! watch reports it, creating them at `--rate`. `kapsel bench plugin` measures a scheduler extension in-process: compile,
 //! deserialize from the compile cache, load, `update-nodes`, and per-pod
 //! `filter`/`score` against N nodes.
 
@@ -32,6 +34,21 @@ pub enum BenchCommand {
     Admission(AdmissionBenchArgs),
     /// The scheduler against the store: simulated nodes, pending pods, bindings persisted; pods/s.
     Schedule(ScheduleBenchArgs),
+    /// Pod start latency: create → Running as a watcher sees it, on `kapsel serve`'s embedded node.
+    PodStart(PodStartBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PodStartBenchArgs {
+    /// Pods to start (each is deleted once seen Running).
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Creates per second.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    rate: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +137,7 @@ pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::
         BenchCommand::Plugin(args) => tokio::task::spawn_blocking(move || plugin(args)).await?,
         BenchCommand::Admission(args) => admission(args).await,
         BenchCommand::Schedule(args) => schedule(args).await,
+        BenchCommand::PodStart(args) => pod_start(args).await,
     }
 }
 
@@ -174,8 +192,26 @@ fn pod(namespace: &str, i: usize) -> Value {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": format!("bench-{i}"), "namespace": namespace, "labels": {"app": "bench", "shard": (i % 16).to_string()}},
-        "spec": {"containers": [{"name": "main", "image": "hello:1", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}}}]},
+        // A scheduler nobody runs: the API benches measure the request path, not pods running.
+        "spec": {"schedulerName": "bench-unplaced",
+                 "containers": [{"name": "main", "image": "hello:1", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}}}]},
     })
+}
+
+/// Creates `namespace` and pushes the `hello` sample into it as `hello:1`.
+async fn bench_namespace(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
+    push_image(client, namespace, "hello", kapsel_node::HELLO).await
+}
+
+/// Pushes `bytes` as `NAME:1` into `namespace`.
+async fn push_image(client: &Client, namespace: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = format!("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/push?tag=1");
+    client
+        .send(reqwest::Method::POST, &path, Some(("application/wasm", bytes.to_vec())))
+        .await
+        .with_context(|| format!("pushing {name}:1"))?;
+    Ok(())
 }
 
 /// Runs `total` requests from `concurrency` workers; returns the latency histogram (µs) and elapsed time.
@@ -234,7 +270,7 @@ async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<
         }
     };
     let namespace = format!("bench-{}", std::process::id());
-    client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
+    bench_namespace(&client, &namespace).await?;
     if args.quota {
         let n = args.objects;
         let hard = json!({"pods": n.to_string(), "requests.cpu": format!("{}m", 10 * n), "requests.memory": format!("{}Mi", 16 * n),
@@ -546,7 +582,7 @@ async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let namespace = format!("bench-{phase}").replace('_', "-");
-        client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
+        bench_namespace(&client, &namespace).await?;
         let path = format!("/api/v1/namespaces/{namespace}/pods");
         let creating = client.clone();
         let (histogram, elapsed) = drive(args.requests, args.concurrency, move |i| {
@@ -730,5 +766,110 @@ async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<ExitCode> {
         );
         println!("  {} nodes used, at most {} pods on one", per_node.len(), report["most_pods_on_a_node"]);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pod_start(args: PodStartBenchArgs) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt as _;
+    use std::collections::HashMap;
+    anyhow::ensure!(args.pods > 0, "--pods must be positive");
+    let (_server, client) = start_server(None).await?;
+    // The embedded node registers a moment after the API answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = client.get("/api/v1/nodes").await?;
+        let ready = nodes["items"].as_array().into_iter().flatten().any(|n| {
+            n.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if ready {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the embedded node did not become ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let namespace = "bench-start";
+    client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
+    push_image(&client, namespace, "worker", kapsel_node::WORKER).await?;
+    let collection = format!("/api/v1/namespaces/{namespace}/pods");
+    let revision = client.get(&collection).await?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let mut events =
+        std::pin::pin!(client.watch(&format!("{collection}?watch=true&resourceVersion={revision}&timeoutSeconds=3600")).await?);
+
+    let created: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let creator = {
+        let (client, collection, created) = (client.clone(), collection.clone(), created.clone());
+        let (pods, rate) = (args.pods, args.rate);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            for i in 0..pods {
+                ticker.tick().await;
+                let name = format!("start-{i}");
+                let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                    "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "main", "image": "worker:1"}]}});
+                created.lock().expect("created lock").insert(name.clone(), Instant::now());
+                let (client, collection) = (client.clone(), collection.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = client.post(&collection, &pod).await {
+                        tracing::warn!(pod = %name, error = format!("{error:#}"), "a bench pod was not created");
+                    }
+                });
+            }
+        })
+    };
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+    let started = Instant::now();
+    let give_up = Instant::now() + Duration::from_secs(60 + args.pods as u64 / args.rate);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < args.pods {
+        let remaining = give_up.saturating_duration_since(Instant::now());
+        let Ok(Some(event)) = tokio::time::timeout(remaining, events.next()).await else { break };
+        let event = event?;
+        let object = &event["object"];
+        if object.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+            continue;
+        }
+        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let Some(at) = created.lock().expect("created lock").get(&name).copied() else { continue };
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        latencies.saturating_record(at.elapsed().as_micros() as u64);
+        // Done with it: its slot on the node is free again.
+        let (client, path) = (client.clone(), format!("{collection}/{name}"));
+        tokio::spawn(async move {
+            let _ = client.delete(&path).await;
+        });
+    }
+    creator.abort();
+    let elapsed = started.elapsed();
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "benchmark": "pod-start",
+        "pods": args.pods,
+        "rate": args.rate,
+        "running": seen.len(),
+        "seconds": elapsed.as_secs_f64(),
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "max_ms": latencies.max() as f64 / 1000.0,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("kapsel bench pod-start: {} worker pods at {}/s on the embedded node", args.pods, args.rate);
+        println!(
+            "  create → Running (watch): p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   ({} of {} Running)",
+            ms(0.5),
+            ms(0.99),
+            latencies.max() as f64 / 1000.0,
+            seen.len(),
+            args.pods
+        );
+    }
+    anyhow::ensure!(seen.len() == args.pods, "only {} of {} pods were seen Running", seen.len(), args.pods);
     Ok(ExitCode::SUCCESS)
 }

@@ -49,8 +49,10 @@ pub async fn handle(
     if let Some(node) = &identity.node {
         // A node agent writes the status of the pods bound to it: read where the pod is bound.
         let bound_to = if target.resource.kind == POD.kind && !verb.is_read() && target.name.is_some() {
-            let stored = app.store.get(&key(&target, target_name(&target))).await.ok();
-            stored.and_then(|pod| pod.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string))
+            // A pod that is gone is 404 to its node too (its agent then stops reporting about it).
+            let name = target_name(&target);
+            let stored = app.store.get(&key(&target, name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+            stored.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string)
         } else {
             None
         };
