@@ -168,6 +168,15 @@ def test_pods_spread_run_to_their_ends_and_fail_with_a_lost_node(start_server):
         hog = until("memhog is OOMKilled", lambda: (p := pod(server, "memhog")) and p.get("status", {}).get("phase") == "Failed" and p)
         assert container_state(hog)["terminated"]["reason"] == "OOMKilled", hog["status"]
 
+        # Deleting a running pod is graceful: its node stops it, then the object goes.
+        on_big = [p["metadata"]["name"] for p in placed if p["spec"]["nodeName"] == "big"]
+        doomed = on_big.pop()
+        deleted = server.kapsel("delete", "pod", doomed)
+        assert deleted.returncode == 0, deleted.stderr
+        until(f"{doomed} gone", lambda: server.api("GET", f"/api/v1/namespaces/default/pods/{doomed}").status_code == 404, timeout=10)
+        assert "pod stopped and deleted" in big.log()
+        placed = [p for p in placed if p["metadata"]["name"] != doomed]
+
         # One agent dies: its node is lost within 10 s (and a bit), its pods fail after the 5 s grace.
         on_small = [p["metadata"]["name"] for p in placed if p["spec"]["nodeName"] == "small"]
         killed_at = time.monotonic()

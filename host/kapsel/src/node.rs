@@ -21,7 +21,6 @@
 //! supervisor marked `Failed` (its node was lost), is stopped. A restarted
 //! agent runs again the pods bound to it that have not ended.
 //!
-//!
 //! Logs: the agent serves its containers' logs over HTTP on `--listen`
 //! (`GET /pods/{uid}/containers/{name}/log?tailLines&previous&follow&timestamps`),
 //! to whoever presents the secret it draws at start. It publishes that
@@ -31,9 +30,9 @@
 //! log (plain HTTP: bind the agent to an address only the supervisor
 //! reaches; TLS between them is not built yet).
 //!
-//! Not built yet (issue 4): graceful deletion (the object stays until the
-//! node stopped the pod; today the object goes at once and the node stops
-//! the pod right after).
+//! Deleting a pod that runs here is graceful: the supervisor marks it
+//! (`deletionTimestamp`), the agent stops it within its grace period and
+//! then deletes the object.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -478,6 +477,10 @@ impl PodSync {
     /// stops one the supervisor marked ended while it runs here.
     fn take(&mut self, pod: &Value) {
         let uid = object::meta_str(pod, "uid").unwrap_or_default().to_string();
+        if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            self.finish_deletion(pod, &uid);
+            return;
+        }
         if let Some(running) = self.running.get(&uid) {
             if terminal(pod) && !running.worker.phase().is_terminal() {
                 tracing::warn!(pod = %pod_status_path(pod), "the supervisor ended a pod this node runs; stopping it");
@@ -485,7 +488,7 @@ impl PodSync {
             }
             return;
         }
-        if terminal(pod) || pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        if terminal(pod) {
             return;
         }
         let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.images.clone(), pod));
@@ -493,6 +496,36 @@ impl PodSync {
         let reporter = tokio::spawn(report(self.client.clone(), pod.clone(), worker.status()));
         tracing::info!(pod = %pod_status_path(pod), %uid, "pod started");
         self.running.insert(uid, Running { worker, reporter, recorder });
+    }
+
+    /// A pod being deleted gracefully: stop it (within its grace period),
+    /// then delete its object, which the supervisor left for this node to
+    /// delete once the pod is stopped.
+    fn finish_deletion(&mut self, pod: &Value, uid: &str) {
+        let running = self.running.remove(uid);
+        let client = self.client.clone();
+        let logs = self.runtime.logs().clone();
+        let path =
+            format!("/api/v1/namespaces/{}/pods/{}", object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default());
+        let uid = uid.to_string();
+        tokio::spawn(async move {
+            if let Some(running) = running {
+                running.worker.stop(running.worker.termination_grace()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                running.reporter.abort();
+                running.recorder.abort();
+            }
+            let now = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0});
+            match client
+                .send(reqwest::Method::DELETE, &path, Some(("application/json", serde_json::to_vec(&now).unwrap_or_default())))
+                .await
+            {
+                Ok(_) => tracing::info!(pod = %path, "pod stopped and deleted"),
+                Err(error) if not_found(&error) => {}
+                Err(error) => tracing::warn!(pod = %path, error = format!("{error:#}"), "deleting a stopped pod failed"),
+            }
+            let _ = logs.remove_pod(&uid);
+        });
     }
 
     /// Stops the pod `uid` runs as (if it does) in the background, within

@@ -638,6 +638,11 @@ async fn delete(
     if resource.kind == NAMESPACE.kind {
         return terminate_namespace(app, target, params, headers, expected).await.map(|r| with_warnings(r, &warnings));
     }
+    if std::ptr::eq(resource, &POD)
+        && let Some(marked) = terminate_pod(app, target, params, &options, &current, expected).await?
+    {
+        return Ok(with_warnings(respond(StatusCode::OK, resource, marked, params, headers), &warnings));
+    }
     let charge = match target.namespace.as_deref() {
         Some(ns) => quota::charge_for(app, resource, ns, name, Some(&current), None).await?,
         None => None,
@@ -651,6 +656,48 @@ async fn delete(
     hooks::after_commit(app, resource, &changes);
     let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
     Ok(with_warnings(respond(StatusCode::OK, resource, deleted, params, headers), &warnings))
+}
+
+/// Graceful deletion of a pod that runs on a node, as Kubernetes does it:
+/// the pod is marked (`metadata.deletionTimestamp` = now + the grace
+/// period, `deletionGracePeriodSeconds`) and its node stops it within the
+/// grace period and then deletes it; the node lifecycle controller deletes
+/// it when the node does not. Returns the marked pod, or `None` when the pod
+/// goes at once: not bound, ended, a grace period of 0, or marked already
+/// past its deadline.
+async fn terminate_pod(
+    app: &App,
+    target: &Target,
+    params: &Params,
+    options: &Map<String, Value>,
+    current: &Value,
+    expected: Option<i64>,
+) -> Result<Option<Value>, ApiError> {
+    let name = target_name(target);
+    let grace =
+        match options.get("gracePeriodSeconds").and_then(Value::as_i64).or(params.get("gracePeriodSeconds").and_then(|g| g.parse().ok())) {
+            Some(grace) => grace,
+            None => current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30),
+        };
+    let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let ended = matches!(current.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    if !bound || ended || grace <= 0 {
+        return Ok(None);
+    }
+    if object::meta_str(current, "deletionTimestamp").is_some() {
+        // Deleting it again changes nothing (Kubernetes may shorten the grace; this keeps the first).
+        return Ok(Some(current.clone()));
+    }
+    let mut marked = current.clone();
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
+    object::set_meta(&mut marked, "deletionTimestamp", deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    object::metadata_mut(&mut marked).insert("deletionGracePeriodSeconds".into(), json!(grace));
+    let expected = expected.or_else(|| object::resource_version(current).and_then(Result::ok));
+    let change = app.store.update(key(target, name), marked, expected).await.map_err(|e| match e {
+        StoreError::Conflict { .. } => ApiError::conflict(&POD, name, "the pod changed while it was being deleted: delete it again"),
+        other => ApiError::from_store(other, &POD, name),
+    })?;
+    Ok(Some((*change.object).clone()))
 }
 
 /// Deleting a namespace marks it `Terminating`; the namespace controller

@@ -138,3 +138,33 @@ async fn a_node_whose_lease_ages_is_lost_its_pods_fail_and_it_comes_back() {
     api.put(&format!("{LEASES}/n1"), renewed).await.ok(200);
     eventually(&api, &format!("{NODES}/n1"), "node back", |n| ready(n, "True", "NodeAgentReady")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_pod_is_deleted_gracefully_by_its_node() {
+    let api = Api::start().await;
+    let agent = node_token(&api, "n1").await;
+    api.post(NODES, node("n1")).await.ok(201);
+    let mut bound = pod("bound");
+    bound["spec"]["nodeName"] = json!("n1");
+    api.create_pod("dev", bound).await;
+
+    // Marked, not gone: its node stops it first.
+    let marked = api.delete(&pod_path("dev", "bound")).await;
+    marked.ok(200);
+    assert_eq!(marked.body["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(marked.body["metadata"]["deletionTimestamp"].is_string());
+    api.get(&pod_path("dev", "bound")).await.ok(200);
+    let again = api.delete(&pod_path("dev", "bound")).await;
+    again.ok(200);
+    assert_eq!(again.body["metadata"]["deletionTimestamp"], marked.body["metadata"]["deletionTimestamp"]);
+    // The node, having stopped it, deletes it for good.
+    let now = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0});
+    api.json_as(&agent, Method::DELETE, &pod_path("dev", "bound"), Some(now)).await.ok(200);
+    api.get(&pod_path("dev", "bound")).await.failure(404, "NotFound");
+
+    // A pod on no node, or one that has ended, goes at once.
+    api.create_pod("dev", pod("unbound")).await;
+    let gone = api.delete(&pod_path("dev", "unbound")).await;
+    gone.ok(200);
+    api.get(&pod_path("dev", "unbound")).await.failure(404, "NotFound");
+}

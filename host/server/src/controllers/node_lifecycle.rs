@@ -12,7 +12,9 @@
 //! that has not ended is marked `Failed`, reason `NodeLost`, which frees
 //! what it counted against quotas and the node. When the lease is renewed
 //! again, `Ready` turns back `True` (reason `NodeAgentReady`); the agent
-//! itself stops whatever it still runs that the supervisor failed.
+//! itself stops whatever it still runs that the supervisor failed. It also
+//! deletes pods whose graceful deletion is [`DELETION_SLACK`] past its
+//! deadline (their node did not stop and delete them).
 
 use std::time::Duration;
 
@@ -107,7 +109,39 @@ fn judge(node: &Value, heartbeat: Option<DateTime<Utc>>, now: DateTime<Utc>, opt
     }
 }
 
+/// How long past its deletion deadline a pod may stay before it is deleted
+/// without its node (lost, or too slow to stop it).
+pub const DELETION_SLACK: Duration = Duration::from_secs(5);
+
+/// Deletes the pods whose graceful deletion is [`DELETION_SLACK`] past its
+/// deadline: their node did not stop and delete them in time.
+async fn force_overdue_deletions(app: &App, now: DateTime<Utc>) -> Result<(), StoreError> {
+    for pod in app.store.list(&POD.store_key(), None).await?.objects {
+        let Some(deadline) = parse_time(object::meta_str(&pod, "deletionTimestamp")) else { continue };
+        if now.signed_duration_since(deadline).to_std().unwrap_or_default() < DELETION_SLACK {
+            continue;
+        }
+        let (namespace, name) = (object::namespace(&pod).unwrap_or_default(), object::name(&pod).unwrap_or_default());
+        let expected = object::resource_version(&pod).and_then(Result::ok);
+        let key = Key::new(POD.store_key(), namespace, name);
+        let charge = crate::quota::charge_for(app, &POD, namespace, name, Some(&pod), None).await.ok().flatten();
+        let deleted = match charge {
+            Some(charge) => crate::quota::commit(app, charge, kapsel_store::WriteOp::Delete { key, expected_revision: expected })
+                .await
+                .unwrap_or_else(|refused| Err(StoreError::Refused(refused.to_string()))),
+            None => app.store.delete(key, expected).await.map(|change| vec![change]),
+        };
+        match deleted {
+            Ok(_) => tracing::warn!(pod = %format!("{namespace}/{name}"), "pod deleted past its grace period without its node"),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 async fn pass(app: &App, options: NodeLifecycleOptions) -> Result<(), StoreError> {
+    force_overdue_deletions(app, Utc::now()).await?;
     let nodes = app.store.list(&NODE.store_key(), None).await?.objects;
     if nodes.is_empty() {
         return Ok(());
