@@ -231,17 +231,7 @@ pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, names
         return Ok(());
     }
     if identity.node.is_some() {
-        return if node_allows(verb, resource) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "{plural} is forbidden: User {user:?} cannot {verb} resource {plural:?} in API group {group:?}: node agents may not",
-                plural = resource.plural,
-                user = identity.user,
-                verb = verb.as_str(),
-                group = resource.group,
-            )))
-        };
+        return if node_allows(verb, resource) { Ok(()) } else { Err(forbidden(identity, verb, resource, ": node agents may not")) };
     }
     let role = namespace.and_then(|ns| identity.role_in(ns));
     let allowed = match resource.tenant_access {
@@ -275,13 +265,18 @@ pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, names
         (None, _) if namespace.is_some() && resource.namespaced() => ": the user holds no role in that namespace".into(),
         _ => ": only IT admins may".into(),
     };
-    Err(ApiError::Forbidden(format!(
-        "{plural} is forbidden: User {user:?} cannot {verb} resource {plural:?} in API group {group:?}{scope}{why}",
+    Err(forbidden(identity, verb, resource, &format!("{scope}{why}")))
+}
+
+/// Kubernetes' wording of a refusal: `pods is forbidden: User "alice" cannot create resource "pods" in API group ""…`.
+fn forbidden(identity: &Identity, verb: Verb, resource: &ResourceType, detail: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "{plural} is forbidden: User {user:?} cannot {verb} resource {plural:?} in API group {group:?}{detail}",
         plural = resource.plural,
         user = identity.user,
         verb = verb.as_str(),
         group = resource.group,
-    )))
+    ))
 }
 
 /// The kinds and verbs a node agent may use at all; which objects, [`node_may_touch`] decides.
