@@ -373,21 +373,13 @@ pub async fn create_object(
     }
     let shown_once = hooks::before_create(resource, &mut object)?;
     validate(resource, &object)?;
-    if std::ptr::eq(resource, &POD) {
-        // A pod runs images its namespace pushed: one no Artifact has is refused now, not on a node later.
-        let name = object::name(&object).unwrap_or_default().to_string();
-        let namespace = target.namespace.as_deref().unwrap_or_default();
-        let missing = crate::artifacts::check_pod_images(&app.store, namespace, &object)
-            .await
-            .map_err(|e| ApiError::from_store(e, &kapsel_api::kinds::artifact::ARTIFACT, &name))?;
-        if !missing.is_empty() {
-            return Err(ApiError::invalid(resource, &name, missing));
-        }
-    }
     let mut warnings = check_fields(resource, &mut object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();
     if let Some(namespace) = &target.namespace {
         require_namespace(app, namespace).await?;
+        if std::ptr::eq(resource, &POD) {
+            check_images(app, namespace, &name, None, &object).await?;
+        }
     }
     let dry_run = params.dry_run()?;
     let write = Write {
@@ -432,6 +424,24 @@ async fn commit(app: &App, charge: Option<quota::Charge>, op: WriteOp) -> Result
 /// The one change of a single-object write.
 fn first_change(written: Result<Vec<Change>, StoreError>) -> Result<Change, StoreError> {
     written?.into_iter().next().ok_or_else(|| StoreError::Corrupt("a write reported no change".into()))
+}
+
+/// A pod runs images its namespace pushed: one no Artifact has is refused
+/// now (422 at `spec.containers[i].image`), not on a node later. On update
+/// only the images that change are checked (an artifact deleted since keeps
+/// its running pods updatable).
+async fn check_images(app: &App, namespace: &str, name: &str, current: Option<&Value>, pod: &Value) -> Result<(), ApiError> {
+    let missing = crate::artifacts::check_pod_images(&app.store, namespace, pod)
+        .await
+        .map_err(|e| ApiError::from_store(e, &kapsel_api::kinds::artifact::ARTIFACT, name))?;
+    let changed: Vec<FieldError> = missing
+        .into_iter()
+        .filter(|error| {
+            let pointer = format!("/{}", error.field.replace('.', "/").replace('[', "/").replace(']', ""));
+            current.is_none_or(|current| current.pointer(&pointer) != pod.pointer(&pointer))
+        })
+        .collect();
+    if changed.is_empty() { Ok(()) } else { Err(ApiError::invalid(&POD, name, changed)) }
 }
 
 /// New content needs a namespace that exists and is not terminating.
@@ -496,6 +506,11 @@ async fn store_update(
     let name = target_name(target);
     hooks::before_update(resource, current, &mut next)?;
     validate(resource, &next)?;
+    if std::ptr::eq(resource, &POD)
+        && let Some(namespace) = &target.namespace
+    {
+        check_images(app, namespace, name, Some(current), &next).await?;
+    }
     let mut warnings = check_fields(resource, &mut next, params)?;
     let dry_run = params.dry_run()?;
     let write = Write {
@@ -688,16 +703,33 @@ async fn terminate_pod(
         // Deleting it again changes nothing (Kubernetes may shorten the grace; this keeps the first).
         return Ok(Some(current.clone()));
     }
-    let mut marked = current.clone();
     let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
-    object::set_meta(&mut marked, "deletionTimestamp", deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    object::metadata_mut(&mut marked).insert("deletionGracePeriodSeconds".into(), json!(grace));
-    let expected = expected.or_else(|| object::resource_version(current).and_then(Result::ok));
-    let change = app.store.update(key(target, name), marked, expected).await.map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::conflict(&POD, name, "the pod changed while it was being deleted: delete it again"),
-        other => ApiError::from_store(other, &POD, name),
-    })?;
-    Ok(Some((*change.object).clone()))
+    let mut current = current.clone();
+    for _ in 0..PATCH_RETRIES {
+        let mut marked = current.clone();
+        object::set_meta(&mut marked, "deletionTimestamp", deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        object::metadata_mut(&mut marked).insert("deletionGracePeriodSeconds".into(), json!(grace));
+        let guard = expected.or_else(|| object::resource_version(&current).and_then(Result::ok));
+        match app.store.update(key(target, name), marked, guard).await {
+            Ok(change) => return Ok(Some((*change.object).clone())),
+            // Without a precondition, a pod that changed meanwhile (its node reporting) is marked in its new version.
+            Err(StoreError::Conflict { .. }) if expected.is_none() => {
+                current = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, &POD, name))?;
+                if object::meta_str(&current, "deletionTimestamp").is_some() {
+                    return Ok(Some(current));
+                }
+            }
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ApiError::conflict(
+                    &POD,
+                    name,
+                    "Precondition failed: the object has been modified since the given resourceVersion",
+                ));
+            }
+            Err(other) => return Err(ApiError::from_store(other, &POD, name)),
+        }
+    }
+    Err(ApiError::conflict(&POD, name, "the pod kept changing while it was being deleted: delete it again"))
 }
 
 /// Deleting a namespace marks it `Terminating`; the namespace controller

@@ -247,6 +247,15 @@ async fn a_pod_must_name_an_image_its_namespace_pushed() {
     refused.failure(422, "Invalid").mentions(&["image \"only-qa:1\" not found in namespace \"dev\"", "-n dev`"]);
     api.create_pod("qa", pod_running("p", "only-qa:1")).await;
 
+    // An update that changes an image to one never pushed is refused the same way; one that keeps it is not checked.
+    let mut moved = api.get(&pod_path("qa", "p")).await.body;
+    moved["spec"]["containers"][0]["image"] = json!("nope:9");
+    let refused = api.put(&pod_path("qa", "p"), moved).await;
+    refused.failure(422, "Invalid").mentions(&["image \"nope:9\" not found in namespace \"qa\""]);
+    assert_eq!(refused.cause_fields(), ["spec.containers[0].image"]);
+    let patch = json!({"metadata": {"labels": {"kept": "yes"}}});
+    api.patch(&pod_path("qa", "p"), "application/merge-patch+json", patch).await.ok(200);
+
     // A registry-style reference is malformed here: an artifact's name has no '/'.
     let refused = api.post(&pods("dev"), pod_running("p", "registry.example/app:1")).await;
     refused.failure(422, "Invalid").mentions(&["registry.example/app:1", "Artifact's name"]);
