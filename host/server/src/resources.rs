@@ -437,7 +437,7 @@ async fn check_images(app: &App, namespace: &str, name: &str, current: Option<&V
     let changed: Vec<FieldError> = missing
         .into_iter()
         .filter(|error| {
-            let pointer = format!("/{}", error.field.replace('.', "/").replace('[', "/").replace(']', ""));
+            let pointer = format!("/{}", error.field.replace(['.', '['], "/").replace(']', ""));
             current.is_none_or(|current| current.pointer(&pointer) != pod.pointer(&pointer))
         })
         .collect();
