@@ -34,18 +34,17 @@
 //! (`deletionTimestamp`), the agent stops it within its grace period and
 //! then deletes the object.
 
-use std::collections::{BTreeMap, HashMap};
+mod logs;
+mod pods;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
 use kapsel_api::Quantity;
-use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
 use kapsel_api::kinds::lease::{AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, NODE_LEASE_NAMESPACE};
-use kapsel_api::object;
-use kapsel_node::{PodWorker, Runtime, RuntimeConfig};
+use kapsel_node::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
 use crate::client::{ApiFailure, Client};
@@ -305,7 +304,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         None => route_to(client.base()).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
     };
     let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), secret: new_secret() };
-    tokio::spawn(serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
+    tokio::spawn(logs::serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
     let mut delay = Duration::from_millis(100);
     loop {
         match register(&client, &config, &endpoint).await {
@@ -321,7 +320,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         }
     }
     tracing::info!(node = %config.name, capacity = ?config.capacity, logs = %endpoint.address, "node registered");
-    tokio::spawn(sync_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
+    tokio::spawn(pods::sync_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease = None;
@@ -334,279 +333,6 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
             Ok(renewed) => lease = Some(renewed),
             Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
         }
-    }
-}
-
-/// The supervisor's artifact store as the runtime's image source: an
-/// image is resolved through its namespace's `Artifact`, and its bytes are
-/// fetched through that artifact (which the node token may read).
-#[derive(Debug)]
-struct ArtifactImages {
-    client: Client,
-    /// Which artifact each resolved digest came from.
-    sources: Mutex<HashMap<String, (String, String)>>,
-}
-
-#[async_trait::async_trait]
-impl kapsel_node::Images for ArtifactImages {
-    async fn resolve(&self, namespace: &str, image: &str) -> anyhow::Result<String> {
-        let reference = ImageReference::parse(image).map_err(anyhow::Error::msg)?;
-        let path = format!("{}/{}", ARTIFACT.collection_path(Some(namespace)), reference.name());
-        let artifact = match self.client.get(&path).await {
-            Ok(artifact) => artifact,
-            Err(error) if not_found(&error) => bail!("image {image:?} not found in namespace {namespace:?}"),
-            Err(error) => return Err(error),
-        };
-        let spec: ArtifactSpec =
-            serde_json::from_value(artifact.get("spec").cloned().unwrap_or_default()).context("reading the artifact")?;
-        let digest = spec.resolve(&reference).with_context(|| format!("image {image:?} not found in namespace {namespace:?}"))?.to_string();
-        self.sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone(), (namespace.to_string(), reference.name().to_string()));
-        Ok(digest)
-    }
-
-    async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
-        let source = self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned();
-        let (namespace, name) = source.with_context(|| format!("no artifact is known to hold {digest}"))?;
-        self.client.get_bytes(&format!("{}/{name}/blobs/{digest}", ARTIFACT.collection_path(Some(&namespace)))).await
-    }
-}
-
-/// A pod this node runs.
-struct Running {
-    worker: Arc<PodWorker>,
-    /// Sends the worker's status to the supervisor.
-    reporter: tokio::task::JoinHandle<()>,
-    /// Records the worker's events (Pulled, Started, BackOff, Killing…) as Events.
-    recorder: tokio::task::JoinHandle<()>,
-}
-
-/// Records a pod's events as Kubernetes Events, aggregated per pod and
-/// reason as the supervisor's are (`<pod>.pod.<reason>`, a `count`).
-async fn record_events(client: Client, pod: Value, mut events: tokio::sync::broadcast::Receiver<kapsel_node::PodEvent>) {
-    let namespace = object::namespace(&pod).unwrap_or_default().to_string();
-    let name = object::name(&pod).unwrap_or_default().to_string();
-    let collection = format!("/api/v1/namespaces/{namespace}/events");
-    loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let event_name = format!("{name}.pod.{}", event.reason.to_ascii_lowercase());
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let path = format!("{collection}/{event_name}");
-        let recorded = match client.get(&path).await {
-            Ok(mut existing) => {
-                let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1);
-                existing["count"] = json!(count + 1);
-                existing["lastTimestamp"] = json!(now);
-                existing["message"] = json!(event.message);
-                client.put(&path, &existing).await
-            }
-            Err(error) if not_found(&error) => {
-                let mut involved = json!({"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace,
-                    "uid": object::meta_str(&pod, "uid").unwrap_or_default()});
-                if let Some(field_path) = &event.field_path {
-                    involved["fieldPath"] = json!(field_path);
-                }
-                let created = json!({"apiVersion": "v1", "kind": "Event",
-                    "metadata": {"name": event_name, "namespace": namespace},
-                    "involvedObject": involved, "reason": event.reason, "message": event.message, "type": event.kind.as_str(),
-                    "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-                    "source": {"component": "kapsel-node", "host": pod.pointer("/spec/nodeName").cloned().unwrap_or_default()},
-                    "reportingComponent": "kapsel-node"});
-                client.post(&collection, &created).await
-            }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = recorded {
-            tracing::debug!(pod = %name, reason = event.reason, error = format!("{error:#}"), "an event was not recorded");
-        }
-    }
-}
-
-fn terminal(pod: &Value) -> bool {
-    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
-}
-
-fn pod_status_path(pod: &Value) -> String {
-    format!("/api/v1/namespaces/{}/pods/{}/status", object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default())
-}
-
-/// Sends every change of a pod's status as a merge patch, keeping the
-/// scheduler's `PodScheduled` condition; ends when the pod is gone.
-async fn report(client: Client, pod: Value, mut status: tokio::sync::watch::Receiver<Value>) {
-    let path = pod_status_path(&pod);
-    let scheduled = pod
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled")).cloned());
-    loop {
-        let mut next = status.borrow_and_update().clone();
-        if let (Some(scheduled), Some(conditions)) = (&scheduled, next.get_mut("conditions").and_then(Value::as_array_mut)) {
-            conditions.insert(0, scheduled.clone());
-        }
-        match client.merge_patch(&path, &json!({"status": next})).await {
-            Ok(_) => {}
-            Err(error) if not_found(&error) => return,
-            Err(error) => {
-                tracing::warn!(pod = %path, error = format!("{error:#}"), "reporting a pod's status failed; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        }
-        if status.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The pods this node runs, by uid.
-struct PodSync {
-    client: Client,
-    runtime: Runtime,
-    images: Arc<ArtifactImages>,
-    running: HashMap<String, Running>,
-}
-
-impl PodSync {
-    /// Starts `pod` unless it runs here already, has ended or is being deleted;
-    /// stops one the supervisor marked ended while it runs here.
-    fn take(&mut self, pod: &Value) {
-        let uid = object::meta_str(pod, "uid").unwrap_or_default().to_string();
-        if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
-            self.finish_deletion(pod, &uid);
-            return;
-        }
-        if let Some(running) = self.running.get(&uid) {
-            if terminal(pod) && !running.worker.phase().is_terminal() {
-                tracing::warn!(pod = %pod_status_path(pod), "the supervisor ended a pod this node runs; stopping it");
-                self.stop(&uid, false);
-            }
-            return;
-        }
-        if terminal(pod) {
-            return;
-        }
-        let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.images.clone(), pod));
-        let recorder = tokio::spawn(record_events(self.client.clone(), pod.clone(), worker.events()));
-        let reporter = tokio::spawn(report(self.client.clone(), pod.clone(), worker.status()));
-        tracing::info!(pod = %pod_status_path(pod), %uid, "pod started");
-        self.running.insert(uid, Running { worker, reporter, recorder });
-    }
-
-    /// A pod being deleted gracefully: stop it (within its grace period),
-    /// then delete its object, which the supervisor left for this node to
-    /// delete once the pod is stopped.
-    fn finish_deletion(&mut self, pod: &Value, uid: &str) {
-        let running = self.running.remove(uid);
-        let client = self.client.clone();
-        let logs = self.runtime.logs().clone();
-        let path =
-            format!("/api/v1/namespaces/{}/pods/{}", object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default());
-        let uid = uid.to_string();
-        tokio::spawn(async move {
-            if let Some(running) = running {
-                running.worker.stop(running.worker.termination_grace()).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                running.reporter.abort();
-                running.recorder.abort();
-            }
-            let now = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0});
-            match client
-                .send(reqwest::Method::DELETE, &path, Some(("application/json", serde_json::to_vec(&now).unwrap_or_default())))
-                .await
-            {
-                Ok(_) => tracing::info!(pod = %path, "pod stopped and deleted"),
-                Err(error) if not_found(&error) => {}
-                Err(error) => tracing::warn!(pod = %path, error = format!("{error:#}"), "deleting a stopped pod failed"),
-            }
-            let _ = logs.remove_pod(&uid);
-        });
-    }
-
-    /// Stops the pod `uid` runs as (if it does) in the background, within
-    /// its termination grace period; a pod `gone` from the supervisor also
-    /// leaves its logs behind.
-    fn stop(&mut self, uid: &str, gone: bool) {
-        let Some(running) = self.running.remove(uid) else { return };
-        let logs = self.runtime.logs().clone();
-        let uid = uid.to_string();
-        tokio::spawn(async move {
-            running.worker.stop(running.worker.termination_grace()).await;
-            // The last status and events reach the supervisor (when the pod still exists) before their tasks go.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            running.reporter.abort();
-            running.recorder.abort();
-            if gone && let Err(error) = logs.remove_pod(&uid) {
-                tracing::warn!(%uid, %error, "a deleted pod's logs could not be removed");
-            }
-        });
-    }
-
-    /// Brings what runs in line with a full list of the pods bound here
-    /// (and removes the logs of pods that are gone, from before a restart too).
-    fn resync(&mut self, pods: &[Value]) {
-        let listed: std::collections::HashSet<&str> = pods.iter().filter_map(|p| object::meta_str(p, "uid")).collect();
-        let gone: Vec<String> = self.running.keys().filter(|uid| !listed.contains(uid.as_str())).cloned().collect();
-        for uid in gone {
-            self.stop(&uid, true);
-        }
-        for uid in self.runtime.logs().pod_uids().unwrap_or_default() {
-            if !listed.contains(uid.as_str()) && !self.running.contains_key(&uid) {
-                let _ = self.runtime.logs().remove_pod(&uid);
-            }
-        }
-        for pod in pods {
-            self.take(pod);
-        }
-    }
-}
-
-/// Follows the pods bound to `node` (list, then watch; again after a
-/// watch ends) and runs them, until `stopping`; then stops them all.
-async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping: tokio::sync::watch::Receiver<bool>) {
-    let images = Arc::new(ArtifactImages { client: client.clone(), sources: Mutex::default() });
-    let mut pods = PodSync { client: client.clone(), runtime, images, running: HashMap::new() };
-    let selector = format!("fieldSelector=spec.nodeName%3D{node}");
-    loop {
-        let followed = async {
-            let list = client.get(&format!("/api/v1/pods?{selector}")).await?;
-            pods.resync(list.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default());
-            let revision = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string();
-            let mut events = std::pin::pin!(
-                client.watch(&format!("/api/v1/pods?{selector}&watch=true&resourceVersion={revision}&timeoutSeconds=300")).await?
-            );
-            while let Some(event) = events.next().await {
-                let event = event?;
-                let pod = event.get("object").cloned().unwrap_or_default();
-                match event.get("type").and_then(Value::as_str) {
-                    Some("DELETED") => pods.stop(object::meta_str(&pod, "uid").unwrap_or_default(), true),
-                    Some("ADDED" | "MODIFIED") => pods.take(&pod),
-                    Some("ERROR") => bail!("the watch failed: {}", pod.get("message").and_then(Value::as_str).unwrap_or_default()),
-                    _ => {}
-                }
-            }
-            anyhow::Ok(())
-        };
-        let outcome = tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            outcome = followed => outcome,
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(node = %node, error = format!("{error:#}"), "following the node's pods failed; listing them again");
-            tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-    let uids: Vec<String> = pods.running.keys().cloned().collect();
-    for uid in uids {
-        pods.stop(&uid, false);
     }
 }
 
@@ -628,78 +354,6 @@ fn route_to(server: &str) -> Option<std::net::IpAddr> {
     socket.connect(target).ok()?;
     Some(socket.local_addr().ok()?.ip())
 }
-
-/// The query of a log request, as Kubernetes names it.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LogParams {
-    tail_lines: Option<usize>,
-    #[serde(default)]
-    previous: Option<String>,
-    #[serde(default)]
-    follow: Option<String>,
-    #[serde(default)]
-    timestamps: Option<String>,
-}
-
-fn flag(value: &Option<String>) -> bool {
-    matches!(value.as_deref(), Some("true" | "1" | ""))
-}
-
-/// Serves `GET /pods/{uid}/containers/{name}/log` to holders of `secret`.
-async fn serve_logs(
-    listener: tokio::net::TcpListener,
-    logs: kapsel_node::Logs,
-    secret: String,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    use axum::extract::{Path, Query, State};
-    use axum::http::{HeaderMap, StatusCode, header};
-    use axum::response::{IntoResponse, Response};
-
-    async fn log(
-        State((logs, secret)): State<(kapsel_node::Logs, Arc<String>)>,
-        Path((uid, container)): Path<(String, String)>,
-        Query(params): Query<LogParams>,
-        headers: HeaderMap,
-    ) -> Response {
-        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(secret.as_str()) {
-            return (StatusCode::UNAUTHORIZED, "the node's log secret is required").into_response();
-        }
-        let query =
-            kapsel_node::LogQuery { tail_lines: params.tail_lines, previous: flag(&params.previous), timestamps: flag(&params.timestamps) };
-        let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-        let refused = |error: kapsel_node::LogError| {
-            let code = match error {
-                kapsel_node::LogError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            (code, format!("{error}")).into_response()
-        };
-        if flag(&params.follow) {
-            match logs.follow(&uid, &container, &query) {
-                Ok(stream) => (text, axum::body::Body::from_stream(stream)).into_response(),
-                Err(error) => refused(error),
-            }
-        } else {
-            match logs.read(&uid, &container, &query).await {
-                Ok(bytes) => (text, bytes).into_response(),
-                Err(error) => refused(error),
-            }
-        }
-    }
-
-    let app =
-        axum::Router::new().route("/pods/{uid}/containers/{container}/log", axum::routing::get(log)).with_state((logs, Arc::new(secret)));
-    let shutdown = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    };
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-        tracing::error!(%error, "the node's log endpoint stopped");
-    }
-}
-
 /// `kapsel node`: runs an agent until SIGTERM or ctrl-c.
 pub async fn command(client: Client, flags: NodeArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = AgentConfig::from_args(flags)?;
