@@ -2,14 +2,14 @@
 //! kubelet, vSphere's spherelet). `kapsel serve` runs one in-process for its
 //! own host; `kapsel node --server URL --token T` runs one anywhere else.
 //!
-//! It registers its `Node` (capacity and allocatable resources, labels,
-//! taints, addresses, agent version, `Ready`), then renews the lease named
-//! after it in `kube-node-lease` every `--lease-interval` (2 s): a small
-//! write the supervisor's node lifecycle controller reads, instead of a
-//! rewrite of the whole `Node`. It authenticates with a node token, which
-//! lets it change only its own `Node`, its lease and the status of the pods
-//! bound to it.
-//!
+//! It takes the lease named after its node in `kube-node-lease` (waiting,
+//! with a warning, while another agent under the same name renews it),
+//! registers its `Node` (capacity and allocatable resources, labels,
+//! taints, addresses, agent version, `Ready`), then renews the lease every
+//! `--lease-interval` (2 s): a small write the supervisor's node lifecycle
+//! controller reads, instead of a rewrite of the whole `Node`. It
+//! authenticates with a node token, which lets it change only its own
+//! `Node`, its lease and the status of the pods bound to it.
 //!
 //! It lists and then watches the pods bound to it
 //! (`fieldSelector=spec.nodeName=NAME`) and runs each on the Wasm runtime of
@@ -260,11 +260,11 @@ async fn register(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint)
 }
 
 /// Renews (or takes) the node's lease; returns the lease as stored.
-async fn renew(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint, last: Option<Value>) -> anyhow::Result<Value> {
+async fn renew(client: &Client, config: &AgentConfig, holder: &str, endpoint: &LogEndpoint, last: Option<Value>) -> anyhow::Result<Value> {
     let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases");
     let path = format!("{collection}/{}", config.name);
     let duration = (config.lease_interval.as_secs() * 5).max(10);
-    let spec = json!({"holderIdentity": config.name, "leaseDurationSeconds": duration, "renewTime": now_micros()});
+    let spec = json!({"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": now_micros()});
     let annotations = json!({AGENT_ENDPOINT_ANNOTATION: format!("http://{}", endpoint.address), AGENT_SECRET_ANNOTATION: endpoint.secret});
     if let Some(mut lease) = last {
         lease["spec"] = spec.clone();
@@ -278,6 +278,18 @@ async fn renew(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint, la
     }
     match client.get(&path).await {
         Ok(mut lease) => {
+            // Another agent under the same node name (a second supervisor's embedded node on this host,
+            // a copied configuration) holds it while it renews: running the node's pods twice would be wrong.
+            let other = lease.pointer("/spec/holderIdentity").and_then(Value::as_str).filter(|h| *h != holder).map(str::to_string);
+            let lasts = lease.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64).unwrap_or(10);
+            let fresh = kapsel_api::kinds::lease::renewed_at(&lease)
+                .is_some_and(|at| chrono::Utc::now().signed_duration_since(at) < chrono::Duration::seconds(lasts));
+            if let (Some(other), true) = (other, fresh) {
+                bail!(
+                    "node {:?} is run by another agent ({other}); give this one another --name (kapsel serve: --node-name or --no-local-node)",
+                    config.name
+                );
+            }
             lease["spec"] = spec;
             lease["metadata"]["annotations"] = annotations;
             client.put(&path, &lease).await
@@ -305,6 +317,23 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     };
     let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), secret: new_secret() };
     tokio::spawn(logs::serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
+    let holder = format!("{}/{}", config.name, agent_id(&config.data_dir)?);
+    // The node is this agent's once it holds the node's lease.
+    let mut lease = None;
+    let mut delay = Duration::from_millis(100);
+    while lease.is_none() {
+        match renew(&client, &config, &holder, &endpoint, None).await {
+            Ok(taken) => lease = Some(taken),
+            Err(error) => {
+                tracing::warn!(node = %config.name, error = format!("{error:#}"), "taking the node's lease failed; trying again");
+                tokio::select! {
+                    _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(config.lease_interval.max(Duration::from_secs(2)));
+            }
+        }
+    }
     let mut delay = Duration::from_millis(100);
     loop {
         match register(&client, &config, &endpoint).await {
@@ -323,15 +352,28 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     tokio::spawn(pods::sync_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease = None;
     loop {
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => return Ok(()),
             _ = ticker.tick() => {}
         }
-        match renew(&client, &config, &endpoint, lease.take()).await {
+        match renew(&client, &config, &holder, &endpoint, lease.take()).await {
             Ok(renewed) => lease = Some(renewed),
             Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
+        }
+    }
+}
+
+/// This agent's identity as a lease holder, kept in its data directory so
+/// that a restarted agent takes its lease back at once.
+fn agent_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = new_secret()[..16].to_string();
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
         }
     }
 }
