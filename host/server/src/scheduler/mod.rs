@@ -27,7 +27,8 @@
 //! a message that counts why (`0/3 nodes are available: 2 Insufficient
 //! memory, 1 rejected by plug-in spread: …`) and a `FailedScheduling`
 //! Event, and waits aside until a node joins or changes, a pod ends, its
-//! own spec or labels change, or [`queue::UNSCHEDULABLE_RETRY`] passes.
+//! own spec or labels change, a scheduler extension is added, replaced or
+//! removed, or [`queue::UNSCHEDULABLE_RETRY`] passes.
 //!
 //! Pods created with `spec.nodeName` are bound already, and a pod naming
 //! another `spec.schedulerName` than [`SCHEDULER_NAME`] (or Kubernetes'
@@ -186,6 +187,13 @@ async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOp
         while let Ok(outcome) = outcome_rx.try_recv() {
             cluster.on_outcome(outcome, stats);
         }
+        // A scheduler extension added, replaced (a new version, an edited failure policy) or removed
+        // may decide differently: pods waiting aside are tried again, as for a change of the cluster.
+        let extensions: Vec<usize> = plugins.of_world(World::SchedulerExtension).iter().map(address).collect();
+        if extensions != cluster.extensions_seen {
+            cluster.extensions_seen = extensions;
+            cluster.changed = true;
+        }
         if std::mem::take(&mut cluster.changed) {
             cluster.queue.retry_all();
         }
@@ -247,6 +255,8 @@ struct Cluster {
     snapshot_stale: bool,
     /// Extension instances that have the current snapshot (by the address of their registry entry).
     informed: HashSet<usize>,
+    /// The active extension instances when the queue last looked.
+    extensions_seen: Vec<usize>,
     /// Something changed that may let pods waiting aside fit.
     changed: bool,
     /// Where the next pod's filtering starts, so that nodes share the work and the ties.
@@ -271,6 +281,7 @@ impl Cluster {
             queue: SchedulingQueue::default(),
             snapshot_stale: true,
             informed: HashSet::new(),
+            extensions_seen: Vec::new(),
             changed: false,
             next_start: 0,
         };
