@@ -1,5 +1,6 @@
 //! Helpers over objects held as JSON: reading and setting the metadata
-//! fields every kind has, without a typed round trip.
+//! fields every kind has, and the `status.conditions` of those that have
+//! them (pods, nodes), without a typed round trip.
 
 use serde_json::{Map, Value};
 
@@ -54,5 +55,41 @@ pub fn age(object: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
         s if s < 7200 => format!("{}m", s / 60),
         s if s < 172_800 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The condition of type `kind` in `status.conditions`, if any.
+pub fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+}
+
+/// Whether the condition `kind` has status `"True"`.
+pub fn condition_is_true(object: &Value, kind: &str) -> bool {
+    condition(object, kind).and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True")
+}
+
+/// Puts `condition` (an object with `type` and `status`) into
+/// `status.conditions`, replacing the one of its type. A condition given
+/// without `lastTransitionTime` gets it as Kubernetes controllers set it:
+/// kept from the previous one while the status stays, now when it changes.
+pub fn set_condition(object: &mut Value, mut condition: Value) {
+    if !object.get("status").is_some_and(Value::is_object) {
+        object["status"] = Value::Object(Map::new());
+    }
+    if !object["status"].get("conditions").is_some_and(Value::is_array) {
+        object["status"]["conditions"] = Value::Array(Vec::new());
+    }
+    let conditions = object["status"]["conditions"].as_array_mut().expect("just made an array");
+    let kind = condition.get("type").cloned();
+    let existing = conditions.iter_mut().find(|c| c.get("type") == kind.as_ref());
+    if condition.get("lastTransitionTime").is_none() {
+        let kept =
+            existing.as_ref().filter(|e| e.get("status") == condition.get("status")).and_then(|e| e.get("lastTransitionTime").cloned());
+        let now = || Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        condition["lastTransitionTime"] = kept.unwrap_or_else(now);
+    }
+    match existing {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
     }
 }

@@ -7,8 +7,8 @@
 //! ([`admission::review`]), on-demand policy audits
 //! ([`controllers::audit`]), workload template instantiation
 //! ([`templates`]), and the generic
-//! resource handler that serves every registered kind. [`controllers`] run
-//! beside it. [`serve`]
+//! resource handler that serves every registered kind. [`controllers`] and
+//! the [`scheduler`] run beside it. [`serve`]
 //! is `kapsel serve`: it prepares the data directory (database, admin token,
 //! kubeconfig, TLS), opens the store and serves HTTPS until SIGTERM/ctrl-c.
 

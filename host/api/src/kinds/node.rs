@@ -45,11 +45,7 @@ fn validate(object: &Value) -> Vec<FieldError> {
 }
 
 fn ready(node: &Value) -> String {
-    let ready = node
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
-        .and_then(|c| c.get("status").and_then(Value::as_str));
+    let ready = crate::object::condition(node, "Ready").and_then(|c| c.get("status").and_then(Value::as_str));
     let mut text = match ready {
         Some("True") => "Ready".to_string(),
         Some(_) => "NotReady".to_string(),

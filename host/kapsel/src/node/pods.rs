@@ -13,6 +13,7 @@ use futures::StreamExt as _;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
 use kapsel_api::object;
 use kapsel_node::{PodWorker, Runtime};
+use kapsel_server::events::{self, EventType};
 use serde_json::{Value, json};
 
 use super::not_found;
@@ -76,30 +77,28 @@ async fn record_events(client: Client, pod: Value, mut events: tokio::sync::broa
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        let event_name = format!("{name}.pod.{}", event.reason.to_ascii_lowercase());
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let path = format!("{collection}/{event_name}");
+        // The supervisor's shape and name (`<pod>.pod.<reason>`), so repeats are counted in one Event.
+        let event_type = match event.kind {
+            kapsel_node::EventKind::Normal => EventType::Normal,
+            kapsel_node::EventKind::Warning => EventType::Warning,
+        };
+        let (key, mut first) = events::first_event(&pod, event_type, event.reason, &event.message);
+        let path = format!("{collection}/{}", key.name);
         let recorded = match client.get(&path).await {
             Ok(mut existing) => {
                 let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1);
                 existing["count"] = json!(count + 1);
-                existing["lastTimestamp"] = json!(now);
+                existing["lastTimestamp"] = first["lastTimestamp"].clone();
                 existing["message"] = json!(event.message);
                 client.put(&path, &existing).await
             }
             Err(error) if not_found(&error) => {
-                let mut involved = json!({"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace,
-                    "uid": object::meta_str(&pod, "uid").unwrap_or_default()});
                 if let Some(field_path) = &event.field_path {
-                    involved["fieldPath"] = json!(field_path);
+                    first["involvedObject"]["fieldPath"] = json!(field_path);
                 }
-                let created = json!({"apiVersion": "v1", "kind": "Event",
-                    "metadata": {"name": event_name, "namespace": namespace},
-                    "involvedObject": involved, "reason": event.reason, "message": event.message, "type": event.kind.as_str(),
-                    "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-                    "source": {"component": "kapsel-node", "host": pod.pointer("/spec/nodeName").cloned().unwrap_or_default()},
-                    "reportingComponent": "kapsel-node"});
-                client.post(&collection, &created).await
+                first["source"] = json!({"component": "kapsel-node", "host": pod.pointer("/spec/nodeName").cloned().unwrap_or_default()});
+                first["reportingComponent"] = json!("kapsel-node");
+                client.post(&collection, &first).await
             }
             Err(error) => Err(error),
         };
@@ -121,10 +120,7 @@ fn pod_status_path(pod: &Value) -> String {
 /// scheduler's `PodScheduled` condition; ends when the pod is gone.
 async fn report(client: Client, pod: Value, mut status: tokio::sync::watch::Receiver<Value>) {
     let path = pod_status_path(&pod);
-    let scheduled = pod
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled")).cloned());
+    let scheduled = object::condition(&pod, "PodScheduled").cloned();
     loop {
         let mut next = status.borrow_and_update().clone();
         if let (Some(scheduled), Some(conditions)) = (&scheduled, next.get_mut("conditions").and_then(Value::as_array_mut)) {

@@ -68,10 +68,6 @@ async fn run(app: App, options: NodeLifecycleOptions) {
     }
 }
 
-fn ready_condition(node: &Value) -> Option<&Value> {
-    node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-}
-
 fn text<'a>(value: Option<&'a Value>, field: &str) -> Option<&'a str> {
     value?.get(field)?.as_str()
 }
@@ -95,7 +91,7 @@ enum Verdict {
 fn judge(node: &Value, heartbeat: Option<DateTime<Utc>>, now: DateTime<Utc>, options: NodeLifecycleOptions) -> Verdict {
     let heartbeat = heartbeat.or_else(|| parse_time(object::meta_str(node, "creationTimestamp")));
     let age = heartbeat.map_or(Duration::MAX, |at| now.signed_duration_since(at).to_std().unwrap_or_default());
-    let ready = ready_condition(node);
+    let ready = object::condition(node, "Ready");
     let lost = text(ready, "status") == Some("False") && text(ready, "reason") == Some(NODE_LOST);
     match (lost, age > options.lost_after) {
         (false, false) => Verdict::Healthy,
@@ -115,16 +111,16 @@ pub const DELETION_SLACK: Duration = Duration::from_secs(5);
 
 /// Deletes the pods whose graceful deletion is [`DELETION_SLACK`] past its
 /// deadline: their node did not stop and delete them in time.
-async fn force_overdue_deletions(app: &App, now: DateTime<Utc>) -> Result<(), StoreError> {
-    for pod in app.store.list(&POD.store_key(), None).await?.objects {
-        let Some(deadline) = parse_time(object::meta_str(&pod, "deletionTimestamp")) else { continue };
+async fn force_overdue_deletions(app: &App, pods: &[Value], now: DateTime<Utc>) -> Result<(), StoreError> {
+    for pod in pods {
+        let Some(deadline) = parse_time(object::meta_str(pod, "deletionTimestamp")) else { continue };
         if now.signed_duration_since(deadline).to_std().unwrap_or_default() < DELETION_SLACK {
             continue;
         }
-        let (namespace, name) = (object::namespace(&pod).unwrap_or_default(), object::name(&pod).unwrap_or_default());
-        let expected = object::resource_version(&pod).and_then(Result::ok);
+        let (namespace, name) = (object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default());
+        let expected = object::resource_version(pod).and_then(Result::ok);
         let key = Key::new(POD.store_key(), namespace, name);
-        let charge = crate::quota::charge_for(app, &POD, namespace, name, Some(&pod), None).await.ok().flatten();
+        let charge = crate::quota::charge_for(app, &POD, namespace, name, Some(pod), None).await.ok().flatten();
         let deleted = match charge {
             Some(charge) => crate::quota::commit(app, charge, kapsel_store::WriteOp::Delete { key, expected_revision: expected })
                 .await
@@ -141,7 +137,9 @@ async fn force_overdue_deletions(app: &App, now: DateTime<Utc>) -> Result<(), St
 }
 
 async fn pass(app: &App, options: NodeLifecycleOptions) -> Result<(), StoreError> {
-    force_overdue_deletions(app, Utc::now()).await?;
+    // One listing of the pods per pass serves both the overdue deletions and the pods of lost nodes.
+    let pods = app.store.list(&POD.store_key(), None).await?.objects;
+    force_overdue_deletions(app, &pods, Utc::now()).await?;
     let nodes = app.store.list(&NODE.store_key(), None).await?.objects;
     if nodes.is_empty() {
         return Ok(());
@@ -170,7 +168,7 @@ async fn pass(app: &App, options: NodeLifecycleOptions) -> Result<(), StoreError
                     events::record(&app.store, &node, EventType::Normal, "NodeReady", "the node agent is renewing its lease again").await;
                 }
             }
-            Verdict::FailPods => fail_pods(app, &name).await?,
+            Verdict::FailPods => fail_pods(app, &name, &pods).await?,
         }
     }
     Ok(())
@@ -179,20 +177,10 @@ async fn pass(app: &App, options: NodeLifecycleOptions) -> Result<(), StoreError
 /// Sets the node's `Ready` condition; `true` when it was written.
 async fn set_ready(app: &App, node: &Value, status: &str, reason: &str, message: &str) -> bool {
     let mut next = node.clone();
-    if !next.get("status").is_some_and(Value::is_object) {
-        next["status"] = json!({});
-    }
-    if !next["status"].get("conditions").is_some_and(Value::is_array) {
-        next["status"]["conditions"] = json!([]);
-    }
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let condition = json!({"type": "Ready", "status": status, "reason": reason, "message": message,
         "lastHeartbeatTime": now, "lastTransitionTime": now});
-    let conditions = next["status"]["conditions"].as_array_mut().expect("just made an array");
-    match conditions.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")) {
-        Some(existing) => *existing = condition,
-        None => conditions.push(condition),
-    }
+    object::set_condition(&mut next, condition);
     let name = object::name(node).unwrap_or_default();
     let expected = object::resource_version(node).and_then(Result::ok);
     match app.store.update(Key::new(NODE.store_key(), "", name), next, expected).await {
@@ -207,8 +195,8 @@ async fn set_ready(app: &App, node: &Value, status: &str, reason: &str, message:
 }
 
 /// Marks every pod bound to `node` that has not ended `Failed`, reason `NodeLost`.
-async fn fail_pods(app: &App, node: &str) -> Result<(), StoreError> {
-    for pod in app.store.list(&POD.store_key(), None).await?.objects {
+async fn fail_pods(app: &App, node: &str, pods: &[Value]) -> Result<(), StoreError> {
+    for pod in pods {
         if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
             continue;
         }
@@ -223,12 +211,12 @@ async fn fail_pods(app: &App, node: &str) -> Result<(), StoreError> {
         failed["status"]["phase"] = json!("Failed");
         failed["status"]["reason"] = json!(NODE_LOST);
         failed["status"]["message"] = json!(message);
-        let (namespace, name) = (object::namespace(&pod).unwrap_or_default(), object::name(&pod).unwrap_or_default());
-        let expected = object::resource_version(&pod).and_then(Result::ok);
+        let (namespace, name) = (object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default());
+        let expected = object::resource_version(pod).and_then(Result::ok);
         match app.store.update(Key::new(POD.store_key(), namespace, name), failed, expected).await {
             Ok(_) => {
                 tracing::warn!(pod = %format!("{namespace}/{name}"), %node, "pod failed with its lost node");
-                events::record(&app.store, &pod, EventType::Warning, NODE_LOST, &message).await;
+                events::record(&app.store, pod, EventType::Warning, NODE_LOST, &message).await;
             }
             Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
             Err(error) => return Err(error),

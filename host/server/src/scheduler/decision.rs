@@ -135,28 +135,6 @@ pub fn pod_summary(pod: &Value) -> PodSummary {
     }
 }
 
-/// The candidates of a cluster: every node, with the pods bound to it (and
-/// not terminated) counted in its `requested`.
-pub fn candidates(nodes: &[Value], pods: &[Value]) -> Vec<Candidate> {
-    let mut bound: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| !terminated(p)) {
-        if let Some(node) = bound_node(pod) {
-            bound.entry(node).or_default().push(pod);
-        }
-    }
-    nodes
-        .iter()
-        .map(|node| {
-            let mut candidate = candidate(node);
-            for pod in bound.get(candidate.summary.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
-                add(&mut candidate.summary.requested, &pod_requests(pod));
-                candidate.summary.pods.push(pod_ref(pod));
-            }
-            candidate
-        })
-        .collect()
-}
-
 /// The node a pod is bound to (`spec.nodeName`), if any.
 pub fn bound_node(pod: &Value) -> Option<&str> {
     pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
@@ -174,8 +152,7 @@ pub fn pod_ref(pod: &Value) -> PodRef {
 /// A node as a candidate, with nothing bound to it yet.
 pub fn candidate(node: &Value) -> Candidate {
     let allocatable = node.pointer("/status/allocatable").or_else(|| node.pointer("/status/capacity"));
-    let ready = items(node, "/status/conditions")
-        .any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True"));
+    let ready = object::condition_is_true(node, "Ready");
     let taints = items(node, "/spec/taints")
         .filter_map(|t| {
             Some(Taint {
@@ -262,28 +239,6 @@ pub fn rejection(pod: &PodSummary, pinned: Option<&str>, node: &Candidate) -> Op
     None
 }
 
-/// The outcome of the built-in filters for one pod.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Filtered {
-    /// Indices of the feasible nodes.
-    pub feasible: Vec<u32>,
-    /// How many nodes each reason rejected.
-    pub rejected: BTreeMap<String, usize>,
-}
-
-/// Runs the built-in filters of `pod` (pinned to `node_name`, if set) over
-/// every node.
-pub fn filter(pod: &PodSummary, node_name: Option<&str>, nodes: &[Candidate]) -> Filtered {
-    let mut filtered = Filtered { feasible: Vec::new(), rejected: BTreeMap::new() };
-    for (index, node) in nodes.iter().enumerate() {
-        match rejection(pod, node_name, node) {
-            None => filtered.feasible.push(index as u32),
-            Some(reason) => *filtered.rejected.entry(reason).or_default() += 1,
-        }
-    }
-    filtered
-}
-
 /// Most distinct reasons a message lists (plug-ins' reasons may name figures per node).
 const MAX_REASONS: usize = 8;
 
@@ -335,6 +290,53 @@ pub fn nodes_to_score(nodes: usize) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    // What the controller does incrementally (`Cluster` in the scheduler's
+    // module), done at once over a listing: the tests' view of a cluster.
+
+    /// The candidates of a cluster: every node, with the pods bound to it (and
+    /// not terminated) counted in its `requested`.
+    pub fn candidates(nodes: &[Value], pods: &[Value]) -> Vec<Candidate> {
+        let mut bound: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+        for pod in pods.iter().filter(|p| !terminated(p)) {
+            if let Some(node) = bound_node(pod) {
+                bound.entry(node).or_default().push(pod);
+            }
+        }
+        nodes
+            .iter()
+            .map(|node| {
+                let mut candidate = candidate(node);
+                for pod in bound.get(candidate.summary.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
+                    add(&mut candidate.summary.requested, &pod_requests(pod));
+                    candidate.summary.pods.push(pod_ref(pod));
+                }
+                candidate
+            })
+            .collect()
+    }
+
+    /// The outcome of the built-in filters for one pod.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Filtered {
+        /// Indices of the feasible nodes.
+        pub feasible: Vec<u32>,
+        /// How many nodes each reason rejected.
+        pub rejected: BTreeMap<String, usize>,
+    }
+
+    /// Runs the built-in filters of `pod` (pinned to `node_name`, if set) over
+    /// every node.
+    pub fn filter(pod: &PodSummary, node_name: Option<&str>, nodes: &[Candidate]) -> Filtered {
+        let mut filtered = Filtered { feasible: Vec::new(), rejected: BTreeMap::new() };
+        for (index, node) in nodes.iter().enumerate() {
+            match rejection(pod, node_name, node) {
+                None => filtered.feasible.push(index as u32),
+                Some(reason) => *filtered.rejected.entry(reason).or_default() += 1,
+            }
+        }
+        filtered
+    }
 
     fn node(name: &str, cpu: &str, memory: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"zone": "a"}},

@@ -298,7 +298,11 @@ impl Cluster {
 
     /// Counts `key` on `node`.
     fn account(&mut self, key: PodKey, pod: &Value, node: &str) {
-        let requests = pod_requests(pod);
+        self.account_requests(key, pod, node, pod_requests(pod));
+    }
+
+    /// [`Cluster::account`] with the pod's requests worked out already (a decision has them).
+    fn account_requests(&mut self, key: PodKey, pod: &Value, node: &str, requests: Resources) {
         let reference = decision::pod_ref(pod);
         match self.index.get(node) {
             Some(&at) => decision::place(&mut self.nodes[at].summary, reference.clone(), &requests),
@@ -555,7 +559,7 @@ impl Cluster {
             Err(message) => return Decision::Wait { pod, reason: "SchedulerError", message },
         };
         let node = self.nodes[best as usize].summary.name.clone();
-        self.account(key, &pod, &node);
+        self.account_requests(key, &pod, &node, summary.requests);
         for extension in extensions {
             let operation = format!("learning that pod {}/{} was bound", summary.namespace, summary.name);
             let asked = &summary;
@@ -617,10 +621,6 @@ fn not_a_scheduler() -> PluginError {
     PluginError::Rejected("not a scheduler extension".into())
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Sets the pod's `PodScheduled` condition (keeping its transition time when the status stays).
 fn set_scheduled_condition(pod: &mut Value, status: &str, reason: &str, message: &str) {
     if !pod.get("status").is_some_and(Value::is_object) {
@@ -634,7 +634,7 @@ fn set_scheduled_condition(pod: &mut Value, status: &str, reason: &str, message:
         status_object["conditions"] = json!([]);
     }
     let conditions = status_object["conditions"].as_array_mut().expect("just made an array");
-    let mut condition = json!({"type": "PodScheduled", "status": status, "lastProbeTime": null, "lastTransitionTime": now()});
+    let mut condition = json!({"type": "PodScheduled", "status": status, "lastProbeTime": null});
     if !reason.is_empty() {
         condition["reason"] = json!(reason);
         condition["message"] = json!(message);
