@@ -105,8 +105,10 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr at `RUST_LOG`'s levels, or from `default_level` up.
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
@@ -139,7 +141,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            init_logging(args.log_format);
+            init_logging(args.log_format, "info");
             let config = kapsel_server::serve::ServeConfig {
                 data_dir: args.data_dir,
                 listen: args.listen,
@@ -171,9 +173,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(args) => commands::push::run(&cli.connection, args).await,
         Command::Logs(args) => commands::logs::run(&cli.connection, args).await,
         Command::Policy(command) => commands::policy::run(&cli.connection, command).await,
-        Command::Bench(command) => bench::run(&cli.connection, command).await,
+        Command::Bench(command) => {
+            // What goes wrong in the in-process benches (a plug-in that fails to load, say); figures go to stdout.
+            init_logging(LogFormat::Text, "warn");
+            bench::run(&cli.connection, command).await
+        }
         Command::Node(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, "info");
             node::command(client::Client::connect(&cli.connection)?, args).await
         }
     }

@@ -26,7 +26,7 @@ pub(crate) mod bindings {
 }
 
 pub use bindings::kapsel::plugin::types::{
-    FilterVerdict, NodeSummary, PodRef, PodSummary, Resources, Taint, TaintEffect, Toleration, TolerationOperator,
+    FilterResult, NodeRejection, NodeSummary, PodRef, PodSummary, Resources, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 
 // The `log` and `types` interfaces are shared by every world; the storage
@@ -148,7 +148,7 @@ impl SchedulerExtension {
     }
 
     /// Which `candidates` (snapshot indices) may run `pod`.
-    pub fn filter(&mut self, pod: &PodSummary, candidates: &[u32]) -> Result<Vec<FilterVerdict>, PluginError> {
+    pub fn filter(&mut self, pod: &PodSummary, candidates: &[u32]) -> Result<FilterResult, PluginError> {
         self.call(|instance, store| instance.call_filter(store, pod, candidates))
     }
 

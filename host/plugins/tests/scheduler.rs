@@ -75,10 +75,11 @@ fn binpack_fills_the_fullest_node_that_fits() {
     let mut binpack = SchedulerExtension::load("binpack", defaults::BINPACK, vec![], Limits::default()).unwrap();
     binpack.update_nodes(vec![node("empty", "a", 0), node("half", "a", 2000), node("full", "a", 3900)]).unwrap();
     // 500m does not fit on "full" (3900 of 4000 used): it goes to "half", the fullest that fits.
-    let verdicts = binpack.filter(&pod("big", 500), &[0, 1, 2]).unwrap();
-    let rejected: Vec<u32> = verdicts.iter().filter(|v| !v.feasible).map(|v| v.index).collect();
+    let filtered = binpack.filter(&pod("big", 500), &[0, 1, 2]).unwrap();
+    assert_eq!(filtered.feasible, [0, 1]);
+    let rejected: Vec<u32> = filtered.rejected.iter().map(|r| r.index).collect();
     assert_eq!(rejected, [2]);
-    assert!(!verdicts.iter().find(|v| v.index == 2).unwrap().reason.is_empty());
+    assert!(!filtered.rejected[0].reason.is_empty());
     assert_eq!(place(&mut binpack, &pod("big", 500), 2), 1);
 }
 
@@ -113,8 +114,7 @@ fn a_looping_call_is_stopped_at_its_deadline_and_fails_alone() {
     assert_eq!(looping.score(&pod("p", 1), &[0]), Err(PluginError::Deadline(limits.deadline)));
     assert!(started.elapsed() < Duration::from_secs(2), "stopped after {:?}", started.elapsed());
     // The next call gets a fresh instance, configured and given the snapshot again.
-    let verdicts = looping.filter(&pod("p", 1), &[0]).unwrap();
-    assert!(verdicts[0].feasible);
+    assert_eq!(looping.filter(&pod("p", 1), &[0]).unwrap().feasible, [0]);
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn compiled_components_are_cached_and_damaged_entries_replaced() {
     for component in [&first, &again] {
         let mut binpack = SchedulerExtension::from_component("binpack", component, vec![], Limits::default()).unwrap();
         binpack.update_nodes(vec![node("n", "a", 0)]).unwrap();
-        assert_eq!(binpack.filter(&pod("p", 100), &[0]).unwrap().len(), 1);
+        assert_eq!(binpack.filter(&pod("p", 100), &[0]).unwrap().feasible, [0]);
     }
     // A damaged entry is dropped and the component compiled again.
     std::fs::write(&cached, b"not compiled code").unwrap();

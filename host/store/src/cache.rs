@@ -1,7 +1,8 @@
 //! The object cache: every live object in memory, updated by the writer
 //! after each commit and before the writes are acknowledged, so reads
 //! (`get`, `list`) never touch the database and still see every
-//! acknowledged write. Used when this process is the only writer (SQLite);
+//! acknowledged write; the writer checks a write's expected revision against
+//! it too. Used when this process is the only writer (SQLite);
 //! with PostgreSQL, other supervisors may write, so reads go to the database.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,11 @@ impl ObjectCache {
 
     pub(crate) fn get(&self, key: &Key) -> Option<Value> {
         self.state.read().expect("cache lock").objects.get(key).map(|v| (**v).clone())
+    }
+
+    /// The object under `key`, shared with the cache.
+    pub(crate) fn get_shared(&self, key: &Key) -> Option<Arc<Value>> {
+        self.state.read().expect("cache lock").objects.get(key).cloned()
     }
 
     /// Objects of `resource` (in `namespace`, or all), in (namespace, name) order.

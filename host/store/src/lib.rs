@@ -9,13 +9,15 @@
 //!
 //! Backends: SQLite (WAL, the embedded default) and PostgreSQL, through
 //! sqlx with the same SQL and versioned migrations per backend
-//! ([`sql::SqlBackend`]). On SQLite, where this process is the only
-//! writer, reads are served from an in-memory copy kept exact by the
-//! writer ([`cache::ObjectCache`]). The store knows nothing of kinds: a key
+//! ([`sql::SqlBackend`]); a batch's ops and its change-log rows are applied
+//! by [`batch::Batch`]. On SQLite, where this process is the only writer,
+//! reads — the writer's own checks included — are served from an in-memory
+//! copy kept exact by the writer ([`cache::ObjectCache`]). The store knows nothing of kinds: a key
 //! is (resource, namespace, name), with the resource an opaque string.
 //! Beside the objects it keeps content-addressed blobs (plug-in components),
 //! which are not revisioned or watched.
 
+mod batch;
 mod cache;
 mod sql;
 mod watch;

@@ -10,6 +10,8 @@ use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor, Row};
 
+use crate::batch::Batch;
+use crate::cache::ObjectCache;
 use crate::{Change, ChangeType, Key, Listing, StoreError, StoreOptions, WriteOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +71,14 @@ impl SqlBackend {
     }
 
     /// Applies `ops` in one transaction. The outer error fails the whole
-    /// batch (nothing committed); inner errors fail one op only.
-    pub(crate) async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<Result<Vec<Change>, StoreError>>, StoreError> {
+    /// batch (nothing committed); inner errors fail one op only. With
+    /// `cache` (this process the only writer, the cache exact as of the
+    /// last commit), objects are read from it instead of the database.
+    pub(crate) async fn apply(
+        &self,
+        ops: Vec<WriteOp>,
+        cache: Option<&ObjectCache>,
+    ) -> Result<Vec<Result<Vec<Change>, StoreError>>, StoreError> {
         let mut conn = self.writer.acquire().await?;
         let mut tx = conn.begin().await?;
         let lock = match self.dialect {
@@ -79,14 +87,16 @@ impl SqlBackend {
             Dialect::Postgres => "SELECT revision FROM kapsel_meta WHERE id = 1 FOR UPDATE",
         };
         let mut revision: i64 = sqlx::query(lock).fetch_one(&mut *tx).await?.try_get(0)?;
+        let mut batch = Batch::new(&mut tx, cache, self.dialect == Dialect::Postgres);
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            let result = apply_one(&mut tx, op, revision).await?;
+            let result = batch.apply(op, revision).await?;
             if let Ok(changes) = &result {
                 revision += changes.len() as i64;
             }
             results.push(result);
         }
+        batch.log_changes().await?;
         sqlx::query("UPDATE kapsel_meta SET revision = $1 WHERE id = 1").bind(revision).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(results)
@@ -225,17 +235,17 @@ impl SqlBackend {
     }
 }
 
-fn parse(data: &str) -> Result<Value, StoreError> {
+pub(crate) fn parse(data: &str) -> Result<Value, StoreError> {
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("stored object is not JSON: {e}")))
 }
 
 /// The revision `metadata.resourceVersion` of a stored object says (0 if none).
-fn stored_revision(object: &Value) -> i64 {
+pub(crate) fn stored_revision(object: &Value) -> i64 {
     object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Sets `metadata.resourceVersion` to `revision`.
-fn stamp(object: &mut Value, revision: i64) {
+pub(crate) fn stamp(object: &mut Value, revision: i64) {
     if let Some(meta) = object.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Default::default())))
         && let Some(meta) = meta.as_object_mut()
     {
@@ -243,183 +253,4 @@ fn stamp(object: &mut Value, revision: i64) {
     }
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
-
-/// Applies one op at `revision + 1…`; an `Err` inside is this op's failure
-/// (the transaction goes on), an `Err` outside fails the batch. Ops never
-/// make a statement fail, so one transaction can carry many of them on
-/// both databases (a failed statement would abort a PostgreSQL transaction);
-/// an atomic op undoes its own part with a savepoint.
-async fn apply_one(tx: &mut Tx<'_>, op: WriteOp, revision: i64) -> Result<Result<Vec<Change>, StoreError>, StoreError> {
-    let next = revision + 1;
-    match op {
-        WriteOp::Atomic(ops) => {
-            sqlx::query("SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
-            let mut changes = Vec::new();
-            for (index, op) in ops.into_iter().enumerate() {
-                match Box::pin(apply_one(tx, op, revision + changes.len() as i64)).await? {
-                    Ok(applied) => changes.extend(applied),
-                    Err(error) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
-                        sqlx::query("RELEASE SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
-                        return Ok(Err(StoreError::AtomicOpFailed { index, error: Box::new(error) }));
-                    }
-                }
-            }
-            sqlx::query("RELEASE SAVEPOINT kapsel_atomic").execute(&mut **tx).await?;
-            Ok(Ok(changes))
-        }
-        WriteOp::Create { key, mut object } => {
-            stamp(&mut object, next);
-            let data = object.to_string();
-            let inserted = sqlx::query(
-                "INSERT INTO objects (resource, namespace, name, revision, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(&key.resource)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .bind(next)
-            .bind(&data)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                return Ok(Err(StoreError::AlreadyExists));
-            }
-            Ok(Ok(vec![record(tx, Record { revision: next, change_type: ChangeType::Added, key, object, data, previous: None }).await?]))
-        }
-        WriteOp::Adjust { key, adjust } => {
-            let stored = match current(tx, &key, None).await? {
-                Ok(stored) => stored,
-                Err(error) => return Ok(Err(error)),
-            };
-            let mut object = match (adjust.0)(&stored) {
-                Ok(object) => object,
-                Err(reason) => return Ok(Err(StoreError::Refused(reason))),
-            };
-            // The revision is not part of the comparison: the stored one carries it.
-            stamp(&mut object, stored_revision(&stored));
-            if object == stored {
-                return Ok(Ok(Vec::new()));
-            }
-            Box::pin(apply_one(tx, WriteOp::Update { key, object, expected_revision: None }, revision)).await
-        }
-        WriteOp::Update { key, mut object, expected_revision } => {
-            let previous = match current_with_text(tx, &key, expected_revision).await? {
-                Ok(previous) => previous,
-                Err(error) => return Ok(Err(error)),
-            };
-            stamp(&mut object, next);
-            let data = object.to_string();
-            sqlx::query("UPDATE objects SET revision = $1, data = $2 WHERE resource = $3 AND namespace = $4 AND name = $5")
-                .bind(next)
-                .bind(&data)
-                .bind(&key.resource)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .execute(&mut **tx)
-                .await?;
-            let change = Record { revision: next, change_type: ChangeType::Modified, key, object, data, previous: Some(previous) };
-            Ok(Ok(vec![record(tx, change).await?]))
-        }
-        WriteOp::Delete { key, expected_revision } => {
-            let object = match current(tx, &key, expected_revision).await? {
-                Ok(object) => object,
-                Err(error) => return Ok(Err(error)),
-            };
-            delete_row(tx, &key).await?;
-            Ok(Ok(vec![record_deletion(tx, next, key, object).await?]))
-        }
-        WriteOp::DeleteNamespace { key, expected_revision } => {
-            let namespace = match current(tx, &key, expected_revision).await? {
-                Ok(object) => object,
-                Err(error) => return Ok(Err(error)),
-            };
-            delete_row(tx, &key).await?;
-            let mut changes = vec![record_deletion(tx, next, key.clone(), namespace).await?];
-            let contents = sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING resource, name, data")
-                .bind(&key.name)
-                .fetch_all(&mut **tx)
-                .await?;
-            for row in contents {
-                let inner = Key::new(row.try_get::<String, _>(0)?, key.name.clone(), row.try_get::<String, _>(1)?);
-                let object = parse(&row.try_get::<String, _>(2)?)?;
-                changes.push(record_deletion(tx, next + changes.len() as i64, inner, object).await?);
-            }
-            Ok(Ok(changes))
-        }
-    }
-}
-
-/// The stored object under `key`, if it exists and (when `expected` is
-/// given) is still at that revision; otherwise why not.
-async fn current(tx: &mut Tx<'_>, key: &Key, expected: Option<i64>) -> Result<Result<Value, StoreError>, StoreError> {
-    Ok(current_with_text(tx, key, expected).await?.map(|(object, _)| object))
-}
-
-/// As [`current`], with the stored JSON text too (a modification logs it as `previous` as it is).
-async fn current_with_text(tx: &mut Tx<'_>, key: &Key, expected: Option<i64>) -> Result<Result<(Value, String), StoreError>, StoreError> {
-    let row = sqlx::query("SELECT revision, data FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
-        .bind(&key.resource)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(row) = row else {
-        return Ok(Err(StoreError::NotFound));
-    };
-    let stored: i64 = row.try_get(0)?;
-    if expected.is_some_and(|e| e != stored) {
-        return Ok(Err(StoreError::Conflict { current: stored }));
-    }
-    let text: String = row.try_get(1)?;
-    Ok(Ok((parse(&text)?, text)))
-}
-
-async fn delete_row(tx: &mut Tx<'_>, key: &Key) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
-        .bind(&key.resource)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn record_deletion(tx: &mut Tx<'_>, revision: i64, key: Key, mut object: Value) -> Result<Change, StoreError> {
-    stamp(&mut object, revision);
-    let data = object.to_string();
-    record(tx, Record { revision, change_type: ChangeType::Deleted, key, object, data, previous: None }).await
-}
-
-/// A change about to be logged.
-struct Record {
-    revision: i64,
-    change_type: ChangeType,
-    key: Key,
-    object: Value,
-    data: String,
-    /// The object before a modification, and its stored text.
-    previous: Option<(Value, String)>,
-}
-
-async fn record(tx: &mut Tx<'_>, record: Record) -> Result<Change, StoreError> {
-    let (previous, previous_text) = record.previous.unzip();
-    sqlx::query("INSERT INTO changes (revision, type, resource, namespace, name, data, previous) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .bind(record.revision)
-        .bind(record.change_type.as_str())
-        .bind(&record.key.resource)
-        .bind(&record.key.namespace)
-        .bind(&record.key.name)
-        .bind(&record.data)
-        .bind(previous_text)
-        .execute(&mut **tx)
-        .await?;
-    Ok(Change {
-        revision: record.revision,
-        change_type: record.change_type,
-        key: record.key,
-        object: Arc::new(record.object),
-        previous: previous.map(Arc::new),
-    })
-}
+pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;

@@ -83,7 +83,8 @@ async fn run(
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(resource = %filter.resource, missed, "a watch fell behind the live changes; catching up from the log");
                     if catch_up(&backend, &filter, &mut last_sent, &sender).await.is_err() {
                         return;
                     }

@@ -47,7 +47,7 @@ pub(crate) fn spawn(
         let mut batch = Vec::with_capacity(max_batch);
         while requests.recv_many(&mut batch, max_batch).await > 0 {
             let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
-            match backend.apply(ops).await {
+            match backend.apply(ops, cache.as_deref()).await {
                 Ok(results) => {
                     // The cache first, so whoever hears of a write can read it back.
                     if let Some(cache) = &cache {

@@ -24,6 +24,20 @@ fn resources(r: types::Resources) -> logic::Resources {
     logic::Resources { cpu_millicores: r.cpu_millicores, memory_bytes: r.memory_bytes, storage_bytes: r.storage_bytes }
 }
 
+/// The verdicts of [`logic`] as the world returns them: the feasible
+/// indices, then the rejected ones with their reasons.
+fn filter_result(verdicts: Vec<logic::Verdict>) -> FilterResult {
+    let mut result = FilterResult { feasible: Vec::with_capacity(verdicts.len()), rejected: Vec::new() };
+    for verdict in verdicts {
+        if verdict.feasible {
+            result.feasible.push(verdict.index);
+        } else {
+            result.rejected.push(types::NodeRejection { index: verdict.index, reason: verdict.reason });
+        }
+    }
+    result
+}
+
 #[derive(Debug)]
 struct Binpack;
 
@@ -44,13 +58,9 @@ impl Guest for Binpack {
         STATE.with_borrow_mut(|s| s.update_nodes(nodes));
     }
 
-    fn filter(pod: PodSummary, candidates: Vec<u32>) -> Vec<FilterVerdict> {
+    fn filter(pod: PodSummary, candidates: Vec<u32>) -> FilterResult {
         let requests = resources(pod.requests);
-        STATE
-            .with_borrow(|s| s.filter(&requests, &candidates))
-            .into_iter()
-            .map(|v| FilterVerdict { index: v.index, feasible: v.feasible, reason: v.reason })
-            .collect()
+        filter_result(STATE.with_borrow(|s| s.filter(&requests, &candidates)))
     }
 
     fn score(pod: PodSummary, feasible: Vec<u32>) -> Vec<(u32, u8)> {

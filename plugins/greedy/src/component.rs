@@ -19,8 +19,8 @@ impl Guest for Greedy {
 
     fn update_nodes(_nodes: Vec<NodeSummary>) {}
 
-    fn filter(_pod: PodSummary, candidates: Vec<u32>) -> Vec<FilterVerdict> {
-        candidates.into_iter().map(|index| FilterVerdict { index, feasible: true, reason: String::new() }).collect()
+    fn filter(_pod: PodSummary, candidates: Vec<u32>) -> FilterResult {
+        FilterResult { feasible: candidates, rejected: Vec::new() }
     }
 
     fn score(_pod: PodSummary, feasible: Vec<u32>) -> Vec<(u32, u8)> {

@@ -39,6 +39,20 @@ fn node(n: NodeSummary) -> logic::Node {
     }
 }
 
+/// The verdicts of [`logic`] as the world returns them: the feasible
+/// indices, then the rejected ones with their reasons.
+fn filter_result(verdicts: Vec<logic::Verdict>) -> FilterResult {
+    let mut result = FilterResult { feasible: Vec::with_capacity(verdicts.len()), rejected: Vec::new() };
+    for verdict in verdicts {
+        if verdict.feasible {
+            result.feasible.push(verdict.index);
+        } else {
+            result.rejected.push(types::NodeRejection { index: verdict.index, reason: verdict.reason });
+        }
+    }
+    result
+}
+
 #[derive(Debug)]
 struct Spread;
 
@@ -57,13 +71,9 @@ impl Guest for Spread {
         });
     }
 
-    fn filter(pod_summary: PodSummary, candidates: Vec<u32>) -> Vec<FilterVerdict> {
+    fn filter(pod_summary: PodSummary, candidates: Vec<u32>) -> FilterResult {
         let pod = pod(pod_summary);
-        STATE
-            .with_borrow_mut(|s| s.filter(&pod, &candidates))
-            .into_iter()
-            .map(|v| FilterVerdict { index: v.index, feasible: v.feasible, reason: v.reason })
-            .collect()
+        filter_result(STATE.with_borrow_mut(|s| s.filter(&pod, &candidates)))
     }
 
     fn score(pod_summary: PodSummary, feasible: Vec<u32>) -> Vec<(u32, u8)> {

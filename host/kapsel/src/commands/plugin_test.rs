@@ -422,10 +422,10 @@ fn scheduler_call(extension: &mut SchedulerExtension, snapshot: &mut Vec<String>
             Ok(match step.call.as_str() {
                 "filter" => {
                     let candidates = indices(snapshot, candidates.as_deref())?;
-                    extension.filter(&summary, &candidates).map_err(failed).map(|verdicts| {
-                        let feasible: Vec<String> = verdicts.iter().filter(|v| v.feasible).map(|v| name_of(snapshot, v.index)).collect();
+                    extension.filter(&summary, &candidates).map_err(failed).map(|filtered| {
+                        let feasible: Vec<String> = filtered.feasible.iter().map(|&index| name_of(snapshot, index)).collect();
                         let rejected: serde_json::Map<String, Value> =
-                            verdicts.iter().filter(|v| !v.feasible).map(|v| (name_of(snapshot, v.index), json!(v.reason))).collect();
+                            filtered.rejected.iter().map(|r| (name_of(snapshot, r.index), json!(r.reason))).collect();
                         json!({"feasible": feasible, "rejected": rejected})
                     })
                 }

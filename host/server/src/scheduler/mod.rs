@@ -50,7 +50,7 @@ use kapsel_api::kinds::pod::POD;
 use kapsel_api::object;
 use kapsel_plugins::scheduler::{NodeSummary, PodRef, PodSummary, Resources};
 use kapsel_plugins::{Hosted, PluginError, World};
-use kapsel_store::{Change, ChangeType, Key, Store, StoreError, WriteOp};
+use kapsel_store::{Change, ChangeType, Key, Store, StoreError, WatchStream, WriteOp};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -161,28 +161,32 @@ enum Decision {
 async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOptions, stats: &Arc<SchedulerStats>) -> anyhow::Result<()> {
     let nodes = store.list(&NODE.store_key(), None).await?;
     let pods = store.list(&POD.store_key(), None).await?;
-    let mut node_changes = store.watch(&NODE.store_key(), None, nodes.revision).await?;
-    let mut pod_changes = store.watch(&POD.store_key(), None, pods.revision).await?;
+    let mut watches = Watches {
+        nodes: store.watch(&NODE.store_key(), None, nodes.revision).await?,
+        pods: store.watch(&POD.store_key(), None, pods.revision).await?,
+        backlog: Vec::new(),
+    };
     let mut cluster = Box::new(Cluster::new(&nodes.objects, pods.objects));
     let (outcomes, mut outcome_rx) = mpsc::unbounded_channel::<BindOutcome>();
     let in_flight = Arc::new(Semaphore::new(options.bindings_in_flight));
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if cluster.queue.active_len() == 0 {
+        if cluster.queue.active_len() == 0 && watches.backlog.is_empty() {
             tokio::select! {
-                change = node_changes.next() => cluster.on_node(&change.ok_or(StoreError::Closed)??),
-                change = pod_changes.next() => cluster.on_pod(&change.ok_or(StoreError::Closed)??),
+                change = watches.nodes.next() => watches.backlog.push(Watched::Node(change)),
+                change = watches.pods.next() => watches.backlog.push(Watched::Pod(change)),
                 Some(outcome) = outcome_rx.recv() => cluster.on_outcome(outcome, stats),
                 _ = retry.tick() => cluster.queue.retry_expired(Instant::now()),
             }
         }
         // Take in everything that is there already before deciding.
-        while let Some(change) = node_changes.next().now_or_never() {
-            cluster.on_node(&change.ok_or(StoreError::Closed)??);
-        }
-        while let Some(change) = pod_changes.next().now_or_never() {
-            cluster.on_pod(&change.ok_or(StoreError::Closed)??);
+        watches.take_ready();
+        for watched in watches.backlog.drain(..) {
+            match watched {
+                Watched::Node(change) => cluster.on_node(&change.ok_or(StoreError::Closed)??),
+                Watched::Pod(change) => cluster.on_pod(&change.ok_or(StoreError::Closed)??),
+            }
         }
         while let Ok(outcome) = outcome_rx.try_recv() {
             cluster.on_outcome(outcome, stats);
@@ -203,20 +207,19 @@ async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOp
         let registry = plugins.clone();
         let batch = options.batch;
         let deciding = stats.clone();
-        let (returned, decisions) = tokio::task::spawn_blocking(move || {
+        let cycle = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let decisions = cluster.cycle(&registry, batch);
             deciding.deciding_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             deciding.decisions.fetch_add(decisions.len() as u64, Ordering::Relaxed);
             (cluster, decisions)
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("a scheduling cycle stopped: {e}"))?;
+        });
+        let (returned, decisions) = watches.during(cycle).await.map_err(|e| anyhow::anyhow!("a scheduling cycle stopped: {e}"))?;
         cluster = returned;
         for decision in decisions {
             match decision {
                 Decision::Bind { pod, node } => {
-                    let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
+                    let permit = watches.during(in_flight.clone().acquire_owned()).await.expect("the semaphore is never closed");
                     let (store, outcomes) = (store.clone(), outcomes.clone());
                     tokio::spawn(async move {
                         let outcome = bind(&store, pod, node).await;
@@ -227,6 +230,63 @@ async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOp
                 Decision::Wait { pod, reason, message } => {
                     stats.unschedulable.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(report_unschedulable(store.clone(), pod, reason, message));
+                }
+            }
+        }
+    }
+}
+
+/// The scheduler's watches of nodes and pods, and what they brought that
+/// the cluster has not taken in yet.
+struct Watches {
+    nodes: WatchStream,
+    pods: WatchStream,
+    /// Changes in the order they came (`None`: the watch ended).
+    backlog: Vec<Watched>,
+}
+
+enum Watched {
+    Node(Option<Result<Change, StoreError>>),
+    Pod(Option<Result<Change, StoreError>>),
+}
+
+impl Watches {
+    /// Moves what the watches hold already to the backlog.
+    fn take_ready(&mut self) {
+        while let Some(change) = self.nodes.next().now_or_never() {
+            let ended = change.is_none();
+            self.backlog.push(Watched::Node(change));
+            if ended {
+                break;
+            }
+        }
+        while let Some(change) = self.pods.next().now_or_never() {
+            let ended = change.is_none();
+            self.backlog.push(Watched::Pod(change));
+            if ended {
+                break;
+            }
+        }
+    }
+
+    /// Waits for `future` while keeping up with the watches: a cycle or a
+    /// wait for a binding slot that left them alone would let the store's
+    /// live changes run past them, and catching up from the change log
+    /// costs far more than taking the changes as they come.
+    async fn during<F: Future>(&mut self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut open = (true, true);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut future => return output,
+                change = self.nodes.next(), if open.0 => {
+                    open.0 = change.is_some();
+                    self.backlog.push(Watched::Node(change));
+                }
+                change = self.pods.next(), if open.1 => {
+                    open.1 = change.is_some();
+                    self.backlog.push(Watched::Pod(change));
                 }
             }
         }
@@ -524,28 +584,30 @@ impl Cluster {
                 let candidates = chunk.clone();
                 let asked = &summary;
                 let operation = format!("filtering nodes for pod {}/{}", key.0, key.1);
-                let verdicts = match registry.invoke_blocking(extension, operation, |hosted| match hosted {
+                let filtered = match registry.invoke_blocking(extension, operation, |hosted| match hosted {
                     Hosted::Scheduler(scheduler) => scheduler.filter(asked, &candidates),
                     _ => Err(not_a_scheduler()),
                 }) {
-                    Ok(Some(verdicts)) => verdicts,
+                    Ok(Some(filtered)) => filtered,
                     Ok(None) => continue,
                     Err(failure) => return Decision::Wait { pod, reason: "SchedulerError", message: failure.to_string() },
                 };
-                // Verdicts come in any order (usually the candidates'): sorted, each is found by a binary search.
-                let mut verdicts = verdicts;
-                verdicts.sort_unstable_by_key(|v| v.index);
-                chunk.retain(|index| match verdicts.binary_search_by_key(index, |v| v.index) {
-                    Ok(at) if verdicts[at].feasible => true,
-                    Ok(at) => {
-                        let reason = &verdicts[at].reason;
-                        *rejected.entry(format!("rejected by plug-in {}: {reason}", extension.name)).or_default() += 1;
-                        false
-                    }
-                    Err(_) => {
-                        *rejected.entry(format!("rejected by plug-in {}: no verdict", extension.name)).or_default() += 1;
-                        false
-                    }
+                if filtered.rejected.is_empty() && filtered.feasible == chunk {
+                    // Every candidate, as asked (the usual answer).
+                    continue;
+                }
+                // Sorted, each candidate is found by a binary search; one named in both lists is rejected.
+                let (mut accepted, mut refused) = (filtered.feasible, filtered.rejected);
+                accepted.sort_unstable();
+                refused.sort_unstable_by_key(|r| r.index);
+                chunk.retain(|index| {
+                    let reason = match refused.binary_search_by_key(index, |r| r.index) {
+                        Ok(at) => refused[at].reason.as_str(),
+                        Err(_) if accepted.binary_search(index).is_ok() => return true,
+                        Err(_) => "no verdict",
+                    };
+                    *rejected.entry(format!("rejected by plug-in {}: {reason}", extension.name)).or_default() += 1;
+                    false
                 });
             }
             feasible.extend(chunk);
