@@ -40,7 +40,7 @@ fn pod(name: &str, cpu: u64) -> PodSummary {
 /// Filter, score and bind the way the scheduler will: the best-scoring feasible node.
 fn place(extension: &mut SchedulerExtension, pod: &PodSummary, nodes: usize) -> u32 {
     let candidates: Vec<u32> = (0..nodes as u32).collect();
-    let feasible: Vec<u32> = extension.filter(pod, &candidates).unwrap().into_iter().filter(|v| v.feasible).map(|v| v.index).collect();
+    let feasible: Vec<u32> = extension.filter(pod, &candidates).unwrap().feasible;
     let scores = extension.score(pod, &feasible).unwrap();
     let (best, _) = scores.iter().copied().max_by_key(|&(index, score)| (score, std::cmp::Reverse(index))).expect("a feasible node");
     extension.pod_bound(pod, best).unwrap();

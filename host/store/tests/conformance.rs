@@ -102,7 +102,8 @@ conformance!(
     writes_survive_reopening,
     refuses_an_unknown_schema,
     atomic_writes_apply_all_or_nothing,
-    adjustments_apply_one_after_another
+    adjustments_apply_one_after_another,
+    writes_queued_together_see_each_other_and_are_all_logged
 );
 
 fn pod(name: &str) -> Value {
@@ -440,4 +441,76 @@ async fn adjustments_apply_one_after_another(url: &str) {
         .await
         .unwrap();
     assert!(unchanged.is_empty());
+}
+
+/// Writes queued at once are committed in one transaction (group commit);
+/// each sees what those before it wrote — an atomic write that failed
+/// included, as undone — and every change reaches the log, in order, with
+/// the object before a modification.
+async fn writes_queued_together_see_each_other_and_are_all_logged(url: &str) {
+    let store = Store::open(url, options()).await.unwrap();
+    let (start, _) = store.revisions().await.unwrap();
+    let counter = Key::new("counters", "dev", "c");
+    let base = store.create(counter.clone(), json!({"metadata": {"name": "c"}, "n": 0})).await.unwrap();
+    store.create(Key::new("pods", "dev", "taken"), pod("taken")).await.unwrap();
+    store.create(Key::new("namespaces", "", "gone"), json!({"metadata": {"name": "gone"}})).await.unwrap();
+    store.create(Key::new("pods", "gone", "inside"), pod("inside")).await.unwrap();
+
+    // Created, changed and deleted within one atomic write.
+    let short_lived = Key::new("pods", "dev", "short-lived");
+    let lived = WriteOp::Atomic(vec![
+        WriteOp::Create { key: short_lived.clone(), object: pod("short-lived") },
+        WriteOp::Update { key: short_lived.clone(), object: pod("short-lived"), expected_revision: None },
+        WriteOp::Delete { key: short_lived.clone(), expected_revision: None },
+    ]);
+    // Changes the counter, then fails: the counter is back at `base` for the writes after it.
+    let undone = WriteOp::Atomic(vec![
+        WriteOp::Update { key: counter.clone(), object: json!({"metadata": {"name": "c"}, "n": 99}), expected_revision: None },
+        WriteOp::Create { key: Key::new("pods", "dev", "taken"), object: pod("taken") },
+    ]);
+    let guarded = WriteOp::Update { key: counter.clone(), object: json!({"metadata": {"name": "c"}, "n": 1}), expected_revision: Some(base.revision) };
+    let after_namespace = WriteOp::Update { key: Key::new("pods", "gone", "inside"), object: pod("inside"), expected_revision: None };
+    let creates = (0..300).map(|i| {
+        let name = format!("many-{i}");
+        store.create(Key::new("pods", "dev", &name), pod(&name))
+    });
+    let (lived, undone, guarded, namespace, after_namespace, created) = tokio::join!(
+        store.write(lived),
+        store.write(undone),
+        store.write(guarded),
+        store.write(WriteOp::DeleteNamespace { key: Key::new("namespaces", "", "gone"), expected_revision: None }),
+        store.write(after_namespace),
+        futures::future::join_all(creates),
+    );
+    assert_eq!(lived.unwrap().len(), 3);
+    assert!(matches!(store.get(&short_lived).await, Err(StoreError::NotFound)));
+    assert!(matches!(undone, Err(StoreError::AtomicOpFailed { index: 1, .. })), "{undone:?}");
+    let guarded = guarded.expect("the failed atomic write left the counter at its revision");
+    assert_eq!(guarded[0].previous.as_ref().unwrap()["n"], 0);
+    assert_eq!(store.get(&counter).await.unwrap()["n"], 1);
+    assert_eq!(namespace.unwrap().len(), 2);
+    assert!(matches!(after_namespace, Err(StoreError::NotFound)), "{after_namespace:?}");
+    assert!(created.iter().all(Result::is_ok));
+
+    // The log, read back from the database by a watch from before it all, holds every change in order.
+    let mut replay = store.watch("counters", None, start).await.unwrap();
+    let mut counters = Vec::new();
+    for _ in 0..2 {
+        let change = next_change(&mut replay).await;
+        counters.push((change.change_type, change.object["n"].clone(), change.previous.map(|p| p["n"].clone())));
+    }
+    assert_eq!(counters, [(ChangeType::Added, json!(0), None), (ChangeType::Modified, json!(1), Some(json!(0)))]);
+    // taken, inside, short-lived ×3, inside's deletion with its namespace, 300 creates.
+    let mut pods = store.watch("pods", None, start).await.unwrap();
+    let mut last = start;
+    let mut kinds = HashSet::new();
+    for _ in 0..2 + 3 + 1 + 300 {
+        let change = next_change(&mut pods).await;
+        assert!(change.revision > last, "log out of order: {} after {last}", change.revision);
+        assert_eq!(rv(&change.object), change.revision, "{change:?}");
+        assert_eq!(change.previous.is_some(), change.change_type == ChangeType::Modified, "{change:?}");
+        kinds.insert(change.change_type.as_str());
+        last = change.revision;
+    }
+    assert_eq!(kinds.len(), 3);
 }
