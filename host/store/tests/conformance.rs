@@ -468,7 +468,11 @@ async fn writes_queued_together_see_each_other_and_are_all_logged(url: &str) {
         WriteOp::Update { key: counter.clone(), object: json!({"metadata": {"name": "c"}, "n": 99}), expected_revision: None },
         WriteOp::Create { key: Key::new("pods", "dev", "taken"), object: pod("taken") },
     ]);
-    let guarded = WriteOp::Update { key: counter.clone(), object: json!({"metadata": {"name": "c"}, "n": 1}), expected_revision: Some(base.revision) };
+    let guarded = WriteOp::Update {
+        key: counter.clone(),
+        object: json!({"metadata": {"name": "c"}, "n": 1}),
+        expected_revision: Some(base.revision),
+    };
     let after_namespace = WriteOp::Update { key: Key::new("pods", "gone", "inside"), object: pod("inside"), expected_revision: None };
     let creates = (0..300).map(|i| {
         let name = format!("many-{i}");
