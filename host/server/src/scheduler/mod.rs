@@ -48,7 +48,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use kapsel_api::kinds::node::NODE;
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::object;
-use kapsel_plugins::scheduler::{NodeSummary, PodRef, PodSummary, Resources};
+use kapsel_plugins::scheduler::{FilterResult, NodeSummary, PodRef, PodSummary, Resources};
 use kapsel_plugins::{Hosted, PluginError, World};
 use kapsel_store::{Change, ChangeType, Key, Store, StoreError, WatchStream, WriteOp};
 use serde_json::{Value, json};
@@ -581,34 +581,17 @@ impl Cluster {
                 if chunk.is_empty() {
                     break;
                 }
-                let candidates = chunk.clone();
-                let asked = &summary;
+                let (asked, candidates) = (&summary, &chunk);
                 let operation = format!("filtering nodes for pod {}/{}", key.0, key.1);
                 let filtered = match registry.invoke_blocking(extension, operation, |hosted| match hosted {
-                    Hosted::Scheduler(scheduler) => scheduler.filter(asked, &candidates),
+                    Hosted::Scheduler(scheduler) => scheduler.filter(asked, candidates),
                     _ => Err(not_a_scheduler()),
                 }) {
                     Ok(Some(filtered)) => filtered,
                     Ok(None) => continue,
                     Err(failure) => return Decision::Wait { pod, reason: "SchedulerError", message: failure.to_string() },
                 };
-                if filtered.rejected.is_empty() && filtered.feasible == chunk {
-                    // Every candidate, as asked (the usual answer).
-                    continue;
-                }
-                // Sorted, each candidate is found by a binary search; one named in both lists is rejected.
-                let (mut accepted, mut refused) = (filtered.feasible, filtered.rejected);
-                accepted.sort_unstable();
-                refused.sort_unstable_by_key(|r| r.index);
-                chunk.retain(|index| {
-                    let reason = match refused.binary_search_by_key(index, |r| r.index) {
-                        Ok(at) => refused[at].reason.as_str(),
-                        Err(_) if accepted.binary_search(index).is_ok() => return true,
-                        Err(_) => "no verdict",
-                    };
-                    *rejected.entry(format!("rejected by plug-in {}: {reason}", extension.name)).or_default() += 1;
-                    false
-                });
+                narrow(&mut chunk, filtered, &extension.name, &mut rejected);
             }
             feasible.extend(chunk);
         }
@@ -672,6 +655,29 @@ impl Cluster {
             totals.iter().enumerate().fold((0, 0), |(best, top), (i, &total)| if total > top { (i, total) } else { (best, top) });
         Ok(feasible[best])
     }
+}
+
+/// Keeps the `candidates` an extension's `filter` found feasible and counts
+/// the others in `rejected` under the plug-in's reason (`no verdict` for a
+/// candidate it named in neither list; one named in both is rejected).
+fn narrow(candidates: &mut Vec<u32>, filtered: FilterResult, plugin: &str, rejected: &mut BTreeMap<String, usize>) {
+    if filtered.rejected.is_empty() && filtered.feasible == *candidates {
+        // Every candidate, as asked: the usual answer.
+        return;
+    }
+    // Sorted, each candidate is found by a binary search.
+    let (mut feasible, mut refused) = (filtered.feasible, filtered.rejected);
+    feasible.sort_unstable();
+    refused.sort_unstable_by_key(|r| r.index);
+    candidates.retain(|index| {
+        let reason = match refused.binary_search_by_key(index, |r| r.index) {
+            Ok(at) => refused[at].reason.as_str(),
+            Err(_) if feasible.binary_search(index).is_ok() => return true,
+            Err(_) => "no verdict",
+        };
+        *rejected.entry(format!("rejected by plug-in {plugin}: {reason}")).or_default() += 1;
+        false
+    });
 }
 
 /// The identity of an extension instance in the registry.
@@ -869,6 +875,29 @@ mod tests {
         cluster.on_pod(&spec_change);
         assert!(!cluster.queue.is_unschedulable(&key));
         assert_eq!(cluster.queue.active_len(), 1);
+    }
+
+    #[test]
+    fn an_extensions_filter_narrows_the_candidates_and_says_why() {
+        use kapsel_plugins::scheduler::NodeRejection;
+        let reject = |index, reason: &str| NodeRejection { index, reason: reason.to_string() };
+        let mut rejected = BTreeMap::new();
+        let mut all = vec![1, 2, 3];
+        narrow(&mut all, FilterResult { feasible: vec![1, 2, 3], rejected: vec![] }, "spread", &mut rejected);
+        assert_eq!((all, rejected.len()), (vec![1, 2, 3], 0));
+
+        // Any order; a candidate in neither list has no verdict; one in both is rejected.
+        let mut candidates = vec![1, 2, 3, 4, 5];
+        let filtered = FilterResult { feasible: vec![5, 1, 4], rejected: vec![reject(4, "zone full"), reject(2, "zone full")] };
+        narrow(&mut candidates, filtered, "spread", &mut rejected);
+        assert_eq!(candidates, [1, 5]);
+        assert_eq!(
+            rejected,
+            BTreeMap::from([
+                ("rejected by plug-in spread: no verdict".to_string(), 1),
+                ("rejected by plug-in spread: zone full".to_string(), 2)
+            ])
+        );
     }
 
     #[test]
