@@ -4,8 +4,9 @@ are spread over both by the scheduler and its `spread` extension; one too
 large for both waits with the counting message; the sample workloads of
 examples/ run to their ends (hello Succeeds with its output in `kapsel logs`
 and `kubectl logs`, fail goes to CrashLoopBackOff, memhog is OOMKilled,
-worker keeps Running); and when one agent is killed its node is lost within
-10 s and its pods fail with it after the grace."""
+worker keeps Running); an agent killed and started again takes its pods
+over (restart counts go on); and when one agent is killed for good its node
+is lost within 10 s and its pods fail with it after the grace."""
 
 from __future__ import annotations
 
@@ -102,10 +103,13 @@ def sized(name: str, image: str, cpu: str, labels: dict | None = None, restart: 
                                      "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]}}
 
 
+BIG = ("--capacity", "cpu=4,memory=4Gi,pods=20", "--labels", "topology.kubernetes.io/zone=b")
+
+
 def test_pods_spread_run_to_their_ends_and_fail_with_a_lost_node(start_server):
     server = start_server("supervisor", extra_args=["--no-local-node", "--node-pod-grace", "5"])
     small = NodeAgent(server, "small", "--capacity", "cpu=2,memory=2Gi,pods=20", "--labels", "topology.kubernetes.io/zone=a")
-    big = NodeAgent(server, "big", "--capacity", "cpu=4,memory=4Gi,pods=20", "--labels", "topology.kubernetes.io/zone=b")
+    big = NodeAgent(server, "big", *BIG)
     try:
         def ready_nodes():
             nodes = get(server, "/api/v1/nodes")["items"]
@@ -176,6 +180,21 @@ def test_pods_spread_run_to_their_ends_and_fail_with_a_lost_node(start_server):
         until(f"{doomed} gone", lambda: server.api("GET", f"/api/v1/namespaces/default/pods/{doomed}").status_code == 404, timeout=10)
         assert "pod stopped and deleted" in big.log()
         placed = [p for p in placed if p["metadata"]["name"] != doomed]
+
+        # The big agent is killed and comes straight back (same name, same data dir): it takes its
+        # pods over from their status — each worker started again as restart 1, the run that went
+        # with the agent as its last state, that run's output as the previous log.
+        big.kill()
+        big._log.close()
+        big = NodeAgent(server, "big", *BIG)
+        assert on_big, placed
+        for name in on_big:
+            again = until(f"{name} runs again", lambda: (p := pod(server, name)) and
+                          (s := p["status"]["containerStatuses"][0])["restartCount"] == 1 and "running" in s["state"] and p)
+            last = again["status"]["containerStatuses"][0]["lastState"]["terminated"]
+            assert (last["exitCode"], last["reason"]) == (137, "ContainerStatusUnknown"), last
+        previous = server.kapsel("logs", on_big[0], "-p")
+        assert previous.returncode == 0 and "worker: tick" in previous.stdout, previous
 
         # One agent dies: its node is lost within 10 s (and a bit), its pods fail after the 5 s grace.
         on_small = [p["metadata"]["name"] for p in placed if p["spec"]["nodeName"] == "small"]

@@ -126,6 +126,68 @@ async fn on_failure_restarts_and_never_does_not() {
     restarting.stop(Duration::from_secs(5)).await;
 }
 
+/// A restarted node agent takes its pods over from their status: a run
+/// that was in progress went with the agent and counts as ended (as kubelet
+/// reports a container that vanished), restart counts go on, and what ended
+/// for good is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_taken_over_from_an_earlier_agent_go_on_from_their_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let images = WorkloadImages::new();
+    let was = |spec: Value, uid: &str, container_status: Value| {
+        let mut pod = pod(uid, spec);
+        pod["status"] = json!({"phase": "Running", "startTime": "2026-11-26T10:00:00Z", "containerStatuses": [container_status]});
+        pod
+    };
+    let running_before = |restarts: u32| {
+        json!({"name": "main", "restartCount": restarts, "containerID": "kapsel://before/main/2",
+               "state": {"running": {"startedAt": "2026-11-26T10:00:01Z"}}})
+    };
+
+    // Always: started again as restart 3, the vanished run as its last state.
+    let always = json!({"containers": [{"name": "main", "image": "worker:1"}]});
+    let worker = PodWorker::start(runtime.clone(), images.clone(), &was(always, "uid-again", running_before(2)));
+    let status = status_where(&worker, SOON, |s| s["containerStatuses"][0]["state"]["running"].is_object()).await;
+    let main = &status["containerStatuses"][0];
+    assert_eq!(main["restartCount"], 3, "{main:#}");
+    let last = &main["lastState"]["terminated"];
+    assert_eq!((last["exitCode"].as_i64(), last["reason"].as_str()), (Some(137), Some("ContainerStatusUnknown")), "{main:#}");
+    assert_eq!(last["startedAt"], "2026-11-26T10:00:01Z");
+    assert_eq!(main["containerID"], "kapsel://uid-again/main/3");
+    log_contains(&runtime, "uid-again", "main", "tick", SOON).await;
+    worker.stop(Duration::from_secs(5)).await;
+
+    // Never: the vanished run failed the pod; nothing runs.
+    let never = json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "worker:1"}]});
+    let gone = PodWorker::start(runtime.clone(), images.clone(), &was(never, "uid-gone", running_before(0)));
+    tokio::time::timeout(SOON, gone.wait()).await.expect("the pod ends");
+    let status = gone.status().borrow().clone();
+    assert_eq!(phase(&status), "Failed", "{status:#}");
+    let terminated = &status["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((terminated["exitCode"].as_i64(), terminated["reason"].as_str()), (Some(137), Some("ContainerStatusUnknown")));
+    assert!(!reasons(&mut gone.events()).contains(&"Started"));
+
+    // OnFailure, after a run that completed: done, not run again.
+    let completed = json!({"name": "main", "restartCount": 1, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                           "startedAt": "2026-11-26T10:00:01Z", "finishedAt": "2026-11-26T10:00:02Z"}}});
+    let on_failure = json!({"restartPolicy": "OnFailure", "containers": [{"name": "main", "image": "hello:1"}]});
+    let done = PodWorker::start(runtime.clone(), images.clone(), &was(on_failure, "uid-done", completed));
+    tokio::time::timeout(SOON, done.wait()).await.expect("the pod ends");
+    let status = done.status().borrow().clone();
+    assert_eq!(phase(&status), "Succeeded", "{status:#}");
+    assert_eq!(status["containerStatuses"][0]["restartCount"], 1);
+    assert!(!reasons(&mut done.events()).contains(&"Started"));
+
+    // In back-off when the agent went: the next run, with the last failure as its last state.
+    let backing_off = json!({"name": "main", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                             "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2026-11-26T10:00:03Z"}}});
+    let crashing = json!({"containers": [{"name": "main", "image": "fail:1"}]});
+    let looping = PodWorker::start(runtime.clone(), images, &was(crashing, "uid-looping", backing_off));
+    status_where(&looping, SOON, |s| s["containerStatuses"][0]["restartCount"].as_u64() >= Some(5)).await;
+    looping.stop(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memhog_past_its_limit_is_oom_killed() {
     let dir = tempfile::tempdir().unwrap();

@@ -310,6 +310,26 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
         stopped(&mut stop).await;
         return Outcome::Stopped;
     }
+    let mut restart_count: u32 = 0;
+    if let Some(earlier) = &spec.earlier {
+        // An earlier life of this node's agent ran it; that run is over. It
+        // counts as a run that ended: restarted as the policy says, or not.
+        let ended = earlier.ended.clone();
+        if !policy.restarts(ended.exit_code) {
+            let outcome = if ended.exit_code == 0 { Outcome::Succeeded } else { Outcome::Failed };
+            context.set(slot, |c| {
+                c.restart_count = earlier.restart_count;
+                c.container_id.clone_from(&ended.container_id);
+                c.state = ContainerState::Terminated(ended);
+            });
+            return outcome;
+        }
+        restart_count = earlier.restart_count + 1;
+        context.set(slot, |c| {
+            c.restart_count = earlier.restart_count;
+            c.last_state = Some(ended);
+        });
+    }
     let config = context.runtime.config();
     let new_backoff = || Backoff::new(config.restart_backoff_base, config.restart_backoff_cap, config.restart_backoff_reset);
     let (mut restarts, mut pulls) = (new_backoff(), new_backoff());
@@ -339,7 +359,6 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
     };
     context.set(slot, |c| c.image_id = prepared.digest().to_string());
 
-    let mut restart_count: u32 = 0;
     loop {
         let container_id = format!("kapsel://{}/{}/{restart_count}", context.spec.uid, spec.name);
         let exit = match context.run_once(spec, &prepared, restart_count, slot, &container_id, &mut stop).await {

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use kapsel_api::Quantity;
 use serde_json::Value;
 
+use super::status::Termination;
+
 /// `spec.restartPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RestartPolicy {
@@ -100,6 +102,47 @@ pub struct ContainerSpec {
     pub memory_limit_bytes: Option<u64>,
     /// Why the node cannot start this container as specified.
     pub config_error: Option<String>,
+    /// A run an earlier life of this node's agent made of this (main)
+    /// container, as the pod's status recorded it.
+    pub earlier: Option<EarlierRun>,
+}
+
+/// A container an earlier life of the node agent started (a restarted
+/// agent takes its pods over from their status): its restarts so far and
+/// how its last run ended — a run still in progress when the agent went
+/// ended with it ([`Termination::vanished`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierRun {
+    pub restart_count: u32,
+    pub ended: Termination,
+}
+
+impl EarlierRun {
+    /// From the pod's `status.containerStatuses` entry for `container`.
+    fn from_status(pod: &Value, container: &str) -> Option<EarlierRun> {
+        let status = pod
+            .pointer("/status/containerStatuses")?
+            .as_array()?
+            .iter()
+            .find(|status| status.get("name").and_then(Value::as_str) == Some(container))?;
+        let restart_count = status.get("restartCount").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let state = status.get("state")?;
+        let ended = if let Some(running) = state.get("running") {
+            let started_at = running
+                .get("startedAt")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let container_id = status.get("containerID").and_then(Value::as_str).map(str::to_string);
+            Termination::vanished(started_at, container_id)
+        } else if let Some(terminated) = state.get("terminated") {
+            Termination::from_json(terminated)?
+        } else {
+            // Waiting: after a run (back-off) or before any (creating, pulling).
+            Termination::from_json(status.pointer("/lastState/terminated")?)?
+        };
+        Some(EarlierRun { restart_count, ended })
+    }
 }
 
 impl PodSpec {
@@ -129,9 +172,12 @@ impl PodSpec {
             })?,
         };
         let init_containers = containers(spec, "initContainers")?;
-        let containers = containers(spec, "containers")?;
+        let mut containers = containers(spec, "containers")?;
         if containers.is_empty() {
             return Err(SpecError::NoContainers);
+        }
+        for container in &mut containers {
+            container.earlier = EarlierRun::from_status(pod, &container.name);
         }
         let start_time = pod
             .pointer("/status/startTime")
@@ -207,6 +253,7 @@ fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
         env,
         memory_limit_bytes,
         config_error: (!problems.is_empty()).then(|| problems.join("; ")),
+        earlier: None,
     })
 }
 

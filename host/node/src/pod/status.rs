@@ -63,6 +63,38 @@ pub struct Termination {
     pub container_id: Option<String>,
 }
 
+impl Termination {
+    /// A `terminated` state as the pod's status carries it.
+    pub fn from_json(terminated: &Value) -> Option<Termination> {
+        let at = |key: &str| {
+            terminated.get(key).and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
+        };
+        let text = |key: &str| terminated.get(key).and_then(Value::as_str).map(str::to_string);
+        Some(Termination {
+            exit_code: i32::try_from(terminated.get("exitCode")?.as_i64()?).ok()?,
+            reason: text("reason").unwrap_or_default(),
+            message: text("message").unwrap_or_default(),
+            started_at: at("startedAt"),
+            finished_at: at("finishedAt").unwrap_or_else(Utc::now),
+            container_id: text("containerID"),
+        })
+    }
+
+    /// How a run that was in progress when its node agent went away ended,
+    /// as far as the agent that comes back can tell: as kubelet reports a
+    /// container that vanished (exit code 137, `ContainerStatusUnknown`).
+    pub fn vanished(started_at: Option<DateTime<Utc>>, container_id: Option<String>) -> Termination {
+        Termination {
+            exit_code: 137,
+            reason: "ContainerStatusUnknown".into(),
+            message: "The container could not be located when the node agent came back: it stopped with the agent".into(),
+            started_at,
+            finished_at: Utc::now(),
+            container_id,
+        }
+    }
+}
+
 /// What the node knows about one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRecord {
