@@ -14,7 +14,9 @@ use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use kapsel_api::kinds::lease::{AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, LEASE, NODE_LEASE_NAMESPACE};
+use kapsel_api::kinds::lease::{
+    AGENT_CERTIFICATE_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, LEASE, NODE_LEASE_NAMESPACE,
+};
 use kapsel_api::kinds::pod::POD;
 use kapsel_store::Key;
 use serde_json::Value;
@@ -24,15 +26,19 @@ use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 
 /// The client that asks node agents (plain HTTP; no redirects).
-fn http() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .expect("a plain HTTP client builds")
-    })
+/// A client for a node agent's log endpoint: it trusts only `certificate`
+/// (the agent's, PEM, from its lease).
+pub fn agent_client(certificate: &str) -> Result<reqwest::Client, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(certificate.as_bytes()).map_err(|e| format!("its certificate is not valid: {e}"))?;
+    let certificate = reqwest::Certificate::from_pem(certificate.as_bytes()).map_err(|e| format!("its certificate is not valid: {e}"))?;
+    reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([certificate])
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("its certificate cannot be used: {e}"))
 }
 
 /// The query parameters relayed to the node.
@@ -84,14 +90,17 @@ pub async fn pod_log(
         .get(&Key::new(LEASE.store_key(), NODE_LEASE_NAMESPACE, node))
         .await
         .map_err(|_| ApiError::ServiceUnavailable(format!("the agent of node {node} has no lease: it does not serve logs")))?;
-    let (Some(endpoint), Some(secret)) = (annotation(&lease, AGENT_ENDPOINT_ANNOTATION), annotation(&lease, AGENT_SECRET_ANNOTATION))
+    let published = |key| annotation(&lease, key);
+    let (Some(endpoint), Some(secret), Some(certificate)) =
+        (published(AGENT_ENDPOINT_ANNOTATION), published(AGENT_SECRET_ANNOTATION), published(AGENT_CERTIFICATE_ANNOTATION))
     else {
         return Err(ApiError::ServiceUnavailable(format!("the agent of node {node} publishes no log endpoint")));
     };
+    let client = agent_client(certificate).map_err(|e| ApiError::ServiceUnavailable(format!("the agent of node {node}: {e}")))?;
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
     let relayed: Vec<(&str, &str)> = RELAYED.iter().filter_map(|key| Some((*key, param(key)?))).collect();
     let url = format!("{endpoint}/pods/{uid}/containers/{container}/log?{}", serde_urlencoded::to_string(&relayed).unwrap_or_default());
-    let answer = http()
+    let answer = client
         .get(&url)
         .bearer_auth(secret)
         .send()

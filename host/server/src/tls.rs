@@ -106,8 +106,31 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr, extra_names: &[String]) -> a
         .next()
         .context("the CA file holds no certificate")?
         .context("parsing the CA certificate")?;
-    let chain = vec![server_cert.der().clone(), ca_der];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let server_config = server_config(vec![server_cert.der().clone(), ca_der], &server_key)?;
+    Ok(Certificates { ca_pem, server_config })
+}
+
+/// A self-signed server certificate for `names` (IP addresses or DNS
+/// names), valid for a year, made at each start and kept in memory only:
+/// its PEM, to be trusted by exactly the one client that needs it, and the
+/// server configuration presenting it. A node agent's log endpoint uses
+/// one; the supervisor learns it from the agent's lease.
+pub fn self_signed(common_name: &str, names: Vec<String>) -> anyhow::Result<(String, Arc<rustls::ServerConfig>)> {
+    let mut params = CertificateParams::new(names).context("certificate names")?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time_now();
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + Duration::from_secs(365 * 24 * 3600);
+    let key = KeyPair::generate().context("generating the key")?;
+    let cert = params.self_signed(&key).context("signing the certificate")?;
+    Ok((cert.pem(), server_config(vec![cert.der().clone()], &key)?))
+}
+
+/// rustls (ring) serving `chain` with `key`, HTTP/1.1.
+fn server_config(chain: Vec<CertificateDer<'static>>, key: &KeyPair) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -116,7 +139,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr, extra_names: &[String]) -> a
         .with_single_cert(chain, key)
         .context("the server certificate")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Certificates { ca_pem, server_config: Arc::new(config) })
+    Ok(Arc::new(config))
 }
 
 fn time_now() -> time::OffsetDateTime {

@@ -168,3 +168,25 @@ async fn a_running_pod_is_deleted_gracefully_by_its_node() {
     gone.ok(200);
     api.get(&pod_path("dev", "unbound")).await.failure(404, "NotFound");
 }
+
+/// The supervisor reaches a node agent's log endpoint over TLS and trusts
+/// only the certificate that agent published in its lease: another
+/// certificate for the same address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_log_endpoint_is_trusted_by_its_own_certificate_only() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let names = || vec!["127.0.0.1".to_string()];
+    let (certificate, config) = kapsel_server::tls::self_signed("kapsel-node test", names()).unwrap();
+    let (impostor, _) = kapsel_server::tls::self_signed("kapsel-node test", names()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/ping", listener.local_addr().unwrap());
+    let listener = kapsel_server::tls::TlsListener::new(listener, config).unwrap();
+    let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let trusted = kapsel_server::logs::agent_client(&certificate).unwrap();
+    assert_eq!(trusted.get(&url).send().await.unwrap().text().await.unwrap(), "pong");
+    let refused = kapsel_server::logs::agent_client(&impostor).unwrap().get(&url).send().await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(kapsel_server::logs::agent_client("not a certificate").is_err());
+}

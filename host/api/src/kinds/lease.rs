@@ -12,8 +12,12 @@ use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
 /// The annotation of a node's lease naming where its agent serves
-/// container logs (`http://ip:port`), for the supervisor to relay them.
+/// container logs (`https://ip:port`), for the supervisor to relay them.
 pub const AGENT_ENDPOINT_ANNOTATION: &str = "kapsel.io/agent-endpoint";
+/// The annotation of a node's lease holding the certificate (PEM) its
+/// agent's log endpoint presents: self-signed at each start for the
+/// advertised address, the one certificate the supervisor trusts there.
+pub const AGENT_CERTIFICATE_ANNOTATION: &str = "kapsel.io/agent-certificate";
 /// The annotation of a node's lease holding the secret its agent's log
 /// endpoint asks for (leases are readable by IT admins and their own node only).
 pub const AGENT_SECRET_ANNOTATION: &str = "kapsel.io/agent-secret";

@@ -19,16 +19,18 @@
 //! the pod's status is sent back as a merge patch of `pods/{name}/status`
 //! (the scheduler's `PodScheduled` condition kept). A pod deleted, or one the
 //! supervisor marked `Failed` (its node was lost), is stopped. A restarted
-//! agent runs again the pods bound to it that have not ended.
+//! agent takes over the pods bound to it that have not ended, from their
+//! status (see `kapsel_node::pod`).
 //!
-//! Logs: the agent serves its containers' logs over HTTP on `--listen`
+//! Logs: the agent serves its containers' logs over HTTPS on `--listen`
 //! (`GET /pods/{uid}/containers/{name}/log?tailLines&previous&follow&timestamps`),
-//! to whoever presents the secret it draws at start. It publishes that
-//! endpoint and secret as annotations of its lease
-//! (`kapsel.io/agent-endpoint`, `kapsel.io/agent-secret`), which only IT admins and the node itself may
-//! read; the supervisor's `GET …/pods/{name}/log` reads them and relays the
-//! log (plain HTTP: bind the agent to an address only the supervisor
-//! reaches; TLS between them is not built yet).
+//! with a certificate it makes at start for its advertised address, to
+//! whoever presents the secret it draws at start. It publishes the
+//! endpoint, the certificate and the secret as annotations of its lease
+//! (`kapsel.io/agent-endpoint`, `kapsel.io/agent-certificate`,
+//! `kapsel.io/agent-secret`), which only IT admins and the node itself may
+//! read; the supervisor's `GET …/pods/{name}/log` reads them, trusts that
+//! one certificate, and relays the log.
 //!
 //! Deleting a pod that runs here is graceful: the supervisor marks it
 //! (`deletionTimestamp`), the agent stops it within its grace period and
@@ -43,7 +45,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kapsel_api::Quantity;
-use kapsel_api::kinds::lease::{AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, NODE_LEASE_NAMESPACE};
+use kapsel_api::kinds::lease::{AGENT_CERTIFICATE_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, NODE_LEASE_NAMESPACE};
 use kapsel_node::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
@@ -204,10 +206,11 @@ fn now_micros() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Where the agent serves logs, and the secret it asks for.
+/// Where the agent serves logs, the certificate it presents there and the secret it asks for.
 #[derive(Debug, Clone)]
 struct LogEndpoint {
     address: std::net::SocketAddr,
+    certificate: String,
     secret: String,
 }
 
@@ -265,7 +268,11 @@ async fn renew(client: &Client, config: &AgentConfig, holder: &str, endpoint: &L
     let path = format!("{collection}/{}", config.name);
     let duration = (config.lease_interval.as_secs() * 5).max(10);
     let spec = json!({"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": now_micros()});
-    let annotations = json!({AGENT_ENDPOINT_ANNOTATION: format!("http://{}", endpoint.address), AGENT_SECRET_ANNOTATION: endpoint.secret});
+    let annotations = json!({
+        AGENT_ENDPOINT_ANNOTATION: format!("https://{}", endpoint.address),
+        AGENT_CERTIFICATE_ANNOTATION: endpoint.certificate,
+        AGENT_SECRET_ANNOTATION: endpoint.secret,
+    });
     if let Some(mut lease) = last {
         lease["spec"] = spec.clone();
         lease["metadata"]["annotations"] = annotations.clone();
@@ -315,7 +322,10 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         None if !bound.ip().is_unspecified() => bound.ip(),
         None => route_to(client.base()).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
     };
-    let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), secret: new_secret() };
+    let (certificate, tls) = kapsel_server::tls::self_signed(&format!("kapsel-node {}", config.name), vec![ip.to_string()])
+        .context("making the log endpoint's certificate")?;
+    let listener = kapsel_server::tls::TlsListener::new(listener, tls)?;
+    let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), certificate, secret: new_secret() };
     tokio::spawn(logs::serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
     let holder = format!("{}/{}", config.name, agent_id(&config.data_dir)?);
     // The node is this agent's once it holds the node's lease.

@@ -5,6 +5,13 @@
 //! `ErrImagePull`), `activeDeadlineSeconds` enforced, and the pod's status
 //! published after every change as Kubernetes shapes it ([`status`]).
 //!
+//! A pod an earlier life of the node agent ran (its containers stop with
+//! the agent) is taken over from its status: each main container's last
+//! run counts as ended — one still in progress as `ContainerStatusUnknown`,
+//! exit 137, as kubelet reports a container that vanished — and it is
+//! restarted or not as the policy says, its restart count carried on
+//! ([`spec::EarlierRun`]).
+//!
 //! What happens along the way is also told as [`PodEvent`]s (kubelet's
 //! `Pulled`, `Failed`, `Started`, `BackOff`, `Killing`, `DeadlineExceeded`)
 //! for the agent to record as Events.
