@@ -731,14 +731,15 @@ async fn bind(store: &Store, mut pod: Arc<Value>, node: String) -> BindOutcome {
         set_scheduled_condition(&mut bound, "True", "", "");
         let message = format!("Successfully assigned {}/{} to {node}", key.0, key.1);
         let expected_revision = object::resource_version(&pod).and_then(Result::ok);
-        let written = store.write(WriteOp::Update { key: store_key.clone(), object: bound.clone(), expected_revision }).await;
-        if written.is_ok() {
-            // The event follows the binding (one write each keeps the group commit's batches plain).
-            let (event_key, event) = events::first_event(&bound, EventType::Normal, "Scheduled", &message);
-            if let Err(StoreError::AlreadyExists) = store.create(event_key, event).await {
-                // The pod's name was used before and its event is still there: count this one in it.
-                events::record(store, &bound, EventType::Normal, "Scheduled", &message).await;
-            }
+        // The event follows the binding (one write each keeps the group commit's batches plain).
+        let (event_key, event) = events::first_event(&bound, EventType::Normal, "Scheduled", &message);
+        let written = store.write(WriteOp::Update { key: store_key.clone(), object: bound, expected_revision }).await;
+        if let Ok(changes) = &written
+            && let Some(bound) = changes.first()
+            && let Err(StoreError::AlreadyExists) = store.create(event_key, event).await
+        {
+            // The pod's name was used before and its event is still there: count this one in it.
+            events::record(store, &bound.object, EventType::Normal, "Scheduled", &message).await;
         }
         match written {
             Ok(_) => return BindOutcome::Bound,
