@@ -6,9 +6,10 @@
 //! `container` (needed when the pod has several), `follow`, `tailLines`,
 //! `previous`, `timestamps`. The supervisor finds the node's agent through
 //! the annotations of its lease (`kapsel.io/agent-endpoint`,
-//! `kapsel.io/agent-secret`, written by the agent), asks it with the secret,
-//! and streams its answer back as `text/plain`; a followed log ends when
-//! the container's run ends.
+//! `kapsel.io/agent-certificate`, `kapsel.io/agent-secret`, written by the
+//! agent), asks it over HTTPS — trusting only that certificate — with the
+//! secret, and streams its answer back as `text/plain`; a followed log ends
+//! when the container's run ends.
 
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
@@ -25,9 +26,8 @@ use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 
-/// The client that asks node agents (plain HTTP; no redirects).
 /// A client for a node agent's log endpoint: it trusts only `certificate`
-/// (the agent's, PEM, from its lease).
+/// (the agent's, PEM, from its lease), and follows no redirects.
 pub fn agent_client(certificate: &str) -> Result<reqwest::Client, String> {
     use rustls::pki_types::pem::PemObject as _;
     rustls::pki_types::CertificateDer::from_pem_slice(certificate.as_bytes()).map_err(|e| format!("its certificate is not valid: {e}"))?;

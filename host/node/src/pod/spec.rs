@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use kapsel_api::Quantity;
 use serde_json::Value;
 
-use super::status::Termination;
+use super::status::{Termination, parse_time};
 
 /// `spec.restartPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,11 +128,7 @@ impl EarlierRun {
         let restart_count = status.get("restartCount").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
         let state = status.get("state")?;
         let ended = if let Some(running) = state.get("running") {
-            let started_at = running
-                .get("startedAt")
-                .and_then(Value::as_str)
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
+            let started_at = running.get("startedAt").and_then(Value::as_str).and_then(parse_time);
             let container_id = status.get("containerID").and_then(Value::as_str).map(str::to_string);
             Termination::vanished(started_at, container_id)
         } else if let Some(terminated) = state.get("terminated") {
@@ -179,11 +175,7 @@ impl PodSpec {
         for container in &mut containers {
             container.earlier = EarlierRun::from_status(pod, &container.name);
         }
-        let start_time = pod
-            .pointer("/status/startTime")
-            .and_then(Value::as_str)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc));
+        let start_time = pod.pointer("/status/startTime").and_then(Value::as_str).and_then(parse_time);
         Ok(PodSpec {
             uid: uid.to_string(),
             name: kapsel_api::object::name(pod).unwrap_or_default().to_string(),

@@ -66,9 +66,7 @@ pub struct Termination {
 impl Termination {
     /// A `terminated` state as the pod's status carries it.
     pub fn from_json(terminated: &Value) -> Option<Termination> {
-        let at = |key: &str| {
-            terminated.get(key).and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
-        };
+        let at = |key: &str| terminated.get(key).and_then(Value::as_str).and_then(parse_time);
         let text = |key: &str| terminated.get(key).and_then(Value::as_str).map(str::to_string);
         Some(Termination {
             exit_code: i32::try_from(terminated.get("exitCode")?.as_i64()?).ok()?,
@@ -172,6 +170,11 @@ fn termination_json(t: &Termination) -> Value {
         terminated["containerID"] = json!(id);
     }
     terminated
+}
+
+/// A time of a status (RFC 3339).
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Kubernetes' time format in status: RFC 3339, whole seconds, `Z`.
