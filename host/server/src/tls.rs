@@ -92,13 +92,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr, extra_names: &[String]) -> a
     names.extend(extra_names.iter().cloned());
     names.sort();
     names.dedup();
-    let mut params = CertificateParams::new(names).context("server certificate names")?;
-    params.distinguished_name.push(DnType::CommonName, "kapsel-apiserver");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let now = time_now();
-    params.not_before = now - Duration::from_secs(3600);
-    params.not_after = now + Duration::from_secs(365 * 24 * 3600);
+    let params = server_params("kapsel-apiserver", names)?;
     let server_key = KeyPair::generate().context("generating the server key")?;
     let server_cert = params.signed_by(&server_key, &issuer).context("signing the server certificate")?;
 
@@ -116,16 +110,23 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr, extra_names: &[String]) -> a
 /// server configuration presenting it. A node agent's log endpoint uses
 /// one; the supervisor learns it from the agent's lease.
 pub fn self_signed(common_name: &str, names: Vec<String>) -> anyhow::Result<(String, Arc<rustls::ServerConfig>)> {
-    let mut params = CertificateParams::new(names).context("certificate names")?;
+    let params = server_params(common_name, names)?;
+    let key = KeyPair::generate().context("generating the key")?;
+    let cert = params.self_signed(&key).context("signing the certificate")?;
+    Ok((cert.pem(), server_config(vec![cert.der().clone()], &key)?))
+}
+
+/// A server certificate's parameters: `names` (IP addresses or DNS names),
+/// server authentication only, valid from an hour ago for a year.
+fn server_params(common_name: &str, names: Vec<String>) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(names).context("server certificate names")?;
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let now = time_now();
     params.not_before = now - Duration::from_secs(3600);
     params.not_after = now + Duration::from_secs(365 * 24 * 3600);
-    let key = KeyPair::generate().context("generating the key")?;
-    let cert = params.self_signed(&key).context("signing the certificate")?;
-    Ok((cert.pem(), server_config(vec![cert.der().clone()], &key)?))
+    Ok(params)
 }
 
 /// rustls (ring) serving `chain` with `key`, HTTP/1.1.
