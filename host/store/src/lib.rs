@@ -197,7 +197,8 @@ pub struct Store {
     backend: Arc<sql::SqlBackend>,
     cache: Option<Arc<cache::ObjectCache>>,
     writer: writer::WriterHandle,
-    changes: broadcast::Sender<Change>,
+    /// Committed changes, shared by every watcher (each takes what it watches).
+    changes: broadcast::Sender<Arc<Change>>,
     options: Arc<StoreOptions>,
 }
 

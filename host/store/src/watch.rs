@@ -43,7 +43,7 @@ impl Filter {
 
 pub(crate) async fn start(
     backend: Arc<SqlBackend>,
-    changes: &broadcast::Sender<Change>,
+    changes: &broadcast::Sender<Arc<Change>>,
     resource: &str,
     namespace: Option<&str>,
     after: i64,
@@ -62,7 +62,7 @@ pub(crate) async fn start(
 
 async fn run(
     backend: Arc<SqlBackend>,
-    mut live: broadcast::Receiver<Change>,
+    mut live: broadcast::Receiver<Arc<Change>>,
     filter: Filter,
     mut last_sent: i64,
     sender: mpsc::Sender<Result<Change, StoreError>>,
@@ -79,7 +79,7 @@ async fn run(
                         continue;
                     }
                     last_sent = change.revision;
-                    if sender.send(Ok(change)).await.is_err() {
+                    if sender.send(Ok(Change::clone(&change))).await.is_err() {
                         return;
                     }
                 }

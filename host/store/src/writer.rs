@@ -39,7 +39,7 @@ impl WriterHandle {
 pub(crate) fn spawn(
     backend: Arc<SqlBackend>,
     cache: Option<Arc<ObjectCache>>,
-    changes: broadcast::Sender<Change>,
+    changes: broadcast::Sender<Arc<Change>>,
     max_batch: usize,
 ) -> WriterHandle {
     let (queue, mut requests) = mpsc::channel::<Request>(max_batch * 4);
@@ -59,7 +59,7 @@ pub(crate) fn spawn(
                         if let Ok(committed) = &result {
                             for change in committed {
                                 // No receivers is fine: nobody is watching.
-                                let _ = changes.send(change.clone());
+                                let _ = changes.send(Arc::new(change.clone()));
                             }
                         }
                         let _ = reply.send(result);
