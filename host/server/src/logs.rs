@@ -30,8 +30,9 @@ use crate::error::ApiError;
 /// (the agent's, PEM, from its lease), and follows no redirects.
 pub fn agent_client(certificate: &str) -> Result<reqwest::Client, String> {
     use rustls::pki_types::pem::PemObject as _;
-    rustls::pki_types::CertificateDer::from_pem_slice(certificate.as_bytes()).map_err(|e| format!("its certificate is not valid: {e}"))?;
-    let certificate = reqwest::Certificate::from_pem(certificate.as_bytes()).map_err(|e| format!("its certificate is not valid: {e}"))?;
+    let invalid = |e: &dyn std::fmt::Display| format!("its certificate is not valid: {e}");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(certificate.as_bytes()).map_err(|e| invalid(&e))?;
+    let certificate = reqwest::Certificate::from_der(&der).map_err(|e| invalid(&e))?;
     reqwest::Client::builder()
         .tls_backend_rustls()
         .tls_certs_only([certificate])

@@ -2,7 +2,8 @@
 //!
 //! It keeps the cluster in memory — the nodes as [`Candidate`]s, with the
 //! pods bound to each counted in their `requested` — from a list of nodes
-//! and pods and then their watches. Unbound pods wait in a
+//! and pods and then their watches, read even while a cycle runs so they
+//! never fall behind the store's live changes. Unbound pods wait in a
 //! [`SchedulingQueue`] (priority, then first come, first served). A cycle
 //! takes a batch of them on a blocking thread and, for each, runs the
 //! built-in filters ([`decision`]) from a rotating start until enough
@@ -253,18 +254,14 @@ enum Watched {
 impl Watches {
     /// Moves what the watches hold already to the backlog.
     fn take_ready(&mut self) {
-        while let Some(change) = self.nodes.next().now_or_never() {
-            let ended = change.is_none();
-            self.backlog.push(Watched::Node(change));
-            if ended {
-                break;
-            }
-        }
-        while let Some(change) = self.pods.next().now_or_never() {
-            let ended = change.is_none();
-            self.backlog.push(Watched::Pod(change));
-            if ended {
-                break;
+        let Watches { nodes, pods, backlog } = self;
+        for (stream, watched) in [(nodes, Watched::Node as fn(_) -> Watched), (pods, Watched::Pod)] {
+            while let Some(change) = stream.next().now_or_never() {
+                let ended = change.is_none();
+                backlog.push(watched(change));
+                if ended {
+                    break;
+                }
             }
         }
     }
