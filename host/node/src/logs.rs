@@ -11,6 +11,14 @@
 //! ([`DEFAULT_MAX_FILE_BYTES`], configurable): past the cap it is rotated to
 //! `<n>.log.1` (one rotated file kept), so a chatty guest cannot fill the
 //! disk. Only the current and the previous run of a container are kept.
+//!
+//! All logs of the node together have a budget ([`DEFAULT_BUDGET_BYTES`],
+//! `kapsel node --log-budget`): when a run starts or a file rotates and the
+//! logs directory holds more, the files of runs that have ended go first,
+//! the least recently written first (a pod's `previous` log among them),
+//! then the rotated halves of runs still being written; the file a run is
+//! writing now is never removed, so the budget holds up to one capped file
+//! per running container.
 //! Writes never fail the guest: a log that cannot be written is reported
 //! through `tracing` and the output dropped.
 
@@ -30,6 +38,9 @@ use crate::lock;
 
 /// The default size at which a run's log file is rotated.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 10 << 20;
+
+/// The default budget of all logs on a node together (1 GiB).
+pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 30;
 
 /// Longest piece of a line stored in one record; longer lines are split
 /// into partial (`P`) records and joined again by the readers.
@@ -96,6 +107,10 @@ pub struct Logs {
 struct LogsInner {
     root: PathBuf,
     max_file_bytes: u64,
+    /// The most all logs together may hold (see the module docs).
+    budget_bytes: u64,
+    /// Held while the budget is enforced (one pass at a time; others skip theirs).
+    pruning: Mutex<()>,
     /// The runs being written now, by file path: followers wait on these.
     live: Mutex<HashMap<PathBuf, watch::Receiver<Progress>>>,
 }
@@ -112,9 +127,30 @@ struct Progress {
 }
 
 impl Logs {
-    /// The logs under `data_dir/pods`, each run's file rotated past `max_file_bytes`.
+    /// The logs under `data_dir/pods`, each run's file rotated past `max_file_bytes`, with no budget for all of them.
     pub fn new(data_dir: &Path, max_file_bytes: u64) -> Self {
-        Logs { inner: Arc::new(LogsInner { root: data_dir.join("pods"), max_file_bytes: max_file_bytes.max(1), live: Mutex::default() }) }
+        Logs::with_budget(data_dir, max_file_bytes, u64::MAX)
+    }
+
+    /// The logs under `data_dir/pods`, each run's file rotated past
+    /// `max_file_bytes`, all of them together held to `budget_bytes`.
+    pub fn with_budget(data_dir: &Path, max_file_bytes: u64, budget_bytes: u64) -> Self {
+        Logs {
+            inner: Arc::new(LogsInner {
+                root: data_dir.join("pods"),
+                max_file_bytes: max_file_bytes.max(1),
+                budget_bytes,
+                pruning: Mutex::default(),
+                live: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Holds all logs to the budget: removes the files of ended runs, least
+    /// recently written first, then rotated files of live runs, until the
+    /// total fits; returns the bytes removed. Skipped (0) while another pass runs.
+    pub fn enforce_budget(&self) -> u64 {
+        self.inner.enforce_budget()
     }
 
     /// The directory of one container's logs.
@@ -137,6 +173,7 @@ impl Logs {
         let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
         let (progress, watching) = watch::channel(Progress::default());
         lock(&self.inner.live).insert(path.clone(), watching);
+        self.inner.enforce_budget();
         Ok(LogFile {
             inner: Arc::new(Mutex::new(Writer {
                 path,
@@ -345,11 +382,11 @@ impl Writer {
             return;
         }
         let length = record.len() as u64;
-        self.progress.send_modify(|p| p.written += length);
+        self.progress.send_modify(|p| p.written = p.written.saturating_add(length));
     }
 
     fn append(&mut self, record: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + record.len() as u64 > self.max_file_bytes {
+        if self.size > 0 && self.size.saturating_add(record.len() as u64) > self.max_file_bytes {
             self.rotate()?;
         }
         let file = match &mut self.file {
@@ -357,7 +394,7 @@ impl Writer {
             None => self.file.insert(OpenOptions::new().create(true).append(true).open(&self.path)?),
         };
         file.write_all(record)?;
-        self.size += record.len() as u64;
+        self.size = self.size.saturating_add(record.len() as u64);
         Ok(())
     }
 
@@ -366,7 +403,10 @@ impl Writer {
         std::fs::rename(&self.path, rotated_path(&self.path))?;
         self.file = Some(OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)?);
         self.size = 0;
-        self.progress.send_modify(|p| p.rotations += 1);
+        self.progress.send_modify(|p| p.rotations = p.rotations.saturating_add(1));
+        if let Some(logs) = self.logs.upgrade() {
+            logs.enforce_budget();
+        }
         Ok(())
     }
 
@@ -393,6 +433,106 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+impl LogsInner {
+    fn enforce_budget(&self) -> u64 {
+        if self.budget_bytes == u64::MAX {
+            return 0;
+        }
+        let Ok(_pass) = self.pruning.try_lock() else { return 0 };
+        let live: std::collections::HashSet<PathBuf> = lock(&self.live).keys().cloned().collect();
+        let files = match log_files(&self.root) {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::warn!(dir = %self.root.display(), %error, "cannot list the node's logs to hold them to their budget");
+                return 0;
+            }
+        };
+        let mut total = files.iter().fold(0u64, |total, file| total.saturating_add(file.bytes));
+        if total <= self.budget_bytes {
+            return 0;
+        }
+        // Ended runs first, then rotated halves of live runs; within each, least recently written first.
+        // The file a live run writes now is not a candidate.
+        let mut candidates: Vec<(bool, std::time::SystemTime, &LogFileEntry)> = files
+            .iter()
+            .filter_map(|file| {
+                let run_is_live = live.contains(&file.run);
+                match (run_is_live, file.rotated) {
+                    (true, false) => None,
+                    (true, true) => Some((true, file.modified, file)),
+                    (false, _) => Some((false, file.modified, file)),
+                }
+            })
+            .collect();
+        candidates.sort_by_key(|(of_live_run, modified, _)| (*of_live_run, *modified));
+        let mut removed = 0u64;
+        for (_, _, file) in candidates {
+            if total <= self.budget_bytes {
+                break;
+            }
+            match std::fs::remove_file(&file.path) {
+                Ok(()) => {
+                    total = total.saturating_sub(file.bytes);
+                    removed = removed.saturating_add(file.bytes);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => total = total.saturating_sub(file.bytes),
+                Err(error) => tracing::warn!(file = %file.path.display(), %error, "cannot remove a log file over the node's log budget"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed_bytes = removed,
+                budget_bytes = self.budget_bytes,
+                "old container logs removed to keep the node's log budget"
+            );
+        }
+        removed
+    }
+}
+
+/// One file under the logs directory.
+#[derive(Debug)]
+struct LogFileEntry {
+    path: PathBuf,
+    /// The run's file (`<n>.log`) this file belongs to (itself, or the one it was rotated from).
+    run: PathBuf,
+    rotated: bool,
+    bytes: u64,
+    modified: std::time::SystemTime,
+}
+
+/// Every run's files under `root` (`<pod>/<container>/<n>.log[.1]`).
+fn log_files(root: &Path) -> io::Result<Vec<LogFileEntry>> {
+    let mut files = Vec::new();
+    let pods = match std::fs::read_dir(root) {
+        Ok(pods) => pods,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(e),
+    };
+    for pod in pods.flatten() {
+        let Ok(containers) = std::fs::read_dir(pod.path()) else { continue };
+        for container in containers.flatten() {
+            let Ok(entries) = std::fs::read_dir(container.path()) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                let (run, rotated) = match name.strip_suffix(".1") {
+                    Some(base) if base.ends_with(".log") => (path.with_file_name(base), true),
+                    _ if name.ends_with(".log") => (path.clone(), false),
+                    _ => continue,
+                };
+                let Ok(metadata) = entry.metadata() else { continue };
+                if !metadata.is_file() {
+                    continue;
+                }
+                let modified = metadata.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                files.push(LogFileEntry { path, run, rotated, bytes: metadata.len(), modified });
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// A guest's stdout or stderr, written into a [`LogFile`]. It is always
@@ -850,6 +990,74 @@ mod tests {
         let chunks: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(5), follow.collect()).await.expect("the follow ends");
         assert_eq!(chunks.len(), 1);
         assert_eq!(text(chunks[0].as_ref().unwrap()), "last words\n");
+    }
+
+    /// Sets a file's modification time `seconds` after the epoch (the budget removes the least recently written first).
+    fn written_at(path: &Path, seconds: u64) {
+        let file = OpenOptions::new().append(true).open(path).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds)).unwrap();
+    }
+
+    fn size_of(root: &Path) -> u64 {
+        log_files(root).unwrap().iter().map(|f| f.bytes).sum()
+    }
+
+    #[test]
+    fn the_budget_removes_ended_runs_oldest_first_and_never_a_live_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records of a 100-byte line are 141 bytes: 5 lines are 705 bytes, a 1000-byte file holds 7.
+        let logs = Logs::with_budget(dir.path(), 1000, 2500);
+        let line = format!("{}\n", "x".repeat(100));
+        let exists = |uid: &str| logs.container_dir(uid, "main").join("0.log").exists();
+        // Three ended runs of three pods, written at times 30, 10, 20: 2115 bytes, within the budget.
+        for (uid, at) in [("newest", 30), ("oldest", 10), ("middle", 20)] {
+            let log = logs.create(uid, "main", 0).unwrap();
+            for _ in 0..5 {
+                log.write(LogSource::Stdout, line.as_bytes());
+            }
+            log.close();
+            written_at(&log.path(), at);
+        }
+        assert_eq!(size_of(&logs.inner.root), 3 * 705);
+        // A live run rotates (987 bytes more): the least recently written ended run goes.
+        let live = logs.create("live", "main", 0).unwrap();
+        for _ in 0..12 {
+            live.write(LogSource::Stdout, line.as_bytes());
+        }
+        assert!(rotated_path(&live.path()).exists(), "the live run rotated");
+        assert!(!exists("oldest"), "the least recently written went first");
+        assert!(exists("middle") && exists("newest"));
+        written_at(&rotated_path(&live.path()), 100);
+
+        // Another run starts (over budget: the next ended run goes), then rotates: with the last
+        // ended run gone it is still over, so the older rotated half of a live run goes too.
+        let second = logs.create("second", "main", 0).unwrap();
+        assert!(!exists("middle") && exists("newest"));
+        for _ in 0..8 {
+            second.write(LogSource::Stdout, line.as_bytes());
+        }
+        assert!(!exists("newest"));
+        assert!(!rotated_path(&live.path()).exists(), "the older rotated half went");
+        assert!(rotated_path(&second.path()).exists(), "the newer one stays");
+        assert!(live.path().exists() && second.path().exists(), "the files runs write now are never removed");
+        assert!(size_of(&logs.inner.root) <= 2500, "{} bytes", size_of(&logs.inner.root));
+        live.write(LogSource::Stdout, b"still written\n");
+        live.close();
+        second.close();
+        let text = String::from_utf8(std::fs::read(live.path()).unwrap()).unwrap();
+        assert!(text.ends_with("stdout F still written\n"), "{text}");
+        assert_eq!(logs.enforce_budget(), 0, "within the budget, nothing goes");
+    }
+
+    #[test]
+    fn without_a_budget_nothing_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path(), 100);
+        let log = logs.create("uid", "main", 0).unwrap();
+        log.write(LogSource::Stdout, "y".repeat(5000).as_bytes());
+        log.close();
+        assert_eq!(logs.enforce_budget(), 0);
+        assert!(log.path().exists());
     }
 
     #[test]

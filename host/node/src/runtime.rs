@@ -34,7 +34,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::cache::CompileCache;
 use crate::lock;
-use crate::logs::{DEFAULT_MAX_FILE_BYTES, LogFile, LogSource, Logs};
+use crate::logs::{DEFAULT_BUDGET_BYTES, DEFAULT_MAX_FILE_BYTES, LogFile, LogSource, Logs};
 
 /// How a node's runtime is set up. [`RuntimeConfig::new`] gives kubelet's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Size at which a run's log file is rotated.
     pub log_max_file_bytes: u64,
+    /// The most all container logs of the node may hold together (oldest ended runs go first).
+    pub log_budget_bytes: u64,
     /// The first delay before a container is restarted (or an image pull retried); doubled after each failure.
     pub restart_backoff_base: Duration,
     /// The longest delay before a restart.
@@ -55,12 +57,13 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// A runtime keeping its files in `data_dir`: 10 ms epochs, 10 MiB log
-    /// files, restarts after 10 s, 20 s, 40 s … up to 5 min, reset by a 10 min run.
+    /// files and 1 GiB of logs in all, restarts after 10 s, 20 s, 40 s … up to 5 min, reset by a 10 min run.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         RuntimeConfig {
             data_dir: data_dir.into(),
             epoch_tick: Duration::from_millis(10),
             log_max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            log_budget_bytes: DEFAULT_BUDGET_BYTES,
             restart_backoff_base: Duration::from_secs(10),
             restart_backoff_cap: Duration::from_secs(300),
             restart_backoff_reset: Duration::from_secs(600),
@@ -182,7 +185,7 @@ impl Runtime {
 
         Ok(Runtime {
             inner: Arc::new(Inner {
-                logs: Logs::new(&config.data_dir, config.log_max_file_bytes),
+                logs: Logs::with_budget(&config.data_dir, config.log_max_file_bytes, config.log_budget_bytes),
                 cache: CompileCache::new(images),
                 config,
                 engine,

@@ -16,6 +16,13 @@
 //! `Pulled`, `Failed`, `Started`, `BackOff`, `Killing`, `DeadlineExceeded`)
 //! for the agent to record as Events.
 //!
+//! Nothing a pod says can stop the node: every number taken from its spec
+//! or status is used with checked or saturating arithmetic (a deadline
+//! past what a clock can hold is no deadline, restart counts stop at
+//! `u32::MAX`), and a panic in a pod's worker is caught — at its start or
+//! in its task — and ends that pod alone, `Failed` with reason
+//! [`WORKER_PANICKED`], while the node's other pods go on.
+//!
 //! Stopping a pod ([`PodWorker::stop`]) kills its containers at once: Wasm
 //! guests have no signals, so there is nothing to tell them and waiting out
 //! the grace period would only delay the stop; the grace period bounds how
@@ -29,7 +36,7 @@ pub mod status;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
@@ -82,6 +89,38 @@ const EVENT_BACKLOG: usize = 128;
 /// The pod-level reason and message of a pod stopped at its deadline (kubelet's words).
 pub const DEADLINE_EXCEEDED: (&str, &str) = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
 
+/// The pod-level reason of a pod whose worker on the node panicked (the message says what and where).
+pub const WORKER_PANICKED: &str = "PodWorkerPanicked";
+
+/// The longest `activeDeadlineSeconds` the node counts down (Kubernetes'
+/// bound, about 68 years); a longer deadline is held to this one.
+pub const MAX_ACTIVE_DEADLINE: Duration = Duration::from_secs(i32::MAX as u64);
+
+/// When a pod started at `start_time` (on the wall clock, now `now`) must
+/// end under `active_deadline`, on the monotonic clock (now `instant`):
+/// the deadline less the time already spent, held to
+/// [`MAX_ACTIVE_DEADLINE`]; `None` when there is no deadline or it lies
+/// past what the clock can hold. Never panics, whatever the pod says.
+pub fn deadline_instant(
+    instant: tokio::time::Instant,
+    now: DateTime<Utc>,
+    start_time: DateTime<Utc>,
+    active_deadline: Option<Duration>,
+) -> Option<tokio::time::Instant> {
+    let deadline = active_deadline?.min(MAX_ACTIVE_DEADLINE);
+    let elapsed = now.signed_duration_since(start_time).to_std().unwrap_or_default();
+    instant.checked_add(deadline.saturating_sub(elapsed))
+}
+
+/// What a caught panic says (its `&str` or `String` payload).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".into(),
+    }
+}
+
 /// Runs one pod on a [`Runtime`] and publishes its status. Dropping the
 /// worker stops the pod (its containers are killed).
 #[derive(Debug)]
@@ -97,18 +136,44 @@ impl PodWorker {
     /// Starts running `pod` (a Pod object as the API stores it) on tokio
     /// (call it within a tokio runtime).
     /// A pod the node cannot read at all is reported `Failed` with reason
-    /// `InvalidPod` and the problem as its message.
+    /// `InvalidPod` and the problem as its message. A panic while starting
+    /// or running the pod is caught: the pod alone is `Failed` with reason
+    /// [`WORKER_PANICKED`] (and the panic logged).
     pub fn start(runtime: Runtime, images: Arc<dyn Images>, pod: &Value) -> PodWorker {
+        let starting = std::panic::AssertUnwindSafe(|| PodWorker::try_start(runtime.clone(), images.clone(), pod));
+        match std::panic::catch_unwind(starting) {
+            Ok(worker) => worker,
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                let spec = PodSpec::invalid(pod);
+                tracing::error!(pod = %format!("{}_{}({})", spec.name, spec.namespace, spec.uid), panic = %message, "starting a pod's worker panicked; the pod is failed");
+                PodWorker::new(runtime, images, spec, Utc::now(), None, Some((WORKER_PANICKED.into(), worker_panicked(&message))))
+            }
+        }
+    }
+
+    fn try_start(runtime: Runtime, images: Arc<dyn Images>, pod: &Value) -> PodWorker {
         let now = Utc::now();
         let (spec, problem) = match PodSpec::from_pod(pod) {
             Ok(spec) => (spec, None),
             Err(problem) => (PodSpec::invalid(pod), Some(problem)),
         };
         let start_time = spec.start_time.unwrap_or(now);
-        let deadline = spec.active_deadline.map(|deadline| {
-            let elapsed = (now - start_time).to_std().unwrap_or_default();
-            tokio::time::Instant::now() + deadline.saturating_sub(elapsed)
-        });
+        let deadline = deadline_instant(tokio::time::Instant::now(), now, start_time, spec.active_deadline);
+        let failure = problem.map(|problem| ("InvalidPod".to_string(), problem.to_string()));
+        PodWorker::new(runtime, images, spec, start_time, deadline, failure)
+    }
+
+    /// The worker of `spec`; with a `failure`, the pod is `Failed` at once
+    /// and nothing runs, otherwise its run starts (a panic in it is caught).
+    fn new(
+        runtime: Runtime,
+        images: Arc<dyn Images>,
+        spec: PodSpec,
+        start_time: DateTime<Utc>,
+        deadline: Option<tokio::time::Instant>,
+        failure: Option<(String, String)>,
+    ) -> PodWorker {
         let first_state = if spec.init_containers.is_empty() { "ContainerCreating" } else { "PodInitializing" };
         let records = |containers: &[ContainerSpec], state: &str| {
             containers.iter().map(|c| ContainerRecord::new(&c.name, &c.image, ContainerState::waiting(state, None))).collect()
@@ -119,10 +184,9 @@ impl PodWorker {
             records(&spec.init_containers, "PodInitializing"),
             records(&spec.containers, first_state),
         );
-        if let Some(problem) = &problem {
-            record.failure = Some(("InvalidPod".into(), problem.to_string()));
-        }
-        let (status_sender, status) = watch::channel(record.status(now));
+        let failed = failure.is_some();
+        record.failure = failure;
+        let (status_sender, status) = watch::channel(record.status(Utc::now()));
         let (done_sender, done) = watch::channel(false);
         let (events, first_events) = broadcast::channel(EVENT_BACKLOG);
         let context = Arc::new(PodContext {
@@ -135,10 +199,11 @@ impl PodWorker {
             stop: watch::Sender::new(None),
             deadline,
         });
-        if problem.is_some() {
+        if failed {
             done_sender.send_replace(true);
         } else {
-            tokio::spawn(supervise(context.clone(), done_sender));
+            let running = tokio::spawn(supervise(context.clone()));
+            tokio::spawn(guard(context.clone(), running, done_sender));
         }
         PodWorker { context, status, done, first_events: Mutex::new(Some(first_events)) }
     }
@@ -242,8 +307,46 @@ impl std::fmt::Debug for PodContext {
     }
 }
 
+/// Waits for the pod's run (the task of [`supervise`]) and says it is done;
+/// a run that panicked ends the pod `Failed` ([`WORKER_PANICKED`]), its
+/// containers killed (they went with the task's future), and is logged —
+/// the node's other pods and its agent carry on.
+async fn guard(context: Arc<PodContext>, running: tokio::task::JoinHandle<()>, done: watch::Sender<bool>) {
+    if let Err(error) = running.await {
+        let message = if error.is_panic() { panic_message(error.into_panic().as_ref()) } else { "its task was cancelled".into() };
+        tracing::error!(pod = %context.pod_ref(), panic = %message, "a pod's worker failed; the pod is failed, the node's other pods go on");
+        context.request_stop(StopCause::Stopped);
+        let now = Utc::now();
+        context.update(|record| {
+            record.terminal = true;
+            record.failure = Some((WORKER_PANICKED.into(), worker_panicked(&message)));
+            for container in record.init.iter_mut().chain(record.containers.iter_mut()) {
+                let started_at = match &container.state {
+                    ContainerState::Terminated(_) => continue,
+                    ContainerState::Running { started_at } => Some(*started_at),
+                    ContainerState::Waiting { .. } => None,
+                };
+                container.state = ContainerState::Terminated(Termination {
+                    exit_code: crate::runtime::EXIT_CODE_KILLED,
+                    reason: "ContainerStatusUnknown".into(),
+                    message: "the node's worker for this pod failed; the container was stopped".into(),
+                    started_at,
+                    finished_at: now,
+                    container_id: container.container_id.clone(),
+                });
+            }
+        });
+    }
+    done.send_replace(true);
+}
+
+/// The pod-level message of [`WORKER_PANICKED`].
+fn worker_panicked(panic: &str) -> String {
+    format!("the node agent's worker for this pod panicked ({panic}); the pod was stopped")
+}
+
 /// Runs the pod, enforces its deadline, and writes its final status.
-async fn supervise(context: Arc<PodContext>, done: watch::Sender<bool>) {
+async fn supervise(context: Arc<PodContext>) {
     let pod = run_pod(&context);
     tokio::pin!(pod);
     match context.deadline {
@@ -282,7 +385,6 @@ async fn supervise(context: Arc<PodContext>, done: watch::Sender<bool>) {
             }
         });
     }
-    done.send_replace(true);
 }
 
 async fn run_pod(context: &PodContext) {
@@ -331,7 +433,7 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
             });
             return outcome;
         }
-        restart_count = earlier.restart_count + 1;
+        restart_count = earlier.restart_count.saturating_add(1);
         context.set(slot, |c| {
             c.restart_count = earlier.restart_count;
             c.last_state = Some(ended);
@@ -408,7 +510,7 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
                 return Outcome::Stopped;
             }
         }
-        restart_count += 1;
+        restart_count = restart_count.saturating_add(1);
     }
 }
 
@@ -569,5 +671,43 @@ impl PodSpec {
             start_time: None,
             termination_grace: spec::DEFAULT_TERMINATION_GRACE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_hold_whatever_number_the_pod_says() {
+        let instant = tokio::time::Instant::now();
+        let now = Utc::now();
+        let ago = |seconds: i64| now - chrono::TimeDelta::seconds(seconds);
+        let at = |deadline: Option<u64>, start| deadline_instant(instant, now, start, deadline.map(Duration::from_secs));
+        assert_eq!(at(None, now), None);
+        assert_eq!(at(Some(30), now), Some(instant + Duration::from_secs(30)));
+        assert_eq!(at(Some(30), ago(10)), Some(instant + Duration::from_secs(20)));
+        assert_eq!(at(Some(30), ago(100)), Some(instant), "a deadline already past is now");
+        assert_eq!(
+            at(Some(30), now + chrono::TimeDelta::seconds(50)),
+            Some(instant + Duration::from_secs(30)),
+            "a start in the future counts as now"
+        );
+        for huge in [i64::MAX as u64, u64::MAX, i32::MAX as u64 + 1] {
+            assert_eq!(at(Some(huge), now), Some(instant + MAX_ACTIVE_DEADLINE), "{huge}");
+        }
+        let far_past = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(at(Some(u64::MAX), far_past), Some(instant));
+        assert_eq!(deadline_instant(instant, DateTime::<Utc>::MAX_UTC, far_past, Some(Duration::MAX)), Some(instant));
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_either_payload() {
+        let text = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(text.as_ref()), "plain");
+        let formatted = std::panic::catch_unwind(|| panic!("with {}", 42)).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "with 42");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "a panic without a message");
     }
 }
