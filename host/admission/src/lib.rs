@@ -22,21 +22,28 @@ pub mod cases;
 
 pub mod audit;
 
+pub mod bounds;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::num::NonZeroU32;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bounds::DECISION_LIMIT;
 use kapsel_api::kinds::admission_policy::{Enforcement, PolicyFailurePolicy, PolicySpec, RegoVersion};
 use kapsel_api::selector::LabelSelector;
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde::Deserialize as _;
 use serde_json::Value;
 
-/// The longest one policy may evaluate for one request.
-pub const TIME_BUDGET: Duration = Duration::from_millis(100);
+pub use bounds::{Limits, MEMORY_BUDGET, TIME_BUDGET};
+
+/// The longest all the policies matching one request may evaluate together
+/// (cluster policies first, then the namespace's): a policy reached after it
+/// is spent fails under its failure policy without being evaluated.
+pub const REQUEST_BUDGET: Duration = Duration::from_millis(300);
 
 /// A policy's identity: its name, and its namespace for an `AdmissionPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,10 +107,13 @@ impl Policy {
     pub fn compile(id: PolicyId, spec: &PolicySpec) -> Result<Policy, CompileError> {
         let mut engine = regorus::Engine::new();
         engine.set_rego_v0(spec.rego_version == RegoVersion::V0);
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: TIME_BUDGET,
-            check_interval: NonZeroU32::new(64).expect("non-zero"),
-        });
+        engine.set_execution_timer_config(timer(TIME_BUDGET));
+        // Builtins that allocate are guarded (see `bounds`): those the policy's text can call.
+        let mut source = spec.rego.clone();
+        spec.libs.iter().for_each(|lib| source.push_str(lib));
+        for (name, arity, guard) in bounds::guards(&source) {
+            engine.add_extension(name, arity, guard).map_err(|e| compile_error("spec.rego", e))?;
+        }
         for (i, lib) in spec.libs.iter().enumerate() {
             let field = format!("spec.libs[{i}]");
             engine.add_policy(format!("lib-{i}.rego"), lib.clone()).map_err(|e| compile_error(&field, e))?;
@@ -123,11 +133,17 @@ impl Policy {
         }
         let parameters = regorus::Value::deserialize(&spec.parameters)
             .map_err(|e| CompileError { field: "spec.parameters".into(), message: e.to_string() })?;
-        // Prepare once (parse checks that need the whole program, e.g. unknown functions), on an empty input.
+        // Prepare once (parse checks that need the whole program, e.g. unknown functions), on an
+        // empty input, within the budget of an evaluation.
         engine.set_input(regorus::Value::new_object());
-        for decision in &decisions {
-            engine.eval_rule(decision.clone()).map_err(|e| compile_error("spec.rego", e))?;
-        }
+        let (prepared, _) = bounds::metered(Limits::default(), || {
+            catch_unwind(AssertUnwindSafe(|| {
+                decisions
+                    .iter()
+                    .try_for_each(|decision| engine.eval_rule(decision.clone()).map(drop).map_err(|e| compile_error("spec.rego", e)))
+            }))
+        });
+        prepared.map_err(|_| CompileError { field: "spec.rego".into(), message: "the policy failed while being prepared".into() })??;
         let selector = |s: &Option<_>, field: &str| {
             s.as_ref()
                 .map(LabelSelector::from_k8s)
@@ -209,16 +225,32 @@ impl Policy {
     }
 
     /// Evaluates the policy on `review` (the `input.review` document), with
-    /// `inventory` (built by [`inventory`]) as `data.inventory` when given.
+    /// `inventory` (built by [`inventory`]) as `data.inventory` when given,
+    /// within the default [`Limits`].
     pub fn evaluate(&self, review: &regorus::Value, inventory: Option<&regorus::Value>) -> Result<Vec<Violation>, String> {
+        self.evaluate_within(review, inventory, Limits::default())
+    }
+
+    /// [`Policy::evaluate`] within `limits`: past its time or memory budget
+    /// (builtins included) the evaluation stops with an error naming the limit.
+    pub fn evaluate_within(
+        &self,
+        review: &regorus::Value,
+        inventory: Option<&regorus::Value>,
+        limits: Limits,
+    ) -> Result<Vec<Violation>, String> {
         let started = Instant::now();
-        let outcome = self.evaluate_once(review, inventory);
+        let (outcome, _) = bounds::metered(limits, || catch_unwind(AssertUnwindSafe(|| self.evaluate_once(review, inventory, limits))));
+        let outcome = outcome.unwrap_or_else(|_| Err("the policy's evaluation failed (a fault in the Rego engine)".into()));
         self.slowest_micros.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         outcome
     }
 
-    fn evaluate_once(&self, review: &regorus::Value, inventory: Option<&regorus::Value>) -> Result<Vec<Violation>, String> {
+    fn evaluate_once(&self, review: &regorus::Value, inventory: Option<&regorus::Value>, limits: Limits) -> Result<Vec<Violation>, String> {
         let mut engine = self.engine.clone();
+        if limits.time != TIME_BUDGET {
+            engine.set_execution_timer_config(timer(limits.time));
+        }
         if let Some(inventory) = inventory {
             // New data makes the engine analyse its modules again on the next
             // evaluation: the price of an inventory, paid only by the policies that ask for one.
@@ -233,7 +265,11 @@ impl Policy {
         engine.set_input(input);
         let mut violations = Vec::new();
         for decision in &self.decisions {
-            let value = engine.eval_rule(decision.clone()).map_err(|e| format!("{e:#}"))?;
+            let value = engine.eval_rule(decision.clone()).map_err(|e| evaluation_error(&e, limits))?;
+            // Shared parts of the decision would be copied once per use: measure before converting.
+            if bounds::size(&value, DECISION_LIMIT) > DECISION_LIMIT {
+                return Err(format!("its decision is larger than the limit of {}", bounds::bytes(DECISION_LIMIT)));
+            }
             let value = serde_json::to_value(&value).map_err(|e| e.to_string())?;
             match value {
                 Value::Array(items) => violations.extend(items.into_iter().map(violation)),
@@ -242,6 +278,20 @@ impl Policy {
             }
         }
         Ok(violations)
+    }
+}
+
+/// regorus' timer for a budget of `limit`.
+fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig { limit, check_interval: bounds::TIMER_INTERVAL }
+}
+
+/// An evaluation's error as the client reads it: regorus' own time limit named as Kapsel's budget.
+fn evaluation_error(error: &anyhow::Error, limits: Limits) -> String {
+    match error.downcast_ref::<regorus::LimitError>() {
+        Some(regorus::LimitError::TimeLimitExceeded { .. }) => bounds::Exceeded::Time { limit: limits.time }.to_string(),
+        Some(regorus::LimitError::MemoryLimitExceeded { .. }) => format!("exceeded its memory budget of {}", bounds::bytes(limits.memory)),
+        _ => format!("{error:#}"),
     }
 }
 
@@ -513,26 +563,42 @@ impl PolicySet {
 
     /// Evaluates every policy whose `match` selects `request`, in name order;
     /// a policy that declares inventory kinds sees the objects of `existing`
-    /// of those kinds as `data.inventory`.
+    /// of those kinds as `data.inventory`. Together they get [`REQUEST_BUDGET`].
     pub fn review_with_inventory(&self, request: &Request<'_>, existing: &[Value]) -> Vec<Decision> {
+        self.review_within(request, existing, REQUEST_BUDGET)
+    }
+
+    /// [`PolicySet::review_with_inventory`] with `total` for all the policies
+    /// together: each gets its own budget or what is left of `total`, if less;
+    /// once `total` is spent, the policies not yet evaluated fail (each then
+    /// decides by its failure policy), with a message naming the limit.
+    pub fn review_within(&self, request: &Request<'_>, existing: &[Value], total: Duration) -> Vec<Decision> {
         let mut selected: Vec<&Arc<Policy>> = self.candidates(request.kind).filter(|p| p.selects(request)).collect();
         if selected.is_empty() {
             return Vec::new();
         }
+        // Cluster policies (no namespace) sort first: IT's policies are never starved by a namespace's.
         selected.sort_by(|a, b| a.id.cmp(&b.id));
         let review = request.review();
+        let started = Instant::now();
         selected
             .into_iter()
             .map(|policy| {
-                let outcome = review.as_ref().map_err(Clone::clone).and_then(|review| {
-                    if policy.inventory_kinds.is_empty() {
-                        return policy.evaluate(review, None);
-                    }
-                    let kinds = &policy.inventory_kinds;
-                    let wanted =
-                        existing.iter().filter(|o| o.get("kind").and_then(Value::as_str).is_some_and(|k| kinds.iter().any(|w| w == k)));
-                    policy.evaluate(review, Some(&inventory(wanted)?))
-                });
+                let left = total.saturating_sub(started.elapsed());
+                let outcome = if left.is_zero() {
+                    Err(format!("not evaluated: the policies matching this request spent its admission budget of {} ms", total.as_millis()))
+                } else {
+                    let limits = Limits { time: left.min(TIME_BUDGET), ..Limits::default() };
+                    review.as_ref().map_err(Clone::clone).and_then(|review| {
+                        if policy.inventory_kinds.is_empty() {
+                            return policy.evaluate_within(review, None, limits);
+                        }
+                        let kinds = &policy.inventory_kinds;
+                        let wanted =
+                            existing.iter().filter(|o| o.get("kind").and_then(Value::as_str).is_some_and(|k| kinds.iter().any(|w| w == k)));
+                        policy.evaluate_within(review, Some(&inventory(wanted)?), limits)
+                    })
+                };
                 Decision { policy: policy.id.clone(), enforcement: policy.enforcement, failure_policy: policy.failure_policy, outcome }
             })
             .collect()
