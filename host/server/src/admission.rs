@@ -17,8 +17,23 @@
 //! follows its failure policy: `Fail` (default) refuses, `Ignore` admits
 //! with a warning. The policy kinds themselves are not subject to admission,
 //! so no policy can lock IT out of fixing policies.
+//!
+//! Policies judge tenants, not the platform: a node agent's writes (its
+//! identity names a node) and writes that change only an object's `status`
+//! (the `status` subresource, and the controllers' bookkeeping — as in
+//! Kubernetes, where a policy matching `pods` does not see `pods/status`) are
+//! not reviewed, so they raise no denial, warning or audit event. Each
+//! evaluation is bounded in time and memory (`kapsel_admission::bounds`), all
+//! the policies of one request share [`kapsel_admission::REQUEST_BUDGET`],
+//! a namespace holds at most [`Admission::max_namespace_policies`] policies
+//! created by its tenants (IT admins are not counted against it; a
+//! `ResourceQuota` on `count/admissionpolicies.kapsel.io` sets a lower one),
+//! and on-demand audits are rate-limited per namespace ([`Admission::audit_permit`]).
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -52,12 +67,35 @@ pub struct Write<'a> {
 }
 
 /// A policy whose evaluation has taken this long is evaluated off the async workers from then on.
-pub const SLOW_POLICY: std::time::Duration = std::time::Duration::from_millis(20);
+pub const SLOW_POLICY: Duration = Duration::from_millis(20);
 
-/// The policies in force.
-#[derive(Debug, Clone, Default)]
+/// The default of the most `AdmissionPolicy` objects a namespace's tenants may create.
+pub const MAX_NAMESPACE_POLICIES: usize = 20;
+/// The least time between two on-demand audits of policies of one namespace
+/// (or of cluster policies) that IT admins did not ask for.
+pub const AUDIT_SPACING: Duration = Duration::from_secs(10);
+
+/// The policies in force, and the bounds on what tenants may do with policies.
+#[derive(Debug, Clone)]
 pub struct Admission {
     policies: Arc<RwLock<Arc<PolicySet>>>,
+    limits: Arc<Limits>,
+}
+
+#[derive(Debug)]
+struct Limits {
+    max_namespace_policies: AtomicUsize,
+    /// Per namespace (`None`: cluster policies), when the next on-demand audit may start.
+    next_audit: Mutex<HashMap<Option<String>, Instant>>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            policies: Arc::default(),
+            limits: Arc::new(Limits { max_namespace_policies: AtomicUsize::new(MAX_NAMESPACE_POLICIES), next_audit: Mutex::default() }),
+        }
+    }
 }
 
 /// Whether `resource` is one of the two policy kinds.
@@ -114,7 +152,66 @@ impl Admission {
             }
         }
         tracing::info!(policies = set.len(), "admission policies loaded");
-        Ok(Admission { policies: Arc::new(RwLock::new(Arc::new(set))) })
+        Ok(Admission { policies: Arc::new(RwLock::new(Arc::new(set))), ..Admission::default() })
+    }
+
+    /// The most `AdmissionPolicy` objects a namespace's tenants may create ([`MAX_NAMESPACE_POLICIES`] unless set).
+    pub fn max_namespace_policies(&self) -> usize {
+        self.limits.max_namespace_policies.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Admission::max_namespace_policies`] (`kapsel serve --max-namespace-policies`), for every clone of this `Admission`.
+    pub fn set_max_namespace_policies(&self, max: usize) {
+        self.limits.max_namespace_policies.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether an on-demand audit of the policy `id` may start now: IT admins
+    /// always may; others once per [`AUDIT_SPACING`] per namespace (cluster
+    /// policies count as one namespace), or 429 saying when to retry.
+    pub fn audit_permit(&self, identity: &Identity, id: &PolicyId) -> Result<(), ApiError> {
+        if identity.admin {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut next = self.limits.next_audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        next.retain(|_, at| *at > now);
+        if let Some(at) = next.get(&id.namespace) {
+            let wait = at.saturating_duration_since(now);
+            let scope = match &id.namespace {
+                Some(namespace) => format!("the policies of namespace {namespace:?}"),
+                None => "cluster policies".to_string(),
+            };
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "too many on-demand audits: {scope} may be audited on demand once every {} s; retry in {} s",
+                    AUDIT_SPACING.as_secs(),
+                    wait.as_secs().max(1)
+                ),
+                retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
+        next.insert(id.namespace.clone(), now + AUDIT_SPACING);
+        Ok(())
+    }
+
+    /// Refuses a tenant's new `AdmissionPolicy` in `namespace` when the namespace already holds [`Admission::max_namespace_policies`].
+    async fn check_policy_count(&self, store: &Store, identity: &Identity, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let max = self.max_namespace_policies();
+        if identity.admin {
+            return Ok(());
+        }
+        let existing = store
+            .list(&ADMISSION_POLICY.store_key(), Some(namespace))
+            .await
+            .map_err(|e| ApiError::from_store(e, &ADMISSION_POLICY, name))?;
+        let count = existing.objects.len();
+        if count >= max {
+            return Err(ApiError::Forbidden(format!(
+                "admissionpolicies.kapsel.io {name:?} is forbidden: namespace {namespace:?} already has {count} admission policies, \
+                 the most its tenants may create (the limit of {max} admission policies per namespace, set by IT with kapsel serve --max-namespace-policies)"
+            )));
+        }
+        Ok(())
     }
 
     /// The policies in force now.
@@ -147,7 +244,13 @@ impl Admission {
     /// Decides `write`: `Ok` with warnings for the client, or the denial.
     pub async fn admit(&self, store: &Store, identity: &Identity, write: Write<'_>) -> Result<Vec<String>, ApiError> {
         let Write { resource, operation, namespace, name, object, old_object, dry_run } = write;
-        if is_policy_kind(resource) || std::ptr::eq(resource, &TOKEN) {
+        if std::ptr::eq(resource, &ADMISSION_POLICY)
+            && operation == Operation::Create
+            && let Some(namespace) = namespace
+        {
+            self.check_policy_count(store, identity, namespace, name).await?;
+        }
+        if is_policy_kind(resource) || std::ptr::eq(resource, &TOKEN) || is_platform_write(identity, &write) {
             return Ok(Vec::new());
         }
         let policies = self.current();
@@ -229,6 +332,36 @@ impl Admission {
         let message = if denials.len() == 1 { denials.remove(0) } else { format!("[{}]", denials.join(", ")) };
         Err(ApiError::Forbidden(message))
     }
+}
+
+/// Whether `write` is the platform's rather than a tenant's: a node agent's
+/// (its status reports, its Node, lease and events), or one that changes
+/// only the object's `status` (a write to the `status` subresource, or a
+/// controller's bookkeeping) — not reviewed by policies.
+pub fn is_platform_write(identity: &Identity, write: &Write<'_>) -> bool {
+    if identity.node.is_some() {
+        return true;
+    }
+    match (write.operation, write.old_object, write.object) {
+        (Operation::Update, Some(old), Some(new)) => write.resource.status_subresource && changes_only_status(old, new),
+        _ => false,
+    }
+}
+
+/// Whether `new` differs from `old` only in `status` (and the resource version a write carries).
+fn changes_only_status(old: &Value, new: &Value) -> bool {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else { return false };
+    let metadata_alike = || {
+        let (Some(a), Some(b)) = (old.get("metadata").and_then(Value::as_object), new.get("metadata").and_then(Value::as_object)) else {
+            return old.get("metadata") == new.get("metadata");
+        };
+        a.keys().chain(b.keys()).all(|k| k == "resourceVersion" || a.get(k) == b.get(k))
+    };
+    old.keys().chain(new.keys()).all(|key| match key.as_str() {
+        "status" => true,
+        "metadata" => metadata_alike(),
+        _ => old.get(key) == new.get(key),
+    })
 }
 
 /// `POST /apis/kapsel.io/v1alpha1/policyreviews`: evaluates one policy —

@@ -14,7 +14,9 @@
 //! `status.audit` is written, retried on conflict; `loaded` and `message`
 //! belong to admission. Request-time violations of `audit` policies are
 //! recorded here too, as an aggregated `AuditViolation` Warning Event on
-//! the policy ([`record_violation`]).
+//! the policy ([`record_violation`]). On-demand audits by tenants are
+//! rate-limited per namespace (429 `TooManyRequests` with `Retry-After`:
+//! `crate::admission::Admission::audit_permit`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -350,6 +352,7 @@ async fn on_demand(app: &App, identity: &Identity, id: PolicyId) -> Result<Respo
     let resource = policy_kind(&id);
     authorize(identity, Verb::Update, resource, id.namespace.as_deref())?;
     let stored = app.store.get(&policy_key(&id)).await.map_err(|e| ApiError::from_store(e, resource, &id.name))?;
+    app.admission.audit_permit(identity, &id)?;
     let policy = match app.admission.current().get(&id) {
         Some(policy) => policy.clone(),
         // Stored around the API: compile what is stored.
