@@ -2,32 +2,55 @@
 //! back (node agents, by digest), and resolving a pod's `image`.
 //!
 //! `POST /apis/kapsel.io/v1alpha1/namespaces/{ns}/artifacts/{name}/push?tag=T`
-//! takes the component's bytes (at most [`MAX_IMAGE_BYTES`]), checks they
+//! takes the component's bytes (at most [`MAX_PUSH_BYTES`]), checks they
 //! are a WebAssembly component (not a core module), stores them once by
 //! sha256 in the blob store — shared by every namespace, so the same bytes
 //! pushed twice are stored once —, adds the image to the artifact (created
-//! on first push) and points the tag at it. `GET …/artifacts/{name}/blobs/{digest}`
+//! on first push) and points the tag at it. The artifact's write goes the
+//! way of any write: admission reviews it as a `CREATE` or `UPDATE` of the
+//! `Artifact` (a policy that denies it denies the push), and it is charged
+//! to the namespace's quotas (`count/artifacts.kapsel.io`, and the bytes of
+//! its images as `kapsel.io/artifact-storage`) in one atomic store write
+//! (`quota.rs`); a refused push stores no artifact, and is refused before
+//! its bytes are stored when the quotas as they stand refuse it. `GET …/artifacts/{name}/blobs/{digest}`
 //! returns the bytes of one of the artifact's images to whoever may read
 //! the artifact (the namespace's tenants, node agents): an artifact can only
 //! lead to bytes its own namespace pushed.
+//!
+//! Blobs nothing references are collected ([`collect_blobs`], a controller
+//! pass every [`BLOB_COLLECTION_INTERVAL`]): what no artifact's images
+//! (any namespace) nor plug-in's active or previous component names, and
+//! was last stored more than [`BLOB_GRACE`] ago — the bytes of deleted
+//! artifacts and of pushes that failed after storing them. A push stores
+//! (or re-stamps) its bytes before writing the artifact, so the grace
+//! period covers a push in progress.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kapsel_admission::Operation;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactImage, ArtifactSpec, ImageReference, valid_tag};
+use kapsel_api::kinds::plugin::PLUGIN;
 use kapsel_api::{FieldError, object};
-use kapsel_store::{Key, Store, StoreError};
+use kapsel_store::{Key, Store, StoreError, WriteOp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::App;
+use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
+use crate::{App, quota};
 
-/// The largest component a push accepts.
-pub const MAX_IMAGE_BYTES: usize = 64 << 20;
+/// The largest component a push accepts, server-wide (64 MiB): a bigger
+/// upload is refused with 413 `RequestEntityTooLarge` naming the limit,
+/// before it is read past it. Quotas (`kapsel.io/artifact-storage`) bound
+/// what a namespace keeps in total.
+pub const MAX_PUSH_BYTES: usize = 64 << 20;
 
 /// How many times a push retries when the artifact changes underneath it.
 const PUSH_RETRIES: usize = 5;
@@ -74,49 +97,52 @@ pub async fn push(
         return Err(invalid(&name, "tag", "a tag is 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"));
     }
     crate::resources::require_namespace(&app, &namespace).await?;
-    let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_IMAGE_BYTES).await?;
+    let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_PUSH_BYTES).await?;
     check_component(&bytes).map_err(|message| invalid(&name, "component", message))?;
-    app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, &name))?;
+    let image = Image { digest: &digest, size: u64::try_from(bytes.len()).unwrap_or(u64::MAX), tag: &tag };
     let key = Key::new(ARTIFACT.store_key(), &namespace, &name);
+    let mut stored = false;
     for _ in 0..PUSH_RETRIES {
         let current = match app.store.get(&key).await {
             Ok(current) => Some(current),
             Err(StoreError::NotFound) => None,
             Err(error) => return Err(ApiError::from_store(error, &ARTIFACT, &name)),
         };
-        let mut spec: ArtifactSpec = match &current {
-            Some(current) => serde_json::from_value(current.get("spec").cloned().unwrap_or_default())
-                .map_err(|e| ApiError::internal("reading the stored artifact", e))?,
-            None => ArtifactSpec::default(),
+        let next = pushed(current.as_ref(), &namespace, &name, &image)?;
+        // The artifact's write is reviewed and charged as any create or update is.
+        let write = Write {
+            resource: &ARTIFACT,
+            operation: if current.is_some() { Operation::Update } else { Operation::Create },
+            namespace: Some(&namespace),
+            name: &name,
+            object: Some(&next),
+            old_object: current.as_ref(),
+            dry_run: false,
         };
-        if !spec.images.iter().any(|i| i.digest == digest) {
-            let pushed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            spec.images.push(ArtifactImage { digest: digest.clone(), size: bytes.len() as u64, pushed_at });
+        let warnings = app.admission.admit(&app.store, &identity, write).await?;
+        let charge = quota::charge_for(&app, &ARTIFACT, &namespace, &name, current.as_ref(), Some(&next)).await?;
+        if !stored {
+            // Refused before any byte is stored, when the quotas as they are now refuse it.
+            if let Some(charge) = &charge {
+                quota::check(&app, charge).await?;
+            }
+            app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, &name))?;
+            stored = true;
         }
-        spec.tags.insert(tag.clone(), digest.clone());
-        let spec = serde_json::to_value(&spec).map_err(|e| ApiError::internal("encoding the artifact", e))?;
-        let written = match current {
-            Some(mut current) => {
-                let expected = object::resource_version(&current).and_then(Result::ok);
-                current["spec"] = spec;
-                let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-                current["metadata"]["generation"] = json!(generation + 1);
-                app.store.update(key.clone(), current, expected).await
-            }
-            None => {
-                let artifact = json!({
-                    "apiVersion": ARTIFACT.api_version(), "kind": ARTIFACT.kind,
-                    "metadata": {"name": name, "namespace": namespace, "uid": uuid::Uuid::new_v4().to_string(),
-                                 "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-                    "spec": spec,
-                });
-                app.store.create(key.clone(), artifact).await
-            }
+        let op = match &current {
+            Some(current) => WriteOp::Update { key: key.clone(), object: next, expected_revision: revision(current) },
+            None => WriteOp::Create { key: key.clone(), object: next },
         };
-        match written {
+        let written = match charge {
+            Some(charge) => quota::commit(&app, charge, op).await?,
+            None => app.store.write(op).await,
+        };
+        match written.and_then(|changes| changes.into_iter().next().ok_or_else(|| StoreError::Corrupt("a write reported no change".into())))
+        {
             Ok(change) => {
                 tracing::info!(artifact = %format!("{namespace}/{name}"), %tag, %digest, bytes = bytes.len(), "image pushed");
-                return Ok((StatusCode::OK, axum::Json((*change.object).clone())).into_response());
+                let response = (StatusCode::OK, axum::Json((*change.object).clone())).into_response();
+                return Ok(with_warnings(response, &warnings));
             }
             // Another push (or a tag edit) got there first: do it again on the new version.
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists) => continue,
@@ -128,6 +154,64 @@ pub async fn push(
         name,
         reason: "the artifact kept changing while the image was pushed; push again".into(),
     })
+}
+
+/// The image a push adds.
+struct Image<'a> {
+    digest: &'a str,
+    size: u64,
+    tag: &'a str,
+}
+
+/// The artifact as a push of `image` leaves it: `current` (or a new
+/// artifact) with the image added unless it has it, and the tag pointed at it.
+fn pushed(current: Option<&Value>, namespace: &str, name: &str, image: &Image<'_>) -> Result<Value, ApiError> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut spec: ArtifactSpec = match current {
+        Some(current) => serde_json::from_value(current.get("spec").cloned().unwrap_or_default())
+            .map_err(|e| ApiError::internal("reading the stored artifact", e))?,
+        None => ArtifactSpec::default(),
+    };
+    if !spec.images.iter().any(|i| i.digest == image.digest) {
+        spec.images.push(ArtifactImage { digest: image.digest.to_string(), size: image.size, pushed_at: now.clone() });
+    }
+    spec.tags.insert(image.tag.to_string(), image.digest.to_string());
+    let spec = serde_json::to_value(&spec).map_err(|e| ApiError::internal("encoding the artifact", e))?;
+    let next = match current {
+        Some(current) => {
+            let mut next = current.clone();
+            next["spec"] = spec;
+            let generation = next.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            next["metadata"]["generation"] = json!(generation.saturating_add(1));
+            next
+        }
+        None => json!({
+            "apiVersion": ARTIFACT.api_version(), "kind": ARTIFACT.kind,
+            "metadata": {"name": name, "namespace": namespace, "uid": uuid::Uuid::new_v4().to_string(),
+                         "creationTimestamp": now, "generation": 1},
+            "spec": spec,
+        }),
+    };
+    let errors = (ARTIFACT.validate)(&next);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(&ARTIFACT, name, errors));
+    }
+    Ok(next)
+}
+
+fn revision(object: &Value) -> Option<i64> {
+    object::resource_version(object).and_then(Result::ok)
+}
+
+/// Adds `Warning` headers (code 299) for admission's warnings, as the generic handler does.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - {:?}", warning.replace(['\r', '\n'], " "));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("Warning", value);
+        }
+    }
+    response
 }
 
 /// `GET …/namespaces/{namespace}/artifacts/{name}/blobs/{digest}`: an image's bytes.
@@ -146,6 +230,63 @@ pub async fn blob(
     }
     let bytes = app.store.get_blob(&digest).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, &name))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+}
+
+/// How long a stored blob is kept though nothing references it: longer
+/// than any push or plug-in upload takes from storing its bytes to writing
+/// the object that references them, so collection never takes a blob from
+/// under a write in progress.
+pub const BLOB_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// How often blobs nothing references are collected.
+pub const BLOB_COLLECTION_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// Every digest a stored object references: the images of every
+/// namespace's artifacts, and each plug-in's active and previous
+/// components (kept for rollback).
+pub async fn referenced_blobs(store: &Store) -> Result<HashSet<String>, StoreError> {
+    let mut referenced = HashSet::new();
+    for artifact in store.list(&ARTIFACT.store_key(), None).await?.objects {
+        let images = artifact.pointer("/spec/images").and_then(Value::as_array).into_iter().flatten();
+        referenced.extend(images.filter_map(|image| image.get("digest").and_then(Value::as_str)).map(str::to_string));
+    }
+    for plugin in store.list(&PLUGIN.store_key(), None).await?.objects {
+        for field in ["/spec/digest", "/spec/previousDigest"] {
+            referenced.extend(plugin.pointer(field).and_then(Value::as_str).filter(|d| !d.is_empty()).map(str::to_string));
+        }
+    }
+    Ok(referenced)
+}
+
+/// One collection: removes the blobs nothing references (read first, so a
+/// blob referenced by a write after the reading was stored just before it,
+/// within `grace`) that were last stored more than `grace` ago; returns
+/// their digests. Blobs of deleted artifacts, of pushes that failed after
+/// storing their bytes, and plug-in components no longer active nor
+/// previous go this way.
+pub async fn collect_blobs_once(store: &Store, grace: Duration) -> Result<Vec<String>, StoreError> {
+    let referenced = referenced_blobs(store).await?;
+    let removed = store.collect_blobs(&referenced, grace).await?;
+    if !removed.is_empty() {
+        tracing::info!(blobs = removed.len(), digests = ?removed, "removed blobs nothing references");
+    }
+    Ok(removed)
+}
+
+/// Collects unreferenced blobs every [`BLOB_COLLECTION_INTERVAL`], with
+/// [`BLOB_GRACE`], until the server stops.
+pub async fn collect_blobs(app: App) {
+    let mut stopping = app.stopping.clone();
+    let mut ticker = tokio::time::interval(BLOB_COLLECTION_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => break,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = collect_blobs_once(&app.store, BLOB_GRACE).await {
+            tracing::warn!(error = &error as &dyn std::error::Error, "collecting unreferenced blobs failed; trying again later");
+        }
+    }
 }
 
 /// Why the images of a pod to be created cannot be run, as field errors

@@ -15,7 +15,16 @@
 //! containers' sum and its largest init container, as Kubernetes computes
 //! them; a request left out is its limit) as `requests.cpu` (also `cpu`),
 //! `requests.memory` (also `memory`), `limits.cpu`, `limits.memory`, and the
-//! storage its generic ephemeral volumes claim as `requests.storage`.
+//! storage its generic ephemeral volumes claim as `requests.storage`; an
+//! `Artifact` uses the bytes of its images as [`ARTIFACT_STORAGE`]
+//! (`kapsel.io/artifact-storage`: each image of each artifact counts its
+//! full size, though the blob store keeps one copy of equal bytes — what a
+//! namespace pushed is what it is charged). Pushes are charged like any
+//! write (`artifacts.rs` calls [`charge_for`] and [`commit`]).
+//!
+//! Sums never wrap: quantities add and subtract saturating (a total of
+//! many huge requests stays huge and exceeds every limit) and sizes beyond
+//! `i64::MAX` bytes count as `i64::MAX`.
 //!
 //! A quota's `status` (`hard`, `used`) is the platform's (only IT admins
 //! may write any `/status`, and a pod's size cannot change after create):
@@ -31,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kapsel_api::kinds::artifact::{ARTIFACT, ARTIFACT_STORAGE, ArtifactSpec};
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::resource_quota::{COMPUTE_RESOURCES, RESOURCE_QUOTA, count_name};
 use kapsel_api::{Quantity, ResourceType, object, registry};
@@ -57,6 +67,10 @@ pub type Usage = BTreeMap<String, Quantity>;
 pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
     let mut usage = Usage::new();
     usage.insert(count_name(resource), Quantity::from_units(1));
+    if std::ptr::eq(resource, &ARTIFACT) {
+        usage.insert(ARTIFACT_STORAGE.into(), artifact_bytes(object));
+        return usage;
+    }
     if !std::ptr::eq(resource, &POD) || terminated(object) {
         return usage;
     }
@@ -78,6 +92,12 @@ pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
         usage.insert("requests.storage".into(), storage);
     }
     usage
+}
+
+/// The bytes of an artifact's images (an artifact that does not parse uses none).
+fn artifact_bytes(artifact: &Value) -> Quantity {
+    let spec: ArtifactSpec = artifact.get("spec").and_then(|spec| serde_json::from_value(spec.clone()).ok()).unwrap_or_default();
+    spec.images.iter().map(|image| Quantity::from_units(i64::try_from(image.size).unwrap_or(i64::MAX))).sum()
 }
 
 /// A pod that succeeded or failed uses nothing but its count, as in Kubernetes.
@@ -181,7 +201,8 @@ async fn namespace_usage(app: &App, namespace: &str, names: &BTreeSet<String>) -
     let pods_needed = names.iter().any(|name| COMPUTE_RESOURCES.contains(&name.as_str()));
     for resource in registry::ALL.iter().filter(|r| r.namespaced()) {
         let counted = count_name(resource);
-        if !(names.contains(&counted) || (pods_needed && std::ptr::eq(*resource, &POD))) {
+        let artifacts_needed = names.contains(ARTIFACT_STORAGE) && std::ptr::eq(*resource, &ARTIFACT);
+        if !(names.contains(&counted) || artifacts_needed || (pods_needed && std::ptr::eq(*resource, &POD))) {
             continue;
         }
         let listing = app.store.list(&resource.store_key(), Some(namespace)).await.map_err(|e| ApiError::from_store(e, resource, ""))?;

@@ -14,15 +14,19 @@
 //! reads — the writer's own checks included — are served from an in-memory
 //! copy kept exact by the writer ([`cache::ObjectCache`]). The store knows nothing of kinds: a key
 //! is (resource, namespace, name), with the resource an opaque string.
-//! Beside the objects it keeps content-addressed blobs (plug-in components),
-//! which are not revisioned or watched.
+//! Beside the objects it keeps content-addressed blobs (plug-in components,
+//! workload images), which are not revisioned or watched, are written off
+//! the group commit, and are removed by [`Store::collect_blobs`] once
+//! nothing references them ([`blobs`]).
 
 mod batch;
+pub mod blobs;
 mod cache;
 mod sql;
 mod watch;
 mod writer;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,6 +199,9 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Arc<sql::SqlBackend>,
+    blobs: Arc<blobs::BlobStore>,
+    /// Turns at writing the database (SQLite): the writer's, blobs', compaction's.
+    turns: blobs::WriteTurns,
     cache: Option<Arc<cache::ObjectCache>>,
     writer: writer::WriterHandle,
     /// Committed changes, shared by every watcher (each takes what it watches).
@@ -215,8 +222,10 @@ impl Store {
         } else {
             None
         };
-        let writer = writer::spawn(backend.clone(), cache.clone(), changes.clone(), options.max_batch);
-        let store = Store { backend, cache, writer, changes, options: Arc::new(options) };
+        let turns = blobs::WriteTurns::new(backend.single_writer());
+        let blobs = Arc::new(blobs::BlobStore::connect(url, backend.single_writer(), turns.clone()).await?);
+        let writer = writer::spawn(backend.clone(), cache.clone(), changes.clone(), options.max_batch, turns.clone());
+        let store = Store { backend, blobs, turns, cache, writer, changes, options: Arc::new(options) };
         if let Some(interval) = store.options.compaction_interval {
             let compactor = store.clone();
             tokio::spawn(async move {
@@ -291,14 +300,24 @@ impl Store {
     }
 
     /// Stores a content-addressed blob (`digest` is the caller's `sha256:<hex>`
-    /// of `data`); returns whether it was new. Blobs are not revisioned.
+    /// of `data`) off the group commit; returns whether it was new. Either
+    /// way the blob counts as stored now, so [`Store::collect_blobs`] spares
+    /// it for its grace period: store the blob, then write what references it.
     pub async fn put_blob(&self, digest: &str, data: &[u8]) -> Result<bool, StoreError> {
-        self.backend.put_blob(digest, data).await
+        self.blobs.put(digest, data).await
     }
 
     /// The blob stored under `digest`.
     pub async fn get_blob(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
-        self.backend.get_blob(digest).await?.ok_or(StoreError::NotFound)
+        self.blobs.get(digest).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Removes the blobs not in `referenced` that were last stored more than
+    /// `grace` ago (a blob stored since is kept, even one the caller did not
+    /// know of); returns the digests removed. The grace must outlast the
+    /// time between a put and the write that references the blob.
+    pub async fn collect_blobs(&self, referenced: &HashSet<String>, grace: Duration) -> Result<Vec<String>, StoreError> {
+        self.blobs.collect(referenced, grace).await
     }
 
     /// Drops changes older than the newest `retained_changes`; returns how many went.
@@ -308,11 +327,13 @@ impl Store {
         if horizon <= compacted {
             return Ok(0);
         }
+        let _turn = self.turns.take().await;
         self.backend.compact(horizon).await
     }
 
     /// Drops every change at or below `revision` now (tests and admin tools).
     pub async fn compact_to(&self, revision: i64) -> Result<u64, StoreError> {
+        let _turn = self.turns.take().await;
         self.backend.compact(revision).await
     }
 }

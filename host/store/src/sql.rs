@@ -26,7 +26,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// Settings applied to every SQLite connection. WAL lets reads run beside
 /// the writer; `synchronous = FULL` makes each commit durable before it is
 /// acknowledged (group commit keeps that to one fsync per batch).
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+pub(crate) const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
 
 #[derive(Debug)]
 pub(crate) struct SqlBackend {
@@ -161,22 +162,6 @@ impl SqlBackend {
             })
             .collect::<Result<_, StoreError>>()?;
         Ok((revision, objects))
-    }
-
-    /// Stores `data` under `digest` unless it is already there (content addressing makes that the same bytes).
-    pub(crate) async fn put_blob(&self, digest: &str, data: &[u8]) -> Result<bool, StoreError> {
-        let inserted = sqlx::query("INSERT INTO blobs (digest, data) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(digest)
-            .bind(data)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-        Ok(inserted > 0)
-    }
-
-    pub(crate) async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = sqlx::query("SELECT data FROM blobs WHERE digest = $1").bind(digest).fetch_optional(&self.readers).await?;
-        Ok(row.map(|row| row.try_get::<Vec<u8>, _>(0)).transpose()?)
     }
 
     /// Whether this process is the only writer of the database (SQLite), so an in-memory copy stays exact.

@@ -1,12 +1,15 @@
 //! The single writer: queues writes and commits whatever is queued in one
 //! transaction (group commit), then updates the object cache, publishes the
-//! changes to watchers and answers each request. Ordering: changes are published in revision order,
+//! changes to watchers and answers each request. On SQLite each batch
+//! takes a turn at the database ([`WriteTurns`]) beside blob writes, so it
+//! waits behind one blob chunk at most. Ordering: changes are published in revision order,
 //! after their commit.
 
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::blobs::WriteTurns;
 use crate::cache::ObjectCache;
 use crate::sql::SqlBackend;
 use crate::{Change, StoreError, WriteOp};
@@ -41,13 +44,18 @@ pub(crate) fn spawn(
     cache: Option<Arc<ObjectCache>>,
     changes: broadcast::Sender<Arc<Change>>,
     max_batch: usize,
+    turns: WriteTurns,
 ) -> WriterHandle {
     let (queue, mut requests) = mpsc::channel::<Request>(max_batch * 4);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(max_batch);
         while requests.recv_many(&mut batch, max_batch).await > 0 {
             let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
-            match backend.apply(ops, cache.as_deref()).await {
+            let applied = {
+                let _turn = turns.take().await;
+                backend.apply(ops, cache.as_deref()).await
+            };
+            match applied {
                 Ok(results) => {
                     // The cache first, so whoever hears of a write can read it back.
                     if let Some(cache) = &cache {

@@ -8,6 +8,10 @@
 //! `spec.images` is written by pushes only (so an artifact can only point
 //! at bytes its namespace pushed); `spec.tags` may be moved by tenants
 //! between the artifact's images.
+//!
+//! A `ResourceQuota` limits how many artifacts a namespace has
+//! (`count/artifacts.kapsel.io`) and the bytes of their images
+//! ([`ARTIFACT_STORAGE`]); pushes are charged to both.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +46,10 @@ pub static ARTIFACT: ResourceType = ResourceType {
         },
     ],
 };
+
+/// The quota resource of the bytes a namespace's artifacts hold: the sum
+/// of the sizes of every image of every artifact (`spec.images[].size`).
+pub const ARTIFACT_STORAGE: &str = "kapsel.io/artifact-storage";
 
 /// One pushed component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

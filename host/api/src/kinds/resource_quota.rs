@@ -1,11 +1,13 @@
 //! `ResourceQuota` (core v1, namespaced): IT's hard limits on what a
-//! namespace may request (`requests.cpu`, `pods`, `count/<resource>`, …).
+//! namespace may request (`requests.cpu`, `pods`, `count/<resource>`, the
+//! bytes of its pushed images as `kapsel.io/artifact-storage`, …).
 //! The names a quota may limit are checked here; what objects use of them
 //! and the enforcement are the server's (`kapsel-server`'s `quota`).
 
 use k8s_openapi::api::core::v1::ResourceQuotaSpec;
 use serde_json::Value;
 
+use super::artifact::ARTIFACT_STORAGE;
 use super::{check_quantities, roundtrip, typed};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
@@ -37,8 +39,9 @@ fn validate(object: &Value) -> Vec<FieldError> {
                 let counted = name
                     .strip_prefix("count/")
                     .is_some_and(|_| crate::registry::ALL.iter().any(|r| countable(r) && count_name(r) == *name));
-                if !(COMPUTE_RESOURCES.contains(&name.as_str()) || counted) {
+                if !(COMPUTE_RESOURCES.contains(&name.as_str()) || name == ARTIFACT_STORAGE || counted) {
                     let mut supported = COMPUTE_RESOURCES.to_vec();
+                    supported.push(ARTIFACT_STORAGE);
                     supported.push("count/<plural>[.<group>] of a kind, as count/pods or count/plugins.kapsel.io");
                     errors.push(FieldError::not_supported(format!("spec.hard[{name}]"), name, &supported));
                 }
