@@ -14,7 +14,14 @@
 //! images and write events; they change only their own `Node` and lease,
 //! and only the status (and deletion) of the pods bound to them — the
 //! object-level half of that is [`node_may_touch`], checked once the target
-//! object is known.
+//! object is known, and [`node_may_write`] once its new content is: a
+//! lease's log endpoint must be `https://IP:PORT`.
+//!
+//! A role names a namespace, and ends with it: when the namespace
+//! controller finalizes a deleted namespace, the same transaction removes
+//! that namespace's entries from every `Token` (`controllers/namespace.rs`),
+//! so a namespace re-created under the same name starts with no tenant in
+//! it ([`without_roles_in`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -334,6 +341,45 @@ pub fn node_may_touch(
     }
 }
 
+/// The content half of a node agent's rights, for a create, update or
+/// patch of `object` (the object as it would be stored): a lease's
+/// `kapsel.io/agent-endpoint` must be `https://IP:PORT` — the supervisor
+/// relays log requests there, so it may not name another scheme, a host
+/// name or a path (the IP is checked against the node's registered address
+/// when logs are relayed, since an agent takes its lease before it
+/// registers its node; see `logs.rs`).
+pub fn node_may_write(node: &str, resource: &ResourceType, object: &Value) -> Result<(), ApiError> {
+    if (resource.group, resource.kind) != ("coordination.k8s.io", "Lease") {
+        return Ok(());
+    }
+    let endpoint = object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(kapsel_api::kinds::lease::AGENT_ENDPOINT_ANNOTATION))
+        .filter(|e| !e.is_null());
+    let Some(endpoint) = endpoint else { return Ok(()) };
+    let refused = |why: String| {
+        ApiError::Forbidden(format!(
+            "leases {name:?} is forbidden: node {node:?} cannot publish that log endpoint: {why}",
+            name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
+        ))
+    };
+    let text = endpoint.as_str().ok_or_else(|| refused("annotations hold strings".into()))?;
+    crate::logs::parse_agent_endpoint(text).map(|_| ()).map_err(refused)
+}
+
+/// `token` (a Token object) without its roles in `namespace`; `None` when it holds none there.
+pub fn without_roles_in(token: &Value, namespace: &str) -> Option<Value> {
+    let roles = token.pointer("/spec/roles")?.as_array()?;
+    let names_it = |role: &Value| role.get("namespace").and_then(Value::as_str) == Some(namespace);
+    if !roles.iter().any(names_it) {
+        return None;
+    }
+    let kept: Vec<Value> = roles.iter().filter(|role| !names_it(role)).cloned().collect();
+    let mut token = token.clone();
+    token["spec"]["roles"] = Value::Array(kept);
+    Some(token)
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::View => "view",
@@ -410,6 +456,30 @@ mod tests {
         assert!(!touch(Verb::Patch, &POD, Some("dev"), Some("p"), Some("status"), Some("n2")));
         assert!(!touch(Verb::Patch, &POD, Some("dev"), Some("p"), None, Some("n1")), "not the spec");
         assert!(touch(Verb::Get, &POD, Some("dev"), Some("p"), None, Some("n2")));
+    }
+
+    #[test]
+    fn node_agents_publish_only_https_endpoints_at_an_ip() {
+        use kapsel_api::kinds::lease::LEASE;
+        let lease =
+            |endpoint: Value| serde_json::json!({"metadata": {"name": "n1", "annotations": {"kapsel.io/agent-endpoint": endpoint}}});
+        assert!(node_may_write("n1", &LEASE, &lease(serde_json::json!("https://10.0.0.7:10250"))).is_ok());
+        assert!(node_may_write("n1", &LEASE, &serde_json::json!({"metadata": {"name": "n1"}})).is_ok(), "no endpoint yet");
+        for bad in [serde_json::json!("http://10.0.0.7:10250"), serde_json::json!("https://evil.example:443"), serde_json::json!(7)] {
+            let refused = node_may_write("n1", &LEASE, &lease(bad.clone())).unwrap_err();
+            assert!(matches!(refused, ApiError::Forbidden(_)), "{bad}");
+            assert!(refused.to_string().contains("cannot publish that log endpoint"), "{refused}");
+        }
+        assert!(node_may_write("n1", &NODE, &lease(serde_json::json!("http://x"))).is_ok(), "only leases carry the endpoint");
+    }
+
+    #[test]
+    fn a_namespaces_roles_are_taken_out_of_a_token() {
+        let token = serde_json::json!({"spec": {"user": "alice", "roles": [{"namespace": "a", "role": "edit"}, {"namespace": "b", "role": "view"}]}});
+        let stripped = without_roles_in(&token, "a").unwrap();
+        assert_eq!(stripped["spec"]["roles"], serde_json::json!([{"namespace": "b", "role": "view"}]));
+        assert_eq!(without_roles_in(&stripped, "a"), None);
+        assert_eq!(without_roles_in(&serde_json::json!({"spec": {"user": "it", "admin": true}}), "a"), None);
     }
 
     #[test]

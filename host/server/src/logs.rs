@@ -2,7 +2,8 @@
 //! from the node that runs the pod, as the Kubernetes API server relays
 //! kubelet's (`kubectl logs` and `kapsel logs` use it).
 //!
-//! Whoever may read the pod may read its logs. The query is Kubernetes':
+//! Whoever may read the pod may read its logs — except node agents, which
+//! read the logs of the pods bound to their own node only. The query is Kubernetes':
 //! `container` (needed when the pod has several), `follow`, `tailLines`,
 //! `previous`, `timestamps`. The supervisor finds the node's agent through
 //! the annotations of its lease (`kapsel.io/agent-endpoint`,
@@ -10,6 +11,15 @@
 //! agent), asks it over HTTPS — trusting only that certificate — with the
 //! secret, and streams its answer back as `text/plain`; a followed log ends
 //! when the container's run ends.
+//!
+//! The endpoint is written by a node token, so the supervisor does not go
+//! wherever it says: it relays only to `https://IP:PORT` (nothing else in
+//! the URL), where IP is one of the `InternalIP` addresses of the node's
+//! `status.addresses` — the address the agent registered and made its
+//! certificate for — and PORT, when the node reports one in
+//! `status.daemonEndpoints.kubeletEndpoint.Port`, is that port
+//! ([`check_agent_endpoint`]). Anything else is refused with a 503 naming
+//! the rule, before any connection is made.
 
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
@@ -18,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use kapsel_api::kinds::lease::{
     AGENT_CERTIFICATE_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, LEASE, NODE_LEASE_NAMESPACE,
 };
+use kapsel_api::kinds::node::NODE;
 use kapsel_api::kinds::pod::POD;
 use kapsel_store::Key;
 use serde_json::Value;
@@ -40,6 +51,51 @@ pub fn agent_client(certificate: &str) -> Result<reqwest::Client, String> {
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .map_err(|e| format!("its certificate cannot be used: {e}"))
+}
+
+/// The address a lease's `kapsel.io/agent-endpoint` names, when it has the
+/// only shape relayed to: `https://IP:PORT` (an IP literal, a port — 443
+/// when left out — and no user, path, query or fragment).
+pub fn parse_agent_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, String> {
+    let url = reqwest::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
+    if url.scheme() != "https" {
+        return Err(format!("{endpoint:?} is not an https:// URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+        return Err(format!("{endpoint:?} must be https://IP:PORT, with nothing after the port"));
+    }
+    let host = url.host_str().unwrap_or_default();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let ip: std::net::IpAddr = host.parse().map_err(|_| format!("{endpoint:?} must name the node by its IP address"))?;
+    let port = url.port_or_known_default().ok_or_else(|| format!("{endpoint:?} names no port"))?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+/// Checks a lease's agent endpoint against its `Node` as registered: the
+/// shape of [`parse_agent_endpoint`], an `InternalIP` of the node, and the
+/// node's reported agent port (when it reports one).
+pub fn check_agent_endpoint(endpoint: &str, node: &Value) -> Result<std::net::SocketAddr, String> {
+    let address = parse_agent_endpoint(endpoint)?;
+    let registered: Vec<std::net::IpAddr> = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        .filter_map(|a| a.get("address").and_then(Value::as_str)?.parse().ok())
+        .collect();
+    if !registered.contains(&address.ip()) {
+        let listed: Vec<String> = registered.iter().map(ToString::to_string).collect();
+        return Err(format!("{endpoint:?} is not at the node's registered address (status.addresses InternalIP: [{}])", listed.join(", ")));
+    }
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64);
+    if port.is_some_and(|port| port != u64::from(address.port())) {
+        return Err(format!(
+            "{endpoint:?} is not at the node's registered port (status.daemonEndpoints.kubeletEndpoint.Port: {})",
+            port.unwrap_or_default()
+        ));
+    }
+    Ok(address)
 }
 
 /// The query parameters relayed to the node.
@@ -82,8 +138,17 @@ pub async fn pod_log(
         .map_err(|e| ApiError::BadRequest(format!("the query is not valid: {e}")))?;
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let pod = app.store.get(&Key::new(POD.store_key(), &namespace, &name)).await.map_err(|e| ApiError::from_store(e, &POD, &name))?;
+    let bound_to = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty());
+    if let Some(agent) = &identity.node
+        && bound_to != Some(agent.as_str())
+    {
+        return Err(ApiError::Forbidden(format!(
+            "pods \"{name}\" is forbidden: User {user:?} cannot get resource \"pods/log\" in the namespace {namespace:?}: a node agent reads the logs of the pods bound to its node only",
+            user = identity.user,
+        )));
+    }
     let container = container_of(&pod, &name, param("container"))?;
-    let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+    let Some(node) = bound_to else {
         return Err(ApiError::BadRequest(format!("pod {name} does not have a host assigned")));
     };
     let lease = app
@@ -97,6 +162,18 @@ pub async fn pod_log(
     else {
         return Err(ApiError::ServiceUnavailable(format!("the agent of node {node} publishes no log endpoint")));
     };
+    let registered = app
+        .store
+        .get(&Key::new(NODE.store_key(), "", node))
+        .await
+        .map_err(|_| ApiError::ServiceUnavailable(format!("node {node} is not registered: its logs cannot be read")))?;
+    let address = check_agent_endpoint(endpoint, &registered).map_err(|e| {
+        tracing::warn!(%node, %endpoint, problem = %e, "a node's lease publishes a log endpoint the supervisor does not relay to");
+        ApiError::ServiceUnavailable(format!(
+            "the agent of node {node} publishes a log endpoint the supervisor does not relay to: {e}; it must be https://IP:PORT at the node's InternalIP"
+        ))
+    })?;
+    let endpoint = format!("https://{address}");
     let client = agent_client(certificate).map_err(|e| ApiError::ServiceUnavailable(format!("the agent of node {node}: {e}")))?;
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
     let relayed: Vec<(&str, &str)> = RELAYED.iter().filter_map(|key| Some((*key, param(key)?))).collect();
@@ -123,6 +200,31 @@ pub async fn pod_log(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_https_at_the_registered_address_is_relayed_to() {
+        let node = json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.7"}, {"type": "Hostname", "address": "n1"}],
+                                     "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}});
+        assert_eq!(check_agent_endpoint("https://10.0.0.7:10250", &node).unwrap(), "10.0.0.7:10250".parse().unwrap());
+        assert_eq!(check_agent_endpoint("https://10.0.0.7:10250/", &node).unwrap(), "10.0.0.7:10250".parse().unwrap());
+        let refused = |endpoint: &str| check_agent_endpoint(endpoint, &node).unwrap_err();
+        assert!(refused("http://10.0.0.7:10250").contains("not an https:// URL"));
+        assert!(refused("https://10.0.0.8:10250").contains("not at the node's registered address"));
+        assert!(refused("https://169.254.169.254:10250").contains("[10.0.0.7]"));
+        assert!(refused("https://n1:10250").contains("by its IP address"), "the Hostname address is not an IP");
+        assert!(refused("https://metadata.internal:10250").contains("by its IP address"));
+        assert!(refused("https://10.0.0.7:6443").contains("registered port"));
+        assert!(refused("https://10.0.0.7").contains("registered port"), "443, the scheme's default, is not the node's port");
+        assert!(refused("https://10.0.0.7:10250/admin").contains("nothing after the port"));
+        assert!(refused("https://10.0.0.7:10250?x=1").contains("nothing after the port"));
+        assert!(refused("https://user:pw@10.0.0.7:10250").contains("nothing after the port"));
+        assert!(refused("file:///etc/passwd").contains("not an https:// URL"));
+        assert!(refused("not a url").contains("not a URL"));
+        // A node that reports no port: any port at its address.
+        let portless = json!({"status": {"addresses": [{"type": "InternalIP", "address": "::1"}]}});
+        assert!(check_agent_endpoint("https://[::1]:4000", &portless).is_ok());
+        assert!(check_agent_endpoint("https://10.0.0.7:4000", &json!({})).is_err(), "a node with no addresses");
+    }
 
     #[test]
     fn the_container_is_the_named_one_or_the_only_one() {

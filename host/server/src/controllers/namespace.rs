@@ -6,22 +6,29 @@
 //! network (through the driver that handed it out, under that driver's
 //! failure policy: under `Fail` a failed release keeps the namespace
 //! `Terminating` and is retried) and deletes the namespace and everything
-//! left in it, in one transaction.
+//! left in it, in one transaction — which also ends the roles tokens hold
+//! in it: each `Token` with a role there loses that entry (an adjustment of
+//! the token as stored, inside the same transaction), so a namespace
+//! re-created under the same name is not handed to the old tokens. A role
+//! granted for a namespace that does not exist yet is left alone: it is
+//! for the namespace to come, as the admin meant.
 //!
 //! It also gives a network to every active namespace that has none while a
 //! network driver is in charge — namespaces created before the driver was
 //! uploaded, the `default` one, and those whose create skipped a failing
 //! driver under `Ignore` — every [`NETWORK_PASS_EVERY`] passes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::kinds::token::TOKEN;
 use kapsel_api::object;
-use kapsel_store::{Key, StoreError, WriteOp};
+use kapsel_store::{Adjustment, Key, StoreError, WriteOp};
 use serde_json::{Value, json};
 
-use crate::App;
 use crate::plugins::{self, DRIVER_ANNOTATION, GATEWAY_ANNOTATION, SEGMENT_ANNOTATION};
+use crate::{App, auth};
 
 /// How long a namespace stays `Terminating` before its contents go.
 pub const FINALIZE_AFTER: Duration = Duration::from_secs(1);
@@ -69,14 +76,51 @@ async fn finalize(app: &App) -> Result<(), StoreError> {
             continue;
         }
         let expected_revision = object::resource_version(&namespace).and_then(Result::ok);
-        match app.store.write(WriteOp::DeleteNamespace { key: Key::new(NAMESPACE.store_key(), "", &name), expected_revision }).await {
-            Ok(changes) => tracing::info!(namespace = %name, objects = changes.len() - 1, "namespace deleted with its contents"),
-            // Changed or gone since the list: the next pass sees the new state.
+        let mut ops = vec![WriteOp::DeleteNamespace { key: Key::new(NAMESPACE.store_key(), "", &name), expected_revision }];
+        ops.extend(end_roles(app, &name).await?);
+        match app.store.write(WriteOp::Atomic(ops)).await {
+            Ok(changes) => {
+                let mut objects = 0usize;
+                let mut tokens = 0usize;
+                for change in &changes {
+                    if change.key.resource == TOKEN.store_key() {
+                        // The very next request sees the token without the role (the watch follows too).
+                        app.auth.apply(change.change_type, &change.object);
+                        tokens += 1;
+                    } else {
+                        objects += 1;
+                    }
+                }
+                tracing::info!(namespace = %name, objects = objects.saturating_sub(1), tokens, "namespace deleted with its contents and the roles in it");
+            }
+            // Changed or gone since the list (the namespace, or a token): the next pass sees the new state.
+            Err(StoreError::AtomicOpFailed { error, .. }) if matches!(*error, StoreError::Conflict { .. } | StoreError::NotFound) => {}
             Err(StoreError::Conflict { .. } | StoreError::NotFound) => {}
             Err(error) => return Err(error),
         }
     }
     Ok(())
+}
+
+/// The ops that take `namespace`'s roles out of every token holding one,
+/// each applied to the token as stored when the transaction runs (a token
+/// changed since the list loses the role all the same; one deleted since
+/// fails the transaction, which the next pass retries).
+async fn end_roles(app: &App, namespace: &str) -> Result<Vec<WriteOp>, StoreError> {
+    let tokens = app.store.list(&TOKEN.store_key(), None).await?.objects;
+    Ok(tokens
+        .iter()
+        .filter(|token| auth::without_roles_in(token, namespace).is_some())
+        .map(|token| {
+            let ending = namespace.to_string();
+            WriteOp::Adjust {
+                key: Key::new(TOKEN.store_key(), "", object::name(token).unwrap_or_default()),
+                adjust: Adjustment(Arc::new(move |stored: &Value| {
+                    Ok(auth::without_roles_in(stored, &ending).unwrap_or_else(|| stored.clone()))
+                })),
+            }
+        })
+        .collect())
 }
 
 /// Releases the namespace's network through the driver that handed it out;
