@@ -13,10 +13,23 @@ pub struct Quantity {
 
 /// Why a string is not a quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (got {0:?})")]
-pub struct QuantityError(pub String);
+#[error("{}", match .0 { QuantityProblem::Syntax => format!("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (got {:?})", .1), QuantityProblem::TooLarge => format!("quantity {:?} is too large: at most {} (2^63-1) units", .1, Quantity::MAX_UNITS) })]
+pub struct QuantityError(pub QuantityProblem, pub String);
+
+/// What is wrong with a quantity string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantityProblem {
+    /// Not a quantity at all.
+    Syntax,
+    /// A quantity beyond [`Quantity::MAX_UNITS`].
+    TooLarge,
+}
 
 impl Quantity {
+    /// The largest magnitude of a quantity, in whole units (`i64::MAX`, as
+    /// Kubernetes' `Quantity.Value()`): about 8 Ei bytes or 9.2·10¹⁸ cores.
+    pub const MAX_UNITS: i64 = i64::MAX;
+
     /// A quantity of `n` whole units.
     pub fn from_units(n: i64) -> Self {
         Quantity { millis: i128::from(n) * 1000 }
@@ -31,7 +44,7 @@ impl Quantity {
     }
     /// Whole units, rounded up (bytes for memory and storage).
     pub fn units_ceil(&self) -> i128 {
-        (self.millis + 999).div_euclid(1000)
+        self.millis.div_euclid(1000) + i128::from(self.millis.rem_euclid(1000) != 0)
     }
     pub fn is_negative(&self) -> bool {
         self.millis < 0
@@ -39,7 +52,8 @@ impl Quantity {
 
     /// Parses a Kubernetes quantity string.
     pub fn parse(text: &str) -> Result<Self, QuantityError> {
-        let err = || QuantityError(text.to_string());
+        let err = || QuantityError(QuantityProblem::Syntax, text.to_string());
+        let too_large = || QuantityError(QuantityProblem::TooLarge, text.to_string());
         let s = text.trim();
         let (negative, s) = match s.as_bytes().first() {
             Some(b'-') => (true, &s[1..]),
@@ -54,6 +68,15 @@ impl Quantity {
         let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
         // value = digits * 10^(exp10) * 2^(exp2)
         let digits: String = format!("{int_part}{frac_part}");
+        let digits = match digits.trim_start_matches('0') {
+            "" => "0",
+            significant => significant,
+        };
+        if digits.len() > 38 {
+            // Beyond i128's digits: either far too large, or more precise than a thousandth needs.
+            let whole_digits = int_part.trim_start_matches('0').len();
+            return Err(if whole_digits > 20 { too_large() } else { err() });
+        }
         let mut mantissa: i128 = digits.parse().map_err(|_| err())?;
         let mut exp10: i32 = -(frac_part.len() as i32);
         let mut exp2: u32 = 0;
@@ -85,29 +108,37 @@ impl Quantity {
         }
         // Express in thousandths.
         exp10 += 3;
-        mantissa = mantissa.checked_mul(1i128 << exp2).ok_or_else(err)?;
+        mantissa = mantissa.checked_mul(1i128 << exp2).ok_or_else(too_large)?;
         let millis = if exp10 >= 0 {
-            mantissa.checked_mul(10i128.checked_pow(exp10 as u32).ok_or_else(err)?).ok_or_else(err)?
+            mantissa.checked_mul(10i128.checked_pow(exp10 as u32).ok_or_else(too_large)?).ok_or_else(too_large)?
         } else {
-            let divisor = 10i128.checked_pow((-exp10) as u32).ok_or_else(err)?;
-            // Round up, as Kubernetes does for sub-milli precision.
-            (mantissa + divisor - 1) / divisor
+            match 10i128.checked_pow((-exp10) as u32) {
+                // Round up, as Kubernetes does for sub-milli precision.
+                Some(divisor) => mantissa / divisor + i128::from(mantissa % divisor != 0),
+                // A divisor beyond i128 leaves at most one thousandth.
+                None => i128::from(mantissa != 0),
+            }
         };
+        if millis > i128::from(Self::MAX_UNITS) * 1000 {
+            return Err(too_large());
+        }
         Ok(Quantity { millis: if negative { -millis } else { millis } })
     }
 }
 
+/// Sums saturate at the ends of `i128` (far beyond any quantity in range):
+/// a total of many huge requests stays huge and exceeds every limit.
 impl std::ops::Add for Quantity {
     type Output = Quantity;
     fn add(self, rhs: Quantity) -> Quantity {
-        Quantity { millis: self.millis + rhs.millis }
+        Quantity { millis: self.millis.saturating_add(rhs.millis) }
     }
 }
 
 impl std::ops::Sub for Quantity {
     type Output = Quantity;
     fn sub(self, rhs: Quantity) -> Quantity {
-        Quantity { millis: self.millis - rhs.millis }
+        Quantity { millis: self.millis.saturating_sub(rhs.millis) }
     }
 }
 
@@ -153,6 +184,35 @@ mod tests {
         for bad in ["", "abc", "1.2.3", "5 Mi", "1Qi", "."] {
             assert!(Quantity::parse(bad).is_err(), "{bad} should not parse");
         }
+    }
+
+    #[test]
+    fn refuses_quantities_beyond_int64_units() {
+        assert_eq!(Quantity::parse("9223372036854775807").unwrap().units_ceil(), i128::from(i64::MAX));
+        for huge in [
+            "9223372036854775808",
+            "85070591730234615865843651857942052864m",
+            "8Ei",
+            "1e30",
+            "99999999999999999999999999999999999999999999Ki",
+        ] {
+            let error = Quantity::parse(huge).unwrap_err();
+            assert_eq!(error.0, QuantityProblem::TooLarge, "{huge}: {error}");
+            assert!(error.to_string().contains("too large"), "{error}");
+        }
+        assert_eq!(Quantity::parse("0000000000000000000000000000000000000000000000000000000000000000000001").unwrap().millis(), 1000);
+        assert_eq!(Quantity::parse("1e-30").unwrap().millis(), 1);
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_wrapping() {
+        let big = Quantity::parse("9223372036854775807").unwrap();
+        let total: Quantity = std::iter::repeat_n(big, 1 << 20).sum();
+        assert!(total > big);
+        let mut sum = Quantity { millis: i128::MAX };
+        sum = sum + big;
+        assert_eq!(sum.millis(), i128::MAX);
+        assert_eq!((Quantity { millis: i128::MIN } - big).millis(), i128::MIN);
     }
 
     #[test]

@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Seconds a node stays lost (no lease renewal for 10 s) before its pods are marked Failed.
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
+    /// The most watches one identity (a tenant's or a node's token; IT admins are not limited) may hold open at once; one more is refused with 429.
+    #[arg(long, default_value_t = kapsel_server::watch::DEFAULT_MAX_WATCHES_PER_IDENTITY, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches_per_identity: u64,
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -159,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 local_node: if args.no_local_node { None } else { Some(local_node(args.node_name)?) },
+                max_watches_per_identity: usize::try_from(args.max_watches_per_identity).unwrap_or(usize::MAX),
             };
             kapsel_server::serve::run(config).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,14 @@
 //! Request bodies: read under a size cap (413 past it), decoded from JSON,
 //! YAML or (for what kubectl sends that way) Kubernetes protobuf by
 //! `Content-Type`, and checked to be an object (400 otherwise).
+//!
+//! A decoded body is bounded like the raw one: JSON and protobuf cannot
+//! grow much past their bytes, but YAML's anchors and aliases can (a
+//! "billion laughs" document of a megabyte expands to gigabytes). YAML is
+//! therefore decoded through [`Bounded`], which charges every node it
+//! builds — aliases expanded — against a budget proportional to the body,
+//! and stops with 413 the moment the budget runs out, before the memory is
+//! spent.
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -62,8 +70,120 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
+/// What one decoded node costs at least, in bytes of memory (a `Value`
+/// and its share of the container holding it).
+const NODE_COST: usize = 32;
+
+/// How much a YAML body may decode to: as much as the largest JSON body
+/// could (every two bytes a node), whatever its aliases say.
+pub fn yaml_budget(body_len: usize) -> usize {
+    body_len.max(4096).saturating_mul(NODE_COST / 2)
+}
+
 fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_yaml::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
+    let budget = yaml_budget(bytes.len());
+    let remaining = std::cell::Cell::new(budget);
+    let deserializer = serde_yaml::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(Bounded { remaining: &remaining }, deserializer).map_err(|e| {
+        if remaining.get() == 0 {
+            ApiError::ExpandsTooLarge(format!(
+                "the YAML body expands to more than {budget} bytes once its anchors and aliases are followed (a body of {} bytes may decode to at most {budget})",
+                bytes.len()
+            ))
+        } else {
+            ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))
+        }
+    })
+}
+
+/// Decodes one value into a JSON [`Value`], charging each node (and the
+/// bytes of its strings) to `remaining`; fails once it reaches zero.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounded<'a> {
+    pub remaining: &'a std::cell::Cell<usize>,
+}
+
+impl Bounded<'_> {
+    fn charge<E: serde::de::Error>(&self, bytes: usize) -> Result<(), E> {
+        let cost = NODE_COST.saturating_add(bytes);
+        match self.remaining.get().checked_sub(cost) {
+            Some(left) if left > 0 => {
+                self.remaining.set(left);
+                Ok(())
+            }
+            _ => {
+                self.remaining.set(0);
+                Err(E::custom("the decoded body exceeds its size budget"))
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Bounded<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("any JSON-compatible value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.charge(v.len())?;
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.charge(v.len())?;
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.charge(0)?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.charge(0)?;
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.charge(key.len())?;
+            let value = map.next_value_seed(self)?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 /// Reads a binary upload (a component) of at most `limit` bytes, hashing it

@@ -50,9 +50,11 @@ pub async fn apply(store: &Store, namespace: &str, pod: &mut Value) -> Result<()
     for field in ["initContainers", "containers"] {
         let Some(containers) = pod.pointer_mut(&format!("/spec/{field}")).and_then(Value::as_array_mut) else { continue };
         for (i, container) in containers.iter_mut().enumerate() {
+            // A container that is not an object is validation's to report.
+            let Some(container) = container.as_object_mut() else { continue };
             let own = ["requests", "limits"]
                 .iter()
-                .any(|f| container.pointer(&format!("/resources/{f}")).and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
+                .any(|f| container.get("resources").and_then(|r| r.get(f)).and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
             if own {
                 return Err(invalid(
                     format!("spec.{field}[{i}].resources"),
@@ -60,11 +62,11 @@ pub async fn apply(store: &Store, namespace: &str, pod: &mut Value) -> Result<()
                 ));
             }
             // Only requests and limits: anything else under resources (claims) stays.
-            if !container.get("resources").is_some_and(Value::is_object) {
-                container["resources"] = json!({});
+            // Resources that are not an object are left for validation to report.
+            if let Some(resources) = crate::limits::object_at(container, "resources") {
+                resources.insert("requests".into(), json!(spec.requests));
+                resources.insert("limits".into(), json!(spec.limits));
             }
-            container["resources"]["requests"] = json!(spec.requests);
-            container["resources"]["limits"] = json!(spec.limits);
         }
     }
     Ok(())

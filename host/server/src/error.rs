@@ -38,8 +38,16 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request entity too large: limit is {limit} bytes")]
     TooLarge { limit: usize },
+    /// A body within the byte limit whose decoded or computed result is not
+    /// (YAML aliases, a patch's result, a template's expansion): 413 naming the limit.
+    #[error("request entity too large: {0}")]
+    ExpandsTooLarge(String),
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// A limit on how much one identity may have or do at once (open
+    /// watches, on-demand audits): 429 with `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_seconds: u64 },
     /// A plug-in call failed under the `Fail` policy (500, as Kubernetes
     /// answers when a webhook it must call fails).
     #[error("Internal error occurred: {0}")]
@@ -98,8 +106,9 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::ExpandsTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PluginFailed(_) | ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -117,8 +126,9 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => "Invalid",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::TooLarge { .. } | ApiError::ExpandsTooLarge(_) => "RequestEntityTooLarge",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::PluginFailed(_) | ApiError::Internal { .. } => "InternalError",
         }
     }
@@ -150,6 +160,10 @@ impl ApiError {
                 causes: vec![StatusCause { reason: "PluginFailed".into(), message: failure.error.to_string(), field: String::new() }],
                 ..Default::default()
             }),
+            ApiError::TooManyRequests { retry_after_seconds, .. } => status.with_details(StatusDetails {
+                retry_after_seconds: Some(u32::try_from(*retry_after_seconds).unwrap_or(u32::MAX)),
+                ..Default::default()
+            }),
             _ => status,
         }
     }
@@ -172,8 +186,14 @@ impl IntoResponse for ApiError {
             tracing::error!(error = &self as &dyn std::error::Error, "request failed");
         }
         let mut response = (self.code(), axum::Json(self.status())).into_response();
-        if let ApiError::Unauthorized(_) = self {
-            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"kapsel\""));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"kapsel\""));
+            }
+            ApiError::TooManyRequests { retry_after_seconds, .. } => {
+                response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_seconds));
+            }
+            _ => {}
         }
         response
     }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod hooks;
 pub mod limits;
+pub mod listing;
 pub mod logs;
 pub mod openapi;
 pub mod patch;
@@ -70,6 +71,8 @@ pub struct App {
     pub plugins: plugins::PluginRegistry,
     /// The admission policies in force.
     pub admission: admission::Admission,
+    /// The watches each identity has open, and how many it may.
+    pub watch_limits: watch::WatchLimits,
 }
 
 /// The whole HTTP API.
@@ -110,8 +113,23 @@ pub fn router(app: App) -> Router {
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .merge(authenticated)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(answer_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// A handler that panicked (a bug: input never should make one) answers
+/// 500 with a `Status`, and the panic is logged; the server goes on.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message =
+        panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
+    tracing::error!(panic = message, "a request handler panicked");
+    let status = kapsel_api::Status::failure(
+        500,
+        "InternalError",
+        "an internal error occurred: the server failed while handling the request (the failure is logged)",
+    );
+    (http::StatusCode::INTERNAL_SERVER_ERROR, Json(status)).into_response()
 }
 
 /// Resource URLs go to the generic handler; anything else is 404.

@@ -82,20 +82,26 @@ fn fill_defaults(container: &mut Value, item: &LimitRangeItem) {
     if requests.is_empty() {
         return;
     }
-    if !container.get("resources").is_some_and(Value::is_object) {
-        container["resources"] = json!({});
-    }
-    let resources = &mut container["resources"];
+    // Anything of the wrong shape (a container, its resources, its amounts
+    // not objects) is left as it is, for validation to report.
+    let Some(container) = container.as_object_mut() else { return };
+    let Some(resources) = object_at(container, "resources") else { return };
     for (field, values) in [("limits", limits), ("requests", requests)] {
+        let Some(amounts) = object_at(resources, field) else { continue };
         for (resource, quantity) in values {
-            if !resources.get(field).is_some_and(Value::is_object) {
-                resources[field] = json!({});
-            }
-            if resources[field].get(resource).is_none() {
-                resources[field][resource] = json!(quantity);
-            }
+            amounts.entry(resource.as_str()).or_insert_with(|| json!(quantity));
         }
     }
+}
+
+/// The object under `field` of `parent`, made when absent or null; `None`
+/// when it is something else.
+pub fn object_at<'a>(parent: &'a mut serde_json::Map<String, Value>, field: &str) -> Option<&'a mut serde_json::Map<String, Value>> {
+    let value = parent.entry(field).or_insert(Value::Null);
+    if value.is_null() {
+        *value = json!({});
+    }
+    value.as_object_mut()
 }
 
 /// A container's requests and limits (values that do not parse were refused by validation before; they are skipped here).

@@ -27,7 +27,7 @@ use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 use crate::request::{Params, Target, parse_path, verb};
-use crate::{body, classes, hooks, limits, patch, quota, table, watch};
+use crate::{body, classes, hooks, limits, listing, patch, quota, table, watch};
 
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES: usize = 5;
@@ -147,16 +147,23 @@ async fn list(app: &App, identity: &Identity, target: &Target, params: &Params, 
     let resource = target.resource;
     let selectors = Selectors::parse(resource, params)?;
     let namespace = target.namespace.as_deref().or(selectors.namespace());
-    let listing = app.store.list(&resource.store_key(), namespace).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
-    let items: Vec<Value> = listing.objects.into_iter().filter(|o| selectors.matches(o) && visible(identity, resource, o)).collect();
+    let limit = params.u64("limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+    let page = listing::read(app, identity, resource, namespace, &selectors, limit, params.get("continue")).await?;
+    let mut metadata = Map::new();
+    metadata.insert("resourceVersion".into(), json!(page.revision.to_string()));
+    if let Some(token) = page.continue_token {
+        metadata.insert("continue".into(), json!(token));
+    }
     if table::wanted(headers) {
-        return Ok(axum::Json(table::table(resource, &items, Some(listing.revision), params.get("includeObject"), true)).into_response());
+        let mut table = table::table(resource, &page.items, Some(page.revision), params.get("includeObject"), true);
+        table["metadata"] = Value::Object(metadata);
+        return Ok(axum::Json(table).into_response());
     }
     Ok(axum::Json(json!({
         "kind": format!("{}List", resource.kind),
         "apiVersion": resource.api_version(),
-        "metadata": {"resourceVersion": listing.revision.to_string()},
-        "items": items,
+        "metadata": metadata,
+        "items": page.items,
     }))
     .into_response())
 }
@@ -368,6 +375,11 @@ pub async fn create_object(
     if std::ptr::eq(resource, &POD)
         && let Some(namespace) = &target.namespace
     {
+        if !identity.admin && object.pointer("/spec/nodeName").is_some_and(|n| n.as_str() != Some("")) {
+            let name = object::name(&object).unwrap_or_default();
+            let message = "may be set by IT admins only: the scheduler places pods (use nodeSelector, affinity or tolerations)";
+            return Err(ApiError::invalid(resource, name, vec![FieldError::forbidden("spec.nodeName", message)]));
+        }
         classes::apply(&app.store, namespace, &mut object).await?;
         limits::apply(&app.store, namespace, &mut object).await?;
     }
@@ -689,11 +701,12 @@ async fn terminate_pod(
     expected: Option<i64>,
 ) -> Result<Option<Value>, ApiError> {
     let name = target_name(target);
-    let grace =
-        match options.get("gracePeriodSeconds").and_then(Value::as_i64).or(params.get("gracePeriodSeconds").and_then(|g| g.parse().ok())) {
-            Some(grace) => grace,
-            None => current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30),
-        };
+    let grace = match grace_period(options, params)? {
+        Some(grace) => grace,
+        None => current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30),
+    };
+    // A pod stored before its grace period was bounded still gets a deadline that exists.
+    let grace = grace.min(kapsel_api::kinds::pod::MAX_GRACE_SECONDS);
     let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
     let ended = matches!(current.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
     if !bound || ended || grace <= 0 {
@@ -730,6 +743,28 @@ async fn terminate_pod(
         }
     }
     Err(ApiError::conflict(&POD, name, "the pod kept changing while it was being deleted: delete it again"))
+}
+
+/// The grace period a delete asks for (`DeleteOptions.gracePeriodSeconds`
+/// in the body, else the query parameter): a whole number of seconds from
+/// 0 to [`MAX_GRACE_SECONDS`](kapsel_api::kinds::pod::MAX_GRACE_SECONDS) (422 otherwise).
+fn grace_period(options: &Map<String, Value>, params: &Params) -> Result<Option<i64>, ApiError> {
+    let max = kapsel_api::kinds::pod::MAX_GRACE_SECONDS;
+    let invalid = |given: String| ApiError::Invalid {
+        kind: "DeleteOptions".into(),
+        group: String::new(),
+        name: String::new(),
+        causes: vec![FieldError::invalid("gracePeriodSeconds", format!("must be a whole number of seconds from 0 to {max} (got {given})"))],
+    };
+    let given = match (options.get("gracePeriodSeconds"), params.get("gracePeriodSeconds")) {
+        (Some(Value::Null) | None, None) => return Ok(None),
+        (Some(Value::Null) | None, Some(text)) => text.parse::<i64>().map_err(|_| invalid(format!("{text:?}")))?,
+        (Some(value), _) => value.as_i64().ok_or_else(|| invalid(value.to_string()))?,
+    };
+    if !(0..=max).contains(&given) {
+        return Err(invalid(given.to_string()));
+    }
+    Ok(Some(given))
 }
 
 /// Deleting a namespace marks it `Terminating`; the namespace controller

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub node_lifecycle: crate::controllers::node_lifecycle::NodeLifecycleOptions,
     /// The node agent to run in-process for this host, if any.
     pub local_node: Option<LocalNode>,
+    /// The most watches one identity but IT admins may hold open ([`crate::watch::WatchLimits`]).
+    pub max_watches_per_identity: usize,
 }
 
 /// The embedded node agent of `kapsel serve`: its node's name, and the
@@ -130,7 +132,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;
-    let app = App { store, auth, info: Arc::new(ServerInfo { advertise_address: advertise.clone() }), stopping, plugins, admission };
+    let app = App {
+        store,
+        auth,
+        info: Arc::new(ServerInfo { advertise_address: advertise.clone() }),
+        stopping,
+        plugins,
+        admission,
+        watch_limits: crate::watch::WatchLimits::new(config.max_watches_per_identity),
+    };
     crate::controllers::start(&app);
     crate::controllers::audit::start(&app, config.audit_interval);
     crate::scheduler::start(&app, crate::scheduler::SchedulerOptions::default());

@@ -17,7 +17,9 @@
 //! naming `parameters.<name>`); the pod, annotated
 //! `kapsel.io/template: <Kind>/<name>`, then takes the ordinary create path
 //! (classes, limit ranges, validation, admission, quota), and the answer is
-//! what creating it answers (`?dryRun=All` creates nothing).
+//! what creating it answers (`?dryRun=All` creates nothing). The size of
+//! the expansion is computed before it is made: a template whose values
+//! would make a pod larger than a request body may be is refused (413).
 
 use std::collections::BTreeMap;
 
@@ -162,6 +164,13 @@ fn render(kind: &ResourceType, name: &str, spec: &WorkloadTemplateSpec, request:
     if !errors.is_empty() {
         return Err(ApiError::Invalid { kind: kind.kind.into(), group: kind.group.into(), name: name.to_string(), causes: errors });
     }
+    let expanded = expanded_len(&spec.template, &values);
+    if expanded > crate::body::MAX_BODY_BYTES {
+        return Err(ApiError::ExpandsTooLarge(format!(
+            "the template's strings would expand to {expanded} bytes with these parameters; a pod may hold at most {} bytes",
+            crate::body::MAX_BODY_BYTES
+        )));
+    }
     let mut body = spec.template.clone();
     substitute(&mut body, &values);
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})), "spec": body.get("spec").cloned().unwrap_or(Value::Null)});
@@ -201,24 +210,46 @@ fn render(kind: &ResourceType, name: &str, spec: &WorkloadTemplateSpec, request:
     Ok(pod)
 }
 
+/// The pieces of a template string: literal text, and `${name}`
+/// references (with the text they replace when `name` has no value).
+fn pieces<'t>(text: &'t str, mut each: impl FnMut(&'t str, Option<&'t str>)) {
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let Some(end) = rest[start + 2..].find('}') else { break };
+        each(&rest[..start], None);
+        each(&rest[start..start + 3 + end], Some(&rest[start + 2..start + 2 + end]));
+        rest = &rest[start + 3 + end..];
+    }
+    each(rest, None);
+}
+
+/// The bytes of the strings (and keys) of `value` once its `${name}`s are
+/// replaced, computed without making them.
+fn expanded_len(value: &Value, values: &BTreeMap<&str, &str>) -> usize {
+    match value {
+        Value::String(text) => {
+            let mut total = 0usize;
+            pieces(text, |literal, name| {
+                let piece = name.and_then(|n| values.get(n)).map_or(literal.len(), |v| v.len());
+                total = total.saturating_add(piece);
+            });
+            total
+        }
+        Value::Array(items) => items.iter().fold(0usize, |total, item| total.saturating_add(expanded_len(item, values))),
+        Value::Object(fields) => {
+            fields.iter().fold(0usize, |total, (key, item)| total.saturating_add(key.len()).saturating_add(expanded_len(item, values)))
+        }
+        _ => 8,
+    }
+}
+
 /// Replaces every `${name}` in `value`'s strings with its value, in one
 /// pass (a value that itself holds `${…}` is taken as it is).
 fn substitute(value: &mut Value, values: &BTreeMap<&str, &str>) {
     match value {
         Value::String(text) if text.contains("${") => {
             let mut out = String::with_capacity(text.len());
-            let mut rest = text.as_str();
-            while let Some(start) = rest.find("${") {
-                let Some(end) = rest[start + 2..].find('}') else { break };
-                let name = &rest[start + 2..start + 2 + end];
-                out.push_str(&rest[..start]);
-                match values.get(name) {
-                    Some(replacement) => out.push_str(replacement),
-                    None => out.push_str(&rest[start..start + 3 + end]),
-                }
-                rest = &rest[start + 3 + end..];
-            }
-            out.push_str(rest);
+            pieces(text, |literal, name| out.push_str(name.and_then(|n| values.get(n).copied()).unwrap_or(literal)));
             *text = out;
         }
         Value::Array(items) => items.iter_mut().for_each(|item| substitute(item, values)),
@@ -229,10 +260,13 @@ fn substitute(value: &mut Value, values: &BTreeMap<&str, &str>) {
 
 /// Adds `env` to a container's environment, replacing variables of the same name.
 fn set_env(container: &mut Value, env: &BTreeMap<String, String>) {
-    if !container.get("env").is_some_and(Value::is_array) {
-        container["env"] = json!([]);
+    // A container that is not an object is left for validation to report.
+    let Some(container) = container.as_object_mut() else { return };
+    let list = container.entry("env").or_insert_with(|| json!([]));
+    if !list.is_array() {
+        *list = json!([]);
     }
-    let Some(list) = container["env"].as_array_mut() else { return };
+    let Some(list) = list.as_array_mut() else { return };
     list.retain(|entry| entry.get("name").and_then(Value::as_str).is_none_or(|n| !env.contains_key(n)));
     list.extend(env.iter().map(|(name, value)| {
         let mut entry = Map::new();
@@ -240,4 +274,45 @@ fn set_env(container: &mut Value, env: &BTreeMap<String, String>) {
         entry.insert("value".into(), json!(value));
         Value::Object(entry)
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_known_names_and_keeps_others() {
+        let values = BTreeMap::from([("image", "web:2"), ("empty", "")]);
+        let mut value = json!({"a": "${image}-${missing}-${empty}x", "b": ["${image", "$${image}}"]});
+        let expected_len = expanded_len(&value, &values);
+        substitute(&mut value, &values);
+        assert_eq!(value, json!({"a": "web:2-${missing}-x", "b": ["${image", "$web:2}"]}));
+        assert_eq!(expected_len, expanded_len(&value, &BTreeMap::new()));
+    }
+
+    #[test]
+    fn an_expansion_past_the_body_limit_is_refused_before_it_is_made() {
+        let references = "${p}".repeat(10_000);
+        let spec: WorkloadTemplateSpec = serde_json::from_value(json!({
+            "parameters": [{"name": "p"}],
+            "template": {"spec": {"containers": [{"name": "main", "image": "x:1", "args": [references]}]}}
+        }))
+        .unwrap();
+        let request = Instantiation { parameters: BTreeMap::from([("p".to_string(), "y".repeat(1 << 20))]), ..Default::default() };
+        let started = std::time::Instant::now();
+        let error = render(&WORKLOAD_TEMPLATE, "t", &spec, &request).unwrap_err();
+        assert!(matches!(error, ApiError::ExpandsTooLarge(_)), "{error:?}");
+        assert!(error.to_string().contains("would expand to 10485760"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn env_is_not_set_on_containers_that_are_not_objects() {
+        let mut container = json!("x");
+        set_env(&mut container, &BTreeMap::from([("A".to_string(), "1".to_string())]));
+        assert_eq!(container, json!("x"));
+        let mut container = json!({"name": "main", "env": "nonsense"});
+        set_env(&mut container, &BTreeMap::from([("A".to_string(), "1".to_string())]));
+        assert_eq!(container["env"], json!([{"name": "A", "value": "1"}]));
+    }
 }

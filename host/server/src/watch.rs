@@ -10,7 +10,14 @@
 //! (or, mid-stream, an `ERROR` event carrying that `Status`), and the
 //! client lists again. Selectors are applied to each event, turning a
 //! change that moves an object out of the selection into `DELETED`.
+//!
+//! A tenant's initial state is read like its lists (only its namespaces,
+//! [`crate::listing`]), and each identity but IT admins may hold at most
+//! [`WatchLimits`]' number of watches open at once: one more is answered
+//! 429 `TooManyRequests` with `Retry-After`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,7 +36,74 @@ use crate::request::{Params, Target};
 use crate::resources::{Selectors, visible};
 use crate::table;
 
+/// The default of `kapsel serve --max-watches-per-identity`.
+pub const DEFAULT_MAX_WATCHES_PER_IDENTITY: usize = 100;
+
+/// How long a client told it has too many watches open should wait.
+const WATCH_RETRY_AFTER_SECONDS: u64 = 5;
+
+/// The watches each identity has open, and how many it may.
+#[derive(Debug, Clone)]
+pub struct WatchLimits {
+    max_per_identity: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        WatchLimits::new(DEFAULT_MAX_WATCHES_PER_IDENTITY)
+    }
+}
+
+impl WatchLimits {
+    pub fn new(max_per_identity: usize) -> Self {
+        WatchLimits { max_per_identity, open: Arc::default() }
+    }
+
+    /// Counts one more watch of `identity`, or refuses it (429) at the limit; IT admins are not counted.
+    pub fn acquire(&self, identity: &Identity) -> Result<Option<WatchPermit>, ApiError> {
+        if identity.admin {
+            return Ok(None);
+        }
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(identity.user.clone()).or_default();
+        if *count >= self.max_per_identity {
+            return Err(ApiError::TooManyRequests {
+                message: format!("too many watches open: {:?} has {count} open, the most one identity may have at once", identity.user),
+                retry_after_seconds: WATCH_RETRY_AFTER_SECONDS,
+            });
+        }
+        *count += 1;
+        Ok(Some(WatchPermit { limits: self.clone(), user: identity.user.clone() }))
+    }
+
+    /// How many watches `user` has open.
+    pub fn open(&self, user: &str) -> usize {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(user).copied().unwrap_or(0)
+    }
+}
+
+/// One open watch, counted until it is dropped.
+#[derive(Debug)]
+pub struct WatchPermit {
+    limits: WatchLimits,
+    user: String,
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
 pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let permit = app.watch_limits.acquire(identity)?;
     let resource = target.resource;
     let selectors = Selectors::parse(resource, params)?;
     let namespace = target.namespace.clone().or(selectors.namespace().map(str::to_string));
@@ -37,14 +111,12 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     let send_initial_events = params.flag("sendInitialEvents");
     let (initial, after) = match params.get("resourceVersion") {
         _ if send_initial_events => {
-            let listing =
-                app.store.list(&resource.store_key(), namespace.as_deref()).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
-            (listing.objects, listing.revision)
+            let page = crate::listing::read(app, identity, resource, namespace.as_deref(), &selectors, None, None).await?;
+            (page.items, page.revision)
         }
         None | Some("0") => {
-            let listing =
-                app.store.list(&resource.store_key(), namespace.as_deref()).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
-            (listing.objects, listing.revision)
+            let page = crate::listing::read(app, identity, resource, namespace.as_deref(), &selectors, None, None).await?;
+            (page.items, page.revision)
         }
         Some(text) => {
             let revision = text.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {text:?}")))?;
@@ -65,6 +137,7 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     let mut stopping = app.stopping.clone();
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut encoder = encoder;
         let wanted = |object: &Value| {
             visible(&identity, resource, object)

@@ -51,6 +51,25 @@ impl ObjectCache {
         Listing { revision: state.revision, objects }
     }
 
+    /// At most `limit` objects of `resource` (in `namespace`, or all) after `after`, in (namespace, name) order.
+    pub(crate) fn list_page(&self, resource: &str, namespace: Option<&str>, after: Option<(&str, &str)>, limit: usize) -> Listing {
+        use std::ops::Bound;
+        let state = self.state.read().expect("cache lock");
+        let start = match after {
+            Some((after_namespace, after_name)) => Bound::Excluded(Key::new(resource, after_namespace, after_name)),
+            None => Bound::Included(Key::new(resource, namespace.unwrap_or_default(), "")),
+        };
+        let objects = state
+            .objects
+            .range((start, Bound::Unbounded))
+            .skip_while(|(k, _)| namespace.is_some_and(|ns| k.resource == resource && k.namespace.as_str() < ns))
+            .take_while(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns))
+            .take(limit)
+            .map(|(_, v)| (**v).clone())
+            .collect();
+        Listing { revision: state.revision, objects }
+    }
+
     /// Applies committed changes (in revision order).
     pub(crate) fn apply(&self, changes: &[Change]) {
         let mut state = self.state.write().expect("cache lock");

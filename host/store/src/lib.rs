@@ -287,6 +287,24 @@ impl Store {
         }
     }
 
+    /// One page of [`Store::list`]: at most `limit` objects of `resource`
+    /// (in `namespace`, or in all) whose (namespace, name) comes after
+    /// `after`, in that order. Pages are each consistent at their revision,
+    /// not with each other: a client that pages, then watches from the first
+    /// page's revision, sees every change since.
+    pub async fn list_page(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        match &self.cache {
+            Some(cache) => Ok(cache.list_page(resource, namespace, after, limit)),
+            None => self.backend.list_page(resource, namespace, after, limit).await,
+        }
+    }
+
     /// The latest revision and the compaction horizon.
     pub async fn revisions(&self) -> Result<(i64, i64), StoreError> {
         self.backend.revisions().await

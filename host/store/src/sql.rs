@@ -148,6 +148,54 @@ impl SqlBackend {
         Ok(Listing { revision, objects })
     }
 
+    /// At most `limit` objects of `resource` (in `namespace`, or all) after `after`, in (namespace, name) order.
+    pub(crate) async fn list_page(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        let (after_namespace, after_name) = after.unwrap_or((namespace.unwrap_or_default(), ""));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conn = self.readers.acquire().await?;
+        let (mut tx, revision) = self.snapshot(&mut conn).await?;
+        let rows = match namespace {
+            Some(ns) => {
+                // A page after another namespace's key starts at the beginning of this one, or is empty.
+                let after_name = if after_namespace < ns { "" } else { after_name };
+                if after_namespace > ns {
+                    Vec::new()
+                } else {
+                    sqlx::query(
+                        "SELECT data FROM objects WHERE resource = $1 AND namespace = $2 AND name > $3 ORDER BY namespace, name LIMIT $4",
+                    )
+                    .bind(resource)
+                    .bind(ns)
+                    .bind(after_name)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?
+                }
+            }
+            None => {
+                sqlx::query(
+                    "SELECT data FROM objects WHERE resource = $1 AND (namespace > $2 OR (namespace = $2 AND name > $3)) \
+                     ORDER BY namespace, name LIMIT $4",
+                )
+                .bind(resource)
+                .bind(after_namespace)
+                .bind(after_name)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        tx.commit().await?;
+        let objects = rows.iter().map(|row| parse(&row.try_get::<String, _>(0)?)).collect::<Result<_, _>>()?;
+        Ok(Listing { revision, objects })
+    }
+
     /// Every live object and the revision they are consistent at (to fill the cache).
     pub(crate) async fn load_all(&self) -> Result<(i64, Vec<(Key, Value)>), StoreError> {
         let mut conn = self.readers.acquire().await?;

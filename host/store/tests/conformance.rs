@@ -95,6 +95,7 @@ conformance!(
     blobs_are_stored_once_by_digest,
     crud_and_conflicts,
     list_by_namespace_at_one_revision,
+    lists_in_pages,
     watch_resumes_from_a_revision,
     compaction_bounds_the_log,
     concurrent_writers_get_distinct_ordered_revisions,
@@ -162,6 +163,44 @@ async fn list_by_namespace_at_one_revision(url: &str) {
     assert_eq!(all.revision, current);
     assert!(all.objects.iter().all(|o| rv(o) <= all.revision));
     assert_eq!(store.list("widgets", None).await.unwrap().objects.len(), 0);
+}
+
+async fn lists_in_pages(url: &str) {
+    let store = Store::open(url, options()).await.unwrap();
+    let keys = [("a", "x"), ("dev", "a"), ("dev", "b"), ("dev", "c"), ("prod", "a"), ("zeta", "q")];
+    for (ns, name) in keys {
+        store.create(Key::new("pods", ns, name), pod(name)).await.unwrap();
+    }
+    store.create(Key::new("namespaces", "", "dev"), json!({"metadata": {"name": "dev"}})).await.unwrap();
+    let page_keys = |listing: &kapsel_store::Listing| -> Vec<String> {
+        listing.objects.iter().map(|o| o["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    // Every namespace, two at a time: the pages add up to the whole, in order.
+    let mut seen = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list_page("pods", None, after.as_ref().map(|(n, m)| (n.as_str(), m.as_str())), 2).await.unwrap();
+        pages += 1;
+        assert!(page.objects.len() <= 2);
+        if page.objects.is_empty() {
+            break;
+        }
+        seen.extend(page_keys(&page));
+        let last = &keys[seen.len() - 1];
+        after = Some((last.0.to_string(), last.1.to_string()));
+    }
+    assert_eq!(seen, ["x", "a", "b", "c", "a", "q"]);
+    assert_eq!(pages, 4);
+    // One namespace: from its start, after a key in it, after a key before or after it.
+    assert_eq!(page_keys(&store.list_page("pods", Some("dev"), None, 10).await.unwrap()), ["a", "b", "c"]);
+    assert_eq!(page_keys(&store.list_page("pods", Some("dev"), Some(("dev", "a")), 1).await.unwrap()), ["b"]);
+    assert_eq!(page_keys(&store.list_page("pods", Some("dev"), Some(("a", "x")), 10).await.unwrap()), ["a", "b", "c"]);
+    assert!(store.list_page("pods", Some("dev"), Some(("prod", "")), 10).await.unwrap().objects.is_empty());
+    assert!(store.list_page("pods", Some("nope"), None, 10).await.unwrap().objects.is_empty());
+    assert_eq!(page_keys(&store.list_page("namespaces", None, None, 10).await.unwrap()), ["dev"]);
+    let (current, _) = store.revisions().await.unwrap();
+    assert_eq!(store.list_page("pods", None, None, 1).await.unwrap().revision, current);
 }
 
 async fn next_change(stream: &mut kapsel_store::WatchStream) -> kapsel_store::Change {

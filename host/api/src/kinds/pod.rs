@@ -39,6 +39,14 @@ pub static POD: ResourceType = ResourceType {
 
 const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
 
+/// The longest `activeDeadlineSeconds` (Kubernetes' limit: 2³¹-1).
+pub const MAX_ACTIVE_DEADLINE_SECONDS: i64 = i32::MAX as i64;
+
+/// The longest grace period, of `terminationGracePeriodSeconds` and of a
+/// delete's `gracePeriodSeconds` (2³¹-1 s, about 68 years): every deadline
+/// computed from one stays a time the clocks can hold.
+pub const MAX_GRACE_SECONDS: i64 = i32::MAX as i64;
+
 /// Kapsel's fields of a pod's `spec` beyond Kubernetes' `PodSpec`.
 pub const SPEC_EXTENSIONS: &[&str] = &["resourceClassName"];
 
@@ -116,14 +124,20 @@ fn validate(object: &Value) -> Vec<FieldError> {
         errors.push(FieldError::not_supported("spec.restartPolicy", policy, RESTART_POLICIES));
     }
     if let Some(seconds) = spec.active_deadline_seconds
-        && seconds <= 0
+        && !(1..=MAX_ACTIVE_DEADLINE_SECONDS).contains(&seconds)
     {
-        errors.push(FieldError::invalid("spec.activeDeadlineSeconds", "must be greater than 0"));
+        errors.push(FieldError::invalid(
+            "spec.activeDeadlineSeconds",
+            format!("must be between 1 and {MAX_ACTIVE_DEADLINE_SECONDS}, inclusive"),
+        ));
     }
     if let Some(seconds) = spec.termination_grace_period_seconds
-        && seconds < 0
+        && !(0..=MAX_GRACE_SECONDS).contains(&seconds)
     {
-        errors.push(FieldError::invalid("spec.terminationGracePeriodSeconds", "must be greater than or equal to 0"));
+        errors.push(FieldError::invalid(
+            "spec.terminationGracePeriodSeconds",
+            format!("must be between 0 and {MAX_GRACE_SECONDS}, inclusive"),
+        ));
     }
     errors
 }
@@ -184,6 +198,16 @@ mod tests {
         assert!(got.contains(&"spec.containers[1].resources.limits.cpu".to_string()), "{got:?}");
         assert!(got.contains(&"spec.containers[1].resources.requests.memory".to_string()), "{got:?}");
         assert!(got.contains(&"spec.restartPolicy".to_string()), "{got:?}");
+    }
+
+    #[test]
+    fn durations_stay_in_range() {
+        let pod = |field: &str, seconds: i64| json!({"spec": {field: seconds, "containers": [{"name": "a", "image": "x"}]}});
+        assert!(validate(&pod("activeDeadlineSeconds", i64::from(i32::MAX))).is_empty());
+        assert_eq!(fields(validate(&pod("activeDeadlineSeconds", i64::MAX))), vec!["spec.activeDeadlineSeconds"]);
+        assert_eq!(fields(validate(&pod("activeDeadlineSeconds", 0))), vec!["spec.activeDeadlineSeconds"]);
+        assert_eq!(fields(validate(&pod("terminationGracePeriodSeconds", i64::MAX))), vec!["spec.terminationGracePeriodSeconds"]);
+        assert!(validate(&pod("terminationGracePeriodSeconds", 0)).is_empty());
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! What a list, or a watch's initial state, reads: only what the caller
+//! may see, in pages.
+//!
+//! A tenant's read across namespaces reads the namespaces it holds a role
+//! in, one after the other, never the whole cluster's objects of the kind
+//! to filter them afterwards: a read costs what the caller may see. With
+//! `limit`, a list answers at most that many items and an opaque
+//! `metadata.continue` token when there are more, as Kubernetes pages
+//! (kubectl asks for 500 at a time). Each page reads the store as it is
+//! then; every page reports the first page's `resourceVersion`, so a client
+//! that watches from it after the last page sees every change since (an
+//! object changed meanwhile may come both in a page and as an event, which
+//! list-then-watch clients handle).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kapsel_api::{ResourceType, object};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::App;
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::resources::{Selectors, visible};
+
+/// A page of a listing.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Value>,
+    /// The revision the listing is at least as new as.
+    pub revision: i64,
+    /// The token for the next page, when there is one.
+    pub continue_token: Option<String>,
+}
+
+/// Where the next page starts: after this key, reporting this revision.
+#[derive(Debug, Serialize, Deserialize)]
+struct Continue {
+    /// The first page's revision.
+    rv: i64,
+    /// The namespace ("" for cluster-scoped kinds) and name of the last item served.
+    ns: String,
+    name: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn decode(token: &str) -> Result<Continue, ApiError> {
+        let invalid = || ApiError::BadRequest(format!("invalid continue token {token:?}: pass the metadata.continue of the previous page"));
+        let bytes = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| invalid())?;
+        serde_json::from_slice(&bytes).map_err(|_| invalid())
+    }
+}
+
+/// The part of the store one read covers: one namespace, or every one.
+type Scope = Option<String>;
+
+/// The scopes `identity` may read `resource` in, for a read in `namespace`
+/// (or across namespaces when `None`), in key order.
+fn scopes(identity: &Identity, resource: &ResourceType, namespace: Option<&str>) -> Vec<Scope> {
+    match namespace {
+        Some(namespace) => vec![Some(namespace.to_string())],
+        // A tenant's read across namespaces: its own namespaces only.
+        None if resource.namespaced() && !identity.admin && identity.node.is_none() => {
+            identity.roles.keys().map(|namespace| Some(namespace.clone())).collect()
+        }
+        None => vec![None],
+    }
+}
+
+/// Reads one page (or everything, without `limit`) of `resource` in
+/// `namespace` (or across namespaces) that `identity` may see and
+/// `selectors` select, starting where `continue_token` says.
+pub async fn read(
+    app: &App,
+    identity: &Identity,
+    resource: &'static ResourceType,
+    namespace: Option<&str>,
+    selectors: &Selectors,
+    limit: Option<usize>,
+    continue_token: Option<&str>,
+) -> Result<Page, ApiError> {
+    let start = continue_token.map(Continue::decode).transpose()?;
+    let mut revision = start.as_ref().map(|s| s.rv);
+    let mut after: Option<(String, String)> = start.map(|s| (s.ns, s.name));
+    let wanted = limit.filter(|l| *l > 0);
+    // One item past the page tells whether another page follows.
+    let chunk = wanted.map_or(usize::MAX, |l| l.saturating_add(1));
+    let mut items: Vec<Value> = Vec::new();
+    let store_key = resource.store_key();
+    'scopes: for scope in scopes(identity, resource, namespace) {
+        if let (Some(scope), Some((after_namespace, _))) = (&scope, &after)
+            && scope < after_namespace
+        {
+            continue;
+        }
+        loop {
+            let from = after.as_ref().map(|(ns, name)| (ns.as_str(), name.as_str()));
+            let listing =
+                app.store.list_page(&store_key, scope.as_deref(), from, chunk).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
+            revision.get_or_insert(listing.revision);
+            let exhausted = listing.objects.len() < chunk;
+            for item in listing.objects {
+                after =
+                    Some((object::namespace(&item).unwrap_or_default().to_string(), object::name(&item).unwrap_or_default().to_string()));
+                if selectors.matches(&item) && visible(identity, resource, &item) {
+                    items.push(item);
+                    if wanted.is_some_and(|l| items.len() > l) {
+                        break 'scopes;
+                    }
+                }
+            }
+            if exhausted {
+                continue 'scopes;
+            }
+        }
+    }
+    let revision = match revision {
+        Some(revision) => revision,
+        None => app.store.revisions().await.map_err(|e| ApiError::from_store(e, resource, ""))?.0,
+    };
+    let continue_token = match wanted {
+        Some(limit) if items.len() > limit => {
+            items.truncate(limit);
+            let last = items
+                .last()
+                .map(|item| (object::namespace(item).unwrap_or_default().to_string(), object::name(item).unwrap_or_default().to_string()));
+            last.map(|(ns, name)| Continue { rv: revision, ns, name }.encode())
+        }
+        _ => None,
+    };
+    Ok(Page { items, revision, continue_token })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_bad_ones_are_refused() {
+        let token = Continue { rv: 42, ns: "dev".into(), name: "web-1".into() }.encode();
+        let decoded = Continue::decode(&token).unwrap();
+        assert_eq!((decoded.rv, decoded.ns.as_str(), decoded.name.as_str()), (42, "dev", "web-1"));
+        for bad in ["", "!!!", "bm90LWpzb24"] {
+            let error = Continue::decode(bad).unwrap_err();
+            assert!(matches!(error, ApiError::BadRequest(_)), "{bad}: {error:?}");
+        }
+    }
+}
