@@ -599,3 +599,56 @@ async fn recount(app: &App, namespace: &str) -> Result<usize, ApiError> {
     }
     Ok(corrected)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(sizes: &[u64]) -> Value {
+        let images: Vec<Value> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| json!({"digest": format!("sha256:{i:064x}"), "size": size, "pushedAt": "2026-01-01T00:00:00Z"}))
+            .collect();
+        json!({"metadata": {"name": "a", "namespace": "ns", "resourceVersion": "7"}, "spec": {"images": images}})
+    }
+
+    fn quota(hard: Value, used: Value) -> Value {
+        json!({"metadata": {"name": "q", "namespace": "ns"}, "spec": {"hard": hard}, "status": {"hard": hard, "used": used}})
+    }
+
+    #[test]
+    fn an_artifact_uses_the_bytes_of_its_images() {
+        let used = usage(&ARTIFACT, &artifact(&[1000, 24]));
+        assert_eq!(used["count/artifacts.kapsel.io"], Quantity::from_units(1));
+        assert_eq!(used[ARTIFACT_STORAGE], Quantity::from_units(1024));
+    }
+
+    #[test]
+    fn huge_sizes_saturate_and_exceed_every_limit() {
+        // Sizes beyond i64 count as i64::MAX each; their sum does not wrap around to something small.
+        let huge = artifact(&[u64::MAX, u64::MAX, u64::MAX]);
+        let used = usage(&ARTIFACT, &huge);
+        assert!(used[ARTIFACT_STORAGE] >= Quantity::from_units(i64::MAX), "{}", used[ARTIFACT_STORAGE]);
+        let charge = Charge::new(&ARTIFACT, "ns", "a", None, Some(&huge));
+        let limit = quota(json!({ARTIFACT_STORAGE: "7Ei"}), json!({ARTIFACT_STORAGE: "1"}));
+        let refused = charged(&charge, &limit).unwrap_err();
+        assert!(refused.contains("exceeded quota: q"), "{refused}");
+        // Already used near the top, a small charge still exceeds rather than wraps.
+        let full = quota(json!({ARTIFACT_STORAGE: "7Ei"}), json!({ARTIFACT_STORAGE: "7Ei"}));
+        let small = Charge::new(&ARTIFACT, "ns", "a", Some(&artifact(&[1])), Some(&artifact(&[1, 1])));
+        assert!(charged(&small, &full).unwrap_err().contains("exceeded quota"));
+        // Freeing more than is recorded leaves zero, never a negative or wrapped total.
+        let freed = Charge::new(&ARTIFACT, "ns", "a", Some(&huge), None);
+        let next = charged(&freed, &quota(json!({ARTIFACT_STORAGE: "1Gi"}), json!({ARTIFACT_STORAGE: "10"}))).unwrap();
+        assert_eq!(next["status"]["used"][ARTIFACT_STORAGE], "0");
+    }
+
+    #[test]
+    fn counts_do_not_wrap() {
+        let near_max =
+            quota(json!({"count/artifacts.kapsel.io": "9223372036854775807"}), json!({"count/artifacts.kapsel.io": "9223372036854775807"}));
+        let create = Charge::new(&ARTIFACT, "ns", "b", None, Some(&artifact(&[])));
+        assert!(charged(&create, &near_max).unwrap_err().contains("exceeded quota"));
+    }
+}
