@@ -323,7 +323,7 @@ fn estimate(name: &str, args: &[Value], remaining: u64) -> Result<u64, Exceeded>
         },
         "numbers.range_step" => match (float(args.first()), float(args.get(1)), float(args.get(2))) {
             (Some(a), Some(b), Some(step)) if step != 0.0 => saturating((b - a).abs() / step.abs() + 1.0).saturating_mul(NODE),
-            (_, _, Some(step)) if step == 0.0 => 0,
+            (_, _, Some(0.0)) => 0,
             _ if args.iter().all(|a| matches!(a, Value::Number(_))) => u64::MAX,
             _ => 0,
         },

@@ -160,7 +160,7 @@ impl Admission {
         self.limits.max_namespace_policies.load(Ordering::Relaxed)
     }
 
-    /// Sets [`Admission::max_namespace_policies`] (`kapsel serve --max-namespace-policies`), for every clone of this `Admission`.
+    /// Sets [`Admission::max_namespace_policies`], for every clone of this `Admission` (`kapsel serve` passes its flag here).
     pub fn set_max_namespace_policies(&self, max: usize) {
         self.limits.max_namespace_policies.store(max, Ordering::Relaxed);
     }
@@ -208,7 +208,7 @@ impl Admission {
         if count >= max {
             return Err(ApiError::Forbidden(format!(
                 "admissionpolicies.kapsel.io {name:?} is forbidden: namespace {namespace:?} already has {count} admission policies, \
-                 the most its tenants may create (the limit of {max} admission policies per namespace, set by IT with kapsel serve --max-namespace-policies)"
+                 the most its tenants may create (the limit of {max} admission policies per namespace, set by IT)"
             )));
         }
         Ok(())
