@@ -101,8 +101,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
     /// The most watches one identity (a tenant's or a node's token; IT admins are not limited) may hold open at once; one more is refused with 429.
-    #[arg(long, default_value_t = kapsel_server::watch::DEFAULT_MAX_WATCHES_PER_IDENTITY, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = kapsel_server::watch::DEFAULT_MAX_WATCHES_PER_IDENTITY as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_watches_per_identity: u64,
+    /// The most AdmissionPolicies a namespace's tenants may create (IT admins are not limited; a ResourceQuota on count/admissionpolicies.kapsel.io can set a lower cap per namespace).
+    #[arg(long, default_value_t = kapsel_server::admission::MAX_NAMESPACE_POLICIES)]
+    max_namespace_policies: usize,
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -163,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 local_node: if args.no_local_node { None } else { Some(local_node(args.node_name)?) },
                 max_watches_per_identity: usize::try_from(args.max_watches_per_identity).unwrap_or(usize::MAX),
+                max_namespace_policies: args.max_namespace_policies,
             };
             kapsel_server::serve::run(config).await?;
             Ok(ExitCode::SUCCESS)

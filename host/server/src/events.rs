@@ -2,7 +2,11 @@
 //! does: one `Event` per object and reason (named `<object>.<kind>.<reason>`),
 //! its `count` and `lastTimestamp` bumped when it happens again, so a
 //! failing plug-in called a thousand times leaves one event, not a thousand.
-//! Events of cluster-scoped objects go to the `default` namespace.
+//! Events of cluster-scoped objects go to the `default` namespace, where
+//! only IT admins see them (they may name any tenant's objects); an event
+//! about a cluster-scoped object that concerns one namespace (a cluster
+//! policy's audit violation by an object there) is recorded in that
+//! namespace instead ([`record_in`]), for its tenants to see.
 
 use kapsel_api::kinds::event::EVENT;
 use kapsel_api::object;
@@ -32,8 +36,14 @@ pub const CLUSTER_EVENTS_NAMESPACE: &str = "default";
 /// to record is logged, never raised: events are a report, not a step of
 /// the operation.
 pub async fn record(store: &Store, involved: &Value, event_type: EventType, reason: &str, message: &str) {
+    record_in(store, None, involved, event_type, reason, message).await;
+}
+
+/// [`record`], in `namespace` when given (else the involved object's, or
+/// [`CLUSTER_EVENTS_NAMESPACE`] for a cluster-scoped one).
+pub async fn record_in(store: &Store, namespace: Option<&str>, involved: &Value, event_type: EventType, reason: &str, message: &str) {
     for _ in 0..3 {
-        match try_record(store, involved, event_type, reason, message).await {
+        match try_record(store, namespace, involved, event_type, reason, message).await {
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists) => continue,
             Err(error) => {
                 tracing::warn!(reason, error = &error as &dyn std::error::Error, "could not record an event");
@@ -48,10 +58,15 @@ pub async fn record(store: &Store, involved: &Value, event_type: EventType, reas
 /// happened to `involved` (for a caller that writes it together with
 /// something else; [`record`] aggregates repeats).
 pub fn first_event(involved: &Value, event_type: EventType, reason: &str, message: &str) -> (Key, Value) {
+    first_event_in(None, involved, event_type, reason, message)
+}
+
+/// [`first_event`], recorded in `namespace` when given.
+fn first_event_in(namespace: Option<&str>, involved: &Value, event_type: EventType, reason: &str, message: &str) -> (Key, Value) {
     let kind = involved.get("kind").and_then(Value::as_str).unwrap_or_default();
     let name = object::name(involved).unwrap_or_default();
     let object_namespace = object::meta_str(involved, "namespace").filter(|n| !n.is_empty());
-    let namespace = object_namespace.unwrap_or(CLUSTER_EVENTS_NAMESPACE);
+    let namespace = namespace.or(object_namespace).unwrap_or(CLUSTER_EVENTS_NAMESPACE);
     let event_name = format!("{name}.{}.{}", kind.to_ascii_lowercase(), reason.to_ascii_lowercase());
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut involved_object = json!({
@@ -85,8 +100,15 @@ pub fn first_event(involved: &Value, event_type: EventType, reason: &str, messag
     (Key::new(EVENT.store_key(), namespace, event_name), event)
 }
 
-async fn try_record(store: &Store, involved: &Value, event_type: EventType, reason: &str, message: &str) -> Result<(), StoreError> {
-    let (key, first) = first_event(involved, event_type, reason, message);
+async fn try_record(
+    store: &Store,
+    namespace: Option<&str>,
+    involved: &Value,
+    event_type: EventType,
+    reason: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    let (key, first) = first_event_in(namespace, involved, event_type, reason, message);
     match store.get(&key).await {
         Ok(mut event) => {
             let expected = object::resource_version(&event).and_then(Result::ok);
@@ -100,4 +122,12 @@ async fn try_record(store: &Store, involved: &Value, event_type: EventType, reas
         Err(StoreError::NotFound) => store.create(key, first).await.map(drop),
         Err(error) => Err(error),
     }
+}
+
+/// Whether `event` is IT's alone to read: one about a cluster-scoped
+/// object (its `involvedObject` has no namespace), recorded in
+/// [`CLUSTER_EVENTS_NAMESPACE`] — it may name any tenant's objects.
+pub fn for_it_only(event: &Value) -> bool {
+    object::namespace(event) == Some(CLUSTER_EVENTS_NAMESPACE)
+        && event.pointer("/involvedObject/namespace").and_then(Value::as_str).is_none_or(str::is_empty)
 }

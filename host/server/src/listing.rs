@@ -11,6 +11,10 @@
 //! that watches from it after the last page sees every change since (an
 //! object changed meanwhile may come both in a page and as an event, which
 //! list-then-watch clients handle).
+//!
+//! What a tenant may read of a cluster-scoped object is [`redact`]ed: a
+//! `ClusterAdmissionPolicy`'s audit lists only the violations in the
+//! reader's namespaces.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -107,6 +111,8 @@ pub async fn read(
                 after =
                     Some((object::namespace(&item).unwrap_or_default().to_string(), object::name(&item).unwrap_or_default().to_string()));
                 if selectors.matches(&item) && visible(identity, resource, &item) {
+                    let mut item = item;
+                    redact(identity, resource, &mut item);
                     items.push(item);
                     if wanted.is_some_and(|l| items.len() > l) {
                         break 'scopes;
@@ -133,6 +139,21 @@ pub async fn read(
         _ => None,
     };
     Ok(Page { items, revision, continue_token })
+}
+
+/// Removes from `object` what `identity` may not read of it: of a
+/// `ClusterAdmissionPolicy` (readable by every tenant), the audit's
+/// violations by objects outside the reader's namespaces (the total stays:
+/// a count names no one).
+pub fn redact(identity: &Identity, resource: &ResourceType, object: &mut Value) {
+    if identity.admin || !std::ptr::eq(resource, &kapsel_api::kinds::admission_policy::CLUSTER_ADMISSION_POLICY) {
+        return;
+    }
+    if let Some(violations) = object.pointer_mut("/status/audit/violations").and_then(Value::as_array_mut) {
+        violations.retain(|violation| {
+            violation.get("namespace").and_then(Value::as_str).is_some_and(|namespace| identity.roles.contains_key(namespace))
+        });
+    }
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub async fn handle(
         )));
     }
     match verb {
-        Verb::Get => get(&app, &target, &params, &headers).await,
+        Verb::Get => get(&app, &identity, &target, &params, &headers).await,
         Verb::List => list(&app, &identity, &target, &params, &headers).await,
         Verb::Watch => watch::serve(&app, &identity, &target, &params, &headers).await,
         Verb::Create => create(&app, &identity, &target, &params, &headers, body).await,
@@ -97,9 +97,13 @@ fn respond(code: StatusCode, resource: &ResourceType, object: Value, params: &Pa
     (code, axum::Json(object)).into_response()
 }
 
-async fn get(app: &App, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn get(app: &App, identity: &Identity, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let name = target_name(target);
-    let object = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+    let mut object = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+    if !visible(identity, target.resource, &object) {
+        return Err(ApiError::not_found(target.resource, name));
+    }
+    listing::redact(identity, target.resource, &mut object);
     Ok(respond(StatusCode::OK, target.resource, object, params, headers))
 }
 
@@ -133,6 +137,9 @@ impl Selectors {
 pub fn visible(identity: &Identity, resource: &ResourceType, object: &Value) -> bool {
     if identity.admin {
         return true;
+    }
+    if std::ptr::eq(resource, &kapsel_api::kinds::event::EVENT) && crate::events::for_it_only(object) {
+        return false;
     }
     if resource.namespaced() {
         return object::namespace(object).is_some_and(|ns| identity.sees_namespace(ns));

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub local_node: Option<LocalNode>,
     /// The most watches one identity but IT admins may hold open ([`crate::watch::WatchLimits`]).
     pub max_watches_per_identity: usize,
+    /// The most `AdmissionPolicy` objects a namespace's tenants may create.
+    pub max_namespace_policies: usize,
 }
 
 /// The embedded node agent of `kapsel serve`: its node's name, and the
@@ -132,6 +134,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;
+    admission.set_max_namespace_policies(config.max_namespace_policies);
     let app = App {
         store,
         auth,

@@ -183,7 +183,8 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
                 }
                 Some(Ok(change)) => change,
             };
-            let Some((kind, object)) = filtered(&change, wanted) else { continue };
+            let Some((kind, mut object)) = filtered(&change, wanted) else { continue };
+            crate::listing::redact(&identity, resource, &mut object);
             if sender.send(Ok(encoder.event(kind, object))).await.is_err() {
                 return;
             }

@@ -2117,23 +2117,37 @@ async fn the_periodic_audit_keeps_the_status_current_and_audit_violations_are_ev
     let admitted = api.post(&pods("dev"), pod("web")).await;
     admitted.ok(201);
     assert!(admitted.headers.get("warning").is_none());
-    let event =
-        eventually(&api, "/api/v1/namespaces/default/events/labels.clusteradmissionpolicy.auditviolation", "the event", |_| true).await;
+    // The event is recorded in the pod's namespace: its tenants see it, no other tenant does.
+    let event_in = |namespace: &str| format!("/api/v1/namespaces/{namespace}/events/labels.clusteradmissionpolicy.auditviolation");
+    let event = eventually(&api, &event_in("dev"), "the event", |_| true).await;
     assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("AuditViolation")));
     assert_eq!(event["involvedObject"]["kind"], "ClusterAdmissionPolicy");
     assert_eq!(event["message"], r#"CREATE of Pod dev/web admitted in violation: you must provide labels: {"cost-center"}"#);
     let found = eventually(&api, &policy, "a later pass", violations(1)).await;
     assert_eq!(found["status"]["audit"]["violations"][0]["enforcement"], "audit");
 
-    // Another violation: the event counts it, and so does the next pass. A dry run records nothing.
-    let events = "/api/v1/namespaces/default/events/labels.clusteradmissionpolicy.auditviolation";
-    api.post(&pods("qa"), pod("db")).await.ok(201);
-    eventually(&api, events, "the second event", |e| e["count"] == 2).await;
+    // Another violation in dev: the event counts it, and so does the next pass. A dry run records nothing.
+    api.post(&pods("dev"), pod("db")).await.ok(201);
+    eventually(&api, &event_in("dev"), "the second event", |e| e["count"] == 2).await;
     eventually(&api, &policy, "the next pass", violations(2)).await;
     api.post(&format!("{}?dryRun=All", pods("dev")), pod("trial")).await.ok(201);
     api.post(&pods("prod"), pod("queue")).await.ok(201);
-    eventually(&api, events, "the third event", |e| e["count"] == 3 && e["message"].as_str().unwrap_or_default().contains("prod/queue"))
-        .await;
+    eventually(&api, &event_in("prod"), "prod's event", |e| {
+        e["count"] == 1 && e["message"].as_str().unwrap_or_default().contains("prod/queue")
+    })
+    .await;
+    assert_eq!(api.get(&event_in("dev")).await.body["count"], 2);
+    let found = eventually(&api, &policy, "the pass that finds prod's", violations(3)).await;
+    assert_eq!(found["status"]["audit"]["violations"].as_array().map(Vec::len), Some(3));
+    // Alice (dev and qa) reads the cluster policy's audit: only her namespaces' violations are listed.
+    let seen = api.json_as(ALICE, Method::GET, &policy, None).await;
+    seen.ok(200);
+    let namespaces: Vec<&str> =
+        seen.body["status"]["audit"]["violations"].as_array().unwrap().iter().filter_map(|v| v["namespace"].as_str()).collect();
+    assert_eq!(namespaces, ["dev", "dev"], "{}", seen.text);
+    let listed = api.json_as(ALICE, Method::GET, CLUSTER_POLICIES, None).await;
+    assert_eq!(listed.items()[0]["status"]["audit"]["violations"].as_array().map(Vec::len), Some(2));
+    api.json_as(ALICE, Method::GET, &event_in("prod"), None).await.failure(403, "Forbidden");
 }
 
 /// LimitRanges fill a new pod's missing requests and limits, then bound them, as Kubernetes' LimitRanger does.

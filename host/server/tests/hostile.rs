@@ -244,3 +244,33 @@ async fn watches_per_identity_are_capped() {
     }
     let _again = api.watch_as(ALICE, &format!("{}?watch=true", pods("dev"))).await;
 }
+
+#[tokio::test]
+async fn events_about_cluster_objects_are_for_it_admins() {
+    use kapsel_server::events::{EventType, record};
+    let api = Api::start().await;
+    let token = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Token", "metadata": {"name": "carol"},
+        "spec": {"user": "carol", "roles": [{"namespace": "default", "role": "view"}]}});
+    let issued = api.post("/apis/kapsel.io/v1alpha1/tokens", token).await;
+    issued.ok(201);
+    let carol = issued.body["status"]["token"].as_str().expect("the secret, shown once").to_string();
+    api.push_images("default", &["app:1"]).await;
+    let stored_pod = api.create_pod("default", pod("web")).await;
+    record(&api.store, &stored_pod, EventType::Normal, "Started", "started").await;
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edge-1", "uid": "u"}});
+    record(&api.store, &node, EventType::Warning, "NodeNotReady", "names any tenant's pods").await;
+
+    let events = "/api/v1/namespaces/default/events";
+    assert_eq!(api.get(events).await.items().len(), 2);
+    let seen = api.json_as(&carol, Method::GET, events, None).await;
+    seen.ok(200);
+    let reasons: Vec<&str> = seen.body["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons, ["Started"]);
+    let node_event = format!("{events}/edge-1.node.nodenotready");
+    api.get(&node_event).await.ok(200);
+    api.json_as(&carol, Method::GET, &node_event, None).await.failure(404, "NotFound");
+    let mut watch = api.watch_as(&carol, &format!("{events}?watch=true")).await;
+    assert_eq!(summary(&watch.next().await), ("ADDED".to_string(), "default/web.pod.started".to_string()));
+    record(&api.store, &node, EventType::Warning, "NodeNotReady", "again").await;
+    watch.assert_quiet().await;
+}

@@ -382,9 +382,11 @@ pub fn record_violation(
     let message = format!("{} of {kind} {} admitted in violation: {}", operation.as_str(), qualified(namespace, name), messages.join("; "));
     let store = store.clone();
     let key = policy_key(policy);
+    // A cluster policy's violation by an object in a namespace is that namespace's to see, not every tenant's.
+    let event_namespace = namespace.filter(|n| !n.is_empty()).map(str::to_string);
     tokio::spawn(async move {
         if let Ok(policy) = store.get(&key).await {
-            events::record(&store, &policy, EventType::Warning, AUDIT_VIOLATION, &message).await;
+            events::record_in(&store, event_namespace.as_deref(), &policy, EventType::Warning, AUDIT_VIOLATION, &message).await;
         }
     });
 }
