@@ -1,6 +1,7 @@
 //! `kapsel push FILE NAME:TAG [-n NS]`: upload a workload image (a Wasm
 //! component built for wasm32-wasip2) into the namespace's `Artifact`
-//! NAME and point TAG at it; pods then name it as `image: NAME:TAG`.
+//! NAME and point TAG at it; pods then name it as `image: NAME:TAG`. A file
+//! over the server's cap (64 MiB) is refused before it is sent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,11 @@ pub async fn run(connection: &ConnectionArgs, args: PushArgs) -> anyhow::Result<
         ImageReference::Tag { name, tag } => (name, tag),
         ImageReference::Digest { .. } => anyhow::bail!("push to NAME:TAG; the digest is the server's to compute"),
     };
+    let length = std::fs::metadata(&args.file).with_context(|| format!("reading {}", args.file.display()))?.len();
+    let limit = kapsel_server::artifacts::MAX_PUSH_BYTES;
+    if length > u64::try_from(limit).unwrap_or(u64::MAX) {
+        anyhow::bail!("{} is {length} bytes: a push is at most {limit} bytes ({} MiB)", args.file.display(), limit >> 20);
+    }
     let namespace = args.namespace.unwrap_or_else(|| client.default_namespace.clone());
     let path = format!("{}/{name}/push?tag={tag}", ARTIFACT.collection_path(Some(&namespace)));
     let artifact = client
