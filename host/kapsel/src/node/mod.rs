@@ -30,7 +30,13 @@
 //! (`kapsel.io/agent-endpoint`, `kapsel.io/agent-certificate`,
 //! `kapsel.io/agent-secret`), which only IT admins and the node itself may
 //! read; the supervisor's `GET …/pods/{name}/log` reads them, trusts that
-//! one certificate, and relays the log.
+//! one certificate, and relays the log — only when the endpoint is
+//! `https://IP:PORT` at the address and port the agent registered for its
+//! node (`status.addresses` `InternalIP`, `daemonEndpoints.kubeletEndpoint`),
+//! which is why both come from the same advertised address.
+//!
+//! Pod logs are held to a budget for the whole node (`--log-budget`, 1 GiB):
+//! past it the oldest ended runs' logs go first (see `kapsel_node::logs`).
 //!
 //! Deleting a pod that runs here is graceful: the supervisor marks it
 //! (`deletionTimestamp`), the agent stops it within its grace period and
@@ -79,6 +85,10 @@ pub struct NodeArgs {
     /// Seconds between lease renewals (the supervisor counts a node lost after 10 s without one).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub lease_interval: u64,
+    /// The most all pod logs on this node may hold together, as a quantity (`1Gi`, `500Mi`);
+    /// past it the oldest ended runs' logs are removed first.
+    #[arg(long, default_value = "1Gi")]
+    pub log_budget: String,
 }
 
 /// What an agent runs with.
@@ -92,6 +102,8 @@ pub struct AgentConfig {
     pub lease_interval: Duration,
     pub listen: std::net::SocketAddr,
     pub advertise_address: Option<std::net::IpAddr>,
+    /// The budget of all pod logs together, in bytes (`--log-budget`).
+    pub log_budget_bytes: u64,
 }
 
 impl AgentConfig {
@@ -117,6 +129,7 @@ impl AgentConfig {
             None => BTreeMap::new(),
         };
         let taints = flags.taints.iter().map(|t| taint(t)).collect::<anyhow::Result<Vec<_>>>()?;
+        let log_budget_bytes = log_budget(&flags.log_budget)?;
         Ok(AgentConfig {
             name,
             capacity,
@@ -126,6 +139,7 @@ impl AgentConfig {
             lease_interval: Duration::from_secs(flags.lease_interval),
             listen: flags.listen,
             advertise_address: flags.advertise_address,
+            log_budget_bytes,
         })
     }
 
@@ -141,8 +155,17 @@ impl AgentConfig {
             // The supervisor is in this process: loopback, any port.
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_address: None,
+            log_budget_bytes: kapsel_node::logs::DEFAULT_BUDGET_BYTES,
         }
     }
+}
+
+/// `--log-budget` in bytes: a byte quantity of at least 1 MiB (a smaller one would not hold one run's log).
+fn log_budget(text: &str) -> anyhow::Result<u64> {
+    let bytes = kapsel_node::pod::spec::memory_bytes(&Value::String(text.to_string()))
+        .map_err(|e| anyhow::anyhow!("--log-budget {text:?}: {e}"))?;
+    anyhow::ensure!(bytes >= 1 << 20, "--log-budget {text:?}: must be at least 1Mi");
+    Ok(bytes)
 }
 
 /// `a=1,b=2` as pairs.
@@ -314,7 +337,9 @@ async fn renew(client: &Client, config: &AgentConfig, holder: &str, endpoint: &L
 /// the supervisor answers), then renews the lease.
 pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.clone())).context("starting the Wasm runtime")?;
+    let mut runtime_config = RuntimeConfig::new(config.data_dir.clone());
+    runtime_config.log_budget_bytes = config.log_budget_bytes;
+    let runtime = Runtime::new(runtime_config).context("starting the Wasm runtime")?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {} for logs", config.listen))?;
     let bound = listener.local_addr()?;
     let ip = match config.advertise_address {
@@ -438,6 +463,7 @@ mod tests {
             lease_interval: 2,
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise_address: None,
+            log_budget: "1Gi".into(),
         };
         let config = AgentConfig::from_args(flags.clone()).unwrap();
         assert_eq!(config.capacity["cpu"], "4");
@@ -456,5 +482,12 @@ mod tests {
         assert!(wrong(|f| f.capacity = Some("cpu=lots".into())).contains("cpu=lots"));
         assert!(wrong(|f| f.taints = vec!["x=y:Sometimes".into()]).contains("effect"));
         assert!(wrong(|f| f.name = Some("Not A Name".into())).contains("--name"));
+        assert_eq!(config.log_budget_bytes, 1 << 30);
+        let budget = |text: &str| AgentConfig::from_args(NodeArgs { log_budget: text.into(), ..flags.clone() }).map(|c| c.log_budget_bytes);
+        assert_eq!(budget("500Mi").unwrap(), 500 << 20);
+        assert_eq!(budget("2G").unwrap(), 2_000_000_000);
+        assert!(budget("lots").unwrap_err().to_string().contains("--log-budget"));
+        assert!(budget("1Ki").unwrap_err().to_string().contains("at least 1Mi"));
+        assert!(budget("-1Gi").is_err());
     }
 }

@@ -3,6 +3,11 @@
 //! supervisor's artifact store, and sending back their status (merge
 //! patches of `pods/{name}/status`) and events; stopping those deleted or
 //! failed by the supervisor, and finishing graceful deletions.
+//!
+//! No pod stops the loop: each worker runs in its own tasks (a panic there
+//! fails that pod alone, see `kapsel_node::pod`), and a panic while the
+//! loop handles one pod's change is caught here, logged, and reported as
+//! that pod's failure (`PodWorkerPanicked`); the loop goes on with the next.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -224,22 +229,59 @@ impl PodSync {
         });
     }
 
+    /// [`PodSync::take`], with a panic caught: the pod is reported `Failed`
+    /// (unless it already runs here) and the loop goes on.
+    fn take_guarded(&mut self, pod: &Value) {
+        let taking = std::panic::AssertUnwindSafe(|| self.take(pod));
+        if let Err(payload) = std::panic::catch_unwind(taking) {
+            let message = kapsel_node::pod::panic_message(payload.as_ref());
+            tracing::error!(pod = %pod_status_path(pod), panic = %message, "handling a pod panicked; it is failed, the node's other pods go on");
+            let uid = object::meta_str(pod, "uid").unwrap_or_default();
+            if !self.running.contains_key(uid) && !terminal(pod) {
+                tokio::spawn(report_failure(self.client.clone(), pod.clone(), message));
+            }
+        }
+    }
+
+    /// [`PodSync::stop`], with a panic caught and logged.
+    fn stop_guarded(&mut self, uid: &str, gone: bool) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop(uid, gone))) {
+            let message = kapsel_node::pod::panic_message(payload.as_ref());
+            tracing::error!(%uid, panic = %message, "stopping a pod panicked; the node's other pods go on");
+        }
+    }
+
     /// Brings what runs in line with a full list of the pods bound here
-    /// (and removes the logs of pods that are gone, from before a restart too).
+    /// (and removes the logs of pods that are gone, from before a restart
+    /// too), one pod at a time, each with its panics caught.
     fn resync(&mut self, pods: &[Value]) {
         let listed: std::collections::HashSet<&str> = pods.iter().filter_map(|p| object::meta_str(p, "uid")).collect();
         let gone: Vec<String> = self.running.keys().filter(|uid| !listed.contains(uid.as_str())).cloned().collect();
         for uid in gone {
-            self.stop(&uid, true);
+            self.stop_guarded(&uid, true);
         }
-        for uid in self.runtime.logs().pod_uids().unwrap_or_default() {
+        let logs = self.runtime.logs().clone();
+        for uid in logs.pod_uids().unwrap_or_default() {
             if !listed.contains(uid.as_str()) && !self.running.contains_key(&uid) {
-                let _ = self.runtime.logs().remove_pod(&uid);
+                let _ = logs.remove_pod(&uid);
             }
         }
         for pod in pods {
-            self.take(pod);
+            self.take_guarded(pod);
         }
+    }
+}
+
+/// Reports a pod the agent could not handle as `Failed` (reason
+/// `PodWorkerPanicked`), so that it does not stay `Pending` for good.
+async fn report_failure(client: Client, pod: Value, panic: String) {
+    let status = json!({"status": {
+        "phase": "Failed",
+        "reason": kapsel_node::pod::WORKER_PANICKED,
+        "message": format!("the node agent panicked handling this pod ({panic}); it was not run"),
+    }});
+    if let Err(error) = client.merge_patch(&pod_status_path(&pod), &status).await {
+        tracing::warn!(pod = %pod_status_path(&pod), error = format!("{error:#}"), "reporting a pod the agent failed on failed");
     }
 }
 
@@ -261,8 +303,8 @@ pub(super) async fn sync_pods(client: Client, node: String, runtime: Runtime, mu
                 let event = event?;
                 let pod = event.get("object").cloned().unwrap_or_default();
                 match event.get("type").and_then(Value::as_str) {
-                    Some("DELETED") => pods.stop(object::meta_str(&pod, "uid").unwrap_or_default(), true),
-                    Some("ADDED" | "MODIFIED") => pods.take(&pod),
+                    Some("DELETED") => pods.stop_guarded(object::meta_str(&pod, "uid").unwrap_or_default(), true),
+                    Some("ADDED" | "MODIFIED") => pods.take_guarded(&pod),
                     Some("ERROR") => bail!("the watch failed: {}", pod.get("message").and_then(Value::as_str).unwrap_or_default()),
                     _ => {}
                 }
@@ -283,6 +325,6 @@ pub(super) async fn sync_pods(client: Client, node: String, runtime: Runtime, mu
     }
     let uids: Vec<String> = pods.running.keys().cloned().collect();
     for uid in uids {
-        pods.stop(&uid, false);
+        pods.stop_guarded(&uid, false);
     }
 }
