@@ -163,4 +163,15 @@ fn compiled_components_are_cached_and_damaged_entries_replaced() {
     std::fs::write(&cached, b"not compiled code").unwrap();
     cache.compile(digest, defaults::BINPACK).unwrap();
     assert_ne!(std::fs::read(&cached).unwrap(), b"not compiled code");
+    // So is one with a flipped bit inside the compiled code, which no header check sees: the checksum does.
+    let good = std::fs::read(&cached).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x10;
+    std::fs::write(&cached, &flipped).unwrap();
+    let recompiled = cache.compile(digest, defaults::BINPACK).unwrap();
+    assert_eq!(std::fs::read(&cached).unwrap().len(), good.len());
+    assert_ne!(std::fs::read(&cached).unwrap(), flipped);
+    let mut binpack = SchedulerExtension::from_component("binpack", &recompiled, vec![], Limits::default()).unwrap();
+    binpack.update_nodes(vec![node("n", "a", 0)]).unwrap();
+    assert_eq!(binpack.filter(&pod("p", 100), &[0]).unwrap().feasible, [0]);
 }

@@ -21,6 +21,7 @@ pub mod controllers;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod hooks;
 pub mod limits;
 pub mod listing;

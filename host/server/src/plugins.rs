@@ -532,6 +532,10 @@ pub async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&identity, Verb::Create, &PLUGIN, None)?;
+    // The name becomes a store key, a storage root and a file name: checked as any plug-in's before anything is read.
+    if let Err(message) = (PLUGIN.validate_name)(&name) {
+        return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::invalid("metadata.name", message)]));
+    }
     let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_COMPONENT_BYTES).await?;
     let key = Key::new(PLUGIN.store_key(), "", &name);
     let current = match app.store.get(&key).await {

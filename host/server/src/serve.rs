@@ -15,9 +15,8 @@
 //! `--no-local-node` — a node agent for this host ([`LocalNode`]), which
 //! reaches the API over HTTPS like any other agent.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -200,14 +199,7 @@ fn ensure_secret_file(path: &Path) -> anyhow::Result<String> {
         Ok(text) => text.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = new_secret();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            writeln!(file, "{secret}")?;
-            file.sync_all()?;
+            crate::files::write_atomically(path, format!("{secret}\n").as_bytes(), 0o600)?;
             secret
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -283,18 +275,7 @@ fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> any
         "preferences": {},
     });
     let text = serde_yaml::to_string(&config)?;
-    let temporary = path.with_extension("yaml.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::files::write_atomically(path, text.as_bytes(), 0o600)
 }
 
 async fn shutdown_signal() {

@@ -6,9 +6,7 @@
 //! verify the server — and send their bearer tokens, which they refuse to
 //! do over plain HTTP.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,32 +51,29 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
-}
-
 /// Loads (or makes, on first start) the CA and issues this start's server certificate.
 pub fn prepare(data_dir: &Path, listen: SocketAddr, extra_names: &[String]) -> anyhow::Result<Certificates> {
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (ca_cert_path, ca_key_path) = (ca_path(data_dir), dir.join("ca.key"));
+    // Each file is written atomically, the certificate before the key: a
+    // key in place means its certificate is too. A start killed between the
+    // two leaves no key, and the next start makes the CA afresh.
     if !ca_key_path.exists() {
         let key = KeyPair::generate().context("generating the CA key")?;
         let cert = ca_params().self_signed(&key).context("signing the CA certificate")?;
-        write_private(&ca_key_path, &key.serialize_pem())?;
-        std::fs::write(&ca_cert_path, cert.pem()).with_context(|| format!("writing {}", ca_cert_path.display()))?;
+        crate::files::write_atomically(&ca_cert_path, cert.pem().as_bytes(), 0o644)?;
+        crate::files::write_atomically(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
         tracing::info!(ca = %ca_cert_path.display(), "created the cluster CA");
     }
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path).with_context(|| format!("reading {}", ca_key_path.display()))?)
         .context("parsing the CA key")?;
+    if !ca_cert_path.exists() {
+        // A data directory written before the files were atomic may hold the key alone: its certificate is made again.
+        let cert = ca_params().self_signed(&ca_key).context("signing the CA certificate")?;
+        crate::files::write_atomically(&ca_cert_path, cert.pem().as_bytes(), 0o644)?;
+        tracing::warn!(ca = %ca_cert_path.display(), "the CA certificate was missing: made it again from the CA key");
+    }
     let ca_pem = std::fs::read_to_string(&ca_cert_path).with_context(|| format!("reading {}", ca_cert_path.display()))?;
     let issuer = Issuer::new(ca_params(), ca_key);
 

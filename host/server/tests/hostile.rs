@@ -274,3 +274,22 @@ async fn events_about_cluster_objects_are_for_it_admins() {
     record(&api.store, &node, EventType::Warning, "NodeNotReady", "again").await;
     watch.assert_quiet().await;
 }
+
+#[tokio::test]
+async fn plugin_upload_names_are_checked_like_object_names() {
+    let api = Api::start().await;
+    for name in ["Bad_Name", "..%2F..%2Fescape", "a.b", "x%00y"] {
+        let path = format!("/apis/kapsel.io/v1alpha1/plugins/{name}/component?world=storage-driver");
+        let reply = api
+            .call(
+                Some(ADMIN),
+                Method::POST,
+                &path,
+                &[("content-type", "application/wasm")],
+                kapsel_plugins::defaults::LOCAL_VOLUMES.to_vec(),
+            )
+            .await;
+        reply.failure(422, "Invalid");
+        assert_eq!(reply.cause_fields(), ["metadata.name"], "{name}: {}", reply.text);
+    }
+}

@@ -19,6 +19,7 @@ pub fn start(app: &App) {
     tokio::spawn(namespace::run(app.clone()));
     tokio::spawn(plugin_status(app.clone()));
     tokio::spawn(crate::quota::resync(app.clone()));
+    tokio::spawn(crate::artifacts::collect_blobs(app.clone()));
 }
 
 /// Writes plug-ins' counters and health (`Active`/`Degraded`) into their status.
