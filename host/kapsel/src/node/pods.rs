@@ -92,7 +92,7 @@ async fn record_events(client: Client, pod: Value, mut events: tokio::sync::broa
         let recorded = match client.get(&path).await {
             Ok(mut existing) => {
                 let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1);
-                existing["count"] = json!(count + 1);
+                existing["count"] = json!(count.saturating_add(1));
                 existing["lastTimestamp"] = first["lastTimestamp"].clone();
                 existing["message"] = json!(event.message);
                 client.put(&path, &existing).await
