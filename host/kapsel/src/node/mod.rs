@@ -384,7 +384,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         }
     }
     tracing::info!(node = %config.name, capacity = ?config.capacity, logs = %endpoint.address, "node registered");
-    tokio::spawn(pods::sync_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
+    tokio::spawn(follow_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -396,6 +396,27 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
             Ok(renewed) => lease = Some(renewed),
             Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
         }
+    }
+}
+
+/// Runs the pod loop ([`pods::sync_pods`]) until `stopping`, starting it
+/// again should it ever panic (its pods stop with it, and the new loop
+/// takes them over from their status, as a restarted agent does) — the
+/// loop catches a panic about one pod itself; this is the last line.
+async fn follow_pods(client: Client, node: String, runtime: Runtime, stopping: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let running = tokio::spawn(pods::sync_pods(client.clone(), node.clone(), runtime.clone(), stopping.clone()));
+        match running.await {
+            Err(error) if error.is_panic() => {
+                let panic = kapsel_node::pod::panic_message(error.into_panic().as_ref());
+                tracing::error!(node = %node, %panic, "the pod loop panicked; starting it again");
+            }
+            _ => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
