@@ -6,13 +6,16 @@
 mod bench;
 mod client;
 mod commands;
+mod local_node;
 mod node;
 mod output;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -97,6 +100,9 @@ struct ServeArgs {
     /// The name of this host's node (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// Seconds this host's node agent (a child process that outlives `kapsel serve`, so a restart or upgrade restarts no pod) keeps its pods while the supervisor is unreachable, before it stops with them.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    local_node_linger: u64,
     /// Seconds a node stays lost (no lease renewal for 10 s) before its pods are marked Failed.
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
@@ -149,22 +155,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             init_logging(args.log_format, "info");
             let config = kapsel_server::serve::ServeConfig {
-                data_dir: args.data_dir,
+                data_dir: args.data_dir.clone(),
                 listen: args.listen,
                 datastore: args.datastore,
                 store: kapsel_store::StoreOptions {
                     retained_changes: args.retained_changes,
-                    compaction_interval: Some(std::time::Duration::from_secs(args.compaction_interval)),
+                    compaction_interval: Some(Duration::from_secs(args.compaction_interval)),
                     ..Default::default()
                 },
                 tls_san: args.tls_san,
                 default_plugins: !args.no_default_plugins,
-                audit_interval: std::time::Duration::from_secs(args.audit_interval),
+                audit_interval: Duration::from_secs(args.audit_interval),
                 node_lifecycle: kapsel_server::controllers::node_lifecycle::NodeLifecycleOptions {
-                    pod_grace: std::time::Duration::from_secs(args.node_pod_grace),
+                    pod_grace: Duration::from_secs(args.node_pod_grace),
                     ..Default::default()
                 },
-                local_node: if args.no_local_node { None } else { Some(local_node(args.node_name)?) },
+                local_node: if args.no_local_node {
+                    local_node::stop_recorded(&args.data_dir.join(kapsel_server::serve::NODE_DIR));
+                    None
+                } else {
+                    Some(local_node(args.node_name, Duration::from_secs(args.local_node_linger))?)
+                },
                 max_watches_per_identity: usize::try_from(args.max_watches_per_identity).unwrap_or(usize::MAX),
                 max_namespace_policies: args.max_namespace_policies,
             };
@@ -194,20 +205,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The embedded node agent of `kapsel serve`: `kapsel node` for this host,
-/// reaching the server over HTTPS with the node token serve issues it.
-fn local_node(name: Option<String>) -> anyhow::Result<kapsel_server::serve::LocalNode> {
+/// run from this binary as a child process that outlives the supervisor
+/// ([`local_node`]), reaching the server over HTTPS with the node token
+/// serve issues it.
+fn local_node(name: Option<String>, linger: Duration) -> anyhow::Result<kapsel_server::serve::LocalNode> {
     let name = match name {
         Some(name) => name,
         None => node::host_name()?,
     };
     kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--node-name {name:?}: {e}"))?;
-    let agent = std::sync::Arc::new(|context: kapsel_server::serve::LocalNodeContext| {
-        let run = async move {
-            let trust = client::TlsTrust { ca_pem: Some(context.ca_pem.into_bytes()), insecure: false };
-            let client = client::Client::new(&context.server, Some(context.token), "default".into(), &trust)?;
-            node::run(client, node::AgentConfig::local(context.name, context.data_dir), context.stopping).await
-        };
-        Box::pin(run) as futures::future::BoxFuture<'static, anyhow::Result<()>>
+    let program = std::env::current_exe().context("finding this binary, to run the node agent")?;
+    let supervisor = local_node::LocalAgent { program, linger };
+    let agent = std::sync::Arc::new(move |context: kapsel_server::serve::LocalNodeContext| {
+        let supervisor = supervisor.clone();
+        Box::pin(async move { supervisor.supervise(context).await }) as futures::future::BoxFuture<'static, anyhow::Result<()>>
     });
     Ok(kapsel_server::serve::LocalNode { name, agent })
 }

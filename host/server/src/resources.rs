@@ -371,6 +371,7 @@ pub async fn create_object(
     if let Some(node) = &identity.node {
         let (namespace, name) = (target.namespace.as_deref(), object::name(&object));
         crate::auth::node_may_touch(node, Verb::Create, resource, namespace, name, None, None)?;
+        crate::auth::node_may_write(node, resource, &object)?;
     }
     let meta = object::metadata_mut(&mut object);
     for server_field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
@@ -525,6 +526,9 @@ async fn store_update(
     let name = target_name(target);
     hooks::before_update(resource, current, &mut next)?;
     validate(resource, &next)?;
+    if let Some(node) = &identity.node {
+        crate::auth::node_may_write(node, resource, &next)?;
+    }
     if std::ptr::eq(resource, &POD)
         && let Some(namespace) = &target.namespace
     {

@@ -75,6 +75,8 @@ pub struct LocalNodeContext {
     pub server: String,
     /// PEM of the cluster CA.
     pub ca_pem: String,
+    /// The file holding it (`DATA/tls/ca.crt`).
+    pub ca_file: PathBuf,
     /// The node's bearer token (`node.token` in the data directory).
     pub token: String,
     /// The agent's own directory: `<data dir>/node`.
@@ -152,6 +154,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             name: local.name.clone(),
             server: format!("https://{advertise}"),
             ca_pem: certificates.ca_pem.clone(),
+            ca_file: tls::ca_path(&config.data_dir),
             token,
             data_dir: config.data_dir.join(NODE_DIR),
             stopping: app.stopping.clone(),

@@ -89,6 +89,11 @@ pub struct NodeArgs {
     /// past it the oldest ended runs' logs are removed first.
     #[arg(long, default_value = "1Gi")]
     pub log_budget: String,
+    /// Stop, with every pod, once the supervisor has been unreachable (no lease renewal) this many
+    /// seconds. `kapsel serve` sets it for its own host's agent, which outlives it; other agents
+    /// keep their pods however long the supervisor is away.
+    #[arg(long)]
+    pub supervisor_linger: Option<u64>,
 }
 
 /// What an agent runs with.
@@ -104,6 +109,8 @@ pub struct AgentConfig {
     pub advertise_address: Option<std::net::IpAddr>,
     /// The budget of all pod logs together, in bytes (`--log-budget`).
     pub log_budget_bytes: u64,
+    /// How long the agent keeps going without renewing its lease (`--supervisor-linger`).
+    pub supervisor_linger: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -140,23 +147,8 @@ impl AgentConfig {
             listen: flags.listen,
             advertise_address: flags.advertise_address,
             log_budget_bytes,
+            supervisor_linger: flags.supervisor_linger.map(Duration::from_secs),
         })
-    }
-
-    /// The embedded agent of `kapsel serve`: this host, its defaults.
-    pub fn local(name: String, data_dir: PathBuf) -> AgentConfig {
-        AgentConfig {
-            name,
-            capacity: host_capacity(),
-            labels: BTreeMap::new(),
-            taints: Vec::new(),
-            data_dir,
-            lease_interval: Duration::from_secs(2),
-            // The supervisor is in this process: loopback, any port.
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            advertise_address: None,
-            log_budget_bytes: kapsel_node::logs::DEFAULT_BUDGET_BYTES,
-        }
     }
 }
 
@@ -387,14 +379,26 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     tokio::spawn(follow_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_renewal = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => return Ok(()),
             _ = ticker.tick() => {}
         }
         match renew(&client, &config, &holder, &endpoint, lease.take()).await {
-            Ok(renewed) => lease = Some(renewed),
-            Err(error) => tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed"),
+            Ok(renewed) => {
+                lease = Some(renewed);
+                last_renewal = tokio::time::Instant::now();
+            }
+            Err(error) => {
+                tracing::warn!(node = %config.name, error = format!("{error:#}"), "renewing the node lease failed");
+                if let Some(linger) = config.supervisor_linger
+                    && last_renewal.elapsed() >= linger
+                {
+                    tracing::warn!(node = %config.name, ?linger, "the supervisor has been unreachable for longer than --supervisor-linger: stopping with every pod");
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -485,6 +489,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise_address: None,
             log_budget: "1Gi".into(),
+            supervisor_linger: None,
         };
         let config = AgentConfig::from_args(flags.clone()).unwrap();
         assert_eq!(config.capacity["cpu"], "4");
