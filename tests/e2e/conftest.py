@@ -53,6 +53,7 @@ def start_server(kapsel_bin, tmp_path):
                 server.stop()
             except AssertionError as e:
                 failures.append(str(e))
+        server.stop_agent()
         server.close_log()
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
@@ -145,6 +146,7 @@ def _compacting_server(request, tmp_path_factory):
     yield CompactingServer(server, started_at, old_revision)
     if server.running:
         server.stop()
+    server.stop_agent()
 
 
 @pytest.fixture

@@ -189,6 +189,43 @@ class KapselServer:
         self.proc.wait()
         self.close_log()
 
+    # The embedded node agent is a child process that outlives `kapsel serve`
+    # (so a restart restarts no pod); the fixtures end it with the test.
+    def agent_pid(self) -> int | None:
+        """The pid of this server's embedded node agent, as DATA/node/agent.json records it."""
+        import json
+
+        record = self.data_dir / "node" / "agent.json"
+        try:
+            return int(json.loads(record.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def agent_alive(self) -> bool:
+        pid = self.agent_pid()
+        if pid is None:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+    def stop_agent(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM to the embedded node agent, if it still runs; waits for it to end."""
+        pid = self.agent_pid()
+        if pid is None or not self.agent_alive():
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while self.agent_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.agent_alive():
+            os.kill(pid, signal.SIGKILL)
+
     def close_log(self) -> None:
         if self._log_file is not None:
             self._log_file.close()
@@ -332,3 +369,35 @@ def assert_status(response: requests.Response, code: int, reason: str) -> dict:
     assert status.get("reason") == reason, status
     assert status.get("message"), status
     return status
+
+
+# -- tenants: tokens with roles, and their connections (for the hostile tier and others) --
+
+def create_token(server: KapselServer, user: str, grants: dict[str, str] | None = None) -> str:
+    """Issues a token for `user` with `grants` ({namespace: view|edit|owner}) through
+    `kapsel token create`; returns its secret."""
+    args = ["token", "create", "--user", user]
+    for namespace, role in (grants or {}).items():
+        args += ["--namespace", namespace, "--role", role]
+    made = server.kapsel(*args)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return made.stdout.strip()
+
+
+def tenant_connection(server: KapselServer, token: str) -> list[str]:
+    """The kapsel CLI's connection flags for a tenant's `token` (for `server.kapsel(connection=…)`)."""
+    return ["--server", server.url, "--token", token, "--certificate-authority", str(server.ca)]
+
+
+def tenant_kubeconfig(server: KapselServer, token: str, path: Path) -> Path:
+    """Writes a copy of the server's kubeconfig at `path` whose user is `token`
+    (for `server.kubectl(kubeconfig=…)` as a tenant)."""
+    import json
+
+    import yaml
+
+    config = yaml.safe_load(server.kubeconfig.read_text())
+    for entry in config.get("users", []):
+        entry["user"] = {"token": token}
+    path.write_text(json.dumps(config))
+    return path
