@@ -87,6 +87,16 @@ impl ApiError {
             },
             StoreError::Compacted { requested, oldest } => ApiError::Expired(format!("too old resource version: {requested} ({oldest})")),
             StoreError::Closed => ApiError::ServiceUnavailable("the server is shutting down".into()),
+            StoreError::AtomicOpFailed { error, .. } if matches!(*error, StoreError::DiskFull(_)) => {
+                ApiError::from_store(*error, resource, name)
+            }
+            StoreError::DiskFull(_) => {
+                tracing::error!(error = &error as &dyn std::error::Error, "a write failed: the datastore's disk is full");
+                ApiError::ServiceUnavailable(
+                    "the datastore has no space left on its disk: writes are refused until space is freed (nothing was written; reads keep working)"
+                        .into(),
+                )
+            }
             other => ApiError::internal("datastore", other),
         }
     }

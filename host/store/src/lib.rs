@@ -154,6 +154,10 @@ pub enum StoreError {
     Compacted { requested: i64, oldest: i64 },
     #[error("datastore error")]
     Backend(#[source] Arc<sqlx::Error>),
+    /// The database's disk (or PostgreSQL's) has no space left: nothing was
+    /// written; reads go on, and writes succeed again once space is freed.
+    #[error("the datastore has no space left")]
+    DiskFull(#[source] Arc<sqlx::Error>),
     #[error("datastore schema")]
     Schema(#[source] Arc<sqlx::migrate::MigrateError>),
     #[error("corrupt data in the datastore: {0}")]
@@ -172,7 +176,24 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Backend(Arc::new(e))
+        if disk_full(&e) { StoreError::DiskFull(Arc::new(e)) } else { StoreError::Backend(Arc::new(e)) }
+    }
+}
+
+/// Whether `error` says the disk is full: SQLite's `SQLITE_FULL` (13) or a
+/// write that failed for want of space, PostgreSQL's `disk_full` (53100),
+/// or the operating system's `ENOSPC`.
+fn disk_full(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => {
+            let code = database.code();
+            let code = code.as_deref().unwrap_or_default();
+            // SQLite reports extended codes; the primary code is the low byte.
+            let sqlite_primary = code.parse::<i32>().ok().map(|c| c & 0xff);
+            sqlite_primary == Some(13) || code == "53100" || database.message().contains("database or disk is full")
+        }
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
     }
 }
 

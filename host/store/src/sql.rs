@@ -81,6 +81,22 @@ impl SqlBackend {
         cache: Option<&ObjectCache>,
     ) -> Result<Vec<Result<Vec<Change>, StoreError>>, StoreError> {
         let mut conn = self.writer.acquire().await?;
+        let applied = self.apply_on(&mut conn, ops, cache).await;
+        if applied.is_err() {
+            // A failed batch may leave the connection in a state its driver no
+            // longer tracks (SQLite rolls a transaction back by itself on a
+            // full disk): the next batch gets a fresh connection.
+            conn.close_on_drop();
+        }
+        applied
+    }
+
+    async fn apply_on(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+        ops: Vec<WriteOp>,
+        cache: Option<&ObjectCache>,
+    ) -> Result<Vec<Result<Vec<Change>, StoreError>>, StoreError> {
         let mut tx = conn.begin().await?;
         let lock = match self.dialect {
             Dialect::Sqlite => "SELECT revision FROM kapsel_meta WHERE id = 1",
