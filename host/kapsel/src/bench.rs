@@ -150,6 +150,8 @@ struct ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        // Its node agent outlives a supervisor by design; a bench's goes with it.
+        crate::local_node::stop_recorded(&self.data_dir.path().join(kapsel_server::serve::NODE_DIR));
     }
 }
 

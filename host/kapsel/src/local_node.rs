@@ -153,12 +153,14 @@ fn adoptable(record_path: &Path, context: &kapsel_server::serve::LocalNodeContex
     None
 }
 
-/// Stops a recorded agent that this supervisor will not use (`--no-local-node`), if it still runs.
+/// Stops the agent recorded in `data_dir` (an agent's directory), if it
+/// still runs: one this supervisor will not use (`--no-local-node`), or a
+/// bench's.
 pub fn stop_recorded(data_dir: &Path) {
     let Ok(bytes) = std::fs::read(data_dir.join(AGENT_RECORD_FILE)) else { return };
     let Ok(record) = serde_json::from_slice::<AgentRecord>(&bytes) else { return };
     if alive(record.pid) && is_agent(record.pid) {
-        tracing::info!(pid = record.pid, "stopping the node agent an earlier `kapsel serve` started (--no-local-node)");
+        tracing::info!(pid = record.pid, dir = %data_dir.display(), "stopping the node agent an earlier `kapsel serve` started");
         stop(record.pid);
     }
 }
