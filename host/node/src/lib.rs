@@ -3,7 +3,8 @@
 //! A pod's containers are WebAssembly components (`wasi:cli/run` commands)
 //! run in wasmtime sandboxes. [`runtime`] runs one container: a compiled,
 //! cached component in its own store with no ambient authority, a memory
-//! limit, fair CPU through epoch yields, and an exit like a process's.
+//! limit (the node's default when it sets none), fair CPU through epoch
+//! yields, its CPU limit enforced ([`cpu`]), and an exit like a process's.
 //! [`logs`] keeps what containers write, per run, rotated, and reads it back
 //! for `GET …/pods/{name}/log`. [`pod`] runs a whole pod as kubelet does
 //! (init containers, restart policies with back-off, deadlines, images
@@ -15,6 +16,7 @@
 //! `examples/workloads/` ([`EXAMPLE_WORKLOADS_DIR`]).
 
 mod cache;
+pub mod cpu;
 pub mod logs;
 pub mod pod;
 pub mod runtime;

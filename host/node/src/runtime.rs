@@ -13,7 +13,12 @@
 //! ambient — no files, no network; only the arguments, environment, clocks
 //! and randomness — with stdout and stderr going to the container's log, and
 //! runs it on a tokio task. Its memory is capped by a resource limiter; a
-//! guest that grows past its limit is stopped and reported `OOMKilled`.
+//! guest that grows past its limit is stopped and reported `OOMKilled`; a
+//! container that sets no limit gets the node's default
+//! ([`RuntimeConfig::default_memory_limit_bytes`]). A container with a CPU
+//! limit is held to it by bandwidth control ([`crate::cpu`]): wasmtime's call
+//! hook counts the time its guest runs, and once a period's quota is spent
+//! the epoch callback makes it yield with a sleep until the period ends.
 //! [`Container::wait`] gives its [`Exit`].
 
 use std::collections::HashMap;
@@ -28,11 +33,12 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, watch};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::cache::CompileCache;
+use crate::cpu::{self, CpuThrottle};
 use crate::lock;
 use crate::logs::{DEFAULT_BUDGET_BYTES, DEFAULT_MAX_FILE_BYTES, LogFile, LogSource, Logs};
 
@@ -53,11 +59,21 @@ pub struct RuntimeConfig {
     pub restart_backoff_cap: Duration,
     /// A run at least this long resets the delay to the base.
     pub restart_backoff_reset: Duration,
+    /// The memory limit of a container that sets none (`resources.limits.memory`);
+    /// `None` leaves such a container wasm32's 4 GiB.
+    pub default_memory_limit_bytes: Option<u64>,
+    /// The period of CPU bandwidth control: a container limited to `m`
+    /// millicores runs its guest at most `m/1000` of every period.
+    pub cpu_period: Duration,
 }
+
+/// The default of [`RuntimeConfig::default_memory_limit_bytes`]: 512 MiB.
+pub const DEFAULT_MEMORY_LIMIT_BYTES: u64 = 512 << 20;
 
 impl RuntimeConfig {
     /// A runtime keeping its files in `data_dir`: 10 ms epochs, 10 MiB log
-    /// files and 1 GiB of logs in all, restarts after 10 s, 20 s, 40 s … up to 5 min, reset by a 10 min run.
+    /// files and 1 GiB of logs in all, restarts after 10 s, 20 s, 40 s … up to 5 min, reset by a 10 min run,
+    /// 512 MiB of memory for a container without a memory limit, CPU limits over 100 ms periods.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         RuntimeConfig {
             data_dir: data_dir.into(),
@@ -67,6 +83,8 @@ impl RuntimeConfig {
             restart_backoff_base: Duration::from_secs(10),
             restart_backoff_cap: Duration::from_secs(300),
             restart_backoff_reset: Duration::from_secs(600),
+            default_memory_limit_bytes: Some(DEFAULT_MEMORY_LIMIT_BYTES),
+            cpu_period: cpu::DEFAULT_PERIOD,
         }
     }
 }
@@ -288,7 +306,16 @@ impl Runtime {
                 finished_at: Utc::now(),
             });
         }
-        let limit = config.memory_limit_bytes.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+        let (limit, defaulted) = match config.memory_limit_bytes {
+            Some(bytes) => (Some(bytes), false),
+            None => (self.inner.config.default_memory_limit_bytes, true),
+        };
+        let limit = limit.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+        let period = self.inner.config.cpu_period;
+        let cpu = config
+            .cpu_limit_millicores
+            .and_then(|millicores| cpu::quota(millicores, period))
+            .map(|quota| CpuThrottle::new(quota, period, Instant::now()));
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&config.args)
             .envs(&config.env)
@@ -297,13 +324,22 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let state =
-            ContainerState { wasi: wasi.build(), table: ResourceTable::new(), limiter: MemoryLimiter { limit, used: 0, refused: None } };
+        let limited = cpu.is_some();
+        let state = ContainerState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit, defaulted: defaulted && limit.is_some(), used: 0, refused: None },
+            cpu,
+        };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Yield to the executor at every epoch tick: fairness, and a point where a kill takes effect.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        if limited {
+            limit_cpu(&mut store);
+        } else {
+            store.epoch_deadline_async_yield_and_update(1);
+        }
 
         let (kill, killed) = watch::channel(false);
         let (exited, exit) = watch::channel(None);
@@ -314,6 +350,10 @@ impl Runtime {
             let outcome = run(&pre, &mut store, killed, deadline).await;
             let finished_at = Utc::now();
             let exit = classify(outcome, store.data(), started_at, finished_at);
+            if let Some(cpu) = &store.data().cpu {
+                let (times, held) = cpu.throttled();
+                tracing::debug!(times, ?held, "a CPU-limited container's run ended; it was throttled");
+            }
             drop(store);
             log.close();
             exited.send_replace(Some(exit));
@@ -356,8 +396,11 @@ pub struct ContainerConfig {
     pub args: Vec<String>,
     /// The environment, in order.
     pub env: Vec<(String, String)>,
-    /// Most linear memory (all memories together) the guest may hold; `None` leaves wasm32's 4 GiB.
+    /// Most linear memory (all memories together) the guest may hold; `None`
+    /// gives the node's default ([`RuntimeConfig::default_memory_limit_bytes`]).
     pub memory_limit_bytes: Option<u64>,
+    /// The container's CPU limit in millicores (`resources.limits.cpu`); `None` (or 0) does not throttle.
+    pub cpu_limit_millicores: Option<u64>,
     /// Where stdout and stderr go; closed when the run ends.
     pub log: LogFile,
     /// When the run is stopped with [`ExitReason::DeadlineExceeded`] (a pod's `activeDeadlineSeconds`).
@@ -475,11 +518,13 @@ struct ContainerState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    /// The CPU account of a container with a CPU limit.
+    cpu: Option<CpuThrottle>,
 }
 
 impl fmt::Debug for ContainerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ContainerState").field("limiter", &self.limiter).finish_non_exhaustive()
+        f.debug_struct("ContainerState").field("limiter", &self.limiter).field("cpu", &self.cpu).finish_non_exhaustive()
     }
 }
 
@@ -495,6 +540,8 @@ impl WasiView for ContainerState {
 #[derive(Debug)]
 struct MemoryLimiter {
     limit: Option<usize>,
+    /// The limit is the node's default: the container sets none.
+    defaulted: bool,
     /// Bytes of linear memory the guest holds.
     used: usize,
     /// The size a refused growth asked for.
@@ -525,6 +572,35 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
+}
+
+/// Holds a store's guest to its CPU limit: the call hook counts the time
+/// the guest runs (from entering guest code to leaving it for the host —
+/// the epoch check included), and at each epoch tick the guest either
+/// yields (fairness) or, its quota spent, sleeps until its period ends.
+fn limit_cpu(store: &mut Store<ContainerState>) {
+    store.call_hook(|mut context, hook| {
+        let now = Instant::now();
+        if let Some(cpu) = context.data_mut().cpu.as_mut() {
+            if hook.entering_host() {
+                cpu.paused(now);
+            } else {
+                cpu.resumed(now);
+            }
+        }
+        Ok(())
+    });
+    store.epoch_deadline_callback(|mut context| {
+        let now = Instant::now();
+        let hold = context.data_mut().cpu.as_mut().and_then(|cpu| {
+            cpu.paused(now);
+            cpu.hold_until(now)
+        });
+        Ok(match hold {
+            Some(until) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(until.into()))),
+            None => UpdateDeadline::Yield(1),
+        })
+    });
 }
 
 /// How the guest's task ended, before classification.
@@ -563,11 +639,13 @@ async fn run(
 fn classify(outcome: Outcome, state: &ContainerState, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> Exit {
     let exit = |exit_code, reason, message: String| Exit { exit_code, reason, message, started_at, finished_at };
     if let (Some(wanted), Some(limit)) = (state.limiter.refused, state.limiter.limit) {
-        return exit(
-            EXIT_CODE_KILLED,
-            ExitReason::OOMKilled,
-            format!("the container exceeded its memory limit of {} (it asked for {})", bytes_text(limit), bytes_text(wanted)),
-        );
+        let (limit, wanted) = (bytes_text(limit), bytes_text(wanted));
+        let message = if state.limiter.defaulted {
+            format!("the container exceeded the node's default memory limit of {limit} (it sets no limits.memory; it asked for {wanted})")
+        } else {
+            format!("the container exceeded its memory limit of {limit} (it asked for {wanted})")
+        };
+        return exit(EXIT_CODE_KILLED, ExitReason::OOMKilled, message);
     }
     match outcome {
         Outcome::Killed => exit(EXIT_CODE_KILLED, ExitReason::Killed, "the container was killed".into()),
@@ -667,7 +745,7 @@ mod tests {
 
     #[test]
     fn the_limiter_counts_all_memories_and_remembers_a_refusal() {
-        let mut limiter = MemoryLimiter { limit: Some(10 << 20), used: 0, refused: None };
+        let mut limiter = MemoryLimiter { limit: Some(10 << 20), defaulted: false, used: 0, refused: None };
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(limiter.memory_growing(4 << 20, 6 << 20, None).unwrap());
@@ -675,7 +753,7 @@ mod tests {
         let error = limiter.memory_growing(6 << 20, 7 << 20, None).unwrap_err();
         assert!(error.to_string().contains("memory limit of 10485760 bytes exceeded"), "{error}");
         assert_eq!(limiter.refused, Some(11 << 20));
-        let mut unlimited = MemoryLimiter { limit: None, used: 0, refused: None };
+        let mut unlimited = MemoryLimiter { limit: None, defaulted: false, used: 0, refused: None };
         assert!(unlimited.memory_growing(0, 1 << 32, None).unwrap());
     }
 

@@ -1,5 +1,6 @@
 //! The container runtime with the real sample workloads: exits, logs,
-//! memory limits, kills, deadlines, CPU fairness, digests and the compile cache.
+//! memory limits (the node's default among them), kills, deadlines, CPU
+//! fairness and limits, digests and the compile cache.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{runtime, workload};
 use futures::StreamExt;
 use kapsel_node::runtime::{EXIT_CODE_KILLED, digest_of};
-use kapsel_node::{ContainerConfig, ExitReason, LogQuery, PrepareError, Prepared, Runtime};
+use kapsel_node::{ContainerConfig, ExitReason, LogQuery, PrepareError, Prepared, Runtime, RuntimeConfig};
 
 async fn prepare(runtime: &Runtime, name: &str) -> Prepared {
     let bytes = workload(name);
@@ -20,6 +21,7 @@ fn config(runtime: &Runtime, pod: &str, args: &[&str]) -> ContainerConfig {
         args: args.iter().map(|a| a.to_string()).collect(),
         env: Vec::new(),
         memory_limit_bytes: None,
+        cpu_limit_millicores: None,
         log: runtime.logs().create(pod, "main", 0).expect("a log"),
         deadline: None,
     }
@@ -92,6 +94,55 @@ async fn memhog_is_oom_killed_at_its_limit() {
     let log = log_of(&runtime, "pod-memhog").await;
     assert!(log.contains("memhog: holding 16 MiB"), "{log}");
     assert!(!log.contains("holding 32 MiB"), "{log}");
+}
+
+/// A container without `limits.memory` gets the node's default ceiling, and meets it as any limit.
+#[tokio::test]
+async fn memhog_without_a_limit_is_oom_killed_at_the_node_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = RuntimeConfig::new(dir.path());
+    node.default_memory_limit_bytes = Some(24 << 20);
+    let runtime = Runtime::new(node).unwrap();
+    let memhog = prepare(&runtime, "memhog").await;
+    let unlimited = config(&runtime, "pod-memhog-default", &["memhog"]);
+    assert_eq!(unlimited.memory_limit_bytes, None);
+    let exit = tokio::time::timeout(Duration::from_secs(10), runtime.start(&memhog, unlimited).wait()).await.expect("memhog ends");
+    assert_eq!((exit.exit_code, exit.reason), (EXIT_CODE_KILLED, ExitReason::OOMKilled), "{exit:?}");
+    assert!(exit.message.contains("the node's default memory limit of 24Mi (it sets no limits.memory"), "{}", exit.message);
+    let log = log_of(&runtime, "pod-memhog-default").await;
+    assert!(log.contains("memhog: holding 16 MiB"), "{log}");
+    assert!(!log.contains("holding 32 MiB"), "{log}");
+    // The container's own limit wins over the default, even a larger one.
+    let mut own = config(&runtime, "pod-memhog-own", &["memhog"]);
+    own.memory_limit_bytes = Some(40 << 20);
+    let exit = tokio::time::timeout(Duration::from_secs(10), runtime.start(&memhog, own).wait()).await.expect("memhog ends");
+    assert_eq!(exit.reason, ExitReason::OOMKilled, "{exit:?}");
+    assert!(exit.message.contains("its memory limit of 40Mi"), "{}", exit.message);
+    assert!(log_of(&runtime, "pod-memhog-own").await.contains("holding 32 MiB"));
+}
+
+/// CPU limits count the time the guest runs, not the time it waits on the
+/// host: a worker sleeping between ticks keeps its pace under a tiny limit.
+#[tokio::test]
+async fn a_cpu_limit_does_not_slow_a_guest_that_mostly_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let worker = prepare(&runtime, "worker").await;
+    let mut config = config(&runtime, "pod-worker-10m", &["worker"]);
+    config.cpu_limit_millicores = Some(10);
+    let started = Instant::now();
+    let container = runtime.start(&worker, config);
+    let mut follow = runtime.logs().follow("pod-worker-10m", "main", &LogQuery::default()).unwrap();
+    let mut seen = String::new();
+    while !seen.contains("worker: tick 4\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.expect("the worker keeps logging");
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    let took = started.elapsed();
+    eprintln!("a worker under limits.cpu: 10m logged 4 ticks in {took:?}");
+    assert!(took < Duration::from_millis(4500), "three one-second sleeps and little work: {took:?}");
+    container.kill();
+    assert_eq!(container.wait().await.reason, ExitReason::Killed);
 }
 
 #[tokio::test]

@@ -572,6 +572,7 @@ impl PodContext {
                 args: spec.argv.clone(),
                 env: spec.env.clone(),
                 memory_limit_bytes: spec.memory_limit_bytes,
+                cpu_limit_millicores: spec.cpu_limit_millicores,
                 log,
                 deadline: self.deadline,
             },

@@ -1,6 +1,6 @@
 //! What the node takes from a Pod object (as the API stores it, JSON): its
 //! identity, restart policy, deadline, and per container the image, argv,
-//! environment and memory limit. Fields the node cannot honour for one
+//! environment, memory limit and CPU limit. Fields the node cannot honour for one
 //! container (an `env` entry with `valueFrom`, a bad quantity) become that
 //! container's configuration error, reported as kubelet's
 //! `CreateContainerConfigError`, instead of failing the whole pod.
@@ -100,6 +100,8 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// `resources.limits.memory` in bytes.
     pub memory_limit_bytes: Option<u64>,
+    /// `resources.limits.cpu` in millicores.
+    pub cpu_limit_millicores: Option<u64>,
     /// Why the node cannot start this container as specified.
     pub config_error: Option<String>,
     /// A run an earlier life of this node's agent made of this (main)
@@ -238,12 +240,24 @@ fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
         },
     };
 
+    let cpu_limit_millicores = match item.pointer("/resources/limits/cpu") {
+        None | Some(Value::Null) => None,
+        Some(value) => match cpu_millicores(value) {
+            Ok(millicores) => Some(millicores),
+            Err(problem) => {
+                problems.push(format!("resources.limits.cpu: {problem}"));
+                None
+            }
+        },
+    };
+
     Ok(ContainerSpec {
         name: name.to_string(),
         image: image.to_string(),
         argv,
         env,
         memory_limit_bytes,
+        cpu_limit_millicores,
         config_error: (!problems.is_empty()).then(|| problems.join("; ")),
         earlier: None,
     })
@@ -251,15 +265,28 @@ fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
 
 /// A memory quantity (`32Mi`, `1Gi`, `1000000`, or a JSON number) in bytes, rounded up.
 pub fn memory_bytes(value: &Value) -> Result<u64, String> {
-    let quantity = match value {
-        Value::String(text) => Quantity::parse(text).map_err(|e| e.to_string())?,
-        Value::Number(number) => Quantity::parse(&number.to_string()).map_err(|e| e.to_string())?,
-        other => return Err(format!("must be a quantity, not {other}")),
-    };
+    let quantity = quantity(value)?;
     if quantity.is_negative() {
         return Err(format!("must not be negative (got {value})"));
     }
     u64::try_from(quantity.units_ceil()).map_err(|_| format!("too large (got {value})"))
+}
+
+/// A CPU quantity (`250m`, `1.5`, `2`, or a JSON number) in millicores, rounded up.
+pub fn cpu_millicores(value: &Value) -> Result<u64, String> {
+    let quantity = quantity(value)?;
+    if quantity.is_negative() {
+        return Err(format!("must not be negative (got {value})"));
+    }
+    u64::try_from(quantity.millis()).map_err(|_| format!("too large (got {value})"))
+}
+
+fn quantity(value: &Value) -> Result<Quantity, String> {
+    match value {
+        Value::String(text) => Quantity::parse(text).map_err(|e| e.to_string()),
+        Value::Number(number) => Quantity::parse(&number.to_string()).map_err(|e| e.to_string()),
+        other => Err(format!("must be a quantity, not {other}")),
+    }
 }
 
 /// The program name a container's argv starts with: the image's name
@@ -296,6 +323,12 @@ mod tests {
         assert!(memory_bytes(&json!("lots")).is_err());
         assert!(memory_bytes(&json!("-1Mi")).is_err());
         assert!(memory_bytes(&json!(true)).is_err());
+        assert_eq!(cpu_millicores(&json!("250m")), Ok(250));
+        assert_eq!(cpu_millicores(&json!("1.5")), Ok(1500));
+        assert_eq!(cpu_millicores(&json!(2)), Ok(2000));
+        assert_eq!(cpu_millicores(&json!("0.0001")), Ok(1), "rounded up");
+        assert!(cpu_millicores(&json!("-1")).is_err());
+        assert!(cpu_millicores(&json!("fast")).is_err());
     }
 
     #[test]
@@ -316,7 +349,7 @@ mod tests {
                     "name": "main", "image": "hello:1",
                     "command": ["run"], "args": ["--loud", "x"],
                     "env": [{"name": "GREETING", "value": "hi"}, {"name": "EMPTY"}],
-                    "resources": {"limits": {"memory": "32Mi"}}
+                    "resources": {"limits": {"memory": "32Mi", "cpu": "250m"}}
                 }],
                 "activeDeadlineSeconds": 30
             },
@@ -333,6 +366,7 @@ mod tests {
         assert_eq!(main.argv, ["hello", "run", "--loud", "x"]);
         assert_eq!(main.env, [("GREETING".to_string(), "hi".to_string()), ("EMPTY".to_string(), String::new())]);
         assert_eq!(main.memory_limit_bytes, Some(32 << 20));
+        assert_eq!(main.cpu_limit_millicores, Some(250));
         assert_eq!(main.config_error, None);
     }
 
