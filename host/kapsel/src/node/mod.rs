@@ -89,6 +89,10 @@ pub struct NodeArgs {
     /// past it the oldest ended runs' logs are removed first.
     #[arg(long, default_value = "1Gi")]
     pub log_budget: String,
+    /// The memory limit of a container that sets no `limits.memory` (after the namespace's
+    /// LimitRange defaults), as a quantity (`512Mi`, `1Gi`); at least `1Mi`.
+    #[arg(long, default_value = "512Mi")]
+    pub default_memory_limit: String,
     /// Stop, with every pod, once the supervisor has been unreachable (no lease renewal) this many
     /// seconds. `kapsel serve` sets it for its own host's agent, which outlives it; other agents
     /// keep their pods however long the supervisor is away.
@@ -109,6 +113,8 @@ pub struct AgentConfig {
     pub advertise_address: Option<std::net::IpAddr>,
     /// The budget of all pod logs together, in bytes (`--log-budget`).
     pub log_budget_bytes: u64,
+    /// The memory limit of a container that sets none, in bytes (`--default-memory-limit`).
+    pub default_memory_limit_bytes: u64,
     /// How long the agent keeps going without renewing its lease (`--supervisor-linger`).
     pub supervisor_linger: Option<Duration>,
 }
@@ -137,6 +143,13 @@ impl AgentConfig {
         };
         let taints = flags.taints.iter().map(|t| taint(t)).collect::<anyhow::Result<Vec<_>>>()?;
         let log_budget_bytes = log_budget(&flags.log_budget)?;
+        let default_memory_limit_bytes = kapsel_node::pod::spec::memory_bytes(&Value::String(flags.default_memory_limit.clone()))
+            .map_err(|e| anyhow::anyhow!("--default-memory-limit {:?}: {e}", flags.default_memory_limit))?;
+        anyhow::ensure!(
+            default_memory_limit_bytes >= 1 << 20,
+            "--default-memory-limit {:?}: must be at least 1Mi",
+            flags.default_memory_limit
+        );
         Ok(AgentConfig {
             name,
             capacity,
@@ -147,6 +160,7 @@ impl AgentConfig {
             listen: flags.listen,
             advertise_address: flags.advertise_address,
             log_budget_bytes,
+            default_memory_limit_bytes,
             supervisor_linger: flags.supervisor_linger.map(Duration::from_secs),
         })
     }
@@ -331,6 +345,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let mut runtime_config = RuntimeConfig::new(config.data_dir.clone());
     runtime_config.log_budget_bytes = config.log_budget_bytes;
+    runtime_config.default_memory_limit_bytes = Some(config.default_memory_limit_bytes);
     let runtime = Runtime::new(runtime_config).context("starting the Wasm runtime")?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {} for logs", config.listen))?;
     let bound = listener.local_addr()?;
@@ -432,7 +447,7 @@ fn agent_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
         _ => {
             let id = new_secret()[..16].to_string();
-            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            kapsel_server::files::write_atomically(&path, id.as_bytes(), 0o600)?;
             Ok(id)
         }
     }
@@ -489,6 +504,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise_address: None,
             log_budget: "1Gi".into(),
+            default_memory_limit: "512Mi".into(),
             supervisor_linger: None,
         };
         let config = AgentConfig::from_args(flags.clone()).unwrap();
@@ -515,5 +531,12 @@ mod tests {
         assert!(budget("lots").unwrap_err().to_string().contains("--log-budget"));
         assert!(budget("1Ki").unwrap_err().to_string().contains("at least 1Mi"));
         assert!(budget("-1Gi").is_err());
+        assert_eq!(config.default_memory_limit_bytes, 512 << 20);
+        let memory = |text: &str| {
+            AgentConfig::from_args(NodeArgs { default_memory_limit: text.into(), ..flags.clone() }).map(|c| c.default_memory_limit_bytes)
+        };
+        assert_eq!(memory("1Gi").unwrap(), 1 << 30);
+        assert!(memory("lots").unwrap_err().to_string().contains("--default-memory-limit"));
+        assert!(memory("64Ki").unwrap_err().to_string().contains("at least 1Mi"));
     }
 }

@@ -88,7 +88,8 @@ pub fn start(app: &App, interval: Duration) {
         tracing::info!("the periodic admission audit is off");
         return;
     }
-    tokio::spawn(run(app.clone(), interval));
+    let looping = app.clone();
+    super::supervise("admission-audit", app.stopping.clone(), move || run(looping.clone(), interval));
 }
 
 async fn run(app: App, interval: Duration) {

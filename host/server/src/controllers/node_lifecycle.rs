@@ -51,7 +51,8 @@ impl Default for NodeLifecycleOptions {
 
 /// Starts the controller; it stops with the server.
 pub fn start(app: &App, options: NodeLifecycleOptions) {
-    tokio::spawn(run(app.clone(), options));
+    let looping = app.clone();
+    super::supervise("node-lifecycle", app.stopping.clone(), move || run(looping.clone(), options));
 }
 
 async fn run(app: App, options: NodeLifecycleOptions) {

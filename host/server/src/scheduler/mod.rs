@@ -105,7 +105,11 @@ pub struct SchedulerStats {
 /// Starts the scheduler of `app`'s store and plug-ins; it stops with the server.
 pub fn start(app: &crate::App, options: SchedulerOptions) -> Arc<SchedulerStats> {
     let stats = Arc::new(SchedulerStats::default());
-    tokio::spawn(run(app.store.clone(), app.plugins.clone(), app.stopping.clone(), options, stats.clone()));
+    let (store, plugins, stopping, counted) = (app.store.clone(), app.plugins.clone(), app.stopping.clone(), stats.clone());
+    // A panic in a cycle ends that cycle; the scheduler starts again from a fresh list.
+    crate::controllers::supervise("scheduler", app.stopping.clone(), move || {
+        run(store.clone(), plugins.clone(), stopping.clone(), options.clone(), counted.clone())
+    });
     stats
 }
 
