@@ -1,7 +1,8 @@
 //! `limits.cpu` is enforced (issue 11): the busy loop `spin` run as a pod
 //! with `limits.cpu: 250m` uses about a quarter of a core, measured as the
 //! CPU time of this whole test process (`/proc/self/stat`), while the same
-//! pod without the limit uses a whole core. The test is alone in its
+//! pod without the limit uses a whole core (less on a machine busy with
+//! other work, but always far more than the limited one). The test is alone in its
 //! binary, so nothing else runs in the process while it measures.
 
 mod common;
@@ -56,7 +57,8 @@ async fn a_busy_loop_is_held_to_its_cpu_limit() {
     let free = cores_used(&runtime, &images, "spin-free", None).await;
     let limited = cores_used(&runtime, &images, "spin-250m", Some(json!({"cpu": "250m"}))).await;
     eprintln!("spin used {free:.3} cores without a CPU limit, {limited:.3} with limits.cpu: 250m (over {WINDOW:?} each)");
-    assert!(free >= 0.8, "without a limit the busy loop takes a core: {free:.3}");
+    // A loaded machine (other processes busy on its cores) only lowers both figures.
     assert!(limited <= 0.4, "limits.cpu: 250m holds the busy loop to about a quarter of a core: {limited:.3}");
     assert!(limited >= 0.05, "a limited container still runs: {limited:.3}");
+    assert!(free >= 0.5 && free >= 2.0 * limited, "without a limit the busy loop takes (nearly) a core: {free:.3}");
 }

@@ -205,6 +205,34 @@ async fn memhog_past_its_limit_is_oom_killed() {
     assert_eq!(terminated["exitCode"], 137);
 }
 
+/// A container without `limits.memory` is held to the node's default:
+/// its status reports that limit, and memhog is `OOMKilled` at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memhog_without_a_limit_is_oom_killed_at_the_node_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kapsel_node::RuntimeConfig::new(dir.path());
+    config.default_memory_limit_bytes = Some(24 << 20);
+    let runtime = kapsel_node::Runtime::new(config).unwrap();
+    let spec = json!({
+        "restartPolicy": "Never",
+        "containers": [
+            {"name": "main", "image": "memhog:1"},
+            {"name": "capped", "image": "hello:1", "resources": {"limits": {"memory": "8Mi", "cpu": "500m"}}}
+        ]
+    });
+    let worker = PodWorker::start(runtime, WorkloadImages::new(), &pod("uid-memhog-default", spec));
+    tokio::time::timeout(SOON, worker.wait()).await.expect("memhog is stopped");
+    let status = worker.status().borrow().clone();
+    let main = &status["containerStatuses"][0];
+    assert_eq!(main["resources"], json!({"limits": {"memory": "24Mi"}}), "{status:#}");
+    assert_eq!(status["containerStatuses"][1]["resources"], json!({"limits": {"memory": "8Mi", "cpu": "500m"}}), "{status:#}");
+    let terminated = &main["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{status:#}");
+    assert_eq!(terminated["exitCode"], 137);
+    let message = terminated["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the node's default memory limit of 24Mi"), "{status:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_ends_within_its_grace_period() {
     let dir = tempfile::tempdir().unwrap();

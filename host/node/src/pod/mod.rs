@@ -12,6 +12,11 @@
 //! restarted or not as the policy says, its restart count carried on
 //! ([`spec::EarlierRun`]).
 //!
+//! Each container runs under its `limits.memory` and `limits.cpu`; one
+//! without a memory limit gets the node's default
+//! ([`crate::RuntimeConfig::default_memory_limit_bytes`]), and its status
+//! says so (`containerStatuses[].resources.limits`, the limits in force).
+//!
 //! What happens along the way is also told as [`PodEvent`]s (kubelet's
 //! `Pulled`, `Failed`, `Started`, `BackOff`, `Killing`, `DeadlineExceeded`)
 //! for the agent to record as Events.
@@ -44,7 +49,7 @@ use crate::lock;
 use crate::runtime::{ContainerConfig, Exit, ExitReason, Prepared, Runtime};
 use backoff::{Backoff, go_duration};
 use spec::{ContainerSpec, PodSpec, RestartPolicy};
-use status::{ContainerRecord, ContainerState, Phase, PodRecord, Termination};
+use status::{ContainerRecord, ContainerState, Limits, Phase, PodRecord, Termination};
 
 /// Where a node gets pods' components from (the supervisor's artifact store).
 #[async_trait::async_trait]
@@ -175,8 +180,18 @@ impl PodWorker {
         failure: Option<(String, String)>,
     ) -> PodWorker {
         let first_state = if spec.init_containers.is_empty() { "ContainerCreating" } else { "PodInitializing" };
+        let default_memory = runtime.config().default_memory_limit_bytes;
         let records = |containers: &[ContainerSpec], state: &str| {
-            containers.iter().map(|c| ContainerRecord::new(&c.name, &c.image, ContainerState::waiting(state, None))).collect()
+            containers
+                .iter()
+                .map(|c| {
+                    let mut record = ContainerRecord::new(&c.name, &c.image, ContainerState::waiting(state, None));
+                    // What the runtime will hold it to (`Runtime::start` gives a container without a limit the default).
+                    record.limits =
+                        Limits { memory_bytes: c.memory_limit_bytes.or(default_memory), cpu_millicores: c.cpu_limit_millicores };
+                    record
+                })
+                .collect()
         };
         let mut record = PodRecord::new(
             start_time,

@@ -4,7 +4,9 @@
 //! `PodScheduled`, which stays the scheduler's), `startTime`, pod-level
 //! `reason`/`message` (`DeadlineExceeded`), and `containerStatuses[]` and
 //! `initContainerStatuses[]` with `state`, `lastState`, `restartCount`,
-//! `ready`, `started`, `image` and `imageID`. Everything here is pure: the
+//! `ready`, `started`, `image`, `imageID` and `resources.limits` (the
+//! limits the node enforces: the container's own, or the node's default
+//! memory limit for a container that sets none). Everything here is pure: the
 //! pod worker mutates a [`PodRecord`] and publishes [`PodRecord::status`].
 
 use std::collections::HashMap;
@@ -104,6 +106,37 @@ pub struct ContainerRecord {
     pub restart_count: u32,
     pub state: ContainerState,
     pub last_state: Option<Termination>,
+    /// The limits the node holds the container to, as `status.containerStatuses[].resources.limits`.
+    pub limits: Limits,
+}
+
+/// The limits a node enforces on a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millicores: Option<u64>,
+}
+
+impl Limits {
+    /// `{"memory": "512Mi", "cpu": "250m"}`, as quantities; `None` when there are none.
+    fn to_json(self) -> Option<Value> {
+        let mut limits = Map::new();
+        if let Some(millicores) = self.cpu_millicores.filter(|m| *m > 0) {
+            let text = if millicores.is_multiple_of(1000) { (millicores / 1000).to_string() } else { format!("{millicores}m") };
+            limits.insert("cpu".into(), json!(text));
+        }
+        if let Some(bytes) = self.memory_bytes {
+            let text = match [(30, "Gi"), (20, "Mi"), (10, "Ki")]
+                .into_iter()
+                .find(|(shift, _)| bytes >= 1 << shift && bytes.trailing_zeros() >= *shift)
+            {
+                Some((shift, suffix)) => format!("{}{suffix}", bytes >> shift),
+                None => bytes.to_string(),
+            };
+            limits.insert("memory".into(), json!(text));
+        }
+        (!limits.is_empty()).then_some(Value::Object(limits))
+    }
 }
 
 impl ContainerRecord {
@@ -116,6 +149,7 @@ impl ContainerRecord {
             restart_count: 0,
             state,
             last_state: None,
+            limits: Limits::default(),
         }
     }
 
@@ -141,6 +175,9 @@ impl ContainerRecord {
         });
         if let Some(id) = &self.container_id {
             status["containerID"] = json!(id);
+        }
+        if let Some(limits) = self.limits.to_json() {
+            status["resources"] = json!({"limits": limits});
         }
         status
     }
@@ -381,6 +418,21 @@ mod tests {
         assert_eq!(phase(Always, &[backing_off("init", 1)], &[waiting("a")], false), Phase::Pending);
         assert_eq!(phase(Never, &[terminated("init", 1)], &[waiting("a")], false), Phase::Failed);
         assert_eq!(phase(Never, &[terminated("init", 0)], &[running("a")], false), Phase::Running);
+    }
+
+    #[test]
+    fn limits_read_as_quantities() {
+        let limits = |memory_bytes, cpu_millicores| Limits { memory_bytes, cpu_millicores }.to_json();
+        assert_eq!(limits(None, None), None);
+        assert_eq!(limits(Some(512 << 20), Some(250)), Some(json!({"memory": "512Mi", "cpu": "250m"})));
+        assert_eq!(limits(Some(2 << 30), Some(2000)), Some(json!({"memory": "2Gi", "cpu": "2"})));
+        assert_eq!(limits(Some(1_000_000), Some(0)), Some(json!({"memory": "1000000"})), "cpu 0 is no limit");
+        assert_eq!(limits(Some(1536), None), Some(json!({"memory": "1536"})));
+        assert_eq!(limits(Some(3 << 10), None), Some(json!({"memory": "3Ki"})));
+        let mut record = ContainerRecord::new("main", "hello:1", ContainerState::waiting("ContainerCreating", None));
+        assert!(record.to_json().get("resources").is_none());
+        record.limits.memory_bytes = Some(32 << 20);
+        assert_eq!(record.to_json()["resources"], json!({"limits": {"memory": "32Mi"}}));
     }
 
     #[test]
