@@ -43,6 +43,8 @@ pub struct LocalAgent {
     pub program: PathBuf,
     /// How long the agent keeps its pods while the supervisor is unreachable.
     pub linger: Duration,
+    /// The memory limit of a container that sets none (`kapsel node --default-memory-limit`).
+    pub default_memory_limit: String,
 }
 
 impl LocalAgent {
@@ -116,6 +118,8 @@ impl LocalAgent {
             .arg("127.0.0.1:0")
             .arg("--supervisor-linger")
             .arg(self.linger.as_secs().to_string())
+            .arg("--default-memory-limit")
+            .arg(&self.default_memory_limit)
             // The token travels in the environment, not on the command line others can read.
             .env("KAPSEL_TOKEN", &context.token)
             .env_remove("KAPSEL_SERVER")

@@ -103,6 +103,9 @@ struct ServeArgs {
     /// Seconds this host's node agent (a child process that outlives `kapsel serve`, so a restart or upgrade restarts no pod) keeps its pods while the supervisor is unreachable, before it stops with them.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     local_node_linger: u64,
+    /// The memory limit this host's node agent gives a container that sets no `limits.memory` (after LimitRange defaults), as a quantity.
+    #[arg(long, default_value = "512Mi")]
+    local_node_default_memory_limit: String,
     /// Seconds a node stays lost (no lease renewal for 10 s) before its pods are marked Failed.
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
@@ -174,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     local_node::stop_recorded(&args.data_dir.join(kapsel_server::serve::NODE_DIR));
                     None
                 } else {
-                    Some(local_node(args.node_name, Duration::from_secs(args.local_node_linger))?)
+                    Some(local_node(args.node_name, Duration::from_secs(args.local_node_linger), args.local_node_default_memory_limit)?)
                 },
                 max_watches_per_identity: usize::try_from(args.max_watches_per_identity).unwrap_or(usize::MAX),
                 max_namespace_policies: args.max_namespace_policies,
@@ -208,14 +211,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// run from this binary as a child process that outlives the supervisor
 /// ([`local_node`]), reaching the server over HTTPS with the node token
 /// serve issues it.
-fn local_node(name: Option<String>, linger: Duration) -> anyhow::Result<kapsel_server::serve::LocalNode> {
+fn local_node(name: Option<String>, linger: Duration, default_memory_limit: String) -> anyhow::Result<kapsel_server::serve::LocalNode> {
     let name = match name {
         Some(name) => name,
         None => node::host_name()?,
     };
     kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--node-name {name:?}: {e}"))?;
+    let bytes = kapsel_node::pod::spec::memory_bytes(&serde_json::Value::String(default_memory_limit.clone()))
+        .map_err(|e| anyhow::anyhow!("--local-node-default-memory-limit {default_memory_limit:?}: {e}"))?;
+    anyhow::ensure!(bytes >= 1 << 20, "--local-node-default-memory-limit {default_memory_limit:?}: must be at least 1Mi");
     let program = std::env::current_exe().context("finding this binary, to run the node agent")?;
-    let supervisor = local_node::LocalAgent { program, linger };
+    let supervisor = local_node::LocalAgent { program, linger, default_memory_limit };
     let agent = std::sync::Arc::new(move |context: kapsel_server::serve::LocalNodeContext| {
         let supervisor = supervisor.clone();
         Box::pin(async move { supervisor.supervise(context).await }) as futures::future::BoxFuture<'static, anyhow::Result<()>>
