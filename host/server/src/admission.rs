@@ -379,7 +379,7 @@ pub async fn review(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = crate::body::read(body).await?;
-    let mut review = crate::body::decode_object(&headers, &bytes)?;
+    let mut review = crate::body::decode(&headers, bytes).await?;
     let invalid = |field: &str, message: String| ApiError::Invalid {
         kind: "PolicyReview".into(),
         group: kapsel_api::KAPSEL_GROUP.into(),

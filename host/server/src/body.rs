@@ -41,6 +41,21 @@ pub fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// Bodies from this size up are decoded on a blocking thread, so that a
+/// big (or hostile) one never holds an async worker other requests need.
+const DECODE_OFF_THREAD_BYTES: usize = 256 * 1024;
+
+/// [`decode_object`], on a blocking thread for a big body.
+pub async fn decode(headers: &HeaderMap, bytes: Bytes) -> Result<Value, ApiError> {
+    if bytes.len() < DECODE_OFF_THREAD_BYTES {
+        return decode_object(headers, &bytes);
+    }
+    let headers = headers.clone();
+    tokio::task::spawn_blocking(move || decode_object(&headers, &bytes))
+        .await
+        .map_err(|e| ApiError::internal("decoding the request body", e))?
+}
+
 /// Decodes a JSON or YAML body into a JSON object.
 pub fn decode_object(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     let media = media_type(headers);
@@ -70,14 +85,20 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
-/// What one decoded node costs at least, in bytes of memory (a `Value`
-/// and its share of the container holding it).
-const NODE_COST: usize = 32;
+/// What the budgets count a value as: about the bytes of its JSON text —
+/// each node this much (its punctuation, a number's digits), plus the bytes
+/// of its strings and keys. The memory a value holds is a small multiple
+/// of that count.
+pub const NODE_COST: usize = 8;
 
-/// How much a YAML body may decode to: as much as the largest JSON body
-/// could (every two bytes a node), whatever its aliases say.
+/// The most an object a request makes (a decoded body, a patch's result)
+/// may count: the largest body a request may carry.
+pub const MAX_OBJECT_COST: usize = MAX_BODY_BYTES;
+
+/// How much a YAML body may decode to: about what its bytes would be as
+/// JSON (four times them, at least 64 KiB), whatever its aliases say.
 pub fn yaml_budget(body_len: usize) -> usize {
-    body_len.max(4096).saturating_mul(NODE_COST / 2)
+    body_len.saturating_mul(4).max(64 * 1024)
 }
 
 fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {

@@ -2,7 +2,10 @@
 //! group-versions) and `/openapi/v3/{api/v1|apis/group/version}`, whose
 //! operations declare the `fieldValidation` parameter so that kubectl
 //! validates on the server (`fieldValidation=Strict`) instead of
-//! downloading schemas; `/openapi/v2` answers with the same paths.
+//! downloading schemas; `/openapi/v2` answers with the same paths in
+//! Swagger 2.0's form. Every operation declares its path parameters
+//! (`namespace`, `name`) and, for writes, an object body, so generic
+//! OpenAPI tools (schemathesis, client generators) can call it as served.
 
 use axum::Json;
 use axum::extract::Path;
@@ -33,7 +36,7 @@ pub async fn v3_document(Path(path): Path<String>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kapsel", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths(&kinds),
+        "paths": paths(&kinds, Dialect::OpenApi3),
         "components": {"schemas": {}},
     })))
 }
@@ -43,34 +46,110 @@ pub async fn v2() -> Json<Value> {
     Json(json!({
         "swagger": "2.0",
         "info": {"title": "Kapsel", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths(&kinds),
+        "paths": paths(&kinds, Dialect::Swagger2),
         "definitions": {},
     }))
 }
 
-fn paths(kinds: &[&ResourceType]) -> Map<String, Value> {
+/// The two forms the documents are served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Swagger2,
+    OpenApi3,
+}
+
+impl Dialect {
+    /// A string parameter `name` in `location` (`path` parameters are required).
+    fn parameter(self, name: &str, location: &str) -> Value {
+        let required = location == "path";
+        match self {
+            Dialect::Swagger2 => json!({"name": name, "in": location, "required": required, "type": "string"}),
+            Dialect::OpenApi3 => json!({"name": name, "in": location, "required": required, "schema": {"type": "string"}}),
+        }
+    }
+}
+
+/// The media types a write's body may come in, by verb.
+fn body_media_types(action: &str) -> &'static [&'static str] {
+    match action {
+        "patch" => &["application/merge-patch+json", "application/strategic-merge-patch+json", "application/json-patch+json"],
+        _ => &["application/json", "application/yaml"],
+    }
+}
+
+fn paths(kinds: &[&ResourceType], dialect: Dialect) -> Map<String, Value> {
     let mut paths = Map::new();
     for resource in kinds {
         let gvk = json!({"group": resource.group, "version": resource.version, "kind": resource.kind});
-        let operation = |action: &str, with_validation: bool| {
-            let mut parameters = vec![json!({"name": "dryRun", "in": "query", "schema": {"type": "string"}})];
+        let operation = |action: &str, with_validation: bool, with_body: bool| {
+            let mut parameters = vec![dialect.parameter("dryRun", "query")];
             if with_validation {
-                parameters.push(json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}));
+                parameters.push(dialect.parameter("fieldValidation", "query"));
             }
-            json!({
+            let mut operation = json!({
                 "operationId": format!("{action}{}", resource.kind),
                 "x-kubernetes-action": action,
                 "x-kubernetes-group-version-kind": gvk,
-                "parameters": parameters,
                 "responses": {"200": {"description": "OK"}},
-            })
+            });
+            // A JSON patch is a list of operations; everything else is an object.
+            let body_type = if action == "patch" { json!({}) } else { json!({"type": "object"}) };
+            if with_body {
+                match dialect {
+                    Dialect::Swagger2 => {
+                        parameters.push(json!({"name": "body", "in": "body", "required": true, "schema": body_type}));
+                        operation["consumes"] = json!(body_media_types(action));
+                    }
+                    Dialect::OpenApi3 => {
+                        let content: Map<String, Value> =
+                            body_media_types(action).iter().map(|media| (media.to_string(), json!({"schema": body_type}))).collect();
+                        operation["requestBody"] = json!({"required": true, "content": content});
+                    }
+                }
+            }
+            operation["parameters"] = Value::Array(parameters);
+            operation
         };
+        let namespace = resource.namespaced().then(|| dialect.parameter("namespace", "path"));
         let collection = resource.collection_path(resource.namespaced().then_some("{namespace}"));
-        paths.insert(collection.clone(), json!({"get": operation("list", false), "post": operation("post", true)}));
-        paths.insert(
-            format!("{collection}/{{name}}"),
-            json!({"get": operation("get", false), "put": operation("put", true), "patch": operation("patch", true), "delete": operation("delete", false)}),
-        );
+        let mut item = json!({"get": operation("list", false, false), "post": operation("post", true, true)});
+        item["parameters"] = Value::Array(namespace.iter().cloned().collect());
+        paths.insert(collection.clone(), item);
+        let mut item = json!({
+            "get": operation("get", false, false),
+            "put": operation("put", true, true),
+            "patch": operation("patch", true, true),
+            "delete": operation("delete", false, false),
+        });
+        item["parameters"] = Value::Array(namespace.into_iter().chain([dialect.parameter("name", "path")]).collect());
+        paths.insert(format!("{collection}/{{name}}"), item);
     }
     paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_its_path_parameters_in_both_dialects() {
+        for dialect in [Dialect::Swagger2, Dialect::OpenApi3] {
+            let paths = paths(&registry::ALL.to_vec(), dialect);
+            for (path, item) in &paths {
+                let declared: Vec<&str> = item["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+                for placeholder in ["namespace", "name"] {
+                    assert_eq!(path.contains(&format!("{{{placeholder}}}")), declared.contains(&placeholder), "{dialect:?} {path}");
+                }
+                let post = &item["post"];
+                if !post.is_null() {
+                    match dialect {
+                        Dialect::Swagger2 => assert!(post["parameters"].as_array().unwrap().iter().any(|p| p["in"] == "body")),
+                        Dialect::OpenApi3 => assert!(post["requestBody"]["content"]["application/json"].is_object()),
+                    }
+                }
+            }
+            let query = &paths["/api/v1/namespaces/{namespace}/pods"]["get"]["parameters"][0];
+            assert_eq!(query["schema"].is_object(), dialect == Dialect::OpenApi3, "{dialect:?}: {query}");
+        }
+    }
 }

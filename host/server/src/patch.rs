@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use crate::body::NODE_COST;
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +39,14 @@ impl Kind {
     }
 }
 
-/// What the accounting charges a node (see [`crate::body::yaml_budget`]).
-const NODE_COST: usize = 32;
-
 /// The deepest nesting a patched object may have (serde_json's own decoding limit).
 pub const MAX_DEPTH: usize = 128;
+
+/// [`apply`] on a blocking thread: a patch's work is bounded, but it may
+/// still be hundreds of milliseconds that no async worker should spend.
+pub async fn apply_off_thread(kind: Kind, current: Value, patch: std::sync::Arc<Value>) -> Result<Value, ApiError> {
+    tokio::task::spawn_blocking(move || apply(kind, &current, &patch)).await.map_err(|e| ApiError::internal("applying the patch", e))?
+}
 
 /// Applies `patch` of `kind` to `current`.
 pub fn apply(kind: Kind, current: &Value, patch: &Value) -> Result<Value, ApiError> {
@@ -72,8 +76,8 @@ pub fn apply(kind: Kind, current: &Value, patch: &Value) -> Result<Value, ApiErr
     Ok(document)
 }
 
-/// The size (in bytes of memory, about: a node costs
-/// [`crate::body::yaml_budget`]'s per-node share plus its strings' bytes)
+/// The size (as [`crate::body::NODE_COST`] counts it: about the bytes of
+/// its JSON)
 /// and depth of a document, as an upper bound kept while a JSON patch
 /// applies.
 #[derive(Debug, Clone, Copy)]
@@ -117,14 +121,14 @@ struct Budget {
 
 impl Budget {
     fn new() -> Budget {
-        let max_cost = crate::body::yaml_budget(crate::body::MAX_BODY_BYTES);
+        let max_cost = crate::body::MAX_OBJECT_COST;
         // Walking four documents of the largest size, node by node, in all.
         Budget { max_cost, walk_left: (max_cost / NODE_COST).saturating_mul(4) }
     }
 
     fn too_large(&self) -> ApiError {
         ApiError::ExpandsTooLarge(format!(
-            "the patched object would exceed {} bytes or {MAX_DEPTH} levels of nesting, the most a request body may decode to",
+            "the patched object would exceed {} bytes (as JSON) or {MAX_DEPTH} levels of nesting, the most an object a request makes may have",
             self.max_cost
         ))
     }

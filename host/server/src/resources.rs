@@ -332,7 +332,7 @@ async fn create(
         return Err(ApiError::MethodNotAllowed("subresources cannot be created".into()));
     }
     let bytes = body::read(request).await?;
-    let object = body::decode_object(headers, &bytes)?;
+    let object = body::decode(headers, bytes).await?;
     create_object(app, identity, target, params, headers, object).await
 }
 
@@ -580,7 +580,7 @@ async fn update(
     let resource = target.resource;
     let name = target_name(target);
     let bytes = body::read(request).await?;
-    let mut object = body::decode_object(headers, &bytes)?;
+    let mut object = body::decode(headers, bytes).await?;
     check_type(resource, &mut object)?;
     check_namespace(target, &mut object)?;
     match object::name(&object) {
@@ -608,10 +608,10 @@ async fn patch(
     let name = target_name(target);
     let bytes = body::read(request).await?;
     let kind = patch::Kind::from_media_type(&body::media_type(headers))?;
-    let document = body::decode_json(&bytes)?;
+    let document = std::sync::Arc::new(body::decode_json(&bytes)?);
     for attempt in 0..PATCH_RETRIES {
         let current = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, resource, name))?;
-        let mut patched = patch::apply(kind, &current, &document)?;
+        let mut patched = patch::apply_off_thread(kind, current.clone(), document.clone()).await?;
         if !patched.is_object() {
             return Err(ApiError::BadRequest("the patch must leave an object".into()));
         }
@@ -651,7 +651,7 @@ async fn delete(
     let options: Map<String, Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
-        body::decode_object(headers, &bytes)?.as_object().cloned().unwrap_or_default()
+        body::decode(headers, bytes).await?.as_object().cloned().unwrap_or_default()
     };
     let expected = match options.get("preconditions").and_then(|p| p.get("resourceVersion")).and_then(Value::as_str) {
         Some(rv) => Some(rv.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid preconditions.resourceVersion {rv:?}")))?),

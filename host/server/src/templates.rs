@@ -96,7 +96,7 @@ async fn read_request(headers: &HeaderMap, body: Body) -> Result<Instantiation, 
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Instantiation::default());
     }
-    let value = crate::body::decode_object(headers, &bytes)?;
+    let value = crate::body::decode(headers, bytes).await?;
     serde_path_to_error::deserialize(value)
         .map_err(|e| ApiError::BadRequest(format!("invalid instantiation at {}: {}", e.path(), e.inner())))
 }
