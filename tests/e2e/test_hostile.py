@@ -405,7 +405,8 @@ def test_yaml_alias_bomb_to_policyreviews_by_a_viewer_is_413(platform):
     with platform.case("1 yaml aliases (view)"):
         r, took, again = sustained(send)
     status = assert_status(r, 413, "RequestEntityTooLarge")
-    assert "alias" in status["message"] or "expand" in status["message"], status
+    # Refused before parsing (too many nodes for a YAML body), or while decoding (aliases expand past the budget).
+    assert any(word in status["message"] for word in ("alias", "expand", "nodes")), status
     assert took < 2, f"answered after {took:.1f}s"
     assert again == {413}, again
 

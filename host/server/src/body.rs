@@ -8,7 +8,9 @@
 //! therefore decoded through [`Bounded`], which charges every node it
 //! builds — aliases expanded — against a budget proportional to the body,
 //! and stops with 413 the moment the budget runs out, before the memory is
-//! spent.
+//! spent. Before that, the number of its nodes is bounded from its bytes
+//! ([`MAX_YAML_NODES`]): the YAML parser holds every event of a document
+//! in memory at once.
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -101,7 +103,25 @@ pub fn yaml_budget(body_len: usize) -> usize {
     body_len.saturating_mul(4).max(64 * 1024)
 }
 
+/// The most nodes a YAML body may hold (aliases counted once). The YAML
+/// parser keeps every event of a document in memory (a few hundred bytes
+/// each) before anything is decoded, so their number is bounded before it
+/// starts: about 60 MB at most.
+pub const MAX_YAML_NODES: usize = 200_000;
+
+/// An upper bound of the nodes (parser events) of a YAML text: each starts
+/// at a flow or block indicator, an alias, or a new line.
+fn yaml_node_bound(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| matches!(b, b',' | b'[' | b'{' | b'-' | b':' | b'*' | b'\n')).count()
+}
+
 fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
+    let nodes = yaml_node_bound(bytes);
+    if nodes > MAX_YAML_NODES {
+        return Err(ApiError::ExpandsTooLarge(format!(
+            "the YAML body may hold up to {nodes} nodes, more than the {MAX_YAML_NODES} a YAML body may (its parser keeps every node in memory); send large objects as JSON"
+        )));
+    }
     let budget = yaml_budget(bytes.len());
     let remaining = std::cell::Cell::new(budget);
     let deserializer = serde_yaml::Deserializer::from_slice(bytes);
@@ -230,4 +250,35 @@ pub async fn receive_blob(headers: &HeaderMap, body: Body, limit: usize) -> Resu
         bytes.extend_from_slice(&chunk);
     }
     Ok((bytes, format!("sha256:{:x}", hasher.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/yaml"));
+        headers
+    }
+
+    #[test]
+    fn yaml_with_too_many_nodes_is_refused_before_parsing() {
+        let flat = format!("a: [{}]", vec!["x"; MAX_YAML_NODES + 1].join(","));
+        let error = decode_object(&yaml(), flat.as_bytes()).unwrap_err();
+        assert!(matches!(error, ApiError::ExpandsTooLarge(_)), "{error:?}");
+        assert!(error.to_string().contains("send large objects as JSON"), "{error}");
+        // Ordinary documents, and long strings, are far from it.
+        let ordinary = format!("metadata: {{name: x}}\ndata:\n  blob: {}\n", "QUJD".repeat(500_000));
+        assert!(decode_object(&yaml(), ordinary.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn aliases_are_counted_as_they_expand() {
+        let bomb = format!("base: &a [{}]\ncopies: [{}]\n", vec!["x"; 1000].join(","), vec!["*a"; 10_000].join(","));
+        let error = decode_object(&yaml(), bomb.as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("anchors and aliases"), "{error}");
+        let modest = "base: &a {k: v}\ncopies: [*a, *a]\n";
+        assert_eq!(decode_object(&yaml(), modest.as_bytes()).unwrap()["copies"][1]["k"], "v");
+    }
 }
