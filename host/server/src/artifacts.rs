@@ -31,7 +31,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kapsel_admission::Operation;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactImage, ArtifactSpec, ImageReference, valid_tag};
@@ -142,7 +142,7 @@ pub async fn push(
             Ok(change) => {
                 tracing::info!(artifact = %format!("{namespace}/{name}"), %tag, %digest, bytes = bytes.len(), "image pushed");
                 let response = (StatusCode::OK, axum::Json((*change.object).clone())).into_response();
-                return Ok(with_warnings(response, &warnings));
+                return Ok(crate::resources::with_warnings(response, &warnings));
             }
             // Another push (or a tag edit) got there first: do it again on the new version.
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists) => continue,
@@ -201,17 +201,6 @@ fn pushed(current: Option<&Value>, namespace: &str, name: &str, image: &Image<'_
 
 fn revision(object: &Value) -> Option<i64> {
     object::resource_version(object).and_then(Result::ok)
-}
-
-/// Adds `Warning` headers (code 299) for admission's warnings, as the generic handler does.
-fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
-    for warning in warnings {
-        let text = format!("299 - {:?}", warning.replace(['\r', '\n'], " "));
-        if let Ok(value) = HeaderValue::from_str(&text) {
-            response.headers_mut().append("Warning", value);
-        }
-    }
-    response
 }
 
 /// `GET …/namespaces/{namespace}/artifacts/{name}/blobs/{digest}`: an image's bytes.

@@ -301,7 +301,7 @@ fn check_fields(resource: &ResourceType, object: &mut Value, params: &Params) ->
 }
 
 /// Adds `Warning` headers (code 299), as the Kubernetes API server does.
-fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+pub fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     for warning in warnings {
         let text = format!("299 - {:?}", warning.replace(['\r', '\n'], " "));
         if let Ok(value) = HeaderValue::from_str(&text) {

@@ -28,13 +28,16 @@ fn alias_bomb(width: usize, aliases: usize) -> String {
 #[tokio::test]
 async fn yaml_aliases_cannot_make_a_small_body_large() {
     let api = Api::start().await;
-    let body = alias_bomb(1_000, 100_000);
-    assert!(body.len() < 1 << 20);
-    for (token, path) in [(ALICE, pods("dev")), (ALICE, "/apis/kapsel.io/v1alpha1/policyreviews".to_string())] {
-        let started = Instant::now();
-        let reply = api.call(Some(token), Method::POST, &path, &[("content-type", "application/yaml")], body.clone()).await;
-        reply.failure(413, "RequestEntityTooLarge").mentions(&["anchors and aliases"]);
-        assert!(started.elapsed() < PROMPT, "{path}: {:?}", started.elapsed());
+    // Few enough nodes to be parsed, refused as the aliases expand; too many nodes, refused before parsing.
+    for (aliases, refusal) in [(40_000, "anchors and aliases"), (150_000, "send large objects as JSON")] {
+        let body = alias_bomb(1_000, aliases);
+        assert!(body.len() < 1 << 20);
+        for (token, path) in [(ALICE, pods("dev")), (ALICE, "/apis/kapsel.io/v1alpha1/policyreviews".to_string())] {
+            let started = Instant::now();
+            let reply = api.call(Some(token), Method::POST, &path, &[("content-type", "application/yaml")], body.clone()).await;
+            reply.failure(413, "RequestEntityTooLarge").mentions(&[refusal]);
+            assert!(started.elapsed() < PROMPT, "{path}: {:?}", started.elapsed());
+        }
     }
     // Aliases within the budget are ordinary YAML.
     let modest = "apiVersion: v1\nkind: Pod\nmetadata: {name: anchored, labels: &l {app: web}}\nspec:\n  containers:\n  - {name: app, image: app:1, env: &e [{name: A, value: '1'}]}\n  - {name: side, image: app:1, env: *e}\n";
@@ -123,12 +126,7 @@ async fn a_delete_grace_period_is_checked() {
 #[tokio::test]
 async fn malformed_pods_are_refused_not_panicked_on() {
     let api = Api::start().await;
-    let class = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "ResourceClass", "metadata": {"name": "small"},
-        "spec": {"requests": {"cpu": "100m"}, "limits": {"cpu": "100m"}}});
-    api.post("/apis/kapsel.io/v1alpha1/resourceclasses", class).await.ok(201);
-    let range = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults"},
-        "spec": {"limits": [{"type": "Container", "default": {"memory": "64Mi"}}]}});
-    api.post("/api/v1/namespaces/dev/limitranges", range).await.ok(201);
+    api.add_class_and_limit_range("dev").await;
     let shapes = [
         json!({"resourceClassName": "small", "containers": ["x"]}),
         json!({"containers": ["x"]}),

@@ -147,12 +147,7 @@ fn arbitrary_objects_through_the_router_never_answer_5xx() {
         api.push_images("dev", &["app:1"]).await;
         api.create_pod("dev", pod("target")).await;
         // A class and a limit range, so that pods naming one and the defaults meet every shape.
-        let class = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "ResourceClass", "metadata": {"name": "small"},
-            "spec": {"requests": {"cpu": "100m"}, "limits": {"cpu": "100m"}}});
-        api.post("/apis/kapsel.io/v1alpha1/resourceclasses", class).await.ok(201);
-        let range = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults"},
-            "spec": {"limits": [{"type": "Container", "default": {"memory": "64Mi"}}]}});
-        api.post("/api/v1/namespaces/dev/limitranges", range).await.ok(201);
+        api.add_class_and_limit_range("dev").await;
         api
     });
     let paths = [

@@ -62,6 +62,21 @@ where
     });
 }
 
+/// Writes plug-ins' counters and health (`Active`/`Degraded`) into their status.
+async fn plugin_status(app: App) {
+    let mut stopping = app.stopping.clone();
+    let mut ticker = tokio::time::interval(PLUGIN_STATUS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => break,
+            _ = ticker.tick() => {}
+        }
+        app.plugins.flush_status().await;
+    }
+    // What the last calls did still reaches the status.
+    app.plugins.flush_status().await;
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -89,19 +104,4 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 3, "ran, panicked twice, then ran to its end once");
     }
-}
-
-/// Writes plug-ins' counters and health (`Active`/`Degraded`) into their status.
-async fn plugin_status(app: App) {
-    let mut stopping = app.stopping.clone();
-    let mut ticker = tokio::time::interval(PLUGIN_STATUS_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            _ = ticker.tick() => {}
-        }
-        app.plugins.flush_status().await;
-    }
-    // What the last calls did still reaches the status.
-    app.plugins.flush_status().await;
 }

@@ -385,6 +385,18 @@ impl Api {
         reply.body
     }
 
+    /// Creates the ResourceClass `small` (100m CPU) and, in `namespace`, a
+    /// LimitRange defaulting containers' memory to 64Mi: a pod then meets
+    /// both class sizing and limit-range defaulting.
+    pub async fn add_class_and_limit_range(&self, namespace: &str) {
+        let class = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "ResourceClass", "metadata": {"name": "small"},
+            "spec": {"requests": {"cpu": "100m"}, "limits": {"cpu": "100m"}}});
+        self.post("/apis/kapsel.io/v1alpha1/resourceclasses", class).await.ok(201);
+        let range = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults"},
+            "spec": {"limits": [{"type": "Container", "default": {"memory": "64Mi"}}]}});
+        self.post(&format!("/api/v1/namespaces/{namespace}/limitranges"), range).await.ok(201);
+    }
+
     /// Starts a watch as `token`; asserts that it was accepted.
     pub async fn watch_as(&self, token: &str, path: &str) -> Watch {
         let request =
