@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from kapsel_e2e import assert_status, create_namespace, create_pod, pod_manifest
+from kapsel_e2e import assert_status, create_namespace, create_pod, create_token, pod_manifest
 
 PODS = "/api/v1/namespaces/default/pods"
 
@@ -68,6 +68,18 @@ def test_body_over_3_mib_is_413(server):
     assert [c["field"] for c in status["details"]["causes"]] == ["metadata.annotations"]
     # The server still serves after refusing.
     assert server.api("GET", PODS).status_code == 200
+
+
+def test_a_refused_request_with_a_big_body_gets_its_status(server):
+    """A request refused before its body is read (here: a tenant without rights in the
+    namespace) still gets the Status, not a connection closed while it was sending."""
+    tenant = create_token(server, "nobody", {})
+    big = json.dumps({"metadata": {"annotations": {"x": "y" * 2_000_000}}}).encode()
+    for method in ("PATCH", "POST", "PUT"):
+        path = PODS if method == "POST" else f"{PODS}/p"
+        r = server.api(method, path, token=tenant, data=big,
+                       headers={"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"})
+        assert_status(r, 403, "Forbidden")
 
 
 def test_unknown_fields_follow_field_validation(server):

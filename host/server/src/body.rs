@@ -34,6 +34,27 @@ pub async fn read(body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
+/// How long a refused request's body is read before the connection is left to close.
+const DISCARD_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops what is left of a refused request's body: at most
+/// [`MAX_BODY_BYTES`], for at most a few seconds, so that a client still
+/// sending gets the answer rather than a closed connection.
+pub async fn discard(body: Body) {
+    use futures::StreamExt as _;
+    let mut chunks = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DISCARD_FOR, async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            seen = seen.saturating_add(chunk.len());
+            if seen > MAX_BODY_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// The media type of a request, without parameters, lower-cased.
 pub fn media_type(headers: &HeaderMap) -> String {
     headers

@@ -41,11 +41,34 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (target, params, verb) = match admit_request(&app, &identity, &method, &uri).await {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            // A refused request's body is read (within the body limit) and dropped, so that
+            // a client still sending it gets the Status instead of a closed connection.
+            body::discard(body).await;
+            return Err(error);
+        }
+    };
+    match verb {
+        Verb::Get => get(&app, &identity, &target, &params, &headers).await,
+        Verb::List => list(&app, &identity, &target, &params, &headers).await,
+        Verb::Watch => watch::serve(&app, &identity, &target, &params, &headers).await,
+        Verb::Create => create(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Update => update(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Patch => patch(&app, &identity, &target, &params, &headers, body).await,
+        Verb::Delete => delete(&app, &identity, &target, &params, &headers, body).await,
+    }
+}
+
+/// What a request asks for (its target, parameters and verb), once the
+/// caller may ask it: authorization, a node's rights, status writes.
+async fn admit_request(app: &App, identity: &Identity, method: &Method, uri: &Uri) -> Result<(Target, Params, Verb), ApiError> {
     let target = parse_path(uri.path())?;
     let params = Params::parse(uri.query())?;
-    let verb = verb(&method, &target, &params)?;
+    let verb = verb(method, &target, &params)?;
     let authz_namespace = if target.resource.kind == NAMESPACE.kind { target.name.as_deref() } else { target.namespace.as_deref() };
-    authorize(&identity, verb, target.resource, authz_namespace)?;
+    authorize(identity, verb, target.resource, authz_namespace)?;
     if let Some(node) = &identity.node {
         // A node agent writes the status of the pods bound to it: read where the pod is bound.
         let bound_to = if target.resource.kind == POD.kind && !verb.is_read() && target.name.is_some() {
@@ -68,15 +91,7 @@ pub async fn handle(
             verb = verb.as_str(),
         )));
     }
-    match verb {
-        Verb::Get => get(&app, &identity, &target, &params, &headers).await,
-        Verb::List => list(&app, &identity, &target, &params, &headers).await,
-        Verb::Watch => watch::serve(&app, &identity, &target, &params, &headers).await,
-        Verb::Create => create(&app, &identity, &target, &params, &headers, body).await,
-        Verb::Update => update(&app, &identity, &target, &params, &headers, body).await,
-        Verb::Patch => patch(&app, &identity, &target, &params, &headers, body).await,
-        Verb::Delete => delete(&app, &identity, &target, &params, &headers, body).await,
-    }
+    Ok((target, params, verb))
 }
 
 /// The store key of the named object of a target.
