@@ -66,6 +66,8 @@ type Scope = Option<String>;
 /// (or across namespaces when `None`), in key order.
 fn scopes(identity: &Identity, resource: &ResourceType, namespace: Option<&str>) -> Vec<Scope> {
     match namespace {
+        // A namespace the caller cannot see (named by a field selector) is not read at all.
+        Some(namespace) if resource.namespaced() && !identity.sees_namespace(namespace) => Vec::new(),
         Some(namespace) => vec![Some(namespace.to_string())],
         // A tenant's read across namespaces: its own namespaces only.
         None if resource.namespaced() && !identity.admin && identity.node.is_none() => {

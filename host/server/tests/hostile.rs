@@ -213,6 +213,10 @@ async fn a_tenants_read_across_namespaces_reads_only_its_own() {
     let reply = api.json_as(ALICE, Method::GET, &format!("/api/v1/pods?limit=1&continue={}", q(&token)), None).await;
     assert_eq!(reply.qualified_names(), ["qa/seen"]);
     assert!(reply.body["metadata"]["continue"].is_null(), "{}", reply.text);
+    // A field selector naming another tenant's namespace reads nothing of it.
+    let reply = api.json_as(ALICE, Method::GET, "/api/v1/pods?fieldSelector=metadata.namespace%3Dprod", None).await;
+    reply.ok(200);
+    assert!(reply.items().is_empty(), "{}", reply.text);
     // The admin sees all seven.
     let reply = api.get("/api/v1/pods?limit=4").await;
     assert_eq!(reply.items().len(), 4);
