@@ -12,7 +12,8 @@
 //! first start it installs the default plug-ins
 //! ([`crate::plugins::install_defaults`]). Beside the API it runs the
 //! controllers, the scheduler, the node lifecycle controller and — unless
-//! `--no-local-node` — a node agent for this host ([`LocalNode`]), which
+//! `--no-local-node` — a node agent for this host ([`LocalNode`]: the
+//! binary runs it as a child process that outlives the supervisor), which
 //! reaches the API over HTTPS like any other agent.
 
 use std::net::SocketAddr;
