@@ -391,7 +391,12 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         }
     }
     tracing::info!(node = %config.name, capacity = ?config.capacity, logs = %endpoint.address, "node registered");
-    tokio::spawn(follow_pods(client.clone(), config.name.clone(), runtime, stopping.clone()));
+    // The pod loop catches a panic about one pod itself; should it ever panic as a whole, it is started again
+    // (its pods stop with it, and the new loop takes them over from their status, as a restarted agent does).
+    let (pods_client, node, pods_stopping) = (client.clone(), config.name.clone(), stopping.clone());
+    kapsel_server::controllers::supervise("node-pods", stopping.clone(), move || {
+        pods::sync_pods(pods_client.clone(), node.clone(), runtime.clone(), pods_stopping.clone())
+    });
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_renewal = tokio::time::Instant::now();
@@ -415,27 +420,6 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
                 }
             }
         }
-    }
-}
-
-/// Runs the pod loop ([`pods::sync_pods`]) until `stopping`, starting it
-/// again should it ever panic (its pods stop with it, and the new loop
-/// takes them over from their status, as a restarted agent does) — the
-/// loop catches a panic about one pod itself; this is the last line.
-async fn follow_pods(client: Client, node: String, runtime: Runtime, stopping: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let running = tokio::spawn(pods::sync_pods(client.clone(), node.clone(), runtime.clone(), stopping.clone()));
-        match running.await {
-            Err(error) if error.is_panic() => {
-                let panic = kapsel_node::pod::panic_message(error.into_panic().as_ref());
-                tracing::error!(node = %node, %panic, "the pod loop panicked; starting it again");
-            }
-            _ => return,
-        }
-        if *stopping.borrow() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
