@@ -119,12 +119,15 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
+/// What a caught panic says: its `&str` or `String` payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
+}
+
 /// A handler that panicked (a bug: input never should make one) answers
 /// 500 with a `Status`, and the panic is logged; the server goes on.
 fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message =
-        panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
-    tracing::error!(panic = message, "a request handler panicked");
+    tracing::error!(panic = panic_message(panic.as_ref()), "a request handler panicked");
     let status = kapsel_api::Status::failure(
         500,
         "InternalError",

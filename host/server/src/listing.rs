@@ -109,11 +109,12 @@ pub async fn read(
                 app.store.list_page(&store_key, scope.as_deref(), from, chunk).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
             revision.get_or_insert(listing.revision);
             let exhausted = listing.objects.len() < chunk;
-            for item in listing.objects {
-                after =
-                    Some((object::namespace(&item).unwrap_or_default().to_string(), object::name(&item).unwrap_or_default().to_string()));
+            // The next read of this scope starts after the last object of this one.
+            if !exhausted {
+                after = listing.objects.last().map(key_of);
+            }
+            for mut item in listing.objects {
                 if selectors.matches(&item) && visible(identity, resource, &item) {
-                    let mut item = item;
                     redact(identity, resource, &mut item);
                     items.push(item);
                     if wanted.is_some_and(|l| items.len() > l) {
@@ -133,14 +134,16 @@ pub async fn read(
     let continue_token = match wanted {
         Some(limit) if items.len() > limit => {
             items.truncate(limit);
-            let last = items
-                .last()
-                .map(|item| (object::namespace(item).unwrap_or_default().to_string(), object::name(item).unwrap_or_default().to_string()));
-            last.map(|(ns, name)| Continue { rv: revision, ns, name }.encode())
+            items.last().map(key_of).map(|(ns, name)| Continue { rv: revision, ns, name }.encode())
         }
         _ => None,
     };
     Ok(Page { items, revision, continue_token })
+}
+
+/// The (namespace, name) an object is stored under ("" for a cluster-scoped one's namespace).
+fn key_of(object: &Value) -> (String, String) {
+    (object::namespace(object).unwrap_or_default().to_string(), object::name(object).unwrap_or_default().to_string())
 }
 
 /// Removes from `object` what `identity` may not read of it: of a

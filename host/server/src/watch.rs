@@ -109,18 +109,17 @@ pub async fn serve(app: &App, identity: &Identity, target: &Target, params: &Par
     let namespace = target.namespace.clone().or(selectors.namespace().map(str::to_string));
     // `sendInitialEvents=true` (client-go's watch-list) asks for the current objects first, whatever the revision.
     let send_initial_events = params.flag("sendInitialEvents");
-    let (initial, after) = match params.get("resourceVersion") {
-        _ if send_initial_events => {
+    // The revision to resume after, unless the watch starts with the current objects.
+    let resume_after = match params.get("resourceVersion") {
+        _ if send_initial_events => None,
+        None | Some("0") => None,
+        Some(text) => Some(text.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {text:?}")))?),
+    };
+    let (initial, after) = match resume_after {
+        Some(revision) => (Vec::new(), revision),
+        None => {
             let page = crate::listing::read(app, identity, resource, namespace.as_deref(), &selectors, None, None).await?;
             (page.items, page.revision)
-        }
-        None | Some("0") => {
-            let page = crate::listing::read(app, identity, resource, namespace.as_deref(), &selectors, None, None).await?;
-            (page.items, page.revision)
-        }
-        Some(text) => {
-            let revision = text.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {text:?}")))?;
-            (Vec::new(), revision)
         }
     };
     let mut changes =

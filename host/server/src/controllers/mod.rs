@@ -45,11 +45,7 @@ where
                 Ok(()) => return,
                 Err(error) if error.is_panic() => {
                     let panic = error.into_panic();
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("(no message)");
+                    let message = crate::panic_message(panic.as_ref());
                     tracing::error!(controller = name, panic = message, "a controller panicked; starting it again");
                 }
                 Err(_) => return,
