@@ -142,14 +142,9 @@ impl AgentConfig {
             None => BTreeMap::new(),
         };
         let taints = flags.taints.iter().map(|t| taint(t)).collect::<anyhow::Result<Vec<_>>>()?;
-        let log_budget_bytes = log_budget(&flags.log_budget)?;
-        let default_memory_limit_bytes = kapsel_node::pod::spec::memory_bytes(&Value::String(flags.default_memory_limit.clone()))
-            .map_err(|e| anyhow::anyhow!("--default-memory-limit {:?}: {e}", flags.default_memory_limit))?;
-        anyhow::ensure!(
-            default_memory_limit_bytes >= 1 << 20,
-            "--default-memory-limit {:?}: must be at least 1Mi",
-            flags.default_memory_limit
-        );
+        // A log budget below 1 MiB would not hold one run's log; a default memory limit below it, no program.
+        let log_budget_bytes = at_least_a_mebibyte(&flags.log_budget, "--log-budget")?;
+        let default_memory_limit_bytes = at_least_a_mebibyte(&flags.default_memory_limit, "--default-memory-limit")?;
         Ok(AgentConfig {
             name,
             capacity,
@@ -166,11 +161,11 @@ impl AgentConfig {
     }
 }
 
-/// `--log-budget` in bytes: a byte quantity of at least 1 MiB (a smaller one would not hold one run's log).
-fn log_budget(text: &str) -> anyhow::Result<u64> {
-    let bytes = kapsel_node::pod::spec::memory_bytes(&Value::String(text.to_string()))
-        .map_err(|e| anyhow::anyhow!("--log-budget {text:?}: {e}"))?;
-    anyhow::ensure!(bytes >= 1 << 20, "--log-budget {text:?}: must be at least 1Mi");
+/// The byte quantity `text` of `flag` (`1Gi`, `500Mi`), which must be at least 1 MiB.
+fn at_least_a_mebibyte(text: &str, flag: &str) -> anyhow::Result<u64> {
+    let bytes =
+        kapsel_node::pod::spec::memory_bytes(&Value::String(text.to_string())).map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))?;
+    anyhow::ensure!(bytes >= 1 << 20, "{flag} {text:?}: must be at least 1Mi");
     Ok(bytes)
 }
 
