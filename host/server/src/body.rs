@@ -161,8 +161,8 @@ fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
 /// Decodes one value into a JSON [`Value`], charging each node (and the
 /// bytes of its strings) to `remaining`; fails once it reaches zero.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounded<'a> {
-    pub remaining: &'a std::cell::Cell<usize>,
+struct Bounded<'a> {
+    remaining: &'a std::cell::Cell<usize>,
 }
 
 impl Bounded<'_> {

@@ -1,5 +1,6 @@
-//! Files the server writes into its data directory (the CA, the admin
-//! token, the kubeconfig) are written atomically: to a temporary file in
+//! Files written into a data directory (the server's CA, admin token and
+//! kubeconfig; a node agent's id and the record of the embedded agent) are
+//! written atomically: to a temporary file in
 //! the same directory, synced, renamed over the target, and the directory
 //! synced, so that a crash or `kill -9` at any point leaves either the old
 //! file or the new one, never a torn one.
