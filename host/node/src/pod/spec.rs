@@ -229,27 +229,13 @@ fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
         env.push((name.to_string(), var.get("value").and_then(Value::as_str).unwrap_or_default().to_string()));
     }
 
-    let memory_limit_bytes = match item.pointer("/resources/limits/memory") {
-        None | Some(Value::Null) => None,
-        Some(value) => match memory_bytes(value) {
-            Ok(bytes) => Some(bytes),
-            Err(problem) => {
-                problems.push(format!("resources.limits.memory: {problem}"));
-                None
-            }
-        },
+    // A limit that does not read is the container's problem, not the pod's.
+    let mut limit = |resource: &str, read: fn(&Value) -> Result<u64, String>| match item.get("resources")?.get("limits")?.get(resource)? {
+        Value::Null => None,
+        value => read(value).map_err(|problem| problems.push(format!("resources.limits.{resource}: {problem}"))).ok(),
     };
-
-    let cpu_limit_millicores = match item.pointer("/resources/limits/cpu") {
-        None | Some(Value::Null) => None,
-        Some(value) => match cpu_millicores(value) {
-            Ok(millicores) => Some(millicores),
-            Err(problem) => {
-                problems.push(format!("resources.limits.cpu: {problem}"));
-                None
-            }
-        },
-    };
+    let memory_limit_bytes = limit("memory", memory_bytes);
+    let cpu_limit_millicores = limit("cpu", cpu_millicores);
 
     Ok(ContainerSpec {
         name: name.to_string(),
