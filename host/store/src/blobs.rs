@@ -23,8 +23,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Connection, Executor, Row};
+use sqlx::any::AnyConnectOptions;
+use sqlx::{AnyPool, Connection, Row};
 
 use crate::StoreError;
 
@@ -76,11 +76,8 @@ impl BlobStore {
     /// Connects to the (already migrated) database at `url`.
     pub(crate) async fn connect(url: &str, sqlite: bool, turns: WriteTurns) -> Result<Self, StoreError> {
         let connect_options: AnyConnectOptions = url.parse()?;
-        let mut options = AnyPoolOptions::new().max_connections(CONNECTIONS).min_connections(0);
-        if sqlite {
-            options = options.after_connect(|conn, _| Box::pin(async move { conn.execute(crate::sql::SQLITE_PRAGMAS).await.map(drop) }));
-        }
-        Ok(BlobStore { pool: options.connect_with(connect_options).await?, sqlite, turns })
+        let pool = crate::sql::pool_options(sqlite, CONNECTIONS, 0).connect_with(connect_options).await?;
+        Ok(BlobStore { pool, sqlite, turns })
     }
 
     /// Stores `data` under `digest` (its `sha256:<hex>`) unless it is there,
@@ -145,8 +142,7 @@ impl BlobStore {
     /// The bytes stored under `digest`, read in one snapshot.
     pub(crate) async fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let begin = if self.sqlite { "BEGIN" } else { "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" };
-        let mut tx = conn.begin_with(begin).await?;
+        let mut tx = conn.begin_with(crate::sql::snapshot_begin(self.sqlite)).await?;
         let Some(row) = sqlx::query("SELECT data, chunks FROM blobs WHERE digest = $1").bind(digest).fetch_optional(&mut *tx).await? else {
             tx.commit().await?;
             return Ok(None);

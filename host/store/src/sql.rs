@@ -26,8 +26,21 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// Settings applied to every SQLite connection. WAL lets reads run beside
 /// the writer; `synchronous = FULL` makes each commit durable before it is
 /// acknowledged (group commit keeps that to one fsync per batch).
-pub(crate) const SQLITE_PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+/// A pool of at most `max` connections (at least `min` kept open); on
+/// SQLite each connection gets [`SQLITE_PRAGMAS`]. The store's and the blob
+/// store's pools are all made here.
+pub(crate) fn pool_options(sqlite: bool, max: u32, min: u32) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new().max_connections(max).min_connections(min);
+    if sqlite { options.after_connect(|conn, _| Box::pin(async move { conn.execute(SQLITE_PRAGMAS).await.map(drop) })) } else { options }
+}
+
+/// The statement that begins a read-only snapshot: SQLite's transactions
+/// are snapshots in WAL mode; PostgreSQL's must ask for one.
+pub(crate) fn snapshot_begin(sqlite: bool) -> &'static str {
+    if sqlite { "BEGIN" } else { "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" }
+}
 
 #[derive(Debug)]
 pub(crate) struct SqlBackend {
@@ -47,13 +60,7 @@ impl SqlBackend {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
         let connect_options: AnyConnectOptions = url.parse()?;
-        let pool = |connections: u32| {
-            let options = AnyPoolOptions::new().max_connections(connections).min_connections(1);
-            match dialect {
-                Dialect::Sqlite => options.after_connect(|conn, _| Box::pin(async move { conn.execute(SQLITE_PRAGMAS).await.map(drop) })),
-                Dialect::Postgres => options,
-            }
-        };
+        let pool = |connections: u32| pool_options(dialect == Dialect::Sqlite, connections, 1);
         let writer = pool(1).connect_with(connect_options.clone()).await?;
         let migrator = match dialect {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
@@ -132,11 +139,7 @@ impl SqlBackend {
     /// A read-only transaction and the revision it sees: reads in it are one
     /// snapshot, so a watch from that revision misses nothing they missed.
     async fn snapshot<'c>(&self, conn: &'c mut sqlx::pool::PoolConnection<sqlx::Any>) -> Result<(Tx<'c>, i64), StoreError> {
-        let begin = match self.dialect {
-            Dialect::Sqlite => "BEGIN",
-            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        };
-        let mut tx = conn.begin_with(begin).await?;
+        let mut tx = conn.begin_with(snapshot_begin(self.dialect == Dialect::Sqlite)).await?;
         let revision: i64 = sqlx::query("SELECT revision FROM kapsel_meta WHERE id = 1").fetch_one(&mut *tx).await?.try_get(0)?;
         Ok((tx, revision))
     }
