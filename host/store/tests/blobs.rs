@@ -13,42 +13,11 @@ use kapsel_store::{Key, Store, StoreError, StoreOptions};
 use serde_json::json;
 use sqlx::{Connection, Executor, Row};
 
-struct Backend {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    admin_url: Option<String>,
-}
+mod common;
+use common::Backend;
 
+/// What the cases below need of a backend besides its database.
 impl Backend {
-    async fn sqlite() -> Backend {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("kapsel.db").display());
-        Backend { url, _dir: Some(dir), admin_url: None }
-    }
-
-    async fn postgres() -> Option<Backend> {
-        let Ok(base) = std::env::var("KAPSEL_TEST_POSTGRES_URL") else {
-            assert!(std::env::var_os("CI").is_none(), "CI is set but KAPSEL_TEST_POSTGRES_URL is not");
-            eprintln!("KAPSEL_TEST_POSTGRES_URL is not set: skipping the PostgreSQL case");
-            return None;
-        };
-        sqlx::any::install_default_drivers();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let database = format!("kapsel_blobs_{}_{nanos}", std::process::id());
-        let mut admin = sqlx::AnyConnection::connect(&base).await.expect("connect to KAPSEL_TEST_POSTGRES_URL");
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).await.unwrap();
-        let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database");
-        Some(Backend { url: format!("{prefix}/{database}"), _dir: None, admin_url: Some(base) })
-    }
-
-    async fn drop_database(&self) {
-        let (Some(admin_url), Some((_, database))) = (&self.admin_url, self.url.rsplit_once('/')) else {
-            return;
-        };
-        let mut admin = sqlx::AnyConnection::connect(admin_url).await.unwrap();
-        admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))).await.unwrap();
-    }
-
     async fn store(&self) -> Store {
         Store::open(&self.url, StoreOptions { compaction_interval: None, ..StoreOptions::default() }).await.unwrap()
     }
@@ -75,7 +44,7 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    if let Some(backend) = super::Backend::postgres().await {
+                    if let Some(backend) = super::Backend::postgres("kapsel_blobs").await {
                         super::$case(&backend).await;
                         backend.drop_database().await;
                     }

@@ -11,58 +11,11 @@ use kapsel_store::{Adjustment, ChangeType, Key, Store, StoreError, StoreOptions,
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
-/// A store on a fresh database, kept alive (temp dir or database) by the guard.
-struct Backend {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    admin_url: Option<String>,
-}
-
-impl Backend {
-    /// Drops a PostgreSQL test database, closing the connections still open to it.
-    async fn drop_database(&self) {
-        let (Some(admin_url), Some((_, database))) = (&self.admin_url, self.url.rsplit_once('/')) else {
-            return;
-        };
-        let mut admin = sqlx::AnyConnection::connect(admin_url).await.unwrap();
-        admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))).await.unwrap();
-    }
-}
+mod common;
+use common::Backend;
 
 fn options() -> StoreOptions {
     StoreOptions { compaction_interval: None, ..StoreOptions::default() }
-}
-
-async fn sqlite() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("kapsel.db").display());
-    Backend { url, _dir: Some(dir), admin_url: None }
-}
-
-async fn postgres() -> Option<Backend> {
-    let Ok(base) = std::env::var("KAPSEL_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but KAPSEL_TEST_POSTGRES_URL is not: the PostgreSQL conformance cases must run in CI"
-        );
-        eprintln!("KAPSEL_TEST_POSTGRES_URL is not set: skipping the PostgreSQL case");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let database = format!("kapsel_conformance_{}", std::process::id() as u64 * 1000 + rand_suffix());
-    let mut admin = sqlx::AnyConnection::connect(&base).await.expect("connect to KAPSEL_TEST_POSTGRES_URL");
-    for statement in [format!("DROP DATABASE IF EXISTS {database}"), format!("CREATE DATABASE {database}")] {
-        admin.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
-    }
-    let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database");
-    Some(Backend { url: format!("{prefix}/{database}"), _dir: None, admin_url: Some(base) })
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-        + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 997
 }
 
 /// Declares one test per backend for each conformance case.
@@ -72,7 +25,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let backend = super::sqlite().await;
+                    let backend = super::Backend::sqlite().await;
                     super::$case(&backend.url).await;
                 }
             )*
@@ -81,7 +34,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    if let Some(backend) = super::postgres().await {
+                    if let Some(backend) = super::Backend::postgres("kapsel_conformance").await {
                         super::$case(&backend.url).await;
                         backend.drop_database().await;
                     }
