@@ -45,6 +45,7 @@ use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::resource_quota::{COMPUTE_RESOURCES, RESOURCE_QUOTA, count_name};
 use kapsel_api::{Quantity, ResourceType, object, registry};
 use kapsel_store::{Adjustment, Change, Key, StoreError, WriteOp};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::App;
@@ -96,7 +97,7 @@ pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
 
 /// The bytes of an artifact's images (an artifact that does not parse uses none).
 fn artifact_bytes(artifact: &Value) -> Quantity {
-    let spec: ArtifactSpec = artifact.get("spec").and_then(|spec| serde_json::from_value(spec.clone()).ok()).unwrap_or_default();
+    let spec: ArtifactSpec = artifact.get("spec").and_then(|spec| ArtifactSpec::deserialize(spec).ok()).unwrap_or_default();
     spec.images.iter().map(|image| Quantity::from_units(i64::try_from(image.size).unwrap_or(i64::MAX))).sum()
 }
 
