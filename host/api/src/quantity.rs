@@ -25,6 +25,17 @@ pub enum QuantityProblem {
     TooLarge,
 }
 
+/// At most this much of a refused quantity is repeated in its error.
+const QUOTED_CHARS: usize = 64;
+
+/// `text` as an error repeats it: its first [`QUOTED_CHARS`] characters, and `…` for the rest.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 impl Quantity {
     /// The largest magnitude of a quantity, in whole units (`i64::MAX`, as
     /// Kubernetes' `Quantity.Value()`): about 8 Ei bytes or 9.2·10¹⁸ cores.
@@ -52,8 +63,8 @@ impl Quantity {
 
     /// Parses a Kubernetes quantity string.
     pub fn parse(text: &str) -> Result<Self, QuantityError> {
-        let err = || QuantityError(QuantityProblem::Syntax, text.to_string());
-        let too_large = || QuantityError(QuantityProblem::TooLarge, text.to_string());
+        let err = || QuantityError(QuantityProblem::Syntax, quoted(text));
+        let too_large = || QuantityError(QuantityProblem::TooLarge, quoted(text));
         let s = text.trim();
         let (negative, s) = match s.as_bytes().first() {
             Some(b'-') => (true, &s[1..]),
@@ -202,6 +213,15 @@ mod tests {
         }
         assert_eq!(Quantity::parse("0000000000000000000000000000000000000000000000000000000000000000000001").unwrap().millis(), 1000);
         assert_eq!(Quantity::parse("1e-30").unwrap().millis(), 1);
+    }
+
+    #[test]
+    fn errors_repeat_at_most_a_little_of_the_input() {
+        let long = "9".repeat(3 << 20);
+        let error = Quantity::parse(&long).unwrap_err();
+        assert!(error.to_string().len() < 200, "{} bytes", error.to_string().len());
+        assert!(error.1.ends_with('…'));
+        assert_eq!(Quantity::parse("5 Mi").unwrap_err().1, "5 Mi");
     }
 
     #[test]

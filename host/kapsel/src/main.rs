@@ -217,9 +217,7 @@ fn local_node(name: Option<String>, linger: Duration, default_memory_limit: Stri
         None => node::host_name()?,
     };
     kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--node-name {name:?}: {e}"))?;
-    let bytes = kapsel_node::pod::spec::memory_bytes(&serde_json::Value::String(default_memory_limit.clone()))
-        .map_err(|e| anyhow::anyhow!("--local-node-default-memory-limit {default_memory_limit:?}: {e}"))?;
-    anyhow::ensure!(bytes >= 1 << 20, "--local-node-default-memory-limit {default_memory_limit:?}: must be at least 1Mi");
+    node::at_least_a_mebibyte(&default_memory_limit, "--local-node-default-memory-limit")?;
     let program = std::env::current_exe().context("finding this binary, to run the node agent")?;
     let supervisor = local_node::LocalAgent { program, linger, default_memory_limit };
     let agent = std::sync::Arc::new(move |context: kapsel_server::serve::LocalNodeContext| {

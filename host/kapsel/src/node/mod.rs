@@ -162,7 +162,7 @@ impl AgentConfig {
 }
 
 /// The byte quantity `text` of `flag` (`1Gi`, `500Mi`), which must be at least 1 MiB.
-fn at_least_a_mebibyte(text: &str, flag: &str) -> anyhow::Result<u64> {
+pub fn at_least_a_mebibyte(text: &str, flag: &str) -> anyhow::Result<u64> {
     let bytes =
         kapsel_node::pod::spec::memory_bytes(&Value::String(text.to_string())).map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))?;
     anyhow::ensure!(bytes >= 1 << 20, "{flag} {text:?}: must be at least 1Mi");
