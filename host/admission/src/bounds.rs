@@ -124,8 +124,8 @@ pub fn bytes(n: u64) -> String {
     if unit == 0 || value >= 10.0 { format!("{value:.0} {}", UNITS[unit]) } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-/// Runs `evaluation` under `limits` (the meter of the thread for its duration); also answers what it charged.
-pub fn metered<R>(limits: Limits, evaluation: impl FnOnce() -> R) -> (R, u64) {
+/// Runs `evaluation` under `limits` (the meter of the thread for its duration).
+pub fn metered<R>(limits: Limits, evaluation: impl FnOnce() -> R) -> R {
     struct Restore(Option<Meter>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -134,9 +134,7 @@ pub fn metered<R>(limits: Limits, evaluation: impl FnOnce() -> R) -> (R, u64) {
     }
     let meter = Meter { deadline: Instant::now() + limits.time, limits, spent: 0 };
     let _restore = Restore(METER.with(|m| m.replace(Some(meter))));
-    let result = evaluation();
-    let spent = METER.with(|m| m.get()).map_or(0, |m| m.spent);
-    (result, spent)
+    evaluation()
 }
 
 /// The meter of this thread, or a fresh default one.

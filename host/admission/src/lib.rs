@@ -136,7 +136,7 @@ impl Policy {
         // Prepare once (parse checks that need the whole program, e.g. unknown functions), on an
         // empty input, within the budget of an evaluation.
         engine.set_input(regorus::Value::new_object());
-        let (prepared, _) = bounds::metered(Limits::default(), || {
+        let prepared = bounds::metered(Limits::default(), || {
             catch_unwind(AssertUnwindSafe(|| {
                 decisions
                     .iter()
@@ -240,7 +240,7 @@ impl Policy {
         limits: Limits,
     ) -> Result<Vec<Violation>, String> {
         let started = Instant::now();
-        let (outcome, _) = bounds::metered(limits, || catch_unwind(AssertUnwindSafe(|| self.evaluate_once(review, inventory, limits))));
+        let outcome = bounds::metered(limits, || catch_unwind(AssertUnwindSafe(|| self.evaluate_once(review, inventory, limits))));
         let outcome = outcome.unwrap_or_else(|_| Err("the policy's evaluation failed (a fault in the Rego engine)".into()));
         self.slowest_micros.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         outcome
