@@ -157,12 +157,18 @@ pub fn check_time() -> Result<(), Exceeded> {
     if Instant::now() >= meter.deadline { Err(Exceeded::Time { limit: meter.limits.time }) } else { Ok(()) }
 }
 
-/// Fails when `size` (what `what` would allocate) does not fit in what is left; charges it otherwise.
-pub fn reserve(what: &str, size: u64) -> Result<(), Exceeded> {
+/// Fails when `size` (what `what` would allocate) does not fit in what is left.
+fn fits(what: &str, size: u64) -> Result<(), Exceeded> {
     let meter = meter();
     if size > meter.remaining() {
         return Err(Exceeded::Memory { what: what.to_string(), needed: size, spent: meter.spent, limit: meter.limits.memory });
     }
+    Ok(())
+}
+
+/// Fails when `size` (what `what` would allocate) does not fit in what is left; charges it otherwise.
+pub fn reserve(what: &str, size: u64) -> Result<(), Exceeded> {
+    fits(what, size)?;
     charge(size);
     Ok(())
 }
@@ -260,11 +266,7 @@ type Builtin = fn(&Span, &[Ref<Expr>], &[Value], bool) -> anyhow::Result<Value>;
 fn call(name: &'static str, builtin: Builtin, args: &[Value]) -> Result<Value, Exceeded> {
     check_time()?;
     let remaining = meter().remaining();
-    let estimate = estimate(name, args, remaining)?;
-    if estimate > remaining {
-        let meter = meter();
-        return Err(Exceeded::Memory { what: name.to_string(), needed: estimate, spent: meter.spent, limit: meter.limits.memory });
-    }
+    fits(name, estimate(name, args, remaining)?)?;
     let outcome = ARGUMENTS.with(|(span, params)| {
         let params = params.get(..args.len()).unwrap_or(params);
         catch_unwind(AssertUnwindSafe(|| builtin(span, params, args, false)))
