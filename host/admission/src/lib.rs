@@ -4,9 +4,10 @@
 //! or v0 for OPA Gatekeeper's library text), checks that it defines its
 //! decision (`violation` or `deny`), and keeps the prepared engine; each
 //! evaluation runs on a clone of it (a clone costs a fraction of a
-//! microsecond, a parse hundreds) under a time budget. [`PolicySet`] holds
-//! the loaded policies indexed by kind, so a request meets only the policies
-//! whose `match` selects it. The input is shaped like Gatekeeper's —
+//! microsecond, a parse hundreds) within the time and memory budget of
+//! [`bounds`] (builtins that allocate are guarded). [`PolicySet`] holds the
+//! loaded policies indexed by kind, so a request meets only the policies
+//! whose `match` selects it; together they get [`REQUEST_BUDGET`]. The input is shaped like Gatekeeper's —
 //! `input.review` a Kubernetes AdmissionReview request, `input.parameters`
 //! the policy's parameters — so Gatekeeper's policies run unmodified.
 //!
