@@ -176,18 +176,18 @@ impl Admission {
         let mut next = self.limits.next_audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         next.retain(|_, at| *at > now);
         if let Some(at) = next.get(&id.namespace) {
-            let wait = at.saturating_duration_since(now);
+            // The same whole seconds in the message and in `Retry-After`.
+            let retry = at.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64;
             let scope = match &id.namespace {
                 Some(namespace) => format!("the policies of namespace {namespace:?}"),
                 None => "cluster policies".to_string(),
             };
             return Err(ApiError::TooManyRequests {
                 message: format!(
-                    "too many on-demand audits: {scope} may be audited on demand once every {} s; retry in {} s",
+                    "too many on-demand audits: {scope} may be audited on demand once every {} s; retry in {retry} s",
                     AUDIT_SPACING.as_secs(),
-                    wait.as_secs().max(1)
                 ),
-                retry_after_seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
+                retry_after_seconds: retry,
             });
         }
         next.insert(id.namespace.clone(), now + AUDIT_SPACING);
