@@ -38,6 +38,9 @@ pub const TIME_BUDGET: Duration = Duration::from_millis(100);
 pub const MEMORY_BUDGET: u64 = 32 << 20;
 /// The largest decision (the set of violations) one evaluation may return.
 pub const DECISION_LIMIT: u64 = 1 << 20;
+/// The deepest nesting a decision may have: converting it to JSON recurses
+/// once per level, and a deeper one would overflow the stack.
+pub const DECISION_DEPTH: u64 = 64;
 /// How many steps regorus takes between two looks at the clock: often,
 /// because one step can cost several times the step before it (a product
 /// of big integers squared again and again), but not at every step, which
@@ -436,6 +439,11 @@ pub fn size(value: &Value, cap: u64) -> u64 {
         }
     }
     total
+}
+
+/// The depth of `value`'s nesting, counted through at most `cap` nodes.
+pub fn depth(value: &Value, cap: u64) -> u64 {
+    shape(Some(value), cap).1
 }
 
 /// The number of nodes of `value` and its depth, counted up to `cap` nodes.

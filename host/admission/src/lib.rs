@@ -271,6 +271,9 @@ impl Policy {
             if bounds::size(&value, DECISION_LIMIT) > DECISION_LIMIT {
                 return Err(format!("its decision is larger than the limit of {}", bounds::bytes(DECISION_LIMIT)));
             }
+            if bounds::depth(&value, DECISION_LIMIT) > bounds::DECISION_DEPTH {
+                return Err(format!("its decision is nested deeper than {} levels", bounds::DECISION_DEPTH));
+            }
             let value = serde_json::to_value(&value).map_err(|e| e.to_string())?;
             match value {
                 Value::Array(items) => violations.extend(items.into_iter().map(violation)),

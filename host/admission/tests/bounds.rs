@@ -113,6 +113,12 @@ fn hostile_builtins_loops_and_values_stay_within_the_budget() {
     // ...and as the decision itself.
     let decision = format!("{shared}deny contains a40 if {{ true }}\n");
     stopped(&decision, &["decision is larger than the limit of 1.0 MiB"]);
+    // ...or nested too deep to convert.
+    let mut nested = String::from("package p\nd0 := [input.review.object.kind]\n");
+    for i in 1..=100 {
+        nested.push_str(&format!("d{i} := [d{}]\n", i - 1));
+    }
+    stopped(&format!("{nested}deny contains d100 if {{ true }}\n"), &["nested deeper than 64 levels"]);
     // YAML's billion laughs.
     let laughs = "a: &a [x, x, x, x, x, x, x, x, x]\\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]";
     stopped(&format!("package p\ndeny contains \"x\" if {{ {POD}; yaml.unmarshal(\"{laughs}\") }}"), &["yaml.unmarshal", "aliases"]);
