@@ -46,6 +46,17 @@ pub use bounds::{Limits, MEMORY_BUDGET, TIME_BUDGET};
 /// is spent fails under its failure policy without being evaluated.
 pub const REQUEST_BUDGET: Duration = Duration::from_millis(300);
 
+/// The most Rego one policy may hold (its `rego` and its `libs` together).
+/// regorus parses and evaluates recursively, a few KiB of stack for each
+/// rule a rule depends on; bounding the text bounds that depth.
+pub const MAX_SOURCE_BYTES: usize = 64 << 10;
+
+/// The stack a thread that compiles or evaluates policies needs: enough
+/// for the deepest chain of rules [`MAX_SOURCE_BYTES`] can hold (about
+/// 6,000 rules of `a1 := [a0]`; 2 MiB overflowed at 500). `kapsel serve`
+/// gives its runtime's threads this much.
+pub const STACK_BYTES: usize = 128 << 20;
+
 /// A policy's identity: its name, and its namespace for an `AdmissionPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyId {
@@ -112,6 +123,15 @@ impl Policy {
         // Builtins that allocate are guarded (see `bounds`): those the policy's text can call.
         let mut source = spec.rego.clone();
         spec.libs.iter().for_each(|lib| source.push_str(lib));
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(CompileError {
+                field: "spec.rego".into(),
+                message: format!(
+                    "the policy's Rego (with its libs) is {} bytes, more than the {MAX_SOURCE_BYTES} a policy may hold",
+                    source.len()
+                ),
+            });
+        }
         for (name, arity, guard) in bounds::guards(&source) {
             engine.add_extension(name, arity, guard).map_err(|e| compile_error("spec.rego", e))?;
         }

@@ -186,3 +186,36 @@ fn the_policies_of_one_request_share_one_budget() {
     assert!(errors[5].contains("spent its admission budget of 150 ms"), "{errors:?}");
     assert!(decisions.iter().all(|d| !d.admits()), "each fails closed under its failure policy");
 }
+
+/// A chain of `n` rules, each depending on the one before.
+fn chain(n: usize) -> String {
+    let mut rego = String::from("package p\nd0 := [input.review.object.kind]\n");
+    for i in 1..=n {
+        rego.push_str(&format!("d{i} := [d{}]\n", i - 1));
+    }
+    rego.push_str(&format!("deny contains \"x\" if {{ count(d{n}) > 5 }}\n"));
+    rego
+}
+
+#[test]
+fn the_deepest_chain_of_rules_a_policy_can_hold_fits_the_stack_policies_get() {
+    // As long a chain as fits the source limit (a longer one is refused before parsing).
+    let longest = (1..)
+        .map(|n| (n, chain(n)))
+        .take_while(|(_, rego)| rego.len() <= kapsel_admission::MAX_SOURCE_BYTES)
+        .last()
+        .map(|(n, _)| n)
+        .unwrap();
+    assert!(longest > 3_000, "{longest}");
+    let too_long = compile("too-long", &chain(longest + 1)).unwrap_err();
+    assert_eq!(too_long.field, "spec.rego");
+    assert!(too_long.message.contains("a policy may hold"), "{}", too_long.message);
+    // Compiled and evaluated on a thread with the stack `kapsel serve` gives its runtime: no overflow.
+    let outcome = std::thread::Builder::new()
+        .stack_size(kapsel_admission::STACK_BYTES)
+        .spawn(move || evaluate(&chain(longest)).0)
+        .unwrap()
+        .join()
+        .expect("no overflow");
+    assert_eq!(outcome.unwrap().len(), 0);
+}

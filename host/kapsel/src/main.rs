@@ -136,7 +136,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS implementation for the whole process (server and client): rustls with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Admission policies are compiled and evaluated recursively on the runtime's threads (`serve`
+    // runs on one, not on the main thread): they get the stack that needs.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().thread_stack_size(kapsel_admission::STACK_BYTES).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -182,7 +184,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_watches_per_identity: usize::try_from(args.max_watches_per_identity).unwrap_or(usize::MAX),
                 max_namespace_policies: args.max_namespace_policies,
             };
-            kapsel_server::serve::run(config).await?;
+            // On a runtime thread, whose stack fits the policies it loads at start.
+            tokio::spawn(kapsel_server::serve::run(config)).await.context("the server failed")??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply(args) => commands::apply::run(&cli.connection, args).await,
