@@ -219,3 +219,19 @@ fn the_deepest_chain_of_rules_a_policy_can_hold_fits_the_stack_policies_get() {
         .expect("no overflow");
     assert_eq!(outcome.unwrap().len(), 0);
 }
+
+#[test]
+fn deeply_nested_brackets_are_refused_before_parsing() {
+    // regorus' parse time doubles with each level of [ or {: 40 levels would take days.
+    for (open, close) in [("[", "]"), ("{", "}"), ("[{", "}]")] {
+        let nested = format!("package p\nx := {}1{}\ndeny contains \"x\" if {{ x == 2 }}\n", open.repeat(40), close.repeat(40));
+        let started = Instant::now();
+        let refused = compile("nested", &nested).unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+        assert_eq!(refused.field, "spec.rego");
+        assert!(refused.message.contains("nests brackets"), "{}", refused.message);
+    }
+    // Brackets in strings and comments do not count; ordinary nesting compiles.
+    let fine = "package p\n# [[[[[[[[[[[[[[[[\nmsg := \"{{{{{{{{{{{{{{{{{{[[[[\\\"[[[[[[[[[[[[[\"\nraw := `[[[[[[[[[[[[[[[[[[[[`\ndeny contains m if { m := {\"a\": [[1]]}; false }\n";
+    compile("fine", fine).unwrap_or_else(|e| panic!("{e}"));
+}
