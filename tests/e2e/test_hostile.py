@@ -469,6 +469,35 @@ def test_inline_policy_calling_numbers_range_300m_is_bounded(platform):
     assert again == {r.status_code}, again
 
 
+def test_inline_policy_comparing_shared_values_stops_at_its_budget(platform):
+    # a40 and b40 each double a one-element list forty times: a few hundred bytes in memory,
+    # 2^40 nodes to compare, in one step of the engine. A tenant's policy runs in the Rego
+    # sandbox, which interrupts that step at the deadline (in the server's process it would run for hours).
+    rules = "".join(f"{p}{i} := [{p}{i - 1}, {p}{i - 1}]\n" for p in "ab" for i in range(1, 41))
+    policy = {
+        "apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy",
+        "metadata": {"name": "comparing", "namespace": "alice"},
+        "spec": {"enforcement": "deny", "match": {"kinds": ["Pod"]},
+                 "rego": "package comparing\n\n"
+                         "a0 := [input.review.object.kind]\nb0 := [input.review.object.kind]\n"
+                         f"{rules}"
+                         "deny contains \"equal\" if a40 == b40\n"},
+    }
+    body = {"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview",
+            "spec": {"policy": policy, "object": pod_manifest("web", namespace="alice")}}
+
+    def send():
+        return platform.server.api("POST", POLICYREVIEWS, token=platform.tokens["owner"], json=body, timeout=120)
+
+    with platform.case("13 policy comparing shared values (owner)"):
+        r, took, again = sustained(send)
+    assert r.status_code == 201, f"HTTP {r.status_code}: {r.text}"
+    assert took < 2, f"answered after {took:.1f}s"
+    outcome = r.json()["status"]
+    assert outcome["allowed"] is False and "time budget of 100 ms" in outcome.get("error", ""), outcome
+    assert again == {201}, again
+
+
 def test_pod_with_huge_active_deadline_is_422_and_the_node_keeps_running_pods(platform):
     manifest = pod_manifest("deadline", scheduler=None)
     manifest["spec"]["activeDeadlineSeconds"] = 9223372036854775807

@@ -1,11 +1,15 @@
-//! Kapsel's admission policies: Rego evaluated in-process by regorus.
+//! Kapsel's admission policies: Rego evaluated by regorus.
 //!
 //! [`Policy::compile`] parses a policy's module and libraries once (Rego v1,
 //! or v0 for OPA Gatekeeper's library text), checks that it defines its
-//! decision (`violation` or `deny`), and keeps the prepared engine; each
-//! evaluation runs on a clone of it (a clone costs a fraction of a
-//! microsecond, a parse hundreds) within the time and memory budget of
-//! [`bounds`] (builtins that allocate are guarded). [`PolicySet`] holds the
+//! decision (`violation` or `deny`), and keeps it prepared. IT's cluster
+//! policies are evaluated in this process, each evaluation on a clone of the
+//! prepared engine (a clone costs a fraction of a microsecond, a parse
+//! hundreds) within the time and memory budget of [`bounds`] (builtins that
+//! allocate are guarded). Tenants' namespace policies are compiled and
+//! evaluated in Kapsel's Rego evaluator component
+//! ([`kapsel_plugins::rego`]), whose deadline and memory cap hold even
+//! inside one step of the engine, where [`bounds`] cannot look. [`PolicySet`] holds the
 //! loaded policies indexed by kind, so a request meets only the policies
 //! whose `match` selects it; together they get [`REQUEST_BUDGET`]. The input is shaped like Gatekeeper's —
 //! `input.review` a Kubernetes AdmissionReview request, `input.parameters`
@@ -35,6 +39,8 @@ use std::time::{Duration, Instant};
 use bounds::DECISION_LIMIT;
 use kapsel_api::kinds::admission_policy::{Enforcement, PolicyFailurePolicy, PolicySpec, RegoVersion};
 use kapsel_api::selector::LabelSelector;
+use kapsel_plugins::PluginError;
+use kapsel_plugins::rego::SandboxedPolicy;
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -134,10 +140,7 @@ pub struct Policy {
     pub id: PolicyId,
     pub enforcement: Enforcement,
     pub failure_policy: PolicyFailurePolicy,
-    engine: regorus::Engine,
-    /// `data.<package>.violation` and/or `data.<package>.deny`.
-    decisions: Vec<String>,
-    parameters: regorus::Value,
+    evaluator: Evaluator,
     kinds: Vec<String>,
     operations: Vec<String>,
     namespaces: Vec<String>,
@@ -152,35 +155,33 @@ pub struct Policy {
 
 const MAIN_MODULE: &str = "policy.rego";
 
-impl Policy {
-    /// Parses and prepares `spec`'s Rego. An `AdmissionPolicy` (`id.namespace`
-    /// set) only ever sees requests in its own namespace.
-    pub fn compile(id: PolicyId, spec: &PolicySpec) -> Result<Policy, CompileError> {
+/// Where a policy is evaluated.
+// One per policy, kept behind an `Arc`: the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Evaluator {
+    /// IT's cluster policies: in the server's process, on a clone of the
+    /// prepared engine, within the bounds of [`bounds`].
+    InProcess {
+        engine: regorus::Engine,
+        /// `data.<package>.violation` and/or `data.<package>.deny`.
+        decisions: Vec<String>,
+        parameters: regorus::Value,
+    },
+    /// Tenants' namespace policies: in Kapsel's Rego evaluator component,
+    /// where the sandbox stops what regorus' own checks cannot (see
+    /// [`kapsel_plugins::rego`]).
+    Sandboxed(SandboxedPolicy),
+}
+
+impl Evaluator {
+    /// Parses and prepares an IT policy in this process, its allocating builtins guarded (see [`bounds`]).
+    fn in_process(spec: &PolicySpec, source: &str) -> Result<Evaluator, CompileError> {
         let mut engine = regorus::Engine::new();
         engine.set_rego_v0(spec.rego_version == RegoVersion::V0);
         engine.set_execution_timer_config(timer(TIME_BUDGET));
         // Builtins that allocate are guarded (see `bounds`): those the policy's text can call.
-        let mut source = spec.rego.clone();
-        spec.libs.iter().for_each(|lib| source.push_str(lib));
-        if source.len() > MAX_SOURCE_BYTES {
-            return Err(CompileError {
-                field: "spec.rego".into(),
-                message: format!(
-                    "the policy's Rego (with its libs) is {} bytes, more than the {MAX_SOURCE_BYTES} a policy may hold",
-                    source.len()
-                ),
-            });
-        }
-        let nesting = bracket_nesting(&source);
-        if nesting > MAX_BRACKET_NESTING {
-            return Err(CompileError {
-                field: "spec.rego".into(),
-                message: format!(
-                    "the policy's Rego nests brackets ([ and {{) {nesting} deep, more than the {MAX_BRACKET_NESTING} a policy may (parsing time doubles with each level)"
-                ),
-            });
-        }
-        for (name, arity, guard) in bounds::guards(&source) {
+        for (name, arity, guard) in bounds::guards(source) {
             engine.add_extension(name, arity, guard).map_err(|e| compile_error("spec.rego", e))?;
         }
         for (i, lib) in spec.libs.iter().enumerate() {
@@ -213,6 +214,54 @@ impl Policy {
             }))
         });
         prepared.map_err(|_| CompileError { field: "spec.rego".into(), message: "the policy failed while being prepared".into() })??;
+        Ok(Evaluator::InProcess { engine, decisions, parameters })
+    }
+
+    /// Compiles a tenant's policy in the sandbox: its libraries, then its main module.
+    fn sandboxed(spec: &PolicySpec) -> Result<Evaluator, CompileError> {
+        let mut modules: Vec<(String, String)> =
+            spec.libs.iter().enumerate().map(|(i, lib)| (format!("lib-{i}.rego"), lib.clone())).collect();
+        modules.push((MAIN_MODULE.into(), spec.rego.clone()));
+        let parameters = serde_json::to_string(&spec.parameters).map_err(|e| compile_error("spec.parameters", e))?;
+        let libs = spec.libs.len();
+        SandboxedPolicy::compile(modules, spec.rego_version == RegoVersion::V0, parameters).map(Evaluator::Sandboxed).map_err(|e| {
+            let field = match e.module {
+                Some(i) if i < libs => format!("spec.libs[{i}]"),
+                _ => "spec.rego".to_string(),
+            };
+            CompileError { field, message: e.message }
+        })
+    }
+}
+
+impl Policy {
+    /// Parses and prepares `spec`'s Rego. An `AdmissionPolicy` (`id.namespace`
+    /// set) only ever sees requests in its own namespace.
+    pub fn compile(id: PolicyId, spec: &PolicySpec) -> Result<Policy, CompileError> {
+        let mut source = spec.rego.clone();
+        spec.libs.iter().for_each(|lib| source.push_str(lib));
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(CompileError {
+                field: "spec.rego".into(),
+                message: format!(
+                    "the policy's Rego (with its libs) is {} bytes, more than the {MAX_SOURCE_BYTES} a policy may hold",
+                    source.len()
+                ),
+            });
+        }
+        let nesting = bracket_nesting(&source);
+        if nesting > MAX_BRACKET_NESTING {
+            return Err(CompileError {
+                field: "spec.rego".into(),
+                message: format!(
+                    "the policy's Rego nests brackets ([ and {{) {nesting} deep, more than the {MAX_BRACKET_NESTING} a policy may (parsing time doubles with each level)"
+                ),
+            });
+        }
+        let evaluator = match id.namespace {
+            Some(_) => Evaluator::sandboxed(spec)?,
+            None => Evaluator::in_process(spec, &source)?,
+        };
         let selector = |s: &Option<_>, field: &str| {
             s.as_ref()
                 .map(LabelSelector::from_k8s)
@@ -226,9 +275,7 @@ impl Policy {
         Ok(Policy {
             enforcement: spec.enforcement,
             failure_policy: spec.failure_policy,
-            engine,
-            decisions,
-            parameters,
+            evaluator,
             kinds: spec.match_.kinds.iter().filter(|k| *k != "*").cloned().collect(),
             operations: spec.match_.operations.clone(),
             namespaces,
@@ -288,6 +335,12 @@ impl Policy {
         true
     }
 
+    /// Whether the policy runs in the Rego sandbox (a tenant's policy), where
+    /// an evaluation may block on the async runtime it is called from.
+    pub fn is_sandboxed(&self) -> bool {
+        matches!(self.evaluator, Evaluator::Sandboxed(_))
+    }
+
     /// The longest one evaluation of this policy has taken so far.
     pub fn slowest_evaluation(&self) -> Duration {
         Duration::from_micros(self.slowest_micros.load(Ordering::Relaxed))
@@ -316,7 +369,11 @@ impl Policy {
     }
 
     fn evaluate_once(&self, review: &regorus::Value, inventory: Option<&regorus::Value>, limits: Limits) -> Result<Vec<Violation>, String> {
-        let mut engine = self.engine.clone();
+        let (engine, decisions, parameters) = match &self.evaluator {
+            Evaluator::InProcess { engine, decisions, parameters } => (engine, decisions, parameters),
+            Evaluator::Sandboxed(policy) => return evaluate_sandboxed(policy, review, inventory, limits),
+        };
+        let mut engine = engine.clone();
         if limits.time != TIME_BUDGET {
             engine.set_execution_timer_config(timer(limits.time));
         }
@@ -330,10 +387,10 @@ impl Policy {
         let mut input = regorus::Value::new_object();
         let fields = input.as_object_mut().map_err(|e| e.to_string())?;
         fields.insert("review".into(), review.clone());
-        fields.insert("parameters".into(), self.parameters.clone());
+        fields.insert("parameters".into(), parameters.clone());
         engine.set_input(input);
         let mut violations = Vec::new();
-        for decision in &self.decisions {
+        for decision in decisions {
             let value = engine.eval_rule(decision.clone()).map_err(|e| evaluation_error(&e, limits))?;
             // Shared parts of the decision would be copied once per use: measure before converting.
             if bounds::size(&value, DECISION_LIMIT) > DECISION_LIMIT {
@@ -343,14 +400,48 @@ impl Policy {
                 return Err(format!("its decision is nested deeper than {} levels", bounds::DECISION_DEPTH));
             }
             let value = serde_json::to_value(&value).map_err(|e| e.to_string())?;
-            match value {
-                Value::Array(items) => violations.extend(items.into_iter().map(violation)),
-                Value::String(s) if s == "<undefined>" => {}
-                other => violations.push(violation(other)),
-            }
+            add_violations(&mut violations, value);
         }
         Ok(violations)
     }
+}
+
+/// Adds the violations of one decision rule's value to `violations`.
+fn add_violations(violations: &mut Vec<Violation>, value: Value) {
+    match value {
+        Value::Array(items) => violations.extend(items.into_iter().map(violation)),
+        Value::String(s) if s == "<undefined>" => {}
+        other => violations.push(violation(other)),
+    }
+}
+
+/// Evaluates a tenant's policy in the sandbox: the review (and inventory)
+/// copied in as JSON, each decision back as JSON, within `limits.time`.
+fn evaluate_sandboxed(
+    policy: &SandboxedPolicy,
+    review: &regorus::Value,
+    inventory: Option<&regorus::Value>,
+    limits: Limits,
+) -> Result<Vec<Violation>, String> {
+    let review = review.to_json_str().map_err(|e| format!("{e:#}"))?;
+    let inventory = inventory.map(regorus::Value::to_json_str).transpose().map_err(|e| format!("{e:#}"))?;
+    let decisions = match policy.evaluate(&review, inventory.as_deref(), limits.time) {
+        Ok(outcome) => outcome?,
+        Err(PluginError::Deadline(_)) => return Err(bounds::Exceeded::Time { limit: limits.time }.to_string()),
+        Err(PluginError::Memory(bytes)) => return Err(format!("exceeded the memory of its sandbox, {}", bounds::bytes(bytes as u64))),
+        Err(PluginError::Trap(message)) => return Err(format!("the policy's evaluation failed in its sandbox: {message}")),
+        Err(other) => return Err(format!("the policy's evaluation failed ({other})")),
+    };
+    let mut violations = Vec::new();
+    for decision in decisions {
+        if decision.len() as u64 > DECISION_LIMIT {
+            return Err(format!("its decision is larger than the limit of {}", bounds::bytes(DECISION_LIMIT)));
+        }
+        // serde_json refuses nesting deeper than 128 levels rather than recursing further.
+        let value: Value = serde_json::from_str(&decision).map_err(|e| format!("its decision could not be read: {e}"))?;
+        add_violations(&mut violations, value);
+    }
+    Ok(violations)
 }
 
 /// regorus' timer for a budget of `limit`.

@@ -86,6 +86,11 @@ pub struct AdmissionBenchArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Load the policies as the pods' namespace's `AdmissionPolicy` objects
+    /// (tenants' policies, evaluated in the Rego sandbox) instead of
+    /// `ClusterAdmissionPolicy` objects (IT's, evaluated in-process).
+    #[arg(long)]
+    namespace_policies: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -507,12 +512,18 @@ fn network_plugin(args: &PluginBenchArgs, bytes: &[u8]) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// A Gatekeeper-style (Rego v0) required-labels policy matching `kind`; the bench's pods carry `app`, so it admits them.
-fn bench_policy(n: usize, kind: &str) -> Value {
+/// A Gatekeeper-style (Rego v0) required-labels policy matching `kind`; the
+/// bench's pods carry `app`, so it admits them. In `namespace`, an
+/// `AdmissionPolicy` (a tenant's); otherwise a `ClusterAdmissionPolicy`.
+fn bench_policy(n: usize, kind: &str, namespace: Option<&str>) -> Value {
+    let metadata = match namespace {
+        Some(namespace) => json!({"name": format!("bench-{n}"), "namespace": namespace}),
+        None => json!({"name": format!("bench-{n}")}),
+    };
     json!({
         "apiVersion": "kapsel.io/v1alpha1",
-        "kind": "ClusterAdmissionPolicy",
-        "metadata": {"name": format!("bench-{n}")},
+        "kind": if namespace.is_some() { "AdmissionPolicy" } else { "ClusterAdmissionPolicy" },
+        "metadata": metadata,
         "spec": {
             "regoVersion": "v0",
             "rego": format!(r#"package bench.p{n}
@@ -537,13 +548,18 @@ const OTHER_KINDS: &[&str] = &["Node", "ResourceQuota", "LimitRange", "Event", "
 async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.matching <= args.policies, "--matching cannot exceed --policies");
     anyhow::ensure!(args.requests > 0 && args.concurrency > 0, "--requests and --concurrency must be positive");
-    let policies: Vec<Value> =
-        (0..args.policies).map(|n| bench_policy(n, if n < args.matching { "Pod" } else { OTHER_KINDS[n % OTHER_KINDS.len()] })).collect();
+    let kind_of = |n: usize| if n < args.matching { "Pod" } else { OTHER_KINDS[n % OTHER_KINDS.len()] };
+    let policies_in =
+        |namespace: Option<&str>| -> Vec<Value> { (0..args.policies).map(|n| bench_policy(n, kind_of(n), namespace)).collect() };
+    let tenant = |namespace: &'static str| args.namespace_policies.then_some(namespace);
 
-    // What admission adds to a request: the review of one pod create, in-process, as the server runs it.
+    // What admission adds to a request: the review of one pod create, as the server runs it.
     let mut set = kapsel_admission::PolicySet::default();
-    for policy in &policies {
-        let id = kapsel_admission::PolicyId { namespace: None, name: policy["metadata"]["name"].as_str().unwrap_or_default().into() };
+    for policy in &policies_in(tenant("bench")) {
+        let id = kapsel_admission::PolicyId {
+            namespace: policy["metadata"]["namespace"].as_str().map(str::to_string),
+            name: policy["metadata"]["name"].as_str().unwrap_or_default().into(),
+        };
         let spec = serde_json::from_value(policy["spec"].clone())?;
         set = set.with(kapsel_admission::Policy::compile(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?);
     }
@@ -578,13 +594,17 @@ async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
     let (_server, client) = start_server(None).await?;
     let mut end_to_end = serde_json::Map::new();
     for (phase, with_policies) in [("without_policies", false), ("with_policies", true)] {
-        if with_policies {
-            for policy in &policies {
-                client.post("/apis/kapsel.io/v1alpha1/clusteradmissionpolicies", policy).await.context("creating a policy")?;
-            }
-        }
         let namespace = format!("bench-{phase}").replace('_', "-");
         bench_namespace(&client, &namespace).await?;
+        if with_policies {
+            let (policies, path) = match args.namespace_policies {
+                true => (policies_in(Some(&namespace)), format!("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/admissionpolicies")),
+                false => (policies_in(None), "/apis/kapsel.io/v1alpha1/clusteradmissionpolicies".to_string()),
+            };
+            for policy in &policies {
+                client.post(&path, policy).await.context("creating a policy")?;
+            }
+        }
         let path = format!("/api/v1/namespaces/{namespace}/pods");
         let creating = client.clone();
         let (histogram, elapsed) = drive(args.requests, args.concurrency, move |i| {
@@ -601,6 +621,7 @@ async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
         "matching": args.matching,
         "requests": args.requests,
         "concurrency": args.concurrency,
+        "namespace_policies": args.namespace_policies,
         "added_admission_us": {"p50": us(0.5), "p99": us(0.99), "max": added.max() as f64 / 1000.0},
         "create": end_to_end,
     });
@@ -608,8 +629,12 @@ async fn admission(args: AdmissionBenchArgs) -> anyhow::Result<ExitCode> {
         println!("{report}");
     } else {
         println!(
-            "kapsel bench admission: {} policies ({} match pods), {} pod creates, {} clients, sqlite datastore",
-            args.policies, args.matching, args.requests, args.concurrency
+            "kapsel bench admission: {} {} policies ({} match pods), {} pod creates, {} clients, sqlite datastore",
+            args.policies,
+            if args.namespace_policies { "namespace (sandboxed)" } else { "cluster" },
+            args.matching,
+            args.requests,
+            args.concurrency
         );
         println!("  admission per create (in-process review)   p50 {:>8.1} µs   p99 {:>8.1} µs", us(0.5), us(0.99));
         for phase in ["without_policies", "with_policies"] {

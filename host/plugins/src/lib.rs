@@ -15,13 +15,15 @@
 //! instance and what must be replayed into a fresh one; [`Hosted`] is any
 //! of them, as [`load`] returns it. Instances come from wasmtime's pooling
 //! allocator (memory slots reserved up front, reused between instances).
-//! The default plug-ins built from `plugins/` are embedded ([`defaults`]),
+//! [`rego`] hosts Kapsel's own Rego evaluator, the sandbox tenants'
+//! admission policies run in. The default plug-ins built from `plugins/` are embedded ([`defaults`]),
 //! and compiled components are kept on disk so a restart does not compile
 //! them again ([`cache`]).
 
 pub mod cache;
 pub mod defaults;
 pub mod network;
+pub mod rego;
 pub mod sandbox;
 pub mod scheduler;
 pub mod storage;

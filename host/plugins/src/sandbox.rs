@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use wasmtime::Store;
 use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The limits of one plug-in's calls.
@@ -53,6 +54,9 @@ pub enum PluginError {
     /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
     #[error("trapped: {0}")]
     Trap(String),
+    /// The host had no room for another instance in time.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// The host state of one plug-in instance.
@@ -74,7 +78,20 @@ impl PluginState {
     /// A state that grants the guest nothing, or only `storage_root`
     /// (read-write, preopened as `/`) when given.
     pub fn new(plugin: &str, limits: Limits, storage_root: Option<&Path>) -> Result<Self, PluginError> {
+        Self::with_stderr(plugin, limits, storage_root, None)
+    }
+
+    /// [`PluginState::new`], with the guest's standard error kept in `stderr` rather than discarded.
+    fn with_stderr(
+        plugin: &str,
+        limits: Limits,
+        storage_root: Option<&Path>,
+        stderr: Option<MemoryOutputPipe>,
+    ) -> Result<Self, PluginError> {
         let mut wasi = WasiCtxBuilder::new();
+        if let Some(stderr) = stderr {
+            wasi.stderr(stderr);
+        }
         if let Some(root) = storage_root {
             std::fs::create_dir_all(root)
                 .map_err(|e| PluginError::Rejected(format!("cannot create the storage root {}: {e}", root.display())))?;
@@ -84,9 +101,16 @@ impl PluginState {
         Ok(PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max: limits.memory_bytes, refused: false },
+            limiter: MemoryLimiter { max: limits.memory_bytes, refused: false, size: 0 },
             plugin: plugin.to_string(),
         })
+    }
+}
+
+impl PluginState {
+    /// The most linear memory the instance has grown to (its largest memory, when it has several).
+    pub fn memory_bytes(&self) -> usize {
+        self.limiter.size
     }
 }
 
@@ -102,12 +126,17 @@ impl WasiView for PluginState {
 struct MemoryLimiter {
     max: usize,
     refused: bool,
+    /// The largest memory size allowed so far.
+    size: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max;
         self.refused |= !allowed;
+        if allowed {
+            self.size = self.size.max(desired);
+        }
         Ok(allowed)
     }
 
@@ -121,6 +150,45 @@ pub fn new_store(plugin: &str, limits: Limits, storage_root: Option<&Path>) -> R
     let mut store = Store::new(crate::engine(), PluginState::new(plugin, limits, storage_root)?);
     store.limiter(|state| &mut state.limiter);
     Ok(store)
+}
+
+/// A store like [`new_store`]'s whose guest's standard error is kept, up to
+/// `capacity` bytes, in the pipe returned with it (where a Rust guest's panic
+/// message goes). Only for guests that write little else there: a write past
+/// the capacity fails in the guest.
+pub fn new_store_keeping_stderr(
+    plugin: &str,
+    limits: Limits,
+    capacity: usize,
+) -> Result<(Store<PluginState>, MemoryOutputPipe), PluginError> {
+    let stderr = MemoryOutputPipe::new(capacity);
+    let mut store = Store::new(crate::engine(), PluginState::with_stderr(plugin, limits, None, Some(stderr.clone()))?);
+    store.limiter(|state| &mut state.limiter);
+    Ok((store, stderr))
+}
+
+/// What a Rust guest's panic wrote to standard error — the message after
+/// the `thread '…' panicked at <file>:<line>:` line, without the advice
+/// about backtraces — on one line, cut to 300 bytes; `None` when it wrote nothing.
+pub fn panic_message(stderr: &MemoryOutputPipe) -> Option<String> {
+    let text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let after_location = lines.iter().rposition(|l| l.contains("panicked at ")).map_or(0, |at| at + 1);
+    let lines: Vec<&str> =
+        lines[after_location..].iter().map(|l| l.trim()).filter(|l| !l.is_empty() && !l.starts_with("note: run with")).collect();
+    let mut message = lines.join(" ");
+    if message.is_empty() {
+        return None;
+    }
+    if message.len() > 300 {
+        let mut end = 300;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    Some(message)
 }
 
 /// A linker with all of WASI; what a world may actually import is decided by [`check_imports`].

@@ -289,8 +289,9 @@ impl Admission {
         // Policies are evaluated in place (microseconds each); one that has
         // been slow moves the review off the async worker, whose other
         // requests it would hold up (a thread hand-off costs more than a
-        // typical review, so fast ones stay).
-        let slow = policies.candidates(resource.kind).any(|p| p.slowest_evaluation() >= SLOW_POLICY);
+        // typical review, so fast ones stay). So does a tenant's policy,
+        // whose sandbox may block on the runtime (once for the whole review).
+        let slow = policies.candidates(resource.kind).any(|p| p.slowest_evaluation() >= SLOW_POLICY || p.is_sandboxed());
         let decisions = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread if slow => {
                 tokio::task::block_in_place(|| policies.review_with_inventory(&request, &existing))
