@@ -678,6 +678,12 @@ impl PolicySet {
         PolicySet::index(policies)
     }
 
+    /// A set with only the policies whose id `keep` accepts.
+    pub fn retaining(&self, keep: impl Fn(&PolicyId) -> bool) -> PolicySet {
+        let policies = self.policies.iter().filter(|(id, _)| keep(id)).map(|(id, p)| (id.clone(), p.clone())).collect();
+        PolicySet::index(policies)
+    }
+
     fn index(policies: BTreeMap<PolicyId, Arc<Policy>>) -> PolicySet {
         let mut by_kind: HashMap<Option<String>, Vec<Arc<Policy>>> = HashMap::new();
         for policy in policies.values() {

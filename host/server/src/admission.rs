@@ -51,6 +51,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
+use crate::reflector::{self, Reflected, Reflection};
 
 /// A write under review.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +81,40 @@ pub const AUDIT_SPACING: Duration = Duration::from_secs(10);
 pub struct Admission {
     policies: Arc<RwLock<Arc<PolicySet>>>,
     limits: Arc<Limits>,
+    /// The reflectors of the two policy kinds (cluster, namespaced).
+    reflections: [Reflection; 2],
+}
+
+/// The policies of one kind as a reflector keeps them: cluster policies or namespaces'.
+#[derive(Debug)]
+struct PolicyCopy {
+    policies: Arc<RwLock<Arc<PolicySet>>>,
+    namespaced: bool,
+}
+
+impl Reflected for PolicyCopy {
+    fn replace(&self, objects: Vec<Value>) {
+        let compiled: Vec<Policy> = objects
+            .iter()
+            .filter_map(|stored| match compile(stored) {
+                Ok(policy) => Some(policy),
+                Err(error) => {
+                    tracing::error!(policy = %policy_id(stored), %error, "a stored admission policy does not compile; it is not in force");
+                    None
+                }
+            })
+            .collect();
+        let mut policies = self.policies.write().expect("admission lock");
+        let mut set = policies.retaining(|id| id.namespace.is_some() != self.namespaced);
+        for policy in compiled {
+            set = set.with(policy);
+        }
+        *policies = Arc::new(set);
+    }
+
+    fn apply(&self, change: &Change) {
+        apply_policy_change(&self.policies, change);
+    }
 }
 
 #[derive(Debug)]
@@ -94,8 +129,35 @@ impl Default for Admission {
         Admission {
             policies: Arc::default(),
             limits: Arc::new(Limits { max_namespace_policies: AtomicUsize::new(MAX_NAMESPACE_POLICIES), next_audit: Mutex::default() }),
+            reflections: [Reflection::complete(CLUSTER_ADMISSION_POLICY.kind), Reflection::complete(ADMISSION_POLICY.kind)],
         }
     }
+}
+
+/// Brings one committed policy change into force.
+fn apply_policy_change(policies: &RwLock<Arc<PolicySet>>, change: &Change) {
+    let id = policy_id(&change.object);
+    let compiled = match change.change_type {
+        ChangeType::Deleted => None,
+        // A status write (the audit's results) leaves the policy in force as it is.
+        ChangeType::Modified if change.previous.as_ref().is_some_and(|p| p.get("spec") == change.object.get("spec")) => return,
+        // Compiled outside the lock: a tenant's policy compiles in its sandbox.
+        ChangeType::Added | ChangeType::Modified => match compile(&change.object) {
+            Ok(policy) => Some(policy),
+            // Checked before it was stored; only a policy written around the API gets here.
+            Err(error) => {
+                tracing::error!(policy = %id, %error, "an admission policy does not compile; the previous version stays");
+                return;
+            }
+        },
+    };
+    // Both policy kinds' reflectors write here: read and replace under one lock.
+    let mut in_force = policies.write().expect("admission lock");
+    let next = match compiled {
+        Some(policy) => in_force.with(policy),
+        None => in_force.without(&id),
+    };
+    *in_force = Arc::new(next);
 }
 
 /// Whether `resource` is one of the two policy kinds.
@@ -138,21 +200,24 @@ pub fn check_policy(resource: &ResourceType, object: &mut Value) -> Result<(), A
 }
 
 impl Admission {
-    /// Loads every stored policy; one that no longer compiles is logged and left out.
+    /// Loads every stored policy (one that no longer compiles is logged and
+    /// left out) and follows the store's changes to them.
     pub async fn start(store: &Store) -> Result<Admission, StoreError> {
-        let mut set = PolicySet::default();
-        for resource in [&CLUSTER_ADMISSION_POLICY, &ADMISSION_POLICY] {
-            for stored in store.list(&resource.store_key(), None).await?.objects {
-                match compile(&stored) {
-                    Ok(policy) => set = set.with(policy),
-                    Err(error) => {
-                        tracing::error!(policy = %policy_id(&stored), %error, "a stored admission policy does not compile; it is not in force")
-                    }
-                }
-            }
-        }
-        tracing::info!(policies = set.len(), "admission policies loaded");
-        Ok(Admission { policies: Arc::new(RwLock::new(Arc::new(set))), ..Admission::default() })
+        let policies: Arc<RwLock<Arc<PolicySet>>> = Arc::default();
+        let copy = |namespaced| PolicyCopy { policies: Arc::clone(&policies), namespaced };
+        let reflections = [
+            reflector::start(store, &CLUSTER_ADMISSION_POLICY, copy(false)).await?,
+            reflector::start(store, &ADMISSION_POLICY, copy(true)).await?,
+        ];
+        tracing::info!(policies = policies.read().expect("admission lock").len(), "admission policies loaded");
+        Ok(Admission { policies, reflections, ..Admission::default() })
+    }
+
+    /// Waits until the policies in force hold every change of `resource` (a
+    /// policy kind) up to `revision`: one just committed is in force for the next request.
+    pub async fn caught_up(&self, resource: &ResourceType, revision: i64) -> bool {
+        let reflection = if std::ptr::eq(resource, &ADMISSION_POLICY) { &self.reflections[1] } else { &self.reflections[0] };
+        reflection.caught_up(revision).await
     }
 
     /// The most `AdmissionPolicy` objects a namespace's tenants may create ([`MAX_NAMESPACE_POLICIES`] unless set).
@@ -217,28 +282,6 @@ impl Admission {
     /// The policies in force now.
     pub fn current(&self) -> Arc<PolicySet> {
         self.policies.read().expect("admission lock").clone()
-    }
-
-    /// Brings committed policy changes into force.
-    pub fn apply(&self, changes: &[Change]) {
-        let mut policies = self.policies.write().expect("admission lock");
-        for change in changes {
-            let id = policy_id(&change.object);
-            let next = match change.change_type {
-                ChangeType::Deleted => policies.without(&id),
-                // A status write (the audit's results) leaves the policy in force as it is.
-                ChangeType::Modified if change.previous.as_ref().is_some_and(|p| p.get("spec") == change.object.get("spec")) => continue,
-                ChangeType::Added | ChangeType::Modified => match compile(&change.object) {
-                    Ok(policy) => policies.with(policy),
-                    // Checked before it was stored; only a policy written around the API gets here.
-                    Err(error) => {
-                        tracing::error!(policy = %id, %error, "an admission policy does not compile; the previous version stays");
-                        continue;
-                    }
-                },
-            };
-            *policies = Arc::new(next);
-        }
     }
 
     /// Decides `write`: `Ok` with warnings for the client, or the denial.

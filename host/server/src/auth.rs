@@ -3,8 +3,8 @@
 //! Authentication: bearer tokens only. A token is a random secret; the store
 //! keeps only its SHA-256 in a `Token` object, so a leaked database leaks no
 //! credential. The [`Authenticator`] holds a map from hash to [`Identity`],
-//! loaded at start and kept current by a watch on tokens, so revoking a
-//! token takes effect on the next request.
+//! loaded at start and kept current by a [reflector](crate::reflector) on
+//! tokens, so revoking a token takes effect on the next request.
 //!
 //! Authorization ([`authorize`]): IT admins may do everything; tenants hold
 //! per-namespace roles (`view`, `edit`, `owner`) and each kind's
@@ -27,16 +27,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
-use futures::StreamExt;
 use kapsel_api::kinds::token::{Role, TOKEN, TokenSpec};
 use kapsel_api::registry::TenantAccess;
 use kapsel_api::{ResourceType, Scope};
-use kapsel_store::{ChangeType, Store, StoreError};
+use kapsel_store::{Change, ChangeType, Store, StoreError};
 use rand::RngCore as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::reflector::{self, Reflected, Reflection};
 
 /// Who a request is from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,64 +104,53 @@ pub fn new_secret() -> String {
     format!("kpl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// Maps bearer tokens to identities; kept current by a watch on tokens.
-#[derive(Debug, Clone, Default)]
+/// Maps bearer tokens to identities; kept current by a [reflector](crate::reflector) on tokens.
+#[derive(Debug, Clone)]
 pub struct Authenticator {
     by_hash: Arc<RwLock<HashMap<String, Identity>>>,
+    reflection: Reflection,
+}
+
+impl Default for Authenticator {
+    /// An empty authenticator, filled by hand with [`Authenticator::apply`] (tests).
+    fn default() -> Self {
+        Authenticator { by_hash: Arc::default(), reflection: Reflection::complete(TOKEN.kind) }
+    }
+}
+
+/// The token map as a reflector keeps it.
+#[derive(Debug)]
+struct Tokens(Arc<RwLock<HashMap<String, Identity>>>);
+
+impl Reflected for Tokens {
+    fn replace(&self, objects: Vec<Value>) {
+        let fresh: HashMap<String, Identity> = objects.iter().filter_map(entry).collect();
+        *self.0.write().expect("token cache lock") = fresh;
+    }
+
+    fn apply(&self, change: &Change) {
+        apply(&self.0, change.change_type, &change.object);
+    }
 }
 
 impl Authenticator {
     /// Loads every token and starts following changes to them.
     pub async fn start(store: &Store) -> Result<Authenticator, StoreError> {
-        let authenticator = Authenticator::default();
-        let listing = store.list(&TOKEN.store_key(), None).await?;
-        for token in &listing.objects {
-            authenticator.apply(ChangeType::Added, token);
-        }
-        let mut changes = store.watch(&TOKEN.store_key(), None, listing.revision).await?;
-        let follower = authenticator.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            loop {
-                match changes.next().await {
-                    Some(Ok(change)) => follower.apply(change.change_type, &change.object),
-                    Some(Err(StoreError::Compacted { .. })) => {
-                        // Fell behind the change log: reload everything and follow again.
-                        match reload(&follower, &store).await {
-                            Ok(stream) => changes = stream,
-                            Err(error) => {
-                                tracing::error!(error = &error as &dyn std::error::Error, "token cache reload failed");
-                                return;
-                            }
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(error = &error as &dyn std::error::Error, "token watch ended");
-                        return;
-                    }
-                    None => return,
-                }
-            }
-        });
-        Ok(authenticator)
+        let by_hash = Arc::default();
+        let reflection = reflector::start(store, &TOKEN, Tokens(Arc::clone(&by_hash))).await?;
+        Ok(Authenticator { by_hash, reflection })
     }
 
-    /// Takes in a committed change to a token. The watch delivers every
-    /// change; the API handler also calls this right after its own writes so
-    /// that a token works (or stops working) on the very next request.
+    /// Waits until the authenticator holds every token change up to `revision`
+    /// (one just committed: the very next request sees it).
+    pub async fn caught_up(&self, revision: i64) -> bool {
+        self.reflection.caught_up(revision).await
+    }
+
+    /// Takes in a change to a token by hand, for an authenticator that
+    /// follows no store (tests); a started one follows the store itself.
     pub fn apply(&self, change: ChangeType, token: &Value) {
-        let Some((hash, identity)) = entry(token) else {
-            return;
-        };
-        let mut map = self.by_hash.write().expect("token cache lock");
-        match change {
-            ChangeType::Deleted => {
-                map.remove(&hash);
-            }
-            ChangeType::Added | ChangeType::Modified => {
-                map.insert(hash, identity);
-            }
-        }
+        apply(&self.by_hash, change, token);
     }
 
     /// The identity of an `Authorization` header value, or 401.
@@ -191,11 +180,20 @@ fn entry(token: &Value) -> Option<(String, Identity)> {
     Some((spec.secret_hash.clone(), Identity::from_spec(&spec)))
 }
 
-async fn reload(authenticator: &Authenticator, store: &Store) -> Result<kapsel_store::WatchStream, StoreError> {
-    let listing = store.list(&TOKEN.store_key(), None).await?;
-    let fresh: HashMap<String, Identity> = listing.objects.iter().filter_map(entry).collect();
-    *authenticator.by_hash.write().expect("token cache lock") = fresh;
-    store.watch(&TOKEN.store_key(), None, listing.revision).await
+/// Takes in a committed change to a token.
+fn apply(by_hash: &RwLock<HashMap<String, Identity>>, change: ChangeType, token: &Value) {
+    let Some((hash, identity)) = entry(token) else {
+        return;
+    };
+    let mut map = by_hash.write().expect("token cache lock");
+    match change {
+        ChangeType::Deleted => {
+            map.remove(&hash);
+        }
+        ChangeType::Added | ChangeType::Modified => {
+            map.insert(hash, identity);
+        }
+    }
 }
 
 /// An API verb, as authorization and messages name it.

@@ -128,17 +128,19 @@ pub fn after_create(resource: &ResourceType, answer: &mut Value, shown_once: Opt
     }
 }
 
-/// Runs after a write committed: token changes reach the authenticator,
-/// and policy changes the admission policies in force, before the client
-/// hears of them.
-pub fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
+/// Runs after a write committed: token changes are in the authenticator,
+/// and policy changes in force, before the client hears of them (their
+/// reflectors take them in; this waits for that).
+pub async fn after_commit(app: &App, resource: &ResourceType, changes: &[Change]) {
+    let key = resource.store_key();
+    let Some(last) = changes.iter().filter(|c| c.key.resource == key).map(|c| c.revision).max() else {
+        return;
+    };
     if crate::admission::is_policy_kind(resource) {
-        app.admission.apply(changes);
+        app.admission.caught_up(resource, last).await;
     }
     if std::ptr::eq(resource, &TOKEN) {
-        for change in changes {
-            app.auth.apply(change.change_type, &change.object);
-        }
+        app.auth.caught_up(last).await;
     }
     // A deleted plug-in stops at once (its callers fall back to built-in
     // behaviour); an edited one is reloaded with its new spec.

@@ -31,6 +31,7 @@ pub mod patch;
 pub mod plugins;
 pub mod protobuf;
 pub mod quota;
+pub mod reflector;
 pub mod request;
 pub mod resources;
 pub mod scheduler;

@@ -440,7 +440,7 @@ pub async fn create_object(
     hooks::before_store(app, resource, &mut object).await?;
     let op = WriteOp::Create { key: key(target, &name), object };
     let created = first_change(commit(app, charge, op).await?).map_err(|e| ApiError::from_store(e, resource, &name))?;
-    hooks::after_commit(app, resource, std::slice::from_ref(&created));
+    hooks::after_commit(app, resource, std::slice::from_ref(&created)).await;
     let mut answer = (*created.object).clone();
     hooks::after_create(resource, &mut answer, shown_once);
     Ok(with_warnings(respond(StatusCode::CREATED, resource, answer, params, headers), &warnings))
@@ -580,7 +580,7 @@ async fn store_update(
     }
     let op = WriteOp::Update { key: key(target, name), object: next, expected_revision: expected };
     let updated = first_change(commit(app, charge, op).await?).map_err(|e| ApiError::from_store(e, resource, name))?;
-    hooks::after_commit(app, resource, std::slice::from_ref(&updated));
+    hooks::after_commit(app, resource, std::slice::from_ref(&updated)).await;
     Ok(((*updated.object).clone(), warnings))
 }
 
@@ -706,7 +706,7 @@ async fn delete(
         }
         other => ApiError::from_store(other, resource, name),
     })?;
-    hooks::after_commit(app, resource, &changes);
+    hooks::after_commit(app, resource, &changes).await;
     let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
     Ok(with_warnings(respond(StatusCode::OK, resource, deleted, params, headers), &warnings))
 }

@@ -80,16 +80,11 @@ async fn finalize(app: &App) -> Result<(), StoreError> {
         ops.extend(end_roles(app, &name).await?);
         match app.store.write(WriteOp::Atomic(ops)).await {
             Ok(changes) => {
-                let mut objects = 0usize;
-                let mut tokens = 0usize;
-                for change in &changes {
-                    if change.key.resource == TOKEN.store_key() {
-                        // The very next request sees the token without the role (the watch follows too).
-                        app.auth.apply(change.change_type, &change.object);
-                        tokens += 1;
-                    } else {
-                        objects += 1;
-                    }
+                let tokens = changes.iter().filter(|c| c.key.resource == TOKEN.store_key()).count();
+                let objects = changes.len() - tokens;
+                if let Some(last) = changes.iter().filter(|c| c.key.resource == TOKEN.store_key()).map(|c| c.revision).max() {
+                    // The very next request sees the tokens without the role.
+                    app.auth.caught_up(last).await;
                 }
                 tracing::info!(namespace = %name, objects = objects.saturating_sub(1), tokens, "namespace deleted with its contents and the roles in it");
             }

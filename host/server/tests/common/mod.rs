@@ -246,7 +246,7 @@ pub fn q(value: &str) -> String {
     out
 }
 
-async fn store_token(store: &Store, name: &str, secret: &str, mut spec: Value) {
+pub async fn store_token(store: &Store, name: &str, secret: &str, mut spec: Value) {
     spec["secretHash"] = json!(hash_secret(secret));
     let token = json!({
         "apiVersion": TOKEN.api_version(),

@@ -1,0 +1,94 @@
+//! The server's in-memory copies follow the store, not its own request
+//! handlers: a token, a token's revocation and admission policies written
+//! straight into the store (as a controller, a template or another tool
+//! holding the store would) take effect within a second.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Method;
+use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY};
+use kapsel_api::kinds::token::TOKEN;
+use kapsel_store::Key;
+use serde_json::{Value, json};
+
+/// How soon a change written into the store must be in force.
+const SOON: Duration = Duration::from_secs(1);
+
+/// Polls `check` until it holds or [`SOON`] has passed; whether it held.
+async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + SOON;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_and_its_revocation_written_into_the_store_take_effect() {
+    let api = Api::start().await;
+    let secret = "kpl_straight-into-the-store";
+    let bob = || api.json_as(secret, Method::GET, "/api/v1/namespaces/dev/pods", None);
+    assert_eq!(bob().await.status, 401);
+
+    store_token(&api.store, "bob", secret, json!({"user": "bob", "roles": [{"namespace": "dev", "role": "view"}]})).await;
+    assert!(within_a_second(async || bob().await.status == 200).await, "a token stored directly is not accepted");
+
+    api.store.delete(Key::new(TOKEN.store_key(), "", "bob"), None).await.expect("delete the token");
+    assert!(within_a_second(async || bob().await.status == 401).await, "a token deleted directly still works");
+}
+
+fn deny_all_pods(kind: &str, namespace: Option<&str>, name: &str) -> Value {
+    let mut metadata = json!({"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2024-01-01T00:00:00Z", "generation": 1});
+    if let Some(namespace) = namespace {
+        metadata["namespace"] = json!(namespace);
+    }
+    json!({
+        "apiVersion": "kapsel.io/v1alpha1",
+        "kind": kind,
+        "metadata": metadata,
+        "spec": {
+            "enforcement": "deny",
+            "match": {"kinds": ["Pod"]},
+            "rego": format!("package {}\nimport rego.v1\ndeny contains \"{name} denies every pod\" if true", name.replace('-', "_")),
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_written_into_the_store_come_into_force_and_leave_it() {
+    let api = Api::start().await;
+    // The sandbox tenants' policies run in is compiled once per process (`kapsel serve` starts it at once).
+    tokio::task::spawn_blocking(kapsel_plugins::rego::prepare).await.unwrap().unwrap();
+    let mut n = 0;
+    let mut create_pod = async || {
+        n += 1;
+        api.post(&pods("dev"), pod(&format!("p{n}"))).await
+    };
+    assert_eq!(create_pod().await.status, 201);
+
+    for (resource, namespace, name) in [(&CLUSTER_ADMISSION_POLICY, None, "it-stored"), (&ADMISSION_POLICY, Some("dev"), "tenant-stored")] {
+        let key = Key::new(resource.store_key(), namespace.unwrap_or_default(), name);
+        api.store.create(key.clone(), deny_all_pods(resource.kind, namespace, name)).await.expect("store a policy");
+        let denied = within_a_second(async || {
+            let reply = create_pod().await;
+            reply.status == 403 && reply.message().contains(&format!("{name} denies every pod"))
+        })
+        .await;
+        assert!(denied, "{} {name} stored directly is not in force", resource.kind);
+
+        api.store.delete(key, None).await.expect("delete the policy");
+        assert!(
+            within_a_second(async || create_pod().await.status == 201).await,
+            "{} {name} deleted directly is still in force",
+            resource.kind
+        );
+    }
+}
