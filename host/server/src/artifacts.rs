@@ -262,19 +262,10 @@ pub async fn collect_blobs_once(store: &Store, grace: Duration) -> Result<Vec<St
     Ok(removed)
 }
 
-/// Collects unreferenced blobs every [`BLOB_COLLECTION_INTERVAL`], with
-/// [`BLOB_GRACE`], until the server stops.
+/// One pass of the blob collector (every [`BLOB_COLLECTION_INTERVAL`]), with [`BLOB_GRACE`].
 pub async fn collect_blobs(app: App) {
-    let mut stopping = app.stopping.clone();
-    let mut ticker = tokio::time::interval(BLOB_COLLECTION_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            _ = ticker.tick() => {}
-        }
-        if let Err(error) = collect_blobs_once(&app.store, BLOB_GRACE).await {
-            tracing::warn!(error = &error as &dyn std::error::Error, "collecting unreferenced blobs failed; trying again later");
-        }
+    if let Err(error) = collect_blobs_once(&app.store, BLOB_GRACE).await {
+        tracing::warn!(error = &error as &dyn std::error::Error, "collecting unreferenced blobs failed; trying again later");
     }
 }
 

@@ -544,17 +544,10 @@ async fn commit_quota(app: &App, charge: &Charge, op: WriteOp) -> Result<Result<
 
 /// Recounts every quota's usage from the objects and writes the ones that
 /// drifted. Runs every [`RESYNC_INTERVAL`] until the server stops.
+/// One pass of the quota recount controller (every [`RESYNC_INTERVAL`]).
 pub async fn resync(app: App) {
-    let mut stopping = app.stopping.clone();
-    let mut ticker = tokio::time::interval(RESYNC_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            _ = ticker.tick() => {}
-        }
-        if let Err(error) = resync_once(&app).await {
-            tracing::warn!(error = %error, "recounting quota usage failed; trying again later");
-        }
+    if let Err(error) = resync_once(&app).await {
+        tracing::warn!(error = %error, "recounting quota usage failed; trying again later");
     }
 }
 

@@ -88,21 +88,7 @@ pub fn start(app: &App, interval: Duration) {
         tracing::info!("the periodic admission audit is off");
         return;
     }
-    let looping = app.clone();
-    super::supervise("admission-audit", app.stopping.clone(), move || run(looping.clone(), interval));
-}
-
-async fn run(app: App, interval: Duration) {
-    let mut stopping = app.stopping.clone();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            _ = ticker.tick() => {}
-        }
-        pass(&app).await;
-    }
+    super::Periodic::new("admission-audit", interval).start(app, |app| async move { pass(&app).await });
 }
 
 /// Audits every loaded policy once and records what each found.

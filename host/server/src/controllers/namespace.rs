@@ -33,26 +33,20 @@ use crate::{App, auth};
 /// How long a namespace stays `Terminating` before its contents go.
 pub const FINALIZE_AFTER: Duration = Duration::from_secs(1);
 /// How often terminating namespaces are looked for.
-const PASS_INTERVAL: Duration = Duration::from_millis(250);
+pub const PASS_INTERVAL: Duration = Duration::from_millis(250);
 /// Namespaces without a network are looked for every this many passes (2 s).
 const NETWORK_PASS_EVERY: u32 = 8;
 
-pub async fn run(app: App) {
-    let mut stopping = app.stopping.clone();
-    let mut ticker = tokio::time::interval(PASS_INTERVAL);
-    for pass in 0u32.. {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(error) = finalize(&app).await {
-            tracing::warn!(error = &error as &dyn std::error::Error, "namespace finalization pass failed");
-        }
-        if pass % NETWORK_PASS_EVERY == 0
-            && let Err(error) = give_networks(&app).await
-        {
-            tracing::warn!(error = &error as &dyn std::error::Error, "namespace network pass failed");
-        }
+/// Pass number `number`: finalize the namespaces being deleted and, every
+/// [`NETWORK_PASS_EVERY`] passes, give networks to those without one.
+pub async fn pass(app: App, number: u32) {
+    if let Err(error) = finalize(&app).await {
+        tracing::warn!(error = &error as &dyn std::error::Error, "namespace finalization pass failed");
+    }
+    if number.is_multiple_of(NETWORK_PASS_EVERY)
+        && let Err(error) = give_networks(&app).await
+    {
+        tracing::warn!(error = &error as &dyn std::error::Error, "namespace network pass failed");
     }
 }
 

@@ -51,22 +51,11 @@ impl Default for NodeLifecycleOptions {
 
 /// Starts the controller; it stops with the server.
 pub fn start(app: &App, options: NodeLifecycleOptions) {
-    let looping = app.clone();
-    super::supervise("node-lifecycle", app.stopping.clone(), move || run(looping.clone(), options));
-}
-
-async fn run(app: App, options: NodeLifecycleOptions) {
-    let mut stopping = app.stopping.clone();
-    let mut ticker = tokio::time::interval(PASS_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
+    super::Periodic::new("node-lifecycle", PASS_INTERVAL).start(app, move |app| async move {
         if let Err(error) = pass(&app, options).await {
             tracing::warn!(error = &error as &dyn std::error::Error, "node lifecycle pass failed");
         }
-    }
+    });
 }
 
 fn text<'a>(value: Option<&'a Value>, field: &str) -> Option<&'a str> {
