@@ -32,8 +32,8 @@ pub mod bounds;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bounds::DECISION_LIMIT;
@@ -361,6 +361,11 @@ impl Policy {
         inventory: Option<&regorus::Value>,
         limits: Limits,
     ) -> Result<Vec<Violation>, String> {
+        self.evaluate_review(&Review::new(review), inventory, limits)
+    }
+
+    /// [`Policy::evaluate_within`] on a review the policies of one request share.
+    fn evaluate_review(&self, review: &Review<'_>, inventory: Option<&regorus::Value>, limits: Limits) -> Result<Vec<Violation>, String> {
         let started = Instant::now();
         let outcome = bounds::metered(limits, || catch_unwind(AssertUnwindSafe(|| self.evaluate_once(review, inventory, limits))));
         let outcome = outcome.unwrap_or_else(|_| Err("the policy's evaluation failed (a fault in the Rego engine)".into()));
@@ -368,11 +373,12 @@ impl Policy {
         outcome
     }
 
-    fn evaluate_once(&self, review: &regorus::Value, inventory: Option<&regorus::Value>, limits: Limits) -> Result<Vec<Violation>, String> {
+    fn evaluate_once(&self, review: &Review<'_>, inventory: Option<&regorus::Value>, limits: Limits) -> Result<Vec<Violation>, String> {
         let (engine, decisions, parameters) = match &self.evaluator {
             Evaluator::InProcess { engine, decisions, parameters } => (engine, decisions, parameters),
-            Evaluator::Sandboxed(policy) => return evaluate_sandboxed(policy, review, inventory, limits),
+            Evaluator::Sandboxed(policy) => return evaluate_sandboxed(policy, review.json()?, inventory, limits),
         };
+        let review = review.value;
         let mut engine = engine.clone();
         if limits.time != TIME_BUDGET {
             engine.set_execution_timer_config(timer(limits.time));
@@ -406,6 +412,23 @@ impl Policy {
     }
 }
 
+/// `input.review` as the policies of one request share it: the value, and
+/// its JSON for the sandbox, written once (compact) when a sandboxed policy first needs it.
+struct Review<'a> {
+    value: &'a regorus::Value,
+    json: OnceLock<Result<String, String>>,
+}
+
+impl<'a> Review<'a> {
+    fn new(value: &'a regorus::Value) -> Self {
+        Review { value, json: OnceLock::new() }
+    }
+
+    fn json(&self) -> Result<&str, String> {
+        self.json.get_or_init(|| serde_json::to_string(self.value).map_err(|e| e.to_string())).as_deref().map_err(Clone::clone)
+    }
+}
+
 /// Adds the violations of one decision rule's value to `violations`.
 fn add_violations(violations: &mut Vec<Violation>, value: Value) {
     match value {
@@ -419,13 +442,12 @@ fn add_violations(violations: &mut Vec<Violation>, value: Value) {
 /// copied in as JSON, each decision back as JSON, within `limits.time`.
 fn evaluate_sandboxed(
     policy: &SandboxedPolicy,
-    review: &regorus::Value,
+    review: &str,
     inventory: Option<&regorus::Value>,
     limits: Limits,
 ) -> Result<Vec<Violation>, String> {
-    let review = review.to_json_str().map_err(|e| format!("{e:#}"))?;
-    let inventory = inventory.map(regorus::Value::to_json_str).transpose().map_err(|e| format!("{e:#}"))?;
-    let decisions = match policy.evaluate(&review, inventory.as_deref(), limits.time) {
+    let inventory = inventory.map(serde_json::to_string).transpose().map_err(|e| e.to_string())?;
+    let decisions = match policy.evaluate(review, inventory.as_deref(), limits.time) {
         Ok(outcome) => outcome?,
         Err(PluginError::Deadline(_)) => return Err(bounds::Exceeded::Time { limit: limits.time }.to_string()),
         Err(PluginError::Memory(bytes)) => return Err(format!("exceeded the memory of its sandbox, {}", bounds::bytes(bytes as u64))),
@@ -749,6 +771,7 @@ impl PolicySet {
         // Cluster policies (no namespace) sort first: IT's policies are never starved by a namespace's.
         selected.sort_by(|a, b| a.id.cmp(&b.id));
         let review = request.review();
+        let review = review.as_ref().map(Review::new);
         let started = Instant::now();
         selected
             .into_iter()
@@ -758,14 +781,14 @@ impl PolicySet {
                     Err(format!("not evaluated: the policies matching this request spent its admission budget of {} ms", total.as_millis()))
                 } else {
                     let limits = Limits { time: left.min(TIME_BUDGET), ..Limits::default() };
-                    review.as_ref().map_err(Clone::clone).and_then(|review| {
+                    review.as_ref().map_err(|e| (*e).clone()).and_then(|review| {
                         if policy.inventory_kinds.is_empty() {
-                            return policy.evaluate_within(review, None, limits);
+                            return policy.evaluate_review(review, None, limits);
                         }
                         let kinds = &policy.inventory_kinds;
                         let wanted =
                             existing.iter().filter(|o| o.get("kind").and_then(Value::as_str).is_some_and(|k| kinds.iter().any(|w| w == k)));
-                        policy.evaluate_within(review, Some(&inventory(wanted)?), limits)
+                        policy.evaluate_review(review, Some(&inventory(wanted)?), limits)
                     })
                 };
                 Decision { policy: policy.id.clone(), enforcement: policy.enforcement, failure_policy: policy.failure_policy, outcome }
