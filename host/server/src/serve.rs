@@ -133,15 +133,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let cache = kapsel_plugins::CompileCache::new(config.data_dir.join(PLUGIN_CACHE_DIR));
-    // Tenants' policies run in the Rego evaluator component: compiled once
-    // (in the background, so the first tenant policy need not wait for it),
-    // then read back from the cache on later starts.
+    // Tenants' policies run in the Rego evaluator component, compiled when
+    // the first one is (seconds of CPU, which a server without tenants'
+    // policies never spends), then read back from the cache on later starts.
     kapsel_plugins::rego::use_compile_cache(cache.clone());
-    tokio::task::spawn_blocking(|| {
-        if let Err(error) = kapsel_plugins::rego::prepare() {
-            tracing::error!(%error, "the Rego sandbox cannot start: tenants' admission policies will not compile");
-        }
-    });
     let plugins =
         crate::plugins::PluginRegistry::start(&store, Some(cache), config.data_dir.join(VOLUMES_DIR)).await.context("loading plug-ins")?;
     let admission = crate::admission::Admission::start(&store).await.context("loading admission policies")?;

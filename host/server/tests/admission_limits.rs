@@ -134,7 +134,7 @@ async fn a_tenants_policy_does_not_judge_the_node_agents_status_reports() {
 async fn a_policy_review_costs_no_more_than_its_budget() {
     let api = Api::start().await;
     let olga = owner(&api).await;
-    // The sandbox tenants' policies run in is compiled once per process (`kapsel serve` starts it at once).
+    // The sandbox tenants' policies run in is compiled once per process, with the first of them: not what is timed here.
     tokio::task::spawn_blocking(kapsel_plugins::rego::prepare).await.unwrap().unwrap();
     let hostile = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy", "metadata": {"name": "hostile", "namespace": "dev"},
         "spec": {"rego": "package p\ndeny contains \"x\" if { input.review.object.kind == \"Pod\"; count(numbers.range(0, 30000000)) > 0 }"}});

@@ -65,7 +65,7 @@ fn deny_all_pods(kind: &str, namespace: Option<&str>, name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_written_into_the_store_come_into_force_and_leave_it() {
     let api = Api::start().await;
-    // The sandbox tenants' policies run in is compiled once per process (`kapsel serve` starts it at once).
+    // The sandbox tenants' policies run in is compiled once per process, with the first of them: not what is timed here.
     tokio::task::spawn_blocking(kapsel_plugins::rego::prepare).await.unwrap().unwrap();
     let mut n = 0;
     let mut create_pod = async || {
