@@ -2,7 +2,7 @@
 //!
 //! `kapsel bench api` starts `kapsel serve` as a child process on a free
 //! port with a fresh data directory (or uses the running server that
-//! `--server` names), creates
+//! `--server` or `--kubeconfig` names), creates
 //! `--objects` pods with `--concurrency` clients, then reads each back, and
 //! reports throughput and latency percentiles (human-readable or `--json`).
 //! `kapsel bench schedule` runs the supervisor's scheduler in-process
@@ -267,10 +267,10 @@ fn summary(histogram: &Histogram<u64>, elapsed: Duration, count: usize) -> Value
 
 async fn api(connection: &ConnectionArgs, args: ApiBenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.objects > 0 && args.concurrency > 0, "--objects and --concurrency must be positive");
-    // With --server, benchmark that running server (token and CA from the flags or the kubeconfig).
-    let (_server, client, backend) = match &connection.server {
-        Some(_) => (None, Client::connect(connection)?, "external".to_string()),
-        None => {
+    // With --server or --kubeconfig, benchmark that running server (token and CA from the flags or the kubeconfig).
+    let (_server, client, backend) = match connection.server.is_some() || connection.kubeconfig.is_some() {
+        true => (None, Client::connect(connection)?, "external".to_string()),
+        false => {
             let (server, client) = start_server(args.datastore.as_deref()).await?;
             let backend = if args.datastore.as_deref().is_some_and(|d| d.starts_with("postgres")) { "postgres" } else { "sqlite" };
             (Some(server), client, backend.to_string())
