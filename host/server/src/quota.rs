@@ -72,7 +72,8 @@ pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
         usage.insert(ARTIFACT_STORAGE.into(), artifact_bytes(object));
         return usage;
     }
-    if !std::ptr::eq(resource, &POD) || terminated(object) {
+    // A pod that has ended uses nothing but its count, as in Kubernetes.
+    if !std::ptr::eq(resource, &POD) || kapsel_api::kinds::pod::has_ended(object) {
         return usage;
     }
     usage.insert("pods".into(), Quantity::from_units(1));
@@ -99,11 +100,6 @@ pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
 fn artifact_bytes(artifact: &Value) -> Quantity {
     let spec: ArtifactSpec = artifact.get("spec").and_then(|spec| ArtifactSpec::deserialize(spec).ok()).unwrap_or_default();
     spec.images.iter().map(|image| Quantity::from_units(i64::try_from(image.size).unwrap_or(i64::MAX))).sum()
-}
-
-/// A pod that succeeded or failed uses nothing but its count, as in Kubernetes.
-fn terminated(pod: &Value) -> bool {
-    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
 /// The volume claim templates of a pod's generic ephemeral volumes.

@@ -733,8 +733,8 @@ async fn terminate_pod(
     };
     // A pod stored before its grace period was bounded still gets a deadline that exists.
     let grace = grace.min(kapsel_api::kinds::pod::MAX_GRACE_SECONDS);
-    let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let ended = matches!(current.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let bound = kapsel_api::kinds::pod::bound_node(current).is_some();
+    let ended = kapsel_api::kinds::pod::has_ended(current);
     if !bound || ended || grace <= 0 {
         return Ok(None);
     }

@@ -47,6 +47,17 @@ pub const MAX_ACTIVE_DEADLINE_SECONDS: i64 = i32::MAX as i64;
 /// computed from one stays a time the clocks can hold.
 pub const MAX_GRACE_SECONDS: i64 = i32::MAX as i64;
 
+/// Whether a pod has ended: its phase is `Succeeded` or `Failed`. Nothing
+/// restarts it, it holds no node resources, and quota counts it only as an object.
+pub fn has_ended(pod: &Value) -> bool {
+    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+/// The node a pod is bound to (`spec.nodeName`, when set and not empty).
+pub fn bound_node(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
 /// Kapsel's fields of a pod's `spec` beyond Kubernetes' `PodSpec`.
 pub const SPEC_EXTENSIONS: &[&str] = &["resourceClassName"];
 
@@ -175,6 +186,19 @@ fn restarts(pod: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pod_has_ended_once_it_succeeded_or_failed_and_is_bound_once_a_node_is_named() {
+        for (phase, ended) in
+            [(None, false), (Some("Pending"), false), (Some("Running"), false), (Some("Succeeded"), true), (Some("Failed"), true)]
+        {
+            let pod = json!({"status": {"phase": phase}});
+            assert_eq!(has_ended(&pod), ended, "{phase:?}");
+        }
+        assert_eq!(bound_node(&json!({"spec": {"nodeName": "n1"}})), Some("n1"));
+        assert_eq!(bound_node(&json!({"spec": {"nodeName": ""}})), None);
+        assert_eq!(bound_node(&json!({"spec": {}})), None);
+    }
 
     fn fields(errors: Vec<FieldError>) -> Vec<String> {
         errors.into_iter().map(|e| e.field).collect()

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
+use kapsel_api::kinds::pod::has_ended;
 use kapsel_api::object;
 use kapsel_node::{PodWorker, Runtime};
 use kapsel_server::events::{self, EventType};
@@ -113,10 +114,6 @@ async fn record_events(client: Client, pod: Value, mut events: tokio::sync::broa
     }
 }
 
-fn terminal(pod: &Value) -> bool {
-    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
-}
-
 fn pod_status_path(pod: &Value) -> String {
     format!("/api/v1/namespaces/{}/pods/{}/status", object::namespace(pod).unwrap_or_default(), object::name(pod).unwrap_or_default())
 }
@@ -164,13 +161,13 @@ impl PodSync {
             return;
         }
         if let Some(running) = self.running.get(&uid) {
-            if terminal(pod) && !running.worker.phase().is_terminal() {
+            if has_ended(pod) && !running.worker.phase().is_terminal() {
                 tracing::warn!(pod = %pod_status_path(pod), "the supervisor ended a pod this node runs; stopping it");
                 self.stop(&uid, false);
             }
             return;
         }
-        if terminal(pod) {
+        if has_ended(pod) {
             return;
         }
         let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.images.clone(), pod));
@@ -237,7 +234,7 @@ impl PodSync {
             let message = kapsel_node::pod::panic_message(payload.as_ref());
             tracing::error!(pod = %pod_status_path(pod), panic = %message, "handling a pod panicked; it is failed, the node's other pods go on");
             let uid = object::meta_str(pod, "uid").unwrap_or_default();
-            if !self.running.contains_key(uid) && !terminal(pod) {
+            if !self.running.contains_key(uid) && !has_ended(pod) {
                 tokio::spawn(report_failure(self.client.clone(), pod.clone(), message));
             }
         }

@@ -190,7 +190,7 @@ async fn fail_pods(app: &App, node: &str, pods: &[Value]) -> Result<(), StoreErr
         if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
             continue;
         }
-        if matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+        if kapsel_api::kinds::pod::has_ended(pod) {
             continue;
         }
         let message = format!("node {node:?} was lost: its agent stopped renewing its lease");

@@ -75,11 +75,6 @@ fn items<'a>(value: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value>
     value.pointer(pointer).and_then(Value::as_array).into_iter().flatten()
 }
 
-/// Whether a pod has ended (its resources are free again).
-pub fn terminated(pod: &Value) -> bool {
-    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
-}
-
 /// A pod's requests as the scheduler counts them: per resource, the larger
 /// of the sum over its containers and its largest init container; a request
 /// left out is its limit.
@@ -133,11 +128,6 @@ pub fn pod_summary(pod: &Value) -> PodSummary {
         node_selector: labels(pod.pointer("/spec/nodeSelector")),
         tolerations,
     }
-}
-
-/// The node a pod is bound to (`spec.nodeName`), if any.
-pub fn bound_node(pod: &Value) -> Option<&str> {
-    pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
 }
 
 /// A pod as a node's summary lists it.
@@ -288,17 +278,19 @@ pub fn nodes_to_score(nodes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use kapsel_api::kinds::pod::{bound_node, has_ended};
     use serde_json::json;
+
+    use super::*;
 
     // What the controller does incrementally (`Cluster` in the scheduler's
     // module), done at once over a listing: the tests' view of a cluster.
 
     /// The candidates of a cluster: every node, with the pods bound to it (and
-    /// not terminated) counted in its `requested`.
+    /// not ended) counted in its `requested`.
     pub fn candidates(nodes: &[Value], pods: &[Value]) -> Vec<Candidate> {
         let mut bound: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-        for pod in pods.iter().filter(|p| !terminated(p)) {
+        for pod in pods.iter().filter(|p| !has_ended(p)) {
             if let Some(node) = bound_node(pod) {
                 bound.entry(node).or_default().push(pod);
             }

@@ -456,7 +456,7 @@ impl Cluster {
     /// Takes in the current version of a pod (and the one before, for a modification).
     fn see_pod(&mut self, pod: &Arc<Value>, previous: Option<&Value>) {
         let key = key_of(pod);
-        if decision::terminated(pod) {
+        if kapsel_api::kinds::pod::has_ended(pod) {
             self.queue.remove(&key);
             if self.unaccount(&key).is_some() {
                 self.snapshot_stale = true;
@@ -464,7 +464,7 @@ impl Cluster {
             }
             return;
         }
-        if let Some(node) = decision::bound_node(pod) {
+        if let Some(node) = kapsel_api::kinds::pod::bound_node(pod) {
             self.queue.remove(&key);
             match self.placed.get(&key) {
                 Some(placed) if placed.node == node => {}
@@ -754,7 +754,10 @@ async fn bind(store: &Store, mut pod: Arc<Value>, node: String) -> BindOutcome {
         // Changed since it was read: bind its new version if it still waits.
         match store.get(&store_key).await {
             Ok(current) => {
-                if decision::terminated(&current) || being_deleted(&current) || decision::bound_node(&current).is_some() {
+                if kapsel_api::kinds::pod::has_ended(&current)
+                    || being_deleted(&current)
+                    || kapsel_api::kinds::pod::bound_node(&current).is_some()
+                {
                     return forget(None);
                 }
                 pod = Arc::new(current);
