@@ -61,6 +61,8 @@ pub const MAX_INSTANCES: usize = 128;
 pub struct CompileFailure {
     pub module: Option<usize>,
     pub message: String,
+    /// Whether it ran out of time (rather than being refused).
+    pub deadline: bool,
 }
 
 /// A policy compiled in the sandbox: its modules and what `compile` answered.
@@ -93,9 +95,12 @@ impl SandboxedPolicy {
             parameters,
             decisions: Vec::new(),
         };
-        let permit =
-            pool().admit(Instant::now() + COMPILE_DEADLINE).map_err(|e| CompileFailure { module: None, message: e.to_string() })?;
-        let (instance, decisions) = outside_async(|| policy.fresh())?;
+        let permit = pool().admit(Instant::now() + COMPILE_DEADLINE).map_err(|e| CompileFailure {
+            module: None,
+            message: e.to_string(),
+            deadline: false,
+        })?;
+        let (instance, decisions) = outside_async(|| policy.fresh(COMPILE_DEADLINE))?;
         policy.decisions = decisions;
         pool().keep(policy.serial, instance, permit);
         Ok(policy)
@@ -119,8 +124,14 @@ impl SandboxedPolicy {
         let (Warm { mut live, stderr }, permit) = match pool().take(self.serial) {
             Some(warm) => warm,
             None => {
+                // Compiled again within this evaluation's budget: a policy whose
+                // evaluations always fail cannot make each one cost a compile besides.
                 let permit = pool().admit(until)?;
-                let (live, _) = self.fresh().map_err(|e| PluginError::Trap(format!("compiling the policy again failed: {e}")))?;
+                let left = until.saturating_duration_since(Instant::now());
+                let (live, _) = self.fresh(left).map_err(|e| match e.deadline {
+                    true => PluginError::Deadline(deadline),
+                    false => PluginError::Trap(format!("compiling the policy again failed: {e}")),
+                })?;
                 (live, permit)
             }
         };
@@ -136,10 +147,10 @@ impl SandboxedPolicy {
         }
     }
 
-    /// A new instance with this policy compiled in it.
-    fn fresh(&self) -> Result<(Warm, Vec<String>), CompileFailure> {
-        let failure = |e: PluginError| CompileFailure { module: None, message: format!("the policy sandbox failed: {e}") };
-        let limits = Limits { deadline: COMPILE_DEADLINE, memory_bytes: MEMORY_BYTES };
+    /// A new instance with this policy compiled in it within `deadline`.
+    fn fresh(&self, deadline: Duration) -> Result<(Warm, Vec<String>), CompileFailure> {
+        let failure = |e: PluginError| CompileFailure { module: None, message: format!("the policy sandbox failed: {e}"), deadline: false };
+        let limits = Limits { deadline: deadline.max(Duration::from_millis(1)), memory_bytes: MEMORY_BYTES };
         let pre = evaluator().map_err(failure)?;
         let (mut store, stderr) = sandbox::new_store_keeping_stderr("rego-evaluator", limits, STDERR_BYTES).map_err(failure)?;
         sandbox::arm_deadline(&mut store, limits);
@@ -149,23 +160,26 @@ impl SandboxedPolicy {
             match explained(sandbox::classify(&e, &store, limits), &stderr) {
                 PluginError::Deadline(_) => CompileFailure {
                     module: None,
-                    message: format!("compiling the policy took longer than {} s", COMPILE_DEADLINE.as_secs_f64()),
+                    message: format!("compiling the policy took longer than {} s", limits.deadline.as_secs_f64()),
+                    deadline: true,
                 },
                 PluginError::Memory(bytes) => CompileFailure {
                     module: None,
                     message: format!("compiling the policy needed more than the {} MiB it may use", bytes >> 20),
+                    deadline: false,
                 },
                 PluginError::Trap(trap) if trap.contains("call stack exhausted") => CompileFailure {
                     module: None,
                     message: "its rules depend on one another too deeply for the sandbox's stack (chains of a few hundred rules fit)"
                         .into(),
+                    deadline: false,
                 },
                 other => failure(other),
             }
         })?;
         match compiled {
             Ok(decisions) => Ok((Warm { live: Live { store, instance }, stderr }, decisions)),
-            Err(e) => Err(CompileFailure { module: e.module.map(|m| m as usize), message: e.message }),
+            Err(e) => Err(CompileFailure { module: e.module.map(|m| m as usize), message: e.message, deadline: false }),
         }
     }
 }
