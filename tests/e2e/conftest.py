@@ -6,9 +6,7 @@ PostgreSQL-backed servers get a fresh database per test, dropped afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 import urllib.parse
 import uuid
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kapsel_e2e import KAPSEL_BIN, POSTGRES_URL, KapselServer, create_pod, push_images
+from kapsel_e2e import KAPSEL_BIN, POSTGRES_URL, KapselServer, create_pod, psql, push_images
 
 
 @pytest.fixture(scope="session")
@@ -65,30 +63,16 @@ def server(start_server) -> KapselServer:
     return start_server()
 
 
-def _psql(sql: str) -> None:
-    parts = urllib.parse.urlsplit(POSTGRES_URL)
-    cmd = ["psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-h", parts.hostname or "127.0.0.1",
-           "-p", str(parts.port or 5432), "-U", urllib.parse.unquote(parts.username or "postgres"),
-           "-d", "postgres", "-c", sql]
-    env = dict(os.environ)
-    if parts.password:
-        env["PGPASSWORD"] = urllib.parse.unquote(parts.password)
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    if result.returncode != 0:
-        pytest.fail(f"psql failed ({' '.join(cmd)}): {result.stderr.strip()}\n"
-                    f"is PostgreSQL running at {parts.hostname}:{parts.port}? (KAPSEL_TEST_POSTGRES_URL)")
-
-
 @pytest.fixture
 def postgres_url():
     """A fresh, empty PostgreSQL database for one test; dropped (WITH FORCE) after it."""
     if shutil.which("psql") is None:
         pytest.fail("psql is not installed; the PostgreSQL tests need it")
     name = f"kapsel_e2e_{uuid.uuid4().hex[:12]}"
-    _psql(f'CREATE DATABASE "{name}"')
+    psql(f'CREATE DATABASE "{name}"')
     parts = urllib.parse.urlsplit(POSTGRES_URL)
     yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

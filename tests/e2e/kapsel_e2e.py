@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -401,3 +402,19 @@ def tenant_kubeconfig(server: KapselServer, token: str, path: Path) -> Path:
         entry["user"] = {"token": token}
     path.write_text(json.dumps(config))
     return path
+
+
+def psql(sql: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `sql` in the `postgres` database of POSTGRES_URL's server; a failure fails the test unless `check` is false."""
+    parts = urllib.parse.urlsplit(POSTGRES_URL)
+    cmd = ["psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-t", "-A", "-h", parts.hostname or "127.0.0.1",
+           "-p", str(parts.port or 5432), "-U", urllib.parse.unquote(parts.username or "postgres"),
+           "-d", "postgres", "-c", sql]
+    env = dict(os.environ)
+    if parts.password:
+        env["PGPASSWORD"] = urllib.parse.unquote(parts.password)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    if check and result.returncode != 0:
+        pytest.fail(f"psql failed ({sql}): {result.stderr.strip()}\n"
+                    f"is PostgreSQL running at {parts.hostname}:{parts.port}? (KAPSEL_TEST_POSTGRES_URL)")
+    return result

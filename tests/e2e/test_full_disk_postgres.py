@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from kapsel_e2e import POSTGRES_URL, KapselServer, assert_status, pod_manifest
+from kapsel_e2e import POSTGRES_URL, KapselServer, assert_status, pod_manifest, psql
 from test_full_disk import DISK_MB, big_pod, fill
 
 #: PostgreSQL may find room inside pages it already has, so creates may
@@ -38,22 +38,6 @@ MAX_CREATES = 400
 #: Big pods created before the disk fills.
 BEFORE = 5
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-def psql(sql: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs `sql` in the `postgres` database of POSTGRES_URL's server (as conftest._psql does)."""
-    parts = urllib.parse.urlsplit(POSTGRES_URL)
-    cmd = ["psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-t", "-A", "-h", parts.hostname or "127.0.0.1",
-           "-p", str(parts.port or 5432), "-U", urllib.parse.unquote(parts.username or "postgres"),
-           "-d", "postgres", "-c", sql]
-    env = dict(os.environ)
-    if parts.password:
-        env["PGPASSWORD"] = urllib.parse.unquote(parts.password)
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    if check and result.returncode != 0:
-        pytest.fail(f"psql failed ({sql}): {result.stderr.strip()}\n"
-                    f"is PostgreSQL running at {parts.hostname}:{parts.port}? (KAPSEL_TEST_POSTGRES_URL)")
-    return result
 
 
 @dataclass

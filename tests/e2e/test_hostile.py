@@ -348,11 +348,7 @@ def platform(kapsel_bin, tmp_path_factory, request):
         # A first pod compiles the sample (cached afterwards), so that no case pays for that;
         # a first tenant's policy likewise compiles the Rego sandbox (once per data directory).
         platform.canary(timeout=180)
-        warm_up = {"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview",
-                   "spec": {"policy": {"apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy",
-                                       "metadata": {"name": "warm-up", "namespace": "alice"},
-                                       "spec": {"rego": "package warmup\ndeny contains \"never\" if false"}},
-                            "object": pod_manifest("web", namespace="alice")}}
+        warm_up = tenant_policy_review("warm-up", "package warmup\ndeny contains \"never\" if false")
         r = server.api("POST", POLICYREVIEWS, token=tokens["owner"], json=warm_up, timeout=120)
         assert r.status_code == 201, r.text
         yield platform
@@ -388,6 +384,17 @@ def sustained(send):
     while time.monotonic() - started < SUSTAIN_SECONDS:
         codes.add(send().status_code)
     return first, took, codes or {first.status_code}
+
+
+def tenant_policy_review(name: str, rego: str, pod: dict | None = None) -> dict:
+    """A PolicyReview of an inline deny AdmissionPolicy of namespace alice (a tenant's, run in the Rego sandbox)."""
+    policy = {
+        "apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy",
+        "metadata": {"name": name, "namespace": "alice"},
+        "spec": {"enforcement": "deny", "match": {"kinds": ["Pod"]}, "rego": rego},
+    }
+    return {"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview",
+            "spec": {"policy": policy, "object": pod or pod_manifest("web", namespace="alice")}}
 
 
 def causes(status: dict) -> list[dict]:
@@ -443,19 +450,13 @@ def test_inline_policy_calling_numbers_range_300m_is_bounded(platform):
     # Twice: with the bound written in the policy (as the issue sent it; it may be refused when the
     # policy is compiled), and read from the object under review, so that only the evaluation meets it.
     def review(bound: str) -> dict:
-        policy = {
-            "apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy",
-            "metadata": {"name": "greedy", "namespace": "alice"},
-            "spec": {"enforcement": "deny", "match": {"kinds": ["Pod"]},
-                     "rego": "package greedy\n\n"
-                             "deny contains msg if {\n"
-                             f"  xs := numbers.range(0, {bound})\n"
-                             "  count(xs) > 0\n"
-                             "  msg := sprintf(\"%d numbers\", [count(xs)])\n"
-                             "}\n"},
-        }
-        pod = pod_manifest("web", namespace="alice", annotations={"n": "300000000"})
-        return {"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview", "spec": {"policy": policy, "object": pod}}
+        rego = ("package greedy\n\n"
+                "deny contains msg if {\n"
+                f"  xs := numbers.range(0, {bound})\n"
+                "  count(xs) > 0\n"
+                "  msg := sprintf(\"%d numbers\", [count(xs)])\n"
+                "}\n")
+        return tenant_policy_review("greedy", rego, pod_manifest("web", namespace="alice", annotations={"n": "300000000"}))
 
     def send(body: dict):
         return platform.server.api("POST", POLICYREVIEWS, token=platform.tokens["owner"], json=body, timeout=120)
@@ -482,17 +483,10 @@ def test_inline_policy_comparing_shared_values_stops_at_its_budget(platform):
     # 2^40 nodes to compare, in one step of the engine. A tenant's policy runs in the Rego
     # sandbox, which interrupts that step at the deadline (in the server's process it would run for hours).
     rules = "".join(f"{p}{i} := [{p}{i - 1}, {p}{i - 1}]\n" for p in "ab" for i in range(1, 41))
-    policy = {
-        "apiVersion": "kapsel.io/v1alpha1", "kind": "AdmissionPolicy",
-        "metadata": {"name": "comparing", "namespace": "alice"},
-        "spec": {"enforcement": "deny", "match": {"kinds": ["Pod"]},
-                 "rego": "package comparing\n\n"
-                         "a0 := [input.review.object.kind]\nb0 := [input.review.object.kind]\n"
-                         f"{rules}"
-                         "deny contains \"equal\" if a40 == b40\n"},
-    }
-    body = {"apiVersion": "kapsel.io/v1alpha1", "kind": "PolicyReview",
-            "spec": {"policy": policy, "object": pod_manifest("web", namespace="alice")}}
+    body = tenant_policy_review("comparing", "package comparing\n\n"
+                                             "a0 := [input.review.object.kind]\nb0 := [input.review.object.kind]\n"
+                                             f"{rules}"
+                                             "deny contains \"equal\" if a40 == b40\n")
 
     def send():
         return platform.server.api("POST", POLICYREVIEWS, token=platform.tokens["owner"], json=body, timeout=120)

@@ -6,18 +6,8 @@ use kapsel_admission::{Operation, Policy, PolicyId, PolicySet, Request, UserInfo
 use kapsel_api::kinds::admission_policy::PolicySpec;
 use serde_json::{Value, json};
 
-/// Gatekeeper-style (Rego v0): labels required by `input.parameters.labels`.
-const REQUIRED_LABELS_V0: &str = r#"
-package kapsel.requiredlabels
-
-violation[{"msg": msg, "details": {"missing_labels": missing}}] {
-  provided := {label | input.review.object.metadata.labels[label]}
-  required := {label | label := input.parameters.labels[_]}
-  missing := required - provided
-  count(missing) > 0
-  msg := sprintf("you must provide labels: %v", [missing])
-}
-"#;
+mod common;
+use common::REQUIRED_LABELS_V0;
 
 const NO_LATEST_V1: &str = r#"
 package kapsel.nolatest

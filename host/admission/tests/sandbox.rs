@@ -10,6 +10,9 @@ use kapsel_admission::{CompileError, ObjectType, Operation, Policy, PolicyId, Po
 use kapsel_api::kinds::admission_policy::PolicySpec;
 use serde_json::{Value, json};
 
+mod common;
+use common::REQUIRED_LABELS_V0;
+
 /// Well past the 100 ms budget; an unbounded evaluation of these cases takes hours.
 const QUICK: Duration = Duration::from_secs(2);
 
@@ -129,15 +132,6 @@ fn a_failed_evaluation_leaves_the_policy_working() {
     let (outcome, _) = evaluate(&policy, &pod(json!({"team": "a"})));
     assert_eq!(outcome.unwrap(), []);
 }
-
-const REQUIRED_LABELS_V0: &str = r#"package k8srequiredlabels
-violation[{"msg": msg, "details": {"missing_labels": missing}}] {
-  provided := {label | input.review.object.metadata.labels[label]}
-  required := {label | label := input.parameters.labels[_]}
-  missing := required - provided
-  count(missing) > 0
-  msg := sprintf("you must provide labels: %v", [missing])
-}"#;
 
 const NO_LATEST_V1: &str = r#"package nolatest
 import rego.v1

@@ -5,7 +5,9 @@
 //! resource limiter that remembers it refused, and a deadline enforced by
 //! epoch interruption. Failures are classified for the caller's failure policy.
 //! The one exception to "no files" is a storage driver's root directory,
-//! preopened as `/` ([`PluginState::new`]).
+//! preopened as `/` ([`PluginState::new`]). Standard error is discarded,
+//! except for Kapsel's own Rego evaluator, whose panic message is kept to
+//! explain its trap ([`new_store_keeping_stderr`], [`panic_message`]).
 //!
 //! [`Live`], [`start`] and [`call_live`] are the part every world shares:
 //! one live instance per plug-in, started and configured under the deadline,
