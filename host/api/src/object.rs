@@ -38,6 +38,49 @@ pub fn set_meta(object: &mut Value, field: &str, value: impl Into<Value>) {
     metadata_mut(object).insert(field.to_string(), value.into());
 }
 
+/// A time as Kubernetes writes it in objects: RFC 3339, UTC, whole seconds.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Now, as [`timestamp`] writes it.
+pub fn now() -> String {
+    timestamp(chrono::Utc::now())
+}
+
+/// The metadata fields the server owns and sets on a new object.
+const SERVER_FIELDS: [&str; 6] = ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"];
+
+/// Stamps a new object's server-owned metadata: a fresh `uid`,
+/// `creationTimestamp` now, `generation` 1; what a client sent in those
+/// fields (or in `deletionTimestamp`, `deletionGracePeriodSeconds`, `selfLink`) is dropped.
+pub fn stamp_new(object: &mut Value) {
+    let meta = metadata_mut(object);
+    for field in SERVER_FIELDS {
+        meta.remove(field);
+    }
+    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), Value::String(now()));
+    meta.insert("generation".into(), Value::from(1));
+}
+
+/// A new object of the platform's own making (`apiVersion`, `kind`, a
+/// name, a namespace when given), with its metadata stamped as [`stamp_new`] does.
+pub fn new_object(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Value {
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), Value::String(name.to_string()));
+    if let Some(namespace) = namespace {
+        metadata.insert("namespace".into(), Value::String(namespace.to_string()));
+    }
+    let mut object = Map::new();
+    object.insert("apiVersion".into(), Value::String(api_version.to_string()));
+    object.insert("kind".into(), Value::String(kind.to_string()));
+    object.insert("metadata".into(), Value::Object(metadata));
+    let mut object = Value::Object(object);
+    stamp_new(&mut object);
+    object
+}
+
 /// `metadata.resourceVersion` parsed as a store revision.
 pub fn resource_version(object: &Value) -> Option<Result<i64, String>> {
     let text = meta_str(object, "resourceVersion").filter(|v| !v.is_empty())?;
@@ -85,11 +128,41 @@ pub fn set_condition(object: &mut Value, mut condition: Value) {
     if condition.get("lastTransitionTime").is_none() {
         let kept =
             existing.as_ref().filter(|e| e.get("status") == condition.get("status")).and_then(|e| e.get("lastTransitionTime").cloned());
-        let now = || Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        condition["lastTransitionTime"] = kept.unwrap_or_else(now);
+        condition["lastTransitionTime"] = kept.unwrap_or_else(|| Value::String(now()));
     }
     match existing {
         Some(existing) => *existing = condition,
         None => conditions.push(condition),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_new_object_gets_the_servers_metadata_and_not_the_clients() {
+        let mut object = json!({"metadata": {"name": "web", "uid": "forged", "generation": 7, "deletionTimestamp": "2020-01-01T00:00:00Z", "labels": {"a": "b"}}});
+        stamp_new(&mut object);
+        let meta = object["metadata"].as_object().unwrap();
+        assert_ne!(meta["uid"], "forged");
+        assert_eq!(meta["uid"].as_str().unwrap().len(), 36);
+        assert_eq!(meta["generation"], 1);
+        assert!(!meta.contains_key("deletionTimestamp"));
+        assert_eq!(meta["labels"], json!({"a": "b"}));
+        assert!(chrono::DateTime::parse_from_rfc3339(meta["creationTimestamp"].as_str().unwrap()).is_ok());
+
+        let made = new_object("kapsel.io/v1alpha1", "Plugin", None, "spread");
+        assert_eq!((made["kind"].as_str(), name(&made), namespace(&made)), (Some("Plugin"), Some("spread"), None));
+        let made = new_object("v1", "Event", Some("dev"), "e");
+        assert_eq!(namespace(&made), Some("dev"));
+        assert_ne!(made["metadata"]["uid"], new_object("v1", "Event", Some("dev"), "e")["metadata"]["uid"]);
+    }
+
+    #[test]
+    fn timestamps_are_whole_seconds_in_utc() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-07T19:30:15.987+02:00").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(timestamp(at), "2026-12-07T17:30:15Z");
     }
 }

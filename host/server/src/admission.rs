@@ -43,7 +43,6 @@ use axum::{Extension, Json};
 use kapsel_admission::{ObjectType, Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement, PolicyFailurePolicy, PolicySpec};
 use kapsel_api::kinds::namespace::NAMESPACE;
-use kapsel_api::kinds::token::TOKEN;
 use kapsel_api::{FieldError, ResourceType, object};
 use kapsel_store::{Change, ChangeType, Key, Store, StoreError};
 use serde_json::Value;
@@ -158,11 +157,6 @@ fn apply_policy_change(policies: &RwLock<Arc<PolicySet>>, change: &Change) {
         None => in_force.without(&id),
     };
     *in_force = Arc::new(next);
-}
-
-/// Whether `resource` is one of the two policy kinds.
-pub fn is_policy_kind(resource: &ResourceType) -> bool {
-    std::ptr::eq(resource, &CLUSTER_ADMISSION_POLICY) || std::ptr::eq(resource, &ADMISSION_POLICY)
 }
 
 fn policy_id(object: &Value) -> PolicyId {
@@ -293,7 +287,7 @@ impl Admission {
         {
             self.check_policy_count(store, identity, namespace, name).await?;
         }
-        if is_policy_kind(resource) || std::ptr::eq(resource, &TOKEN) || is_platform_write(identity, &write) {
+        if !crate::strategy::of(resource).admitted() || is_platform_write(identity, &write) {
             return Ok(Vec::new());
         }
         let policies = self.current();

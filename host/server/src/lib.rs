@@ -21,8 +21,6 @@ pub mod controllers;
 pub mod discovery;
 pub mod error;
 pub mod events;
-pub mod files;
-pub mod hooks;
 pub mod limits;
 pub mod listing;
 pub mod logs;
@@ -36,6 +34,7 @@ pub mod request;
 pub mod resources;
 pub mod scheduler;
 pub mod serve;
+pub mod strategy;
 pub mod table;
 pub mod templates;
 pub mod tls;
@@ -48,6 +47,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use kapsel_daemon::task::panic_message;
 use kapsel_store::Store;
 use serde_json::json;
 
@@ -118,11 +118,6 @@ pub fn router(app: App) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(answer_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
-}
-
-/// What a caught panic says: its `&str` or `String` payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
 }
 
 /// A handler that panicked (a bug: input never should make one) answers

@@ -15,24 +15,35 @@
 //! (deduplicated), the `Plugin` object is pointed at it (the digest before
 //! it kept for `rollback`), and the new instance replaces the old one in
 //! the registry in one step: calls already holding the old one finish on it.
+//!
+//! The registry follows the stored `Plugin` objects through a reflector,
+//! whatever wrote them (an upload, an edit through the generic API,
+//! another process sharing the store): a new or changed spec is loaded
+//! from its stored component and swapped in, one that does not load leaves
+//! the previous instance active and says why in the status (`Rejected`),
+//! a deleted plug-in stops. An upload loads and activates its component
+//! itself before answering, under the same lock, so nothing is loaded twice.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use tokio::sync::Notify;
+
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kapsel_api::kinds::event::EventType;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::plugin::{FailurePolicy, PLUGIN, PluginSpec, WORLDS};
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::{FieldError, object};
 use kapsel_plugins::network::{Network, NetworkDriver, Segment};
 use kapsel_plugins::{CompileCache, Grants, Hosted, Limits, PluginError, World};
-use kapsel_store::{Key, Store, StoreError};
+use kapsel_store::{Change, ChangeType, Key, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -40,7 +51,8 @@ use sha2::{Digest, Sha256};
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
-use crate::events::{self, EventType};
+use crate::events;
+use crate::reflector::{self, Reflected, Reflection};
 
 /// The largest component accepted by an upload.
 pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
@@ -139,33 +151,221 @@ pub struct PluginRegistry {
     cache: Option<CompileCache>,
     /// Storage drivers get `<storage_dir>/<plug-in name>` as their root.
     storage_dir: PathBuf,
+    /// What the stored `Plugin` objects ask for, as their reflector reports it.
+    wanted: Arc<Wanted>,
+    /// The spec each plug-in was last loaded from, or last failed to load
+    /// from: a stored spec equal to it needs no load.
+    loaded: Arc<Mutex<BTreeMap<String, PluginSpec>>>,
+    /// Held while a plug-in is loaded and activated (by an upload, a
+    /// rollback or the reconciler), so a load is never done twice.
+    loading: Arc<tokio::sync::Mutex<()>>,
+    /// How many reports of [`Wanted`] have been acted on.
+    reconciled: tokio::sync::watch::Receiver<u64>,
+    reconciled_to: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The reflector of `Plugin` objects.
+    reflection: Reflection,
+}
+
+/// The reflector's copy of the stored `Plugin` objects, reduced to what
+/// the registry must act on: each plug-in changed since the reconciler
+/// last looked, with its stored spec (`None`: deleted).
+#[derive(Debug, Default)]
+struct Wanted {
+    changed: Mutex<Changed>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Changed {
+    specs: BTreeMap<String, Option<PluginSpec>>,
+    /// `specs` holds a whole listing: a loaded plug-in not in it was deleted meanwhile.
+    relisted: bool,
+    /// Every report counted, so a waiter knows when the reconciler has acted on its own.
+    reports: u64,
+}
+
+impl Wanted {
+    fn report(&self, update: impl FnOnce(&mut Changed)) {
+        let mut changed = self.changed.lock().expect("plug-in reflector lock");
+        update(&mut changed);
+        changed.reports += 1;
+        drop(changed);
+        self.wake.notify_one();
+    }
+
+    fn reports(&self) -> u64 {
+        self.changed.lock().expect("plug-in reflector lock").reports
+    }
+
+    /// What changed since the last call, and how many reports that covers.
+    fn take(&self) -> (Changed, u64) {
+        let mut changed = self.changed.lock().expect("plug-in reflector lock");
+        let reports = changed.reports;
+        let taken = Changed { specs: std::mem::take(&mut changed.specs), relisted: std::mem::take(&mut changed.relisted), reports };
+        (taken, reports)
+    }
+}
+
+/// A stored plug-in's spec; `None` for one that does not decode (only a
+/// write that bypassed validation stores such a thing: it is logged and left alone).
+fn stored_spec(plugin: &Value) -> Option<PluginSpec> {
+    match serde_json::from_value::<PluginSpec>(plugin.get("spec").cloned().unwrap_or_default()) {
+        Ok(spec) => Some(spec),
+        Err(error) => {
+            tracing::error!(plugin = object::name(plugin).unwrap_or_default(), %error, "a stored plug-in's spec does not decode; ignored");
+            None
+        }
+    }
+}
+
+/// The reflector's end of [`Wanted`].
+struct PluginCopy(Arc<Wanted>);
+
+impl Reflected for PluginCopy {
+    fn replace(&self, objects: Vec<Value>) {
+        let listed = objects.iter().filter_map(|plugin| Some((object::name(plugin)?.to_string(), Some(stored_spec(plugin)?)))).collect();
+        self.0.report(|changed| {
+            changed.specs = listed;
+            changed.relisted = true;
+        });
+    }
+
+    fn apply(&self, change: &Change) {
+        let name = change.key.name.clone();
+        let spec = match change.change_type {
+            ChangeType::Deleted => None,
+            _ => match stored_spec(&change.object) {
+                Some(spec) => Some(spec),
+                None => return,
+            },
+        };
+        self.0.report(|changed| {
+            changed.specs.insert(name, spec);
+        });
+    }
 }
 
 impl PluginRegistry {
     /// Loads every stored `Plugin` that has a component, compiling through
     /// `cache` when given; storage drivers' roots go under `storage_dir`.
-    /// One that no longer loads is logged and left out (the others still start).
+    /// One that no longer loads is left out (the others still start) and its
+    /// status says why. Then follows the stored plug-ins: whatever writes one
+    /// (an upload here, an edit, another tool holding the store), the
+    /// registry loads it, reloads it or lets it go.
     pub async fn start(store: &Store, cache: Option<CompileCache>, storage_dir: PathBuf) -> Result<PluginRegistry, StoreError> {
-        let registry = PluginRegistry { active: Default::default(), store: store.clone(), cache, storage_dir };
-        for plugin in store.list(&PLUGIN.store_key(), None).await?.objects {
-            let name = object::name(&plugin).unwrap_or_default().to_string();
-            let Ok(spec) = serde_json::from_value::<PluginSpec>(plugin.get("spec").cloned().unwrap_or_default()) else { continue };
-            if spec.digest.is_empty() {
-                continue;
+        let wanted = Arc::new(Wanted::default());
+        let reflection = reflector::start(store, &PLUGIN, PluginCopy(wanted.clone())).await?;
+        let (reconciled_to, reconciled) = tokio::sync::watch::channel(0);
+        let registry = PluginRegistry {
+            active: Default::default(),
+            store: store.clone(),
+            cache,
+            storage_dir,
+            wanted,
+            loaded: Default::default(),
+            loading: Default::default(),
+            reconciled,
+            reconciled_to: Arc::new(reconciled_to),
+            reflection,
+        };
+        registry.reconcile().await;
+        let reconciler = registry.clone();
+        tokio::spawn(async move {
+            loop {
+                reconciler.wanted.wake.notified().await;
+                reconciler.reconcile().await;
             }
-            let bytes = match store.get_blob(&spec.digest).await {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::error!(plugin = %name, digest = %spec.digest, error = &error as &dyn std::error::Error, "a stored plug-in's component is missing; it stays inactive");
-                    continue;
-                }
-            };
-            match registry.load(&name, &spec, bytes).await {
-                Ok(hosted) => registry.activate(&name, &spec, hosted).await,
-                Err(error) => tracing::error!(plugin = %name, %error, "a stored plug-in does not load; it stays inactive"),
+        });
+        Ok(registry)
+    }
+
+    /// Waits until the registry has acted on every stored change of plug-ins
+    /// up to `revision` (at most [`reflector::CATCH_UP`] for the reflector
+    /// to take it in, and as long again for the loads it started).
+    pub async fn caught_up(&self, revision: i64) -> bool {
+        if !self.reflection.caught_up(revision).await {
+            return false;
+        }
+        let reports = self.wanted.reports();
+        let mut reconciled = self.reconciled.clone();
+        match tokio::time::timeout(reflector::CATCH_UP, reconciled.wait_for(|done| *done >= reports)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(revision, "the plug-in registry did not act on a write in time (a load still running?)");
+                false
             }
         }
-        Ok(registry)
+    }
+
+    /// Acts on what the stored plug-ins ask for: loads and activates a new
+    /// or changed spec, stops a deleted plug-in. A load that fails leaves
+    /// the previous instance (if any) active and says so in the status.
+    async fn reconcile(&self) {
+        let _loading = self.loading.lock().await;
+        let (Changed { mut specs, relisted, .. }, reports) = self.wanted.take();
+        if relisted {
+            let loaded: Vec<String> = self.loaded.lock().expect("plug-in registry lock").keys().cloned().collect();
+            for name in loaded {
+                specs.entry(name).or_insert(None);
+            }
+        }
+        for (name, spec) in specs {
+            let previous = self.loaded.lock().expect("plug-in registry lock").get(&name).cloned();
+            match spec {
+                None => {
+                    self.loaded.lock().expect("plug-in registry lock").remove(&name);
+                    self.remove(&name);
+                }
+                Some(spec) if previous.as_ref() == Some(&spec) => {}
+                Some(spec) => {
+                    self.loaded.lock().expect("plug-in registry lock").insert(name.clone(), spec.clone());
+                    if spec.digest.is_empty() {
+                        // Nothing uploaded (yet, or any more): nothing runs.
+                        self.remove(&name);
+                        continue;
+                    }
+                    self.load_stored(&name, &spec, previous.is_some()).await;
+                }
+            }
+        }
+        self.reconciled_to.send_replace(reports);
+    }
+
+    /// Loads `spec`'s stored component and activates it; records in the
+    /// plug-in's status whether it is active or why it is not.
+    async fn load_stored(&self, name: &str, spec: &PluginSpec, replacing: bool) {
+        let outcome = match self.store.get_blob(&spec.digest).await {
+            Ok(bytes) => self.load(name, spec, bytes).await.map_err(|e| e.to_string()),
+            Err(error) => Err(format!("the component {} is missing: {error}", spec.digest)),
+        };
+        let status = match outcome {
+            Ok(hosted) => {
+                self.activate(name, spec, hosted).await;
+                json!({"phase": "Active", "message": "", "calls": 0, "errors": 0})
+            }
+            Err(message) if self.get(name).is_some() => {
+                tracing::error!(plugin = %name, %message, "an edited plug-in does not load; the previous instance stays active");
+                json!({"phase": "Rejected", "message": format!("the edited spec does not load ({message}); the previous configuration stays active")})
+            }
+            Err(message) => {
+                tracing::error!(plugin = %name, %message, "a stored plug-in does not load; it stays inactive");
+                json!({"phase": "Rejected", "message": format!("the component does not load ({message}); the plug-in is inactive")})
+            }
+        };
+        let key = Key::new(PLUGIN.store_key(), "", name);
+        if let Ok(mut current) = self.store.get(&key).await {
+            let phase = current.pointer("/status/phase").and_then(Value::as_str);
+            let active = matches!(phase, Some("Active" | "Degraded"));
+            if current.get("status") == Some(&status) || (!replacing && active && status["phase"] == "Active") {
+                // Loaded as it was before this process started: the status and its counts still hold.
+                return;
+            }
+            let expected = object::resource_version(&current).and_then(Result::ok);
+            current["status"] = status;
+            if let Err(error) = self.store.update(key, current, expected).await {
+                tracing::warn!(plugin = %name, error = &error as &dyn std::error::Error, "could not record the plug-in's status");
+            }
+        }
     }
 
     /// Makes `hosted` the active version of `name`. The hand-over: a call
@@ -181,6 +381,13 @@ impl PluginRegistry {
         if let Err(error) = tokio::task::spawn_blocking(move || registry.hand_over(&name, &spec, hosted)).await {
             tracing::error!(%error, "activating a plug-in failed");
         }
+    }
+
+    /// Activates what an upload or a rollback has just stored (holding
+    /// `loading`), so the reconciler, seeing the stored spec, has nothing to do.
+    async fn activate_stored(&self, name: &str, spec: PluginSpec, hosted: Hosted) {
+        self.activate(name, &spec, hosted).await;
+        self.loaded.lock().expect("plug-in registry lock").insert(name.to_string(), spec);
     }
 
     fn hand_over(&self, name: &str, spec: &PluginSpec, mut hosted: Hosted) {
@@ -411,43 +618,6 @@ pub async fn network_call<R: Send + 'static>(
     Ok(answer.map(|answer| (driver.name.clone(), answer)))
 }
 
-/// After an edit of a `Plugin` (config, limits, failure policy) through the
-/// generic API: load the active component with the new spec and swap it in;
-/// if it does not load, the previous instance stays and the object says why
-/// (`status.phase: Rejected`).
-pub fn reload_after_edit(app: &App, plugin: &Value) {
-    let name = object::name(plugin).unwrap_or_default().to_string();
-    let Ok(spec) = serde_json::from_value::<PluginSpec>(plugin.get("spec").cloned().unwrap_or_default()) else { return };
-    if spec.digest.is_empty() {
-        return;
-    }
-    let app = app.clone();
-    tokio::spawn(async move {
-        let outcome = match app.store.get_blob(&spec.digest).await {
-            Ok(bytes) => app.plugins.load(&name, &spec, bytes).await.map_err(|e| e.to_string()),
-            Err(error) => Err(format!("the component {} is missing: {error}", spec.digest)),
-        };
-        let status = match outcome {
-            Ok(hosted) => {
-                app.plugins.activate(&name, &spec, hosted).await;
-                json!({"phase": "Active", "message": "", "calls": 0, "errors": 0})
-            }
-            Err(message) => {
-                tracing::error!(plugin = %name, %message, "an edited plug-in does not load; the previous instance stays active");
-                json!({"phase": "Rejected", "message": format!("the edited spec does not load ({message}); the previous configuration stays active")})
-            }
-        };
-        let key = Key::new(PLUGIN.store_key(), "", &name);
-        if let Ok(mut current) = app.store.get(&key).await {
-            let expected = object::resource_version(&current).and_then(Result::ok);
-            current["status"] = status;
-            if let Err(error) = app.store.update(key, current, expected).await {
-                tracing::warn!(plugin = %name, error = &error as &dyn std::error::Error, "could not record the plug-in's status");
-            }
-        }
-    });
-}
-
 impl PluginRegistry {
     /// Compiles (or takes from the cache), checks and configures a component
     /// for `spec`, off the async threads. A network driver is given the
@@ -537,6 +707,7 @@ pub async fn upload(
         return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::invalid("metadata.name", message)]));
     }
     let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_COMPONENT_BYTES).await?;
+    let _loading = app.plugins.loading.lock().await;
     let key = Key::new(PLUGIN.store_key(), "", &name);
     let current = match app.store.get(&key).await {
         Ok(current) => Some(current),
@@ -591,7 +762,7 @@ pub async fn upload(
         spec.version = version;
     }
     let stored = save(&app, &name, current, spec.clone()).await?;
-    app.plugins.activate(&name, &spec, hosted).await;
+    app.plugins.activate_stored(&name, spec, hosted).await;
     let active = stored.pointer("/spec/digest").and_then(|d| d.as_str()).unwrap_or_default().to_string();
     tracing::info!(plugin = %name, digest = %active, "plug-in active");
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
@@ -604,6 +775,7 @@ pub async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&identity, Verb::Update, &PLUGIN, None)?;
+    let _loading = app.plugins.loading.lock().await;
     let current = app.store.get(&Key::new(PLUGIN.store_key(), "", &name)).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
     let mut spec: PluginSpec = serde_json::from_value(current.get("spec").cloned().unwrap_or_default())
         .map_err(|e| ApiError::internal("reading the stored plug-in", e))?;
@@ -616,7 +788,7 @@ pub async fn rollback(
     std::mem::swap(&mut spec.digest, &mut spec.previous_digest);
     std::mem::swap(&mut spec.version, &mut spec.previous_version);
     let stored = save(&app, &name, Some(current), spec.clone()).await?;
-    app.plugins.activate(&name, &spec, hosted).await;
+    app.plugins.activate_stored(&name, spec, hosted).await;
     Ok(axum::Json(stored).into_response())
 }
 

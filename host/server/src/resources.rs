@@ -1,12 +1,14 @@
 //! The generic resource handler: every kind in the registry is served by
 //! these functions, verb by verb. Kind-specific behaviour lives in the
-//! registration (validation, columns) and in [`crate::hooks`].
+//! registration (validation, columns) and in the kind's strategy
+//! ([`crate::strategy`]).
 //!
 //! The request path: authenticate (middleware) → parse the target → authorize
-//! → decode → default and stamp server fields (a pod's class and limit
-//! ranges: [`crate::classes`], [`crate::limits`]) → validate → admission
-//! ([`crate::admission`]) → persist, charged to the namespace's quotas
-//! ([`crate::quota`]) → respond.
+//! → decode → stamp server fields → the strategy prepares the object (a
+//! pod's class and limit ranges: [`crate::classes`], [`crate::limits`]) →
+//! validate → the strategy's checks → admission ([`crate::admission`]) →
+//! persist, charged to the namespace's quotas ([`crate::quota`]) → the
+//! strategy's after-commit step → respond.
 
 use axum::Extension;
 use axum::body::Body;
@@ -27,7 +29,8 @@ use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 use crate::request::{Params, Target, parse_path, verb};
-use crate::{body, classes, hooks, limits, listing, patch, quota, table, watch};
+use crate::strategy::{self, Deleting, Deletion};
+use crate::{body, listing, patch, quota, table, watch};
 
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES: usize = 5;
@@ -388,34 +391,17 @@ pub async fn create_object(
         crate::auth::node_may_touch(node, Verb::Create, resource, namespace, name, None, None)?;
         crate::auth::node_may_write(node, resource, &object)?;
     }
-    let meta = object::metadata_mut(&mut object);
-    for server_field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
-        meta.remove(server_field);
-    }
-    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    meta.insert("creationTimestamp".into(), Value::String(now()));
-    meta.insert("generation".into(), json!(1));
-    if std::ptr::eq(resource, &POD)
-        && let Some(namespace) = &target.namespace
-    {
-        if !identity.admin && object.pointer("/spec/nodeName").is_some_and(|n| n.as_str() != Some("")) {
-            let name = object::name(&object).unwrap_or_default();
-            let message = "may be set by IT admins only: the scheduler places pods (use nodeSelector, affinity or tolerations)";
-            return Err(ApiError::invalid(resource, name, vec![FieldError::forbidden("spec.nodeName", message)]));
-        }
-        classes::apply(&app.store, namespace, &mut object).await?;
-        limits::apply(&app.store, namespace, &mut object).await?;
-    }
-    let shown_once = hooks::before_create(resource, &mut object)?;
+    object::stamp_new(&mut object);
+    let strategy = strategy::of(resource);
+    let namespace = target.namespace.as_deref();
+    let shown_once = strategy.prepare_for_create(app, identity, namespace, &mut object).await?;
     validate(resource, &object)?;
     let mut warnings = check_fields(resource, &mut object, params)?;
     let name = object::name(&object).unwrap_or_default().to_string();
-    if let Some(namespace) = &target.namespace {
+    if let Some(namespace) = namespace {
         require_namespace(app, namespace).await?;
-        if std::ptr::eq(resource, &POD) {
-            check_images(app, namespace, &name, None, &object).await?;
-        }
     }
+    strategy.check_create(app, namespace, &object).await?;
     let dry_run = params.dry_run()?;
     let write = Write {
         resource,
@@ -437,12 +423,12 @@ pub async fn create_object(
         }
         return Ok(with_warnings(respond(StatusCode::CREATED, resource, object, params, headers), &warnings));
     }
-    hooks::before_store(app, resource, &mut object).await?;
+    strategy.before_store(app, &mut object).await?;
     let op = WriteOp::Create { key: key(target, &name), object };
     let created = first_change(commit(app, charge, op).await?).map_err(|e| ApiError::from_store(e, resource, &name))?;
-    hooks::after_commit(app, resource, std::slice::from_ref(&created)).await;
+    strategy.after_commit(app, created.revision).await;
     let mut answer = (*created.object).clone();
-    hooks::after_create(resource, &mut answer, shown_once);
+    strategy.answer_create(&mut answer, shown_once);
     Ok(with_warnings(respond(StatusCode::CREATED, resource, answer, params, headers), &warnings))
 }
 
@@ -461,24 +447,6 @@ fn first_change(written: Result<Vec<Change>, StoreError>) -> Result<Change, Stor
     written?.into_iter().next().ok_or_else(|| StoreError::Corrupt("a write reported no change".into()))
 }
 
-/// A pod runs images its namespace pushed: one no Artifact has is refused
-/// now (422 at `spec.containers[i].image`), not on a node later. On update
-/// only the images that change are checked (an artifact deleted since keeps
-/// its running pods updatable).
-async fn check_images(app: &App, namespace: &str, name: &str, current: Option<&Value>, pod: &Value) -> Result<(), ApiError> {
-    let missing = crate::artifacts::check_pod_images(&app.store, namespace, pod)
-        .await
-        .map_err(|e| ApiError::from_store(e, &kapsel_api::kinds::artifact::ARTIFACT, name))?;
-    let changed: Vec<FieldError> = missing
-        .into_iter()
-        .filter(|error| {
-            let pointer = format!("/{}", error.field.replace(['.', '['], "/").replace(']', ""));
-            current.is_none_or(|current| current.pointer(&pointer) != pod.pointer(&pointer))
-        })
-        .collect();
-    if changed.is_empty() { Ok(()) } else { Err(ApiError::invalid(&POD, name, changed)) }
-}
-
 /// New content needs a namespace that exists and is not terminating.
 pub async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiError> {
     let object =
@@ -487,10 +455,6 @@ pub async fn require_namespace(app: &App, namespace: &str) -> Result<(), ApiErro
         return Err(ApiError::Forbidden(format!("unable to create new content in namespace {namespace} because it is being terminated")));
     }
     Ok(())
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Builds the object to store from a client's new version and the stored one:
@@ -539,16 +503,13 @@ async fn store_update(
 ) -> Result<(Value, Vec<String>), ApiError> {
     let resource = target.resource;
     let name = target_name(target);
-    hooks::before_update(resource, current, &mut next)?;
+    let strategy = strategy::of(resource);
+    strategy.prepare_for_update(current, &mut next)?;
     validate(resource, &next)?;
     if let Some(node) = &identity.node {
         crate::auth::node_may_write(node, resource, &next)?;
     }
-    if std::ptr::eq(resource, &POD)
-        && let Some(namespace) = &target.namespace
-    {
-        check_images(app, namespace, name, Some(current), &next).await?;
-    }
+    strategy.check_update(app, target.namespace.as_deref(), current, &next).await?;
     let mut warnings = check_fields(resource, &mut next, params)?;
     let dry_run = params.dry_run()?;
     let write = Write {
@@ -580,7 +541,7 @@ async fn store_update(
     }
     let op = WriteOp::Update { key: key(target, name), object: next, expected_revision: expected };
     let updated = first_change(commit(app, charge, op).await?).map_err(|e| ApiError::from_store(e, resource, name))?;
-    hooks::after_commit(app, resource, std::slice::from_ref(&updated)).await;
+    strategy.after_commit(app, updated.revision).await;
     Ok(((*updated.object).clone(), warnings))
 }
 
@@ -688,87 +649,26 @@ async fn delete(
     if dry_run {
         return Ok(with_warnings(respond(StatusCode::OK, resource, current, params, headers), &warnings));
     }
-    if resource.kind == NAMESPACE.kind {
-        return terminate_namespace(app, target, params, headers, expected).await.map(|r| with_warnings(r, &warnings));
-    }
-    if std::ptr::eq(resource, &POD)
-        && let Some(marked) = terminate_pod(app, target, params, &options, &current, expected).await?
-    {
+    let strategy = strategy::of(resource);
+    let deleting = Deleting { key: &key, current: &current, expected, grace_seconds: grace_period(&options, params)? };
+    if let Deletion::Marked(marked) = strategy.delete(app, &deleting).await? {
         return Ok(with_warnings(respond(StatusCode::OK, resource, marked, params, headers), &warnings));
     }
     let charge = match target.namespace.as_deref() {
         Some(ns) => quota::charge_for(app, resource, ns, name, Some(&current), None).await?,
         None => None,
     };
-    let changes = commit(app, charge, WriteOp::Delete { key, expected_revision: expected }).await?.map_err(|e| match e {
+    let changes = commit(app, charge, WriteOp::Delete { key: key.clone(), expected_revision: expected }).await?.map_err(|e| match e {
         StoreError::Conflict { .. } => {
             ApiError::conflict(resource, name, "Precondition failed: the object has been modified since the given resourceVersion")
         }
         other => ApiError::from_store(other, resource, name),
     })?;
-    hooks::after_commit(app, resource, &changes).await;
+    if let Some(last) = changes.iter().filter(|c| c.key.resource == key.resource).map(|c| c.revision).max() {
+        strategy.after_commit(app, last).await;
+    }
     let deleted = changes.first().map(|c| (*c.object).clone()).unwrap_or(Value::Null);
     Ok(with_warnings(respond(StatusCode::OK, resource, deleted, params, headers), &warnings))
-}
-
-/// Graceful deletion of a pod that runs on a node, as Kubernetes does it:
-/// the pod is marked (`metadata.deletionTimestamp` = now + the grace
-/// period, `deletionGracePeriodSeconds`) and its node stops it within the
-/// grace period and then deletes it; the node lifecycle controller deletes
-/// it when the node does not. Returns the marked pod, or `None` when the pod
-/// goes at once: not bound, ended, a grace period of 0, or marked already
-/// past its deadline.
-async fn terminate_pod(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    options: &Map<String, Value>,
-    current: &Value,
-    expected: Option<i64>,
-) -> Result<Option<Value>, ApiError> {
-    let name = target_name(target);
-    let grace = match grace_period(options, params)? {
-        Some(grace) => grace,
-        None => current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30),
-    };
-    // A pod stored before its grace period was bounded still gets a deadline that exists.
-    let grace = grace.min(kapsel_api::kinds::pod::MAX_GRACE_SECONDS);
-    let bound = kapsel_api::kinds::pod::bound_node(current).is_some();
-    let ended = kapsel_api::kinds::pod::has_ended(current);
-    if !bound || ended || grace <= 0 {
-        return Ok(None);
-    }
-    if object::meta_str(current, "deletionTimestamp").is_some() {
-        // Deleting it again changes nothing (Kubernetes may shorten the grace; this keeps the first).
-        return Ok(Some(current.clone()));
-    }
-    let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
-    let mut current = current.clone();
-    for _ in 0..PATCH_RETRIES {
-        let mut marked = current.clone();
-        object::set_meta(&mut marked, "deletionTimestamp", deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        object::metadata_mut(&mut marked).insert("deletionGracePeriodSeconds".into(), json!(grace));
-        let guard = expected.or_else(|| object::resource_version(&current).and_then(Result::ok));
-        match app.store.update(key(target, name), marked, guard).await {
-            Ok(change) => return Ok(Some((*change.object).clone())),
-            // Without a precondition, a pod that changed meanwhile (its node reporting) is marked in its new version.
-            Err(StoreError::Conflict { .. }) if expected.is_none() => {
-                current = app.store.get(&key(target, name)).await.map_err(|e| ApiError::from_store(e, &POD, name))?;
-                if object::meta_str(&current, "deletionTimestamp").is_some() {
-                    return Ok(Some(current));
-                }
-            }
-            Err(StoreError::Conflict { .. }) => {
-                return Err(ApiError::conflict(
-                    &POD,
-                    name,
-                    "Precondition failed: the object has been modified since the given resourceVersion",
-                ));
-            }
-            Err(other) => return Err(ApiError::from_store(other, &POD, name)),
-        }
-    }
-    Err(ApiError::conflict(&POD, name, "the pod kept changing while it was being deleted: delete it again"))
 }
 
 /// The grace period a delete asks for (`DeleteOptions.gracePeriodSeconds`
@@ -791,39 +691,4 @@ fn grace_period(options: &Map<String, Value>, params: &Params) -> Result<Option<
         return Err(invalid(given.to_string()));
     }
     Ok(Some(given))
-}
-
-/// Deleting a namespace marks it `Terminating`; the namespace controller
-/// deletes it and its contents shortly after (see `controllers::namespace`).
-async fn terminate_namespace(
-    app: &App,
-    target: &Target,
-    params: &Params,
-    headers: &HeaderMap,
-    expected: Option<i64>,
-) -> Result<Response, ApiError> {
-    let name = target_name(target);
-    let key = key(target, name);
-    let mut namespace = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, &NAMESPACE, name))?;
-    let revision = object::resource_version(&namespace).and_then(Result::ok);
-    if expected.is_some_and(|e| Some(e) != revision) {
-        return Err(ApiError::conflict(
-            &NAMESPACE,
-            name,
-            "Precondition failed: the object has been modified since the given resourceVersion",
-        ));
-    }
-    if object::meta_str(&namespace, "deletionTimestamp").is_some() {
-        return Ok(respond(StatusCode::OK, &NAMESPACE, namespace, params, headers));
-    }
-    object::set_meta(&mut namespace, "deletionTimestamp", now());
-    object::set_meta(&mut namespace, "deletionGracePeriodSeconds", 0);
-    namespace["status"] = json!({"phase": "Terminating"});
-    let updated = app.store.update(key, namespace, revision).await.map_err(|e| match e {
-        StoreError::Conflict { .. } => {
-            ApiError::conflict(&NAMESPACE, name, "Precondition failed: the object has been modified since the given resourceVersion")
-        }
-        other => ApiError::from_store(other, &NAMESPACE, name),
-    })?;
-    Ok(respond(StatusCode::OK, &NAMESPACE, (*updated.object).clone(), params, headers))
 }

@@ -1,7 +1,7 @@
 //! The server's in-memory copies follow the store, not its own request
-//! handlers: a token, a token's revocation and admission policies written
-//! straight into the store (as a controller, a template or another tool
-//! holding the store would) take effect within a second.
+//! handlers: a token, a token's revocation, admission policies and
+//! plug-ins written straight into the store (as a controller, a template
+//! or another tool holding the store would) take effect.
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::Method;
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY};
+use kapsel_api::kinds::plugin::PLUGIN;
 use kapsel_api::kinds::token::TOKEN;
 use kapsel_store::Key;
 use serde_json::{Value, json};
@@ -18,8 +19,13 @@ use serde_json::{Value, json};
 const SOON: Duration = Duration::from_secs(1);
 
 /// Polls `check` until it holds or [`SOON`] has passed; whether it held.
-async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + SOON;
+async fn within_a_second(check: impl AsyncFnMut() -> bool) -> bool {
+    within(SOON, check).await
+}
+
+/// Polls `check` until it holds or `time` has passed; whether it held.
+async fn within(time: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + time;
     loop {
         if check().await {
             return true;
@@ -91,4 +97,44 @@ async fn policies_written_into_the_store_come_into_force_and_leave_it() {
             resource.kind
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_written_into_the_store_is_loaded_and_a_deleted_one_stops() {
+    let api = Api::start().await;
+    let driver_of = async |namespace: &str| {
+        let reply = api.post("/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await;
+        reply.ok(201);
+        reply.body.pointer("/metadata/annotations/network.kapsel.io~1driver").and_then(Value::as_str).map(str::to_string)
+    };
+    assert_eq!(driver_of("before").await, None, "no network driver yet");
+
+    // What an upload stores, written by hand: the component's bytes, then the object pointing at them.
+    let bytes = kapsel_plugins::defaults::by_name("namespace-ipam").expect("the default network driver is embedded");
+    let digest = digest_of(bytes);
+    api.store.put_blob(&digest, bytes).await.expect("store the component");
+    let plugin = json!({
+        "apiVersion": PLUGIN.api_version(),
+        "kind": PLUGIN.kind,
+        "metadata": {"name": "ipam", "uid": "uid-ipam", "creationTimestamp": "2024-01-01T00:00:00Z", "generation": 1},
+        "spec": {"world": "network-driver", "digest": digest},
+    });
+    let key = Key::new(PLUGIN.store_key(), "", "ipam");
+    api.store.create(key.clone(), plugin).await.expect("store the plug-in");
+    // Loading compiles the component (not cached yet): given longer than a second.
+    let mut n = 0;
+    let loaded = within(PATIENCE, async || {
+        n += 1;
+        driver_of(&format!("with-{n}")).await.as_deref() == Some("ipam")
+    })
+    .await;
+    assert!(loaded, "a plug-in stored directly is not active");
+
+    api.store.delete(key, None).await.expect("delete the plug-in");
+    let stopped = within(SOON, async || {
+        n += 1;
+        driver_of(&format!("after-{n}")).await.is_none()
+    })
+    .await;
+    assert!(stopped, "a plug-in deleted directly is still active");
 }

@@ -29,8 +29,8 @@ use axum::{Extension, Json};
 use kapsel_admission::audit::Stored;
 use kapsel_admission::{Operation, Policy, PolicyId};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement};
+use kapsel_api::kinds::event::EventType;
 use kapsel_api::kinds::namespace::NAMESPACE;
-use kapsel_api::kinds::token::TOKEN;
 use kapsel_api::{FieldError, ResourceType, object, registry};
 use kapsel_store::{Key, Store, StoreError};
 use serde::Serialize;
@@ -39,7 +39,7 @@ use serde_json::{Map, Value, json};
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
-use crate::events::{self, EventType};
+use crate::events;
 
 /// The default of `kapsel serve --audit-interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -154,7 +154,7 @@ impl<'a> Objects<'a> {
 
 /// The kinds an audit reviews: those admission reviews (not the policy kinds, not tokens).
 fn auditable(resource: &ResourceType) -> bool {
-    !crate::admission::is_policy_kind(resource) && !std::ptr::eq(resource, &TOKEN)
+    crate::strategy::of(resource).admitted()
 }
 
 fn now() -> String {

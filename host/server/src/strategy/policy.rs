@@ -1,0 +1,48 @@
+//! `ClusterAdmissionPolicy` and `AdmissionPolicy`: a policy that does not
+//! compile is refused (and the version in force stays); its status is the
+//! platform's (loaded, then its audits). Policies are not reviewed by
+//! policies, and a written policy is in force before the client hears of it.
+
+use async_trait::async_trait;
+use kapsel_api::ResourceType;
+use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY};
+use serde_json::Value;
+
+use super::Strategy;
+use crate::App;
+use crate::auth::Identity;
+use crate::error::ApiError;
+
+/// The strategy of one of the two policy kinds.
+#[derive(Debug)]
+pub struct Policies(&'static ResourceType);
+
+pub static CLUSTER_POLICIES: Policies = Policies(&CLUSTER_ADMISSION_POLICY);
+pub static NAMESPACE_POLICIES: Policies = Policies(&ADMISSION_POLICY);
+
+#[async_trait]
+impl Strategy for Policies {
+    fn admitted(&self) -> bool {
+        false
+    }
+
+    async fn prepare_for_create(
+        &self,
+        _app: &App,
+        _identity: &Identity,
+        _namespace: Option<&str>,
+        policy: &mut Value,
+    ) -> Result<Option<String>, ApiError> {
+        policy.as_object_mut().map(|o| o.remove("status"));
+        crate::admission::check_policy(self.0, policy)?;
+        Ok(None)
+    }
+
+    fn prepare_for_update(&self, _current: &Value, next: &mut Value) -> Result<(), ApiError> {
+        crate::admission::check_policy(self.0, next)
+    }
+
+    async fn after_commit(&self, app: &App, revision: i64) {
+        app.admission.caught_up(self.0, revision).await;
+    }
+}
