@@ -1,13 +1,13 @@
 //! The `kapsel` binary: the supervisor (`kapsel serve`), the CLI that talks
-//! to it (`apply`, `get`, `describe`, `create from-template`, `delete`, `token`, `plugin`, `policy`), and
-//! benchmarks (`kapsel bench api|plugin`). Commands are thin: they parse flags and call
-//! [`client`] (HTTP to the API) or `kapsel_server::serve`.
+//! to it (`apply`, `get`, `describe`, `create from-template`, `delete`, `token`, `plugin`, `policy`),
+//! benchmarks (`kapsel bench api|plugin`) and the node agent (`kapsel node`).
+//! Commands are thin: they parse flags and call `kapsel_client` (HTTP to
+//! the API), `kapsel_server::serve` or `kapsel_agent`; this binary wires
+//! the supervisor to its own host's agent ([`local_node`]).
 
 mod bench;
-mod client;
 mod commands;
 mod local_node;
-mod node;
 mod output;
 
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "kapsel", version, about = "Kapsel: a multi-tenant workload platform with a Kubernetes-style API and Wasm plug-ins")]
 struct Cli {
     #[command(flatten)]
-    connection: client::ConnectionArgs,
+    connection: kapsel_client::ConnectionArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,7 +62,7 @@ enum Command {
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
     /// Run a node agent: register this host as a Node, renew its lease (`--server URL --token NODE-TOKEN`).
-    Node(node::NodeArgs),
+    Node(kapsel_agent::NodeArgs),
     /// Measure the platform (`kapsel bench api|plugin|admission|schedule`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -110,7 +110,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
     /// The most watches one identity (a tenant's or a node's token; IT admins are not limited) may hold open at once; one more is refused with 429.
-    #[arg(long, default_value_t = kapsel_server::watch::DEFAULT_MAX_WATCHES_PER_IDENTITY as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = kapsel_server::watches::DEFAULT_MAX_WATCHES_PER_IDENTITY as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_watches_per_identity: u64,
     /// The most AdmissionPolicies a namespace's tenants may create (IT admins are not limited; a ResourceQuota on count/admissionpolicies.kapsel.io can set a lower cap per namespace).
     #[arg(long, default_value_t = kapsel_server::admission::MAX_NAMESPACE_POLICIES)]
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", client::describe_error(&error));
+            eprintln!("error: {}", kapsel_client::describe_error(&error));
             ExitCode::FAILURE
         }
     }
@@ -205,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Node(args) => {
             init_logging(LogFormat::Text, "info");
-            node::command(client::Client::connect(&cli.connection)?, args).await
+            kapsel_agent::command(kapsel_client::Client::connect(&cli.connection)?, args).await
         }
     }
 }
@@ -217,10 +217,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn local_node(name: Option<String>, linger: Duration, default_memory_limit: String) -> anyhow::Result<kapsel_server::serve::LocalNode> {
     let name = match name {
         Some(name) => name,
-        None => node::host_name()?,
+        None => kapsel_agent::host_name()?,
     };
     kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--node-name {name:?}: {e}"))?;
-    node::at_least_a_mebibyte(&default_memory_limit, "--local-node-default-memory-limit")?;
+    kapsel_agent::at_least_a_mebibyte(&default_memory_limit, "--local-node-default-memory-limit")?;
     let program = std::env::current_exe().context("finding this binary, to run the node agent")?;
     let supervisor = local_node::LocalAgent { program, linger, default_memory_limit };
     let agent = std::sync::Arc::new(move |context: kapsel_server::serve::LocalNodeContext| {

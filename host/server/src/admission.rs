@@ -480,7 +480,7 @@ pub async fn review(
             objects.retain(|o| {
                 let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
                 let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::resources::visible(&identity, r, o))
+                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::objects::visible(&identity, r, o))
             });
             Some(objects)
         }

@@ -96,7 +96,7 @@ pub async fn push(
     if !valid_tag(&tag) {
         return Err(invalid(&name, "tag", "a tag is 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"));
     }
-    crate::resources::require_namespace(&app, &namespace).await?;
+    crate::objects::require_namespace(&app, &namespace).await?;
     let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_PUSH_BYTES).await?;
     check_component(&bytes).map_err(|message| invalid(&name, "component", message))?;
     let image = Image { digest: &digest, size: u64::try_from(bytes.len()).unwrap_or(u64::MAX), tag: &tag };

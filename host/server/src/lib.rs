@@ -24,6 +24,7 @@ pub mod events;
 pub mod limits;
 pub mod listing;
 pub mod logs;
+pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod plugins;
@@ -39,6 +40,7 @@ pub mod table;
 pub mod templates;
 pub mod tls;
 pub mod watch;
+pub mod watches;
 
 use std::sync::Arc;
 
@@ -74,7 +76,7 @@ pub struct App {
     /// The admission policies in force.
     pub admission: admission::Admission,
     /// The watches each identity has open, and how many it may.
-    pub watch_limits: watch::WatchLimits,
+    pub watch_limits: watches::WatchLimits,
 }
 
 /// The whole HTTP API.

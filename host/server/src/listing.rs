@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::resources::{Selectors, visible};
+use crate::objects::{Selection, visible};
 
 /// A page of a listing.
 #[derive(Debug)]
@@ -85,7 +85,7 @@ pub async fn read(
     identity: &Identity,
     resource: &'static ResourceType,
     namespace: Option<&str>,
-    selectors: &Selectors,
+    selectors: &Selection,
     limit: Option<usize>,
     continue_token: Option<&str>,
 ) -> Result<Page, ApiError> {

@@ -5,21 +5,11 @@
 use std::collections::HashMap;
 
 use axum::http::Method;
-use kapsel_api::registry::{self, ResourceType};
+use kapsel_api::registry;
 
 use crate::auth::Verb;
 use crate::error::ApiError;
-
-/// What a resource URL addresses.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub resource: &'static ResourceType,
-    /// The namespace in the path (namespaced kinds), if any.
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    /// `status`, or `None` for the object itself.
-    pub subresource: Option<String>,
-}
+use crate::objects::Target;
 
 /// Subresources served for every kind that has a `status`.
 pub const SUBRESOURCES: &[&str] = &["status"];

@@ -47,7 +47,7 @@ pub struct ServeConfig {
     pub node_lifecycle: crate::controllers::node_lifecycle::NodeLifecycleOptions,
     /// The node agent to run in-process for this host, if any.
     pub local_node: Option<LocalNode>,
-    /// The most watches one identity but IT admins may hold open ([`crate::watch::WatchLimits`]).
+    /// The most watches one identity but IT admins may hold open ([`crate::watches::WatchLimits`]).
     pub max_watches_per_identity: usize,
     /// The most `AdmissionPolicy` objects a namespace's tenants may create.
     pub max_namespace_policies: usize,
@@ -128,7 +128,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let advertise = advertised(bound);
     let kubeconfig = config.data_dir.join(KUBECONFIG_FILE);
     write_kubeconfig(&kubeconfig, &format!("https://{advertise}"), &certificates.ca_pem, &admin_secret)?;
-    let listener = tls::TlsListener::new(listener, certificates.server_config)?;
+    let listener = kapsel_daemon::tls::TlsListener::new(listener, certificates.server_config)?;
     tracing::info!(address = %bound, datastore = store.backend_name(), data_dir = %config.data_dir.display(), kubeconfig = %kubeconfig.display(), "kapsel is serving");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -148,7 +148,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         stopping,
         plugins,
         admission,
-        watch_limits: crate::watch::WatchLimits::new(config.max_watches_per_identity),
+        watch_limits: crate::watches::WatchLimits::new(config.max_watches_per_identity),
     };
     crate::controllers::start(&app);
     crate::controllers::audit::start(&app, config.audit_interval);
@@ -207,7 +207,7 @@ fn ensure_secret_file(path: &Path) -> anyhow::Result<String> {
         Ok(text) => text.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = new_secret();
-            crate::files::write_atomically(path, format!("{secret}\n").as_bytes(), 0o600)?;
+            kapsel_daemon::files::write_atomically(path, format!("{secret}\n").as_bytes(), 0o600)?;
             secret
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -283,7 +283,7 @@ fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> any
         "preferences": {},
     });
     let text = serde_yaml::to_string(&config)?;
-    crate::files::write_atomically(path, text.as_bytes(), 0o600)
+    kapsel_daemon::files::write_atomically(path, text.as_bytes(), 0o600)
 }
 
 async fn shutdown_signal() {

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE, WorkloadTemplateSpec};
@@ -38,7 +38,8 @@ use serde_json::{Map, Value, json};
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
-use crate::request::{Params, Target};
+use crate::objects::{Context, FieldValidation, Target, Written};
+use crate::request::Params;
 
 /// The annotation naming the template a pod was made from.
 pub const TEMPLATE_ANNOTATION: &str = "kapsel.io/template";
@@ -46,17 +47,21 @@ pub const TEMPLATE_ANNOTATION: &str = "kapsel.io/template";
 /// What a client asks of a template.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Instantiation {
+pub struct Instantiation {
+    /// The namespace to create in (IT's templates; a namespace's own creates in its namespace).
     #[serde(default)]
-    namespace: Option<String>,
+    pub namespace: Option<String>,
+    /// The pod's name; else `generateName` `<template>-`.
     #[serde(default)]
-    name: Option<String>,
+    pub name: Option<String>,
     #[serde(default)]
-    parameters: BTreeMap<String, String>,
+    pub parameters: BTreeMap<String, String>,
+    /// Added to the pod's labels.
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Added to (or replacing in) every container's environment.
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
 }
 
 /// `POST /apis/kapsel.io/v1alpha1/namespaces/{namespace}/workloadtemplates/{name}/instantiate`.
@@ -72,7 +77,7 @@ pub async fn instantiate_namespaced(
     if request.namespace.as_deref().is_some_and(|ns| ns != namespace) {
         return Err(invalid(&name, "namespace", "a namespace's template creates in that namespace only".into()));
     }
-    instantiate(&app, &identity, &WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
+    respond(&app, identity, &WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
 }
 
 /// `POST /apis/kapsel.io/v1alpha1/clusterworkloadtemplates/{name}/instantiate`.
@@ -88,7 +93,7 @@ pub async fn instantiate_cluster(
     let Some(namespace) = request.namespace.take().filter(|ns| !ns.is_empty()) else {
         return Err(invalid(&name, "namespace", "required: the namespace to create the pod in".into()));
     };
-    instantiate(&app, &identity, &CLUSTER_WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
+    respond(&app, identity, &CLUSTER_WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
 }
 
 async fn read_request(headers: &HeaderMap, body: Body) -> Result<Instantiation, ApiError> {
@@ -110,10 +115,12 @@ fn invalid(template: &str, field: &str, message: String) -> ApiError {
     }
 }
 
+/// Instantiates a template for an HTTP request: `?dryRun` and
+/// `?fieldValidation` as for a create; answered as a create is (201, or a `Table`).
 #[allow(clippy::too_many_arguments)]
-async fn instantiate(
+async fn respond(
     app: &App,
-    identity: &Identity,
+    identity: Identity,
     kind: &'static ResourceType,
     name: &str,
     namespace: String,
@@ -121,17 +128,35 @@ async fn instantiate(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let template_namespace = kind.namespaced().then_some(namespace.as_str());
+    let params = Params::parse(uri.query())?;
+    let mut ctx = Context::new(identity);
+    ctx.dry_run = params.dry_run()?;
+    ctx.field_validation = FieldValidation::parse(params.get("fieldValidation"))?;
+    let written = instantiate(app, &ctx, kind, name, &namespace, request).await?;
+    Ok(crate::resources::respond_written(StatusCode::CREATED, &POD, written, &params, headers))
+}
+
+/// Creates a pod in `namespace` from the template `name` of `kind` (a
+/// namespace's own, in that namespace, or IT's) with `request`'s values,
+/// through the ordinary create path.
+pub async fn instantiate(
+    app: &App,
+    ctx: &Context,
+    kind: &'static ResourceType,
+    name: &str,
+    namespace: &str,
+    request: Instantiation,
+) -> Result<Written, ApiError> {
+    let identity = &ctx.identity;
+    let template_namespace = kind.namespaced().then_some(namespace);
     authorize(identity, Verb::Get, kind, template_namespace)?;
-    authorize(identity, Verb::Create, &POD, Some(&namespace))?;
+    authorize(identity, Verb::Create, &POD, Some(namespace))?;
     let key = Key::new(kind.store_key(), template_namespace.unwrap_or_default(), name);
     let stored = app.store.get(&key).await.map_err(|e| ApiError::from_store(e, kind, name))?;
     let spec: WorkloadTemplateSpec = serde_json::from_value(stored.get("spec").cloned().unwrap_or(Value::Null))
         .map_err(|e| ApiError::internal(format!("workload template {name:?} as stored"), e))?;
     let pod = render(kind, name, &spec, &request)?;
-    let params = Params::parse(uri.query())?;
-    let target = Target { resource: &POD, namespace: Some(namespace), name: None, subresource: None };
-    crate::resources::create_object(app, identity, &target, &params, headers, pod).await
+    crate::objects::create(app, ctx, &Target::collection(&POD, Some(namespace)), pod).await
 }
 
 /// The pod `spec` makes with `request`'s values.
@@ -314,5 +339,146 @@ mod tests {
         let mut container = json!({"name": "main", "env": "nonsense"});
         set_env(&mut container, &BTreeMap::from([("A".to_string(), "1".to_string())]));
         assert_eq!(container["env"], json!([{"name": "A", "value": "1"}]));
+    }
+
+    /// A web template: `image` required, `class` optional and empty by
+    /// default, `port` defaulting to 8080; the template sets a label, an
+    /// annotation and server fields a client may not choose.
+    fn web() -> WorkloadTemplateSpec {
+        serde_json::from_value(json!({
+            "description": "a web server",
+            "parameters": [
+                {"name": "image", "description": "the image to run", "required": true},
+                {"name": "class"},
+                {"name": "port", "default": "8080"},
+            ],
+            "template": {
+                "metadata": {"name": "fixed", "namespace": "elsewhere", "uid": "u", "resourceVersion": "9", "creationTimestamp": "2020-01-01T00:00:00Z",
+                             "labels": {"app": "web", "team": "platform"}, "annotations": {"note": "${image}"}},
+                "spec": {
+                    "resourceClassName": "${class}",
+                    "initContainers": [{"name": "setup", "image": "${image}", "env": [{"name": "LOG_LEVEL", "value": "info"}]}],
+                    "containers": [{"name": "main", "image": "${image}", "args": ["--port=${port}"], "env": [{"name": "KEEP", "value": "1"}]}],
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    fn given(parameters: &[(&str, &str)]) -> Instantiation {
+        Instantiation { parameters: parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
+    }
+
+    /// The causes of a 422 `Invalid`, as `(field, reason)`.
+    fn causes(error: ApiError) -> Vec<(String, &'static str)> {
+        match error {
+            ApiError::Invalid { causes, .. } => causes.into_iter().map(|c| (c.field, c.reason)).collect(),
+            other => panic!("expected 422 Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parameters_take_the_given_value_else_the_default() {
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "web:2")])).unwrap();
+        assert_eq!((pod["apiVersion"].as_str(), pod["kind"].as_str()), (Some("v1"), Some("Pod")));
+        assert_eq!(pod["spec"]["containers"][0]["image"], "web:2");
+        assert_eq!(pod["spec"]["initContainers"][0]["image"], "web:2");
+        assert_eq!(pod["spec"]["containers"][0]["args"], json!(["--port=8080"]));
+        assert_eq!(pod["metadata"]["annotations"]["note"], "web:2");
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "web:3"), ("port", "80"), ("class", "small")])).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["args"], json!(["--port=80"]));
+        assert_eq!(pod["spec"]["resourceClassName"], "small");
+    }
+
+    #[test]
+    fn an_optional_class_left_empty_leaves_the_class_unset() {
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "web:2")])).unwrap();
+        assert!(pod["spec"].get("resourceClassName").is_none(), "{pod}");
+    }
+
+    #[test]
+    fn a_required_parameter_without_a_value_is_invalid_at_its_name() {
+        let error = render(&CLUSTER_WORKLOAD_TEMPLATE, "web", &web(), &given(&[])).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("the template needs a value for image (the image to run): --set image=…"), "{message}");
+        match &error {
+            ApiError::Invalid { kind, group, name, .. } => {
+                assert_eq!((kind.as_str(), group.as_str(), name.as_str()), ("ClusterWorkloadTemplate", "kapsel.io", "web"));
+            }
+            other => panic!("expected 422 Invalid, got {other:?}"),
+        }
+        assert_eq!(causes(error), [("parameters.image".to_string(), "FieldValueRequired")]);
+    }
+
+    #[test]
+    fn every_parameter_problem_is_reported_at_once() {
+        let error = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("imgae", "web:2")])).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(r#"Unsupported value: "imgae": supported values: "image", "class", "port""#), "{message}");
+        assert_eq!(
+            causes(error),
+            [("parameters.imgae".to_string(), "FieldValueNotSupported"), ("parameters.image".to_string(), "FieldValueRequired")]
+        );
+    }
+
+    #[test]
+    fn the_pod_is_named_by_the_request_or_after_the_template() {
+        let named = Instantiation { name: Some("web-1".into()), ..given(&[("image", "web:2")]) };
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &named).unwrap();
+        assert_eq!(pod["metadata"]["name"], "web-1");
+        assert!(pod["metadata"].get("generateName").is_none());
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "web:2")])).unwrap();
+        assert!(pod["metadata"].get("name").is_none(), "the template's own name is not the pod's: {pod}");
+        assert_eq!(pod["metadata"]["generateName"], "web-");
+        // A template's own generateName stays.
+        let mut spec = web();
+        spec.template["metadata"]["generateName"] = json!("frontend-");
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &spec, &given(&[("image", "web:2")])).unwrap();
+        assert_eq!(pod["metadata"]["generateName"], "frontend-");
+    }
+
+    #[test]
+    fn server_fields_of_the_template_are_dropped() {
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "web:2")])).unwrap();
+        for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+            assert!(pod["metadata"].get(field).is_none(), "{field} kept: {pod}");
+        }
+    }
+
+    #[test]
+    fn labels_are_added_and_the_pod_names_its_template() {
+        let request = Instantiation {
+            labels: BTreeMap::from([("team".to_string(), "web".to_string()), ("tier".to_string(), "front".to_string())]),
+            ..given(&[("image", "web:2")])
+        };
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &request).unwrap();
+        assert_eq!(pod["metadata"]["labels"], json!({"app": "web", "team": "web", "tier": "front"}));
+        assert_eq!(pod["metadata"]["annotations"][TEMPLATE_ANNOTATION], "WorkloadTemplate/web");
+        let pod = render(&CLUSTER_WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "web:2")])).unwrap();
+        assert_eq!(pod["metadata"]["annotations"][TEMPLATE_ANNOTATION], "ClusterWorkloadTemplate/web");
+        assert_eq!(pod["metadata"]["annotations"]["note"], "web:2");
+    }
+
+    #[test]
+    fn env_is_added_to_every_container_replacing_variables_of_the_same_name() {
+        let request = Instantiation {
+            env: BTreeMap::from([("LOG_LEVEL".to_string(), "debug".to_string()), ("REGION".to_string(), "eu".to_string())]),
+            ..given(&[("image", "web:2")])
+        };
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &request).unwrap();
+        assert_eq!(
+            pod["spec"]["initContainers"][0]["env"],
+            json!([{"name": "LOG_LEVEL", "value": "debug"}, {"name": "REGION", "value": "eu"}])
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["env"],
+            json!([{"name": "KEEP", "value": "1"}, {"name": "LOG_LEVEL", "value": "debug"}, {"name": "REGION", "value": "eu"}])
+        );
+    }
+
+    #[test]
+    fn a_value_is_not_expanded_again() {
+        let pod = render(&WORKLOAD_TEMPLATE, "web", &web(), &given(&[("image", "${port}")])).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["image"], "${port}");
     }
 }

@@ -283,7 +283,7 @@ impl Api {
             stopping,
             plugins,
             admission: kapsel_server::admission::Admission::start(&store).await.expect("load admission policies"),
-            watch_limits: kapsel_server::watch::WatchLimits::new(4),
+            watch_limits: kapsel_server::watches::WatchLimits::new(4),
         };
         kapsel_server::controllers::start(&app);
         let api = Api { router: router(app.clone()), app, store, stop, dir };
