@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
+use kapsel_client::{Client, ConnectionArgs};
 use serde_json::{Value, json};
-
-use crate::client::{Client, ConnectionArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {

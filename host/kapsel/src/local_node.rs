@@ -64,7 +64,7 @@ impl LocalAgent {
                 None => {
                     let pid = self.start(&context)?;
                     let record = AgentRecord { pid, server: context.server.clone(), name: context.name.clone() };
-                    kapsel_server::files::write_atomically(&record_path, &serde_json::to_vec(&record)?, 0o600)?;
+                    kapsel_daemon::files::write_atomically(&record_path, &serde_json::to_vec(&record)?, 0o600)?;
                     tracing::info!(node = %context.name, pid, log = %context.data_dir.join(AGENT_LOG_FILE).display(), "started the node agent");
                     pid
                 }

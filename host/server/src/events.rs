@@ -1,36 +1,18 @@
 //! Events the platform records about objects, aggregated as Kubernetes
-//! does: one `Event` per object and reason (named `<object>.<kind>.<reason>`),
-//! its `count` and `lastTimestamp` bumped when it happens again, so a
-//! failing plug-in called a thousand times leaves one event, not a thousand.
+//! does: one `Event` per object and reason (named `<object>.<kind>.<reason>`,
+//! built by `kapsel_api::kinds::event::first_event`), its `count` and
+//! `lastTimestamp` bumped when it happens again, so a failing plug-in
+//! called a thousand times leaves one event, not a thousand.
 //! Events of cluster-scoped objects go to the `default` namespace, where
 //! only IT admins see them (they may name any tenant's objects); an event
 //! about a cluster-scoped object that concerns one namespace (a cluster
 //! policy's audit violation by an object there) is recorded in that
 //! namespace instead ([`record_in`]), for its tenants to see.
 
-use kapsel_api::kinds::event::EVENT;
+use kapsel_api::kinds::event::{self, CLUSTER_EVENTS_NAMESPACE, EVENT, EventType};
 use kapsel_api::object;
 use kapsel_store::{Key, Store, StoreError};
 use serde_json::{Value, json};
-
-/// `type` of an Event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
-
-/// The namespace events about cluster-scoped objects are recorded in.
-pub const CLUSTER_EVENTS_NAMESPACE: &str = "default";
 
 /// Records that `reason` happened to `involved` (a stored object). Failing
 /// to record is logged, never raised: events are a report, not a step of
@@ -58,46 +40,13 @@ pub async fn record_in(store: &Store, namespace: Option<&str>, involved: &Value,
 /// happened to `involved` (for a caller that writes it together with
 /// something else; [`record`] aggregates repeats).
 pub fn first_event(involved: &Value, event_type: EventType, reason: &str, message: &str) -> (Key, Value) {
-    first_event_in(None, involved, event_type, reason, message)
+    let event = event::first_event(involved, event_type, reason, message);
+    (key_of(&event), event)
 }
 
-/// [`first_event`], recorded in `namespace` when given.
-fn first_event_in(namespace: Option<&str>, involved: &Value, event_type: EventType, reason: &str, message: &str) -> (Key, Value) {
-    let kind = involved.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let name = object::name(involved).unwrap_or_default();
-    let object_namespace = object::meta_str(involved, "namespace").filter(|n| !n.is_empty());
-    let namespace = namespace.or(object_namespace).unwrap_or(CLUSTER_EVENTS_NAMESPACE);
-    let event_name = format!("{name}.{}.{}", kind.to_ascii_lowercase(), reason.to_ascii_lowercase());
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut involved_object = json!({
-        "apiVersion": involved.get("apiVersion").cloned().unwrap_or(Value::Null),
-        "kind": kind,
-        "name": name,
-        "uid": object::meta_str(involved, "uid").unwrap_or_default(),
-    });
-    if let Some(namespace) = object_namespace {
-        involved_object["namespace"] = json!(namespace);
-    }
-    let event = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "name": event_name,
-            "namespace": namespace,
-            "uid": uuid::Uuid::new_v4().to_string(),
-            "creationTimestamp": now,
-        },
-        "involvedObject": involved_object,
-        "reason": reason,
-        "message": message,
-        "type": event_type.as_str(),
-        "count": 1,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "source": {"component": "kapsel"},
-        "reportingComponent": "kapsel",
-    });
-    (Key::new(EVENT.store_key(), namespace, event_name), event)
+/// Where `event` is stored.
+fn key_of(event: &Value) -> Key {
+    Key::new(EVENT.store_key(), object::namespace(event).unwrap_or_default(), object::name(event).unwrap_or_default())
 }
 
 async fn try_record(
@@ -108,7 +57,8 @@ async fn try_record(
     reason: &str,
     message: &str,
 ) -> Result<(), StoreError> {
-    let (key, first) = first_event_in(namespace, involved, event_type, reason, message);
+    let first = event::first_event_in(namespace, involved, event_type, reason, message);
+    let key = key_of(&first);
     match store.get(&key).await {
         Ok(mut event) => {
             let expected = object::resource_version(&event).and_then(Result::ok);

@@ -249,7 +249,8 @@ async fn watches_per_identity_are_capped() {
 
 #[tokio::test]
 async fn events_about_cluster_objects_are_for_it_admins() {
-    use kapsel_server::events::{EventType, record};
+    use kapsel_api::kinds::event::EventType;
+    use kapsel_server::events::record;
     let api = Api::start().await;
     let token = json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Token", "metadata": {"name": "carol"},
         "spec": {"user": "carol", "roles": [{"namespace": "default", "role": "view"}]}});

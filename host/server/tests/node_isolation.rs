@@ -53,10 +53,10 @@ async fn bound_pod(api: &Api, name: &str, node: &str) {
 /// the pod's uid and container. Returns the port and the certificate.
 async fn fake_agent() -> (u16, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (certificate, config) = kapsel_server::tls::self_signed("kapsel-node test", vec!["127.0.0.1".to_string()]).unwrap();
+    let (certificate, config) = kapsel_daemon::tls::self_signed("kapsel-node test", vec!["127.0.0.1".to_string()]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let listener = kapsel_server::tls::TlsListener::new(listener, config).unwrap();
+    let listener = kapsel_daemon::tls::TlsListener::new(listener, config).unwrap();
     let app = axum::Router::new().route(
         "/pods/{uid}/containers/{container}/log",
         axum::routing::get(|axum::extract::Path((uid, container)): axum::extract::Path<(String, String)>| async move {

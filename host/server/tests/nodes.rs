@@ -176,11 +176,11 @@ async fn a_running_pod_is_deleted_gracefully_by_its_node() {
 async fn an_agents_log_endpoint_is_trusted_by_its_own_certificate_only() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let names = || vec!["127.0.0.1".to_string()];
-    let (certificate, config) = kapsel_server::tls::self_signed("kapsel-node test", names()).unwrap();
-    let (impostor, _) = kapsel_server::tls::self_signed("kapsel-node test", names()).unwrap();
+    let (certificate, config) = kapsel_daemon::tls::self_signed("kapsel-node test", names()).unwrap();
+    let (impostor, _) = kapsel_daemon::tls::self_signed("kapsel-node test", names()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/ping", listener.local_addr().unwrap());
-    let listener = kapsel_server::tls::TlsListener::new(listener, config).unwrap();
+    let listener = kapsel_daemon::tls::TlsListener::new(listener, config).unwrap();
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
 

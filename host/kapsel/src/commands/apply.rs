@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use kapsel_api::{object, registry};
+use kapsel_client::{ApiFailure, Client, ConnectionArgs};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::client::{ApiFailure, Client, ConnectionArgs, object_path};
+use crate::commands::object_path;
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -38,7 +39,7 @@ pub async fn run(connection: &ConnectionArgs, args: ApplyArgs) -> anyhow::Result
             Ok(line) => println!("{line}"),
             Err(error) => {
                 failed = true;
-                eprintln!("error: {source}: {}", crate::client::describe_error(&error));
+                eprintln!("error: {source}: {}", kapsel_client::describe_error(&error));
             }
         }
     }

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE};
+use kapsel_client::{ApiFailure, Client, ConnectionArgs};
 use serde_json::{Value, json};
 
-use crate::client::{ApiFailure, Client, ConnectionArgs};
 use crate::output;
 
 #[derive(Debug, clap::Subcommand)]

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use crate::client::{Client, ConnectionArgs, namespace_for, object_path, resolve_kind};
+use kapsel_client::{Client, ConnectionArgs};
+
+use crate::commands::{namespace_for, object_path, resolve_kind};
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
@@ -24,7 +26,7 @@ pub async fn run(connection: &ConnectionArgs, args: DeleteArgs) -> anyhow::Resul
             Ok(_) => println!("{} {name:?} deleted", resource.singular),
             Err(error) => {
                 failed = true;
-                eprintln!("error: {}", crate::client::describe_error(&error));
+                eprintln!("error: {}", kapsel_client::describe_error(&error));
             }
         }
     }

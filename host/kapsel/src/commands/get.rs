@@ -6,9 +6,10 @@ use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::resource_quota::RESOURCE_QUOTA;
 use kapsel_api::object;
 use kapsel_api::registry::ResourceType;
+use kapsel_client::{Client, ConnectionArgs};
 use serde_json::Value;
 
-use crate::client::{Client, ConnectionArgs, namespace_for, object_path, resolve_kind};
+use crate::commands::{namespace_for, object_path, resolve_kind};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Args)]

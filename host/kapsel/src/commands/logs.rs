@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use kapsel_api::kinds::pod::POD;
+use kapsel_client::{Client, ConnectionArgs};
 
-use crate::client::{Client, ConnectionArgs, object_path};
+use crate::commands::object_path;
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {

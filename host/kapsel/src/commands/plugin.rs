@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use kapsel_api::kinds::plugin::PLUGIN;
+use kapsel_client::{Client, ConnectionArgs};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::client::{Client, ConnectionArgs, object_path};
+use crate::commands::object_path;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {

@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use kapsel_client::{Client, ConnectionArgs};
 use serde_json::{Value, json};
-
-use crate::client::{Client, ConnectionArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {

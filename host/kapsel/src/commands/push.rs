@@ -8,10 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use kapsel_api::kinds::artifact::{ARTIFACT, ImageReference};
+use kapsel_client::{Client, ConnectionArgs};
 use reqwest::Method;
 use serde_json::Value;
-
-use crate::client::{Client, ConnectionArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use kapsel_api::kinds::token::{Role, TOKEN};
+use kapsel_client::{Client, ConnectionArgs};
 use serde_json::{Value, json};
 
-use crate::client::{Client, ConnectionArgs, object_path};
+use crate::commands::object_path;
 use crate::output;
 
 #[derive(Debug, clap::Subcommand)]

@@ -3,7 +3,8 @@
 //! writes through the same store, so it is restart-safe: whatever it did
 //! not finish, it finds again on its next pass. A periodic controller is a
 //! pass function given to [`Periodic`], which owns the loop; every loop
-//! runs under [`supervise`].
+//! runs under [`supervise`] (`kapsel_daemon::task`), which starts it again
+//! after a panic.
 
 pub mod audit;
 pub mod namespace;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use kapsel_daemon::task::supervise;
 use tokio::sync::Notify;
 
 use crate::App;
@@ -130,37 +132,6 @@ impl Periodic {
     }
 }
 
-/// How long a loop that panicked waits before it starts again.
-const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
-
-/// Runs the loop `start` makes as a task, and starts it again (after a
-/// second, logging the panic) whenever it panics, until the server stops:
-/// a bug that input reaches ends one pass of one controller, never the
-/// controller. A loop that returns is done.
-pub fn supervise<F, Fut>(name: &'static str, stopping: tokio::sync::watch::Receiver<bool>, start: F)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            match tokio::spawn(start()).await {
-                Ok(()) => return,
-                Err(error) if error.is_panic() => {
-                    let panic = error.into_panic();
-                    let message = crate::panic_message(panic.as_ref());
-                    tracing::error!(controller = name, panic = message, "a controller panicked; starting it again");
-                }
-                Err(_) => return,
-            }
-            if *stopping.borrow() {
-                return;
-            }
-            tokio::time::sleep(RESTART_AFTER_PANIC).await;
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -190,26 +161,5 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 4, "and a last one when the server stops");
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 4, "then none");
-    }
-
-    #[tokio::test]
-    async fn a_controller_that_panics_is_started_again() {
-        let (_stop, stopping) = tokio::sync::watch::channel(false);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let counted = runs.clone();
-        supervise("test", stopping, move || {
-            let runs = counted.clone();
-            async move {
-                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
-                    panic!("a bug");
-                }
-            }
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while runs.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "ran, panicked twice, then ran to its end once");
     }
 }

@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kapsel_api::kinds::event::EventType;
 use kapsel_api::kinds::lease::{LEASE, NODE_LEASE_NAMESPACE, renewed_at};
 use kapsel_api::kinds::node::NODE;
 use kapsel_api::kinds::pod::POD;
@@ -27,7 +28,7 @@ use kapsel_store::{Key, StoreError};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::events::{self, EventType};
+use crate::events;
 
 /// How often nodes' heartbeats are checked.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
+use kapsel_api::kinds::event::EventType;
 use kapsel_api::kinds::node::NODE;
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::object;
@@ -58,7 +59,7 @@ use tokio::sync::{Semaphore, mpsc};
 pub use decision::{Candidate, nodes_to_score, pod_requests, pod_summary, unschedulable_message};
 pub use queue::{PodKey, SchedulingQueue};
 
-use crate::events::{self, EventType};
+use crate::events;
 use crate::plugins::{ActivePlugin, PluginRegistry};
 
 /// The `spec.schedulerName` of the pods this scheduler places (besides
@@ -107,7 +108,7 @@ pub fn start(app: &crate::App, options: SchedulerOptions) -> Arc<SchedulerStats>
     let stats = Arc::new(SchedulerStats::default());
     let (store, plugins, stopping, counted) = (app.store.clone(), app.plugins.clone(), app.stopping.clone(), stats.clone());
     // A panic in a cycle ends that cycle; the scheduler starts again from a fresh list.
-    crate::controllers::supervise("scheduler", app.stopping.clone(), move || {
+    kapsel_daemon::task::supervise("scheduler", app.stopping.clone(), move || {
         run(store.clone(), plugins.clone(), stopping.clone(), options.clone(), counted.clone())
     });
     stats

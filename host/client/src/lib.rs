@@ -1,21 +1,22 @@
-//! The CLI's connection to a Kapsel server: where it is and which token to
-//! send (`--server`/`--token`, else a kubeconfig from `--kubeconfig`,
-//! `$KUBECONFIG` or `./kapsel-data/kubeconfig.yaml`), and requests that turn
-//! a failure `Status` into an error carrying the server's own message.
+//! Kapsel's API client, used by the CLI, node agents and the benchmarks:
+//! where the server is and which token to send (`--server`/`--token`, else
+//! the kubeconfigs of `--kubeconfig`, `$KUBECONFIG` or
+//! `./kapsel-data/kubeconfig.yaml`, read as kubectl reads them: see
+//! [`kubeconfig`]), and requests that turn a failure `Status` into an error
+//! carrying the server's own message ([`ApiFailure`]).
+
+pub mod kubeconfig;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
 use kapsel_api::Status;
-use kapsel_api::registry::{self, ResourceType};
-use reqwest::Method;
-use serde::Deserialize;
+pub use reqwest::Method;
 use serde_json::Value;
 
-/// Where the kubeconfig `kapsel serve` writes lives by default.
-pub const DEFAULT_KUBECONFIG: &str = "./kapsel-data/kubeconfig.yaml";
+pub use kubeconfig::DEFAULT_KUBECONFIG;
 
+/// The flags that say which server to talk to and how (`--server`, `--token`, `--kubeconfig`, …).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
     /// API server URL, e.g. https://127.0.0.1:6443 (overrides the kubeconfig).
@@ -24,7 +25,7 @@ pub struct ConnectionArgs {
     /// Bearer token (overrides the kubeconfig).
     #[arg(long, global = true, env = "KAPSEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Kubeconfig to read the server and token from (default: $KUBECONFIG, then ./kapsel-data/kubeconfig.yaml).
+    /// Kubeconfig to read the server and token from (default: the files $KUBECONFIG lists, merged as kubectl merges them, then ./kapsel-data/kubeconfig.yaml).
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
     /// PEM file of the CA that signed the server's certificate (overrides the kubeconfig).
@@ -67,59 +68,6 @@ pub fn describe_error(error: &anyhow::Error) -> String {
     format!("{error:#}")
 }
 
-#[derive(Debug, Deserialize)]
-struct Kubeconfig {
-    #[serde(rename = "current-context", default)]
-    current_context: String,
-    #[serde(default)]
-    contexts: Vec<Named<ContextEntry>>,
-    #[serde(default)]
-    clusters: Vec<Named<ClusterEntry>>,
-    #[serde(default)]
-    users: Vec<Named<UserEntry>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Named<T> {
-    name: String,
-    #[serde(alias = "context", alias = "cluster", alias = "user")]
-    value: T,
-}
-
-#[derive(Debug, Deserialize)]
-struct ContextEntry {
-    cluster: String,
-    user: String,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ClusterEntry {
-    server: String,
-    #[serde(rename = "certificate-authority-data", default)]
-    ca_data: Option<String>,
-    #[serde(rename = "certificate-authority", default)]
-    ca_file: Option<PathBuf>,
-    #[serde(rename = "insecure-skip-tls-verify", default)]
-    insecure: bool,
-}
-
-/// What a kubeconfig's current context says.
-#[derive(Debug, Default)]
-struct Target {
-    server: Option<String>,
-    token: Option<String>,
-    namespace: Option<String>,
-    trust: TlsTrust,
-}
-
-#[derive(Debug, Deserialize)]
-struct UserEntry {
-    #[serde(default)]
-    token: Option<String>,
-}
-
 /// An authenticated HTTP client for one server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -131,11 +79,10 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client for the server `args` name, or the kubeconfigs they lead to.
     pub fn connect(args: &ConnectionArgs) -> anyhow::Result<Client> {
-        let mut target = match kubeconfig_path(args) {
-            Some(path) => read_kubeconfig(&path)?,
-            None => Target::default(),
-        };
+        let files = kubeconfig::files(args.kubeconfig.as_deref(), std::env::var_os("KUBECONFIG").as_deref());
+        let mut target = kubeconfig::Target::read(&files)?;
         if let Some(s) = &args.server {
             target.server = Some(s.clone());
         }
@@ -292,65 +239,4 @@ impl Client {
 fn display_warning(header: &str) -> String {
     let text = header.splitn(3, ' ').nth(2).unwrap_or(header).trim();
     serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string())
-}
-
-fn kubeconfig_path(args: &ConnectionArgs) -> Option<PathBuf> {
-    if let Some(path) = &args.kubeconfig {
-        return Some(path.clone());
-    }
-    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        return std::env::split_paths(&list).find(|p| p.exists());
-    }
-    let default = PathBuf::from(DEFAULT_KUBECONFIG);
-    default.exists().then_some(default)
-}
-
-fn read_kubeconfig(path: &Path) -> anyhow::Result<Target> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config: Kubeconfig = serde_yaml::from_str(&text).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
-    let context = config
-        .contexts
-        .iter()
-        .find(|c| c.name == config.current_context)
-        .or(config.contexts.first())
-        .with_context(|| format!("kubeconfig {} has no context", path.display()))?;
-    let cluster = config
-        .clusters
-        .iter()
-        .find(|c| c.name == context.value.cluster)
-        .with_context(|| format!("kubeconfig {}: no cluster {:?}", path.display(), context.value.cluster))?;
-    let token = config.users.iter().find(|u| u.name == context.value.user).and_then(|u| u.value.token.clone());
-    let ca_pem = match (&cluster.value.ca_data, &cluster.value.ca_file) {
-        (Some(data), _) => Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .with_context(|| format!("kubeconfig {}: certificate-authority-data is not base64", path.display()))?,
-        ),
-        (None, Some(file)) => Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?),
-        (None, None) => None,
-    };
-    Ok(Target {
-        server: Some(cluster.value.server.clone()),
-        token,
-        namespace: context.value.namespace.clone(),
-        trust: TlsTrust { ca_pem, insecure: cluster.value.insecure },
-    })
-}
-
-/// The kind a command-line name means (`pods`, `po`, `pod`, `Pod`, `tokens.kapsel.io`).
-pub fn resolve_kind(name: &str) -> anyhow::Result<&'static ResourceType> {
-    registry::resolve(name).with_context(|| {
-        let known: Vec<&str> = registry::ALL.iter().map(|r| r.plural).collect();
-        format!("the server doesn't have a resource type {name:?} (known: {})", known.join(", "))
-    })
-}
-
-/// The namespace a command acts in: `-n`, else the kubeconfig's, for namespaced kinds only.
-pub fn namespace_for<'a>(resource: &ResourceType, flag: Option<&'a str>, client: &'a Client) -> Option<&'a str> {
-    resource.namespaced().then(|| flag.unwrap_or(&client.default_namespace))
-}
-
-/// The URL of one object.
-pub fn object_path(resource: &ResourceType, namespace: Option<&str>, name: &str) -> String {
-    format!("{}/{}", resource.collection_path(namespace), name)
 }

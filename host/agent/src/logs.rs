@@ -24,7 +24,7 @@ fn flag(value: &Option<String>) -> bool {
 
 /// Serves `GET /pods/{uid}/containers/{name}/log` to holders of `secret`.
 pub(super) async fn serve_logs(
-    listener: kapsel_server::tls::TlsListener,
+    listener: kapsel_daemon::tls::TlsListener,
     logs: kapsel_node::Logs,
     secret: String,
     mut stopping: tokio::sync::watch::Receiver<bool>,

@@ -1,6 +1,9 @@
 //! `kapsel node`: the node agent, a host's member of the pool (Kubernetes'
-//! kubelet, vSphere's spherelet). `kapsel serve` runs one in-process for its
-//! own host; `kapsel node --server URL --token T` runs one anywhere else.
+//! kubelet, vSphere's spherelet). `kapsel serve` runs one for its own host
+//! (as a child process that outlives it, the binary's `local_node`);
+//! `kapsel node --server URL --token T` runs one anywhere else. It talks
+//! to the supervisor over HTTPS only (`kapsel-client`) and does not depend
+//! on the supervisor's crate (`tests/no_supervisor.rs` checks).
 //!
 //! It takes the lease named after its node in `kube-node-lease` (waiting,
 //! with a warning, while another agent under the same name renews it),
@@ -52,10 +55,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use kapsel_api::Quantity;
 use kapsel_api::kinds::lease::{AGENT_CERTIFICATE_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, NODE_LEASE_NAMESPACE};
+use kapsel_client::{ApiFailure, Client};
 use kapsel_node::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
-
-use crate::client::{ApiFailure, Client};
 
 /// `kapsel node` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -349,9 +351,9 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
         None if !bound.ip().is_unspecified() => bound.ip(),
         None => route_to(client.base()).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
     };
-    let (certificate, tls) = kapsel_server::tls::self_signed(&format!("kapsel-node {}", config.name), vec![ip.to_string()])
+    let (certificate, tls) = kapsel_daemon::tls::self_signed(&format!("kapsel-node {}", config.name), vec![ip.to_string()])
         .context("making the log endpoint's certificate")?;
-    let listener = kapsel_server::tls::TlsListener::new(listener, tls)?;
+    let listener = kapsel_daemon::tls::TlsListener::new(listener, tls)?;
     let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), certificate, secret: new_secret() };
     tokio::spawn(logs::serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
     let holder = format!("{}/{}", config.name, agent_id(&config.data_dir)?);
@@ -389,7 +391,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     // The pod loop catches a panic about one pod itself; should it ever panic as a whole, it is started again
     // (its pods stop with it, and the new loop takes them over from their status, as a restarted agent does).
     let (pods_client, node, pods_stopping) = (client.clone(), config.name.clone(), stopping.clone());
-    kapsel_server::controllers::supervise("node-pods", stopping.clone(), move || {
+    kapsel_daemon::task::supervise("node-pods", stopping.clone(), move || {
         pods::sync_pods(pods_client.clone(), node.clone(), runtime.clone(), pods_stopping.clone())
     });
     let mut ticker = tokio::time::interval(config.lease_interval);
@@ -426,7 +428,7 @@ fn agent_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
         _ => {
             let id = new_secret()[..16].to_string();
-            kapsel_server::files::write_atomically(&path, id.as_bytes(), 0o600)?;
+            kapsel_daemon::files::write_atomically(&path, id.as_bytes(), 0o600)?;
             Ok(id)
         }
     }

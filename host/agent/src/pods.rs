@@ -16,14 +16,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
+use kapsel_api::kinds::event::{self, EventType};
 use kapsel_api::kinds::pod::has_ended;
 use kapsel_api::object;
+use kapsel_client::{Client, Method};
 use kapsel_node::{PodWorker, Runtime};
-use kapsel_server::events::{self, EventType};
 use serde_json::{Value, json};
 
 use super::not_found;
-use crate::client::Client;
 
 /// The supervisor's artifact store as the runtime's image source: an
 /// image is resolved through its namespace's `Artifact`, and its bytes are
@@ -88,8 +88,8 @@ async fn record_events(client: Client, pod: Value, mut events: tokio::sync::broa
             kapsel_node::EventKind::Normal => EventType::Normal,
             kapsel_node::EventKind::Warning => EventType::Warning,
         };
-        let (key, mut first) = events::first_event(&pod, event_type, event.reason, &event.message);
-        let path = format!("{collection}/{}", key.name);
+        let mut first = event::first_event(&pod, event_type, event.reason, &event.message);
+        let path = format!("{collection}/{}", object::name(&first).unwrap_or_default());
         let recorded = match client.get(&path).await {
             Ok(mut existing) => {
                 let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1);
@@ -195,10 +195,7 @@ impl PodSync {
                 running.recorder.abort();
             }
             let now = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0});
-            match client
-                .send(reqwest::Method::DELETE, &path, Some(("application/json", serde_json::to_vec(&now).unwrap_or_default())))
-                .await
-            {
+            match client.send(Method::DELETE, &path, Some(("application/json", serde_json::to_vec(&now).unwrap_or_default()))).await {
                 Ok(_) => tracing::info!(pod = %path, "pod stopped and deleted"),
                 Err(error) if not_found(&error) => {}
                 Err(error) => tracing::warn!(pod = %path, error = format!("{error:#}"), "deleting a stopped pod failed"),
