@@ -35,11 +35,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use kapsel_admission::{ObjectType, Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement, PolicyFailurePolicy, PolicySpec};
 use kapsel_api::kinds::namespace::NAMESPACE;
@@ -50,6 +45,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
+use crate::objects::Context;
 use crate::reflector::{self, Reflected, Reflection};
 
 /// A write under review.
@@ -402,7 +398,8 @@ fn changes_only_status(old: &Value, new: &Value) -> bool {
     })
 }
 
-/// `POST /apis/kapsel.io/v1alpha1/policyreviews`: evaluates one policy —
+/// A policy review (`POST /apis/kapsel.io/v1alpha1/policyreviews`, served
+/// by `crate::http::reviews`): evaluates one policy —
 /// a stored one the caller may read (`spec.policyRef`: `name`, and
 /// `namespace` for a namespace's policy) or one given whole that the caller
 /// could create (`spec.policy`, to try before saving) — against `spec.object` (and `spec.oldObject`), whatever its
@@ -410,14 +407,8 @@ fn changes_only_status(old: &Value, new: &Value) -> bool {
 /// the caller). Stores nothing; answers the review with `status.allowed`
 /// (what admission would do under the policy's enforcement) and
 /// `status.violations`. Like Kubernetes' `SubjectAccessReview`, create-only.
-pub async fn review(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bytes = crate::body::read(body).await?;
-    let mut review = crate::body::decode(&headers, bytes).await?;
+pub async fn review(app: &App, ctx: &Context, mut review: Value) -> Result<Value, ApiError> {
+    let identity = &ctx.identity;
     let invalid = |field: &str, message: String| ApiError::Invalid {
         kind: "PolicyReview".into(),
         group: kapsel_api::KAPSEL_GROUP.into(),
@@ -430,7 +421,7 @@ pub async fn review(
             let name = reference.get("name").and_then(Value::as_str).unwrap_or_default();
             let namespace = reference.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
             let resource = if namespace.is_some() { &ADMISSION_POLICY } else { &CLUSTER_ADMISSION_POLICY };
-            authorize(&identity, Verb::Get, resource, namespace)?;
+            authorize(identity, Verb::Get, resource, namespace)?;
             let key = Key::new(resource.store_key(), namespace.unwrap_or_default(), name);
             let stored = store_get(&app.store, &key, resource, name).await?;
             compile(&stored).map_err(|e| invalid(&format!("spec.policyRef ({})", e.field), e.message))?
@@ -439,7 +430,7 @@ pub async fn review(
             // Trying a policy is for those who could apply it: IT admins, or a namespace's owners for its own policies.
             let namespace = object::meta_str(inline, "namespace").filter(|n| !n.is_empty());
             let resource = if namespace.is_some() { &ADMISSION_POLICY } else { &CLUSTER_ADMISSION_POLICY };
-            authorize(&identity, Verb::Create, resource, namespace)?;
+            authorize(identity, Verb::Create, resource, namespace)?;
             compile(inline).map_err(|e| invalid(&format!("spec.policy.{}", e.field), e.message))?
         }
         _ => return Err(invalid("spec", "give exactly one of policyRef (a stored policy) and policy (a whole policy)".into())),
@@ -474,13 +465,13 @@ pub async fn review(
         [] => None,
         kinds => {
             for resource in kapsel_api::registry::ALL.iter().filter(|r| kinds.iter().any(|k| k == r.kind)) {
-                authorize(&identity, Verb::List, resource, if resource.namespaced() { request.namespace } else { None })?;
+                authorize(identity, Verb::List, resource, if resource.namespaced() { request.namespace } else { None })?;
             }
             let mut objects = load_inventory(&app.store, &kinds.iter().map(String::as_str).collect(), request.namespace).await?;
             objects.retain(|o| {
                 let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
                 let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::objects::visible(&identity, r, o))
+                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::objects::visible(identity, r, o))
             });
             Some(objects)
         }
@@ -495,7 +486,7 @@ pub async fn review(
         Err(error) => serde_json::json!({"allowed": allowed, "enforcement": policy.enforcement, "violations": [], "error": error}),
     };
     review["status"] = status;
-    Ok((StatusCode::CREATED, Json(review)).into_response())
+    Ok(review)
 }
 
 /// The stored objects of `kinds` a policy may read as `data.inventory`: those

@@ -2,7 +2,7 @@
 //! back (node agents, by digest), and resolving a pod's `image`.
 //!
 //! `POST /apis/kapsel.io/v1alpha1/namespaces/{ns}/artifacts/{name}/push?tag=T`
-//! takes the component's bytes (at most [`MAX_PUSH_BYTES`]), checks they
+//! (served by `crate::http::artifacts`) takes the component's bytes (at most [`MAX_PUSH_BYTES`]), checks they
 //! are a WebAssembly component (not a core module), stores them once by
 //! sha256 in the blob store — shared by every namespace, so the same bytes
 //! pushed twice are stored once —, adds the image to the artifact (created
@@ -28,22 +28,17 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::Extension;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use kapsel_admission::Operation;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactImage, ArtifactSpec, ImageReference, valid_tag};
 use kapsel_api::kinds::plugin::PLUGIN;
 use kapsel_api::{FieldError, object};
 use kapsel_store::{Key, Store, StoreError, WriteOp};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
+use crate::objects::{Context, Written};
 use crate::{App, quota};
 
 /// The largest component a push accepts, server-wide (64 MiB): a bigger
@@ -54,12 +49,6 @@ pub const MAX_PUSH_BYTES: usize = 64 << 20;
 
 /// How many times a push retries when the artifact changes underneath it.
 const PUSH_RETRIES: usize = 5;
-
-#[derive(Debug, Deserialize)]
-pub struct PushQuery {
-    /// The tag to point at the pushed image (default `latest`).
-    tag: Option<String>,
-}
 
 fn invalid(name: &str, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(&ARTIFACT, name, vec![FieldError::invalid(field, message.into())])
@@ -78,26 +67,37 @@ fn check_component(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// `POST …/namespaces/{namespace}/artifacts/{name}/push?tag=T`: push an image.
+/// Whether the caller may push to the artifact `name` in `namespace` under
+/// `tag` (rights, names, a namespace that takes new content): checked
+/// before the image's bytes are read.
+pub async fn may_push(app: &App, identity: &Identity, namespace: &str, name: &str, tag: &str) -> Result<(), ApiError> {
+    authorize(identity, Verb::Create, &ARTIFACT, Some(namespace))?;
+    authorize(identity, Verb::Update, &ARTIFACT, Some(namespace))?;
+    if let Err(message) = (ARTIFACT.validate_name)(name) {
+        return Err(invalid(name, "metadata.name", message));
+    }
+    if !valid_tag(tag) {
+        return Err(invalid(name, "tag", "a tag is 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"));
+    }
+    crate::objects::require_namespace(app, namespace).await
+}
+
+/// Pushes an image (`bytes`, whose digest is `digest`) to the artifact
+/// `name` in `namespace` and points `tag` at it: the artifact's write is
+/// reviewed and charged as any create or update; the bytes are stored
+/// once the quotas as they are let it.
 pub async fn push(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path((namespace, name)): Path<(String, String)>,
-    Query(query): Query<PushQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&identity, Verb::Create, &ARTIFACT, Some(&namespace))?;
-    authorize(&identity, Verb::Update, &ARTIFACT, Some(&namespace))?;
-    if let Err(message) = (ARTIFACT.validate_name)(&name) {
-        return Err(invalid(&name, "metadata.name", message));
-    }
-    let tag = query.tag.unwrap_or_else(|| "latest".into());
-    if !valid_tag(&tag) {
-        return Err(invalid(&name, "tag", "a tag is 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"));
-    }
-    crate::objects::require_namespace(&app, &namespace).await?;
-    let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_PUSH_BYTES).await?;
+    app: &App,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    tag: &str,
+    bytes: Vec<u8>,
+    digest: String,
+) -> Result<Written, ApiError> {
+    let identity = &ctx.identity;
+    may_push(app, identity, namespace, name, tag).await?;
+    let (namespace, name, tag) = (namespace.to_string(), name.to_string(), tag.to_string());
     check_component(&bytes).map_err(|message| invalid(&name, "component", message))?;
     let image = Image { digest: &digest, size: u64::try_from(bytes.len()).unwrap_or(u64::MAX), tag: &tag };
     let key = Key::new(ARTIFACT.store_key(), &namespace, &name);
@@ -119,12 +119,12 @@ pub async fn push(
             old_object: current.as_ref(),
             dry_run: false,
         };
-        let warnings = app.admission.admit(&app.store, &identity, write).await?;
-        let charge = quota::charge_for(&app, &ARTIFACT, &namespace, &name, current.as_ref(), Some(&next)).await?;
+        let warnings = app.admission.admit(&app.store, identity, write).await?;
+        let charge = quota::charge_for(app, &ARTIFACT, &namespace, &name, current.as_ref(), Some(&next)).await?;
         if !stored {
             // Refused before any byte is stored, when the quotas as they are now refuse it.
             if let Some(charge) = &charge {
-                quota::check(&app, charge).await?;
+                quota::check(app, charge).await?;
             }
             app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, &name))?;
             stored = true;
@@ -134,15 +134,14 @@ pub async fn push(
             None => WriteOp::Create { key: key.clone(), object: next },
         };
         let written = match charge {
-            Some(charge) => quota::commit(&app, charge, op).await?,
+            Some(charge) => quota::commit(app, charge, op).await?,
             None => app.store.write(op).await,
         };
         match written.and_then(|changes| changes.into_iter().next().ok_or_else(|| StoreError::Corrupt("a write reported no change".into())))
         {
             Ok(change) => {
                 tracing::info!(artifact = %format!("{namespace}/{name}"), %tag, %digest, bytes = bytes.len(), "image pushed");
-                let response = (StatusCode::OK, axum::Json((*change.object).clone())).into_response();
-                return Ok(crate::resources::with_warnings(response, &warnings));
+                return Ok(Written { object: (*change.object).clone(), warnings });
             }
             // Another push (or a tag edit) got there first: do it again on the new version.
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists) => continue,
@@ -166,7 +165,7 @@ struct Image<'a> {
 /// The artifact as a push of `image` leaves it: `current` (or a new
 /// artifact) with the image added unless it has it, and the tag pointed at it.
 fn pushed(current: Option<&Value>, namespace: &str, name: &str, image: &Image<'_>) -> Result<Value, ApiError> {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = object::now();
     let mut spec: ArtifactSpec = match current {
         Some(current) => serde_json::from_value(current.get("spec").cloned().unwrap_or_default())
             .map_err(|e| ApiError::internal("reading the stored artifact", e))?,
@@ -185,12 +184,11 @@ fn pushed(current: Option<&Value>, namespace: &str, name: &str, image: &Image<'_
             next["metadata"]["generation"] = json!(generation.saturating_add(1));
             next
         }
-        None => json!({
-            "apiVersion": ARTIFACT.api_version(), "kind": ARTIFACT.kind,
-            "metadata": {"name": name, "namespace": namespace, "uid": uuid::Uuid::new_v4().to_string(),
-                         "creationTimestamp": now, "generation": 1},
-            "spec": spec,
-        }),
+        None => {
+            let mut new = object::new_object(&ARTIFACT.api_version(), ARTIFACT.kind, Some(namespace), name);
+            new["spec"] = spec;
+            new
+        }
     };
     let errors = (ARTIFACT.validate)(&next);
     if !errors.is_empty() {
@@ -203,22 +201,17 @@ fn revision(object: &Value) -> Option<i64> {
     object::resource_version(object).and_then(Result::ok)
 }
 
-/// `GET …/namespaces/{namespace}/artifacts/{name}/blobs/{digest}`: an image's bytes.
-pub async fn blob(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path((namespace, name, digest)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    authorize(&identity, Verb::Get, &ARTIFACT, Some(&namespace))?;
+/// The bytes of the image `digest` of the artifact `name` in `namespace`.
+pub async fn blob(app: &App, ctx: &Context, namespace: &str, name: &str, digest: &str) -> Result<Vec<u8>, ApiError> {
+    authorize(&ctx.identity, Verb::Get, &ARTIFACT, Some(namespace))?;
     let artifact =
-        app.store.get(&Key::new(ARTIFACT.store_key(), &namespace, &name)).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, &name))?;
+        app.store.get(&Key::new(ARTIFACT.store_key(), namespace, name)).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, name))?;
     let spec: ArtifactSpec = serde_json::from_value(artifact.get("spec").cloned().unwrap_or_default())
         .map_err(|e| ApiError::internal("reading the stored artifact", e))?;
     if !spec.images.iter().any(|i| i.digest == digest) {
         return Err(ApiError::NotFound { resource: format!("{}/blobs", ARTIFACT.plural), name: format!("{name}@{digest}") });
     }
-    let bytes = app.store.get_blob(&digest).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, &name))?;
-    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+    app.store.get_blob(digest).await.map_err(|e| ApiError::from_store(e, &ARTIFACT, name))
 }
 
 /// How long a stored blob is kept though nothing references it: longer

@@ -1,10 +1,9 @@
-//! The one public API error type and its mapping to an HTTP status and a
-//! Kubernetes `Status` body. Handlers return `Result<_, ApiError>`; user
-//! mistakes map to 4xx with the Kubernetes reason, and only faults of the
-//! server itself become 500 `InternalError` (logged with their cause chain).
+//! The one public API error type and its Kubernetes `Status` (code,
+//! reason, causes). Operations return `Result<_, ApiError>`; user mistakes
+//! map to 4xx with the Kubernetes reason, and only faults of the server
+//! itself become 500 `InternalError` (logged with their cause chain when
+//! answered, `crate::http::status`).
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use kapsel_api::{FieldError, ResourceType, Status, StatusCause, StatusDetails};
 use kapsel_store::StoreError;
 
@@ -105,21 +104,22 @@ impl ApiError {
         ApiError::Internal { context: context.into(), source: Box::new(source) }
     }
 
-    pub fn code(&self) -> StatusCode {
+    /// The HTTP status code of this error (the `code` of its `Status`).
+    pub fn code(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Expired(_) => StatusCode::GONE,
-            ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooLarge { .. } | ApiError::ExpandsTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::PluginFailed(_) | ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => 404,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::Expired(_) => 410,
+            ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => 422,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::TooLarge { .. } | ApiError::ExpandsTooLarge(_) => 413,
+            ApiError::ServiceUnavailable(_) => 503,
+            ApiError::TooManyRequests { .. } => 429,
+            ApiError::PluginFailed(_) | ApiError::Internal { .. } => 500,
         }
     }
 
@@ -145,7 +145,7 @@ impl ApiError {
 
     /// The `Status` body of this error.
     pub fn status(&self) -> Status {
-        let status = Status::failure(self.code().as_u16(), self.reason(), self.to_string());
+        let status = Status::failure(self.code(), self.reason(), self.to_string());
         match self {
             ApiError::NotFound { resource, name }
             | ApiError::AlreadyExists { resource, name }
@@ -188,23 +188,4 @@ fn invalid_summary(causes: &[FieldError]) -> String {
 /// `pods`, or `tokens.kapsel.io` for a kind outside the core group.
 fn qualified(resource: &ResourceType) -> String {
     if resource.group.is_empty() { resource.plural.to_string() } else { format!("{}.{}", resource.plural, resource.group) }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if let ApiError::Internal { .. } = &self {
-            tracing::error!(error = &self as &dyn std::error::Error, "request failed");
-        }
-        let mut response = (self.code(), axum::Json(self.status())).into_response();
-        match self {
-            ApiError::Unauthorized(_) => {
-                response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"kapsel\""));
-            }
-            ApiError::TooManyRequests { retry_after_seconds, .. } => {
-                response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_seconds));
-            }
-            _ => {}
-        }
-        response
-    }
 }

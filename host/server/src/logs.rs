@@ -1,6 +1,7 @@
-//! `GET /api/v1/namespaces/{ns}/pods/{name}/log`: a container's log, read
-//! from the node that runs the pod, as the Kubernetes API server relays
-//! kubelet's (`kubectl logs` and `kapsel logs` use it).
+//! Pod logs (`GET /api/v1/namespaces/{ns}/pods/{name}/log`, served by
+//! `crate::http::logs`): a container's log, read from the node that runs
+//! the pod, as the Kubernetes API server relays kubelet's (`kubectl logs`
+//! and `kapsel logs` use it).
 //!
 //! Whoever may read the pod may read its logs — except node agents, which
 //! read the logs of the pods bound to their own node only. The query is Kubernetes':
@@ -21,10 +22,6 @@
 //! ([`check_agent_endpoint`]). Anything else is refused with a 503 naming
 //! the rule, before any connection is made.
 
-use axum::Extension;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use kapsel_api::kinds::lease::{
     AGENT_CERTIFICATE_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, LEASE, NODE_LEASE_NAMESPACE,
 };
@@ -34,8 +31,9 @@ use kapsel_store::Key;
 use serde_json::Value;
 
 use crate::App;
-use crate::auth::{Identity, Verb, authorize};
+use crate::auth::{Verb, authorize};
 use crate::error::ApiError;
+use crate::objects::Context;
 
 /// A client for a node agent's log endpoint: it trusts only `certificate`
 /// (the agent's, PEM, from its lease), and follows no redirects.
@@ -126,18 +124,16 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, 
     }
 }
 
-/// `GET /api/v1/namespaces/{namespace}/pods/{name}/log`.
-pub async fn pod_log(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path((namespace, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    authorize(&identity, Verb::Get, &POD, Some(&namespace))?;
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
-        .map_err(|e| ApiError::BadRequest(format!("the query is not valid: {e}")))?;
+/// A log as it comes from the node's agent.
+pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, reqwest::Error>>;
+
+/// Opens the log of a container of the pod `name` in `namespace`, as the
+/// query `params` (Kubernetes' log options) ask, from the agent of the node that runs it.
+pub async fn open(app: &App, ctx: &Context, namespace: &str, name: &str, params: &[(String, String)]) -> Result<LogStream, ApiError> {
+    let identity = &ctx.identity;
+    authorize(identity, Verb::Get, &POD, Some(namespace))?;
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    let pod = app.store.get(&Key::new(POD.store_key(), &namespace, &name)).await.map_err(|e| ApiError::from_store(e, &POD, &name))?;
+    let pod = app.store.get(&Key::new(POD.store_key(), namespace, name)).await.map_err(|e| ApiError::from_store(e, &POD, name))?;
     let bound_to = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty());
     if let Some(agent) = &identity.node
         && bound_to != Some(agent.as_str())
@@ -147,7 +143,7 @@ pub async fn pod_log(
             user = identity.user,
         )));
     }
-    let container = container_of(&pod, &name, param("container"))?;
+    let container = container_of(&pod, name, param("container"))?;
     let Some(node) = bound_to else {
         return Err(ApiError::BadRequest(format!("pod {name} does not have a host assigned")));
     };
@@ -192,8 +188,7 @@ pub async fn pod_log(
             _ => ApiError::ServiceUnavailable(format!("the agent of node {node} answered {status}: {message}")),
         });
     }
-    let body = axum::body::Body::from_stream(answer.bytes_stream());
-    Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
+    Ok(Box::pin(answer.bytes_stream()))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! watch, create, update, patch and delete. Each takes an operation
 //! [`Context`] (who asks, whether it is a dry run, how unknown fields are
 //! treated) and returns objects and warnings, or an [`ApiError`]. They know
-//! nothing of HTTP: the HTTP layer (`crate::resources`) parses a request
+//! nothing of HTTP: the HTTP layer (`crate::http::resources`) parses a request
 //! into a call and writes the answer; controllers, templates and
 //! benchmarks call them directly, and their writes take the same path.
 //!
@@ -36,6 +36,19 @@ use crate::{patch, quota};
 
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES: usize = 5;
+
+/// The largest object a write may carry (as the body of a request, 3 MiB).
+pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
+
+/// What the budgets count a value as: about the bytes of its JSON text —
+/// each node this much (its punctuation, a number's digits), plus the bytes
+/// of its strings and keys. The memory a value holds is a small multiple
+/// of that count.
+pub const NODE_COST: usize = 8;
+
+/// The most an object a request makes (a decoded body, a patch's result, a
+/// template's expansion) may count: the largest body a request may carry.
+pub const MAX_OBJECT_COST: usize = MAX_OBJECT_BYTES;
 
 /// What an operation is asked with, besides its object.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! Plug-ins in the supervisor: the upload and rollback endpoints of the
-//! `Plugin` kind, and the registry of active plug-ins through which
+//! Plug-ins in the supervisor: uploads and rollbacks of the `Plugin`
+//! kind's components, and the registry of active plug-ins through which
 //! callers reach them ([`PluginRegistry::invoke`]): each call runs off the
 //! async threads, is counted, and fails under the plug-in's failure policy —
 //! `Fail` fails the operation with a Status naming the plug-in, `Ignore`
@@ -8,7 +8,7 @@
 //! [`PluginRegistry::flush_status`] keeps up to date).
 //!
 //! An upload (`POST /apis/kapsel.io/v1alpha1/plugins/{name}/component`,
-//! the component's bytes as the body) is compiled and checked against its
+//! the component's bytes as the body, served by `crate::http::plugins`) is compiled and checked against its
 //! world — exports, granted imports, and the `Plugin`'s configuration —
 //! before anything is stored; a component that fails is answered 422 with
 //! the reason and nothing changes. One that passes is stored by digest
@@ -31,11 +31,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
-use axum::Extension;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use kapsel_api::kinds::event::EventType;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::plugin::{FailurePolicy, PLUGIN, PluginSpec, WORLDS};
@@ -44,7 +39,6 @@ use kapsel_api::{FieldError, object};
 use kapsel_plugins::network::{Network, NetworkDriver, Segment};
 use kapsel_plugins::{CompileCache, Grants, Hosted, Limits, PluginError, World};
 use kapsel_store::{Change, ChangeType, Key, Store, StoreError};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -52,6 +46,7 @@ use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
 use crate::events;
+use crate::objects::Context;
 use crate::reflector::{self, Reflected, Reflection};
 
 /// The largest component accepted by an upload.
@@ -585,13 +580,9 @@ pub async fn install_defaults(store: &Store) -> Result<(), StoreError> {
             digest,
             ..PluginSpec::default()
         };
-        let object = json!({
-            "apiVersion": PLUGIN.api_version(),
-            "kind": PLUGIN.kind,
-            "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-            "spec": serde_json::to_value(&spec).expect("a plug-in spec encodes"),
-            "status": {"phase": "Active", "message": "", "calls": 0, "errors": 0},
-        });
+        let mut object = object::new_object(&PLUGIN.api_version(), PLUGIN.kind, None, name);
+        object["spec"] = serde_json::to_value(&spec).expect("a plug-in spec encodes");
+        object["status"] = json!({"phase": "Active", "message": "", "calls": 0, "errors": 0});
         match store.create(Key::new(PLUGIN.store_key(), "", *name), object).await {
             Ok(_) | Err(StoreError::AlreadyExists) => {}
             Err(error) => return Err(error),
@@ -680,50 +671,55 @@ async fn recorded_networks(store: &Store, plugin: &str) -> Result<BTreeMap<Strin
     Ok(networks)
 }
 
-/// Query of an upload.
-#[derive(Debug, Deserialize)]
-pub struct UploadQuery {
+/// A component uploaded for a plug-in.
+#[derive(Debug)]
+pub struct Upload {
     /// The world the component targets (required for a new plug-in).
-    world: Option<String>,
-    version: Option<String>,
+    pub world: Option<String>,
+    /// The version it is recorded as (`spec.version`).
+    pub version: Option<String>,
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of `bytes`.
+    pub digest: String,
 }
 
 fn invalid_component(name: &str, error: PluginError) -> ApiError {
     ApiError::invalid(&PLUGIN, name, vec![FieldError::invalid("component", error.to_string())])
 }
 
-/// `POST /apis/kapsel.io/v1alpha1/plugins/{name}/component`: upload and activate a component.
-pub async fn upload(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path(name): Path<String>,
-    Query(query): Query<UploadQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&identity, Verb::Create, &PLUGIN, None)?;
-    // The name becomes a store key, a storage root and a file name: checked as any plug-in's before anything is read.
-    if let Err(message) = (PLUGIN.validate_name)(&name) {
-        return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::invalid("metadata.name", message)]));
+/// Who may upload a component for the plug-in `name`, and whether the
+/// name is one (it becomes a store key, a storage root and a file name):
+/// checked before the component is read.
+pub fn may_upload(identity: &Identity, name: &str) -> Result<(), ApiError> {
+    authorize(identity, Verb::Create, &PLUGIN, None)?;
+    if let Err(message) = (PLUGIN.validate_name)(name) {
+        return Err(ApiError::invalid(&PLUGIN, name, vec![FieldError::invalid("metadata.name", message)]));
     }
-    let (bytes, digest) = crate::body::receive_blob(&headers, body, MAX_COMPONENT_BYTES).await?;
+    Ok(())
+}
+
+/// Checks a component for the plug-in `name` (creating the plug-in when
+/// there is none), stores it and makes it active; answers the `Plugin`.
+pub async fn upload(app: &App, ctx: &Context, name: &str, upload: Upload) -> Result<Value, ApiError> {
+    may_upload(&ctx.identity, name)?;
+    let Upload { world, version, bytes, digest } = upload;
     let _loading = app.plugins.loading.lock().await;
-    let key = Key::new(PLUGIN.store_key(), "", &name);
+    let key = Key::new(PLUGIN.store_key(), "", name);
     let current = match app.store.get(&key).await {
         Ok(current) => Some(current),
         Err(StoreError::NotFound) => None,
-        Err(e) => return Err(ApiError::from_store(e, &PLUGIN, &name)),
+        Err(e) => return Err(ApiError::from_store(e, &PLUGIN, name)),
     };
     let mut spec: PluginSpec = match &current {
         Some(current) => serde_json::from_value(current.get("spec").cloned().unwrap_or_default())
             .map_err(|e| ApiError::internal("reading the stored plug-in", e))?,
         None => PluginSpec::default(),
     };
-    if let Some(world) = query.world {
+    if let Some(world) = world {
         if current.is_some() && world != spec.world {
             return Err(ApiError::invalid(
                 &PLUGIN,
-                &name,
+                name,
                 vec![FieldError::forbidden("spec.world", format!("the plug-in targets {}; delete it to change its world", spec.world))],
             ));
         }
@@ -732,7 +728,7 @@ pub async fn upload(
     if spec.world.is_empty() {
         return Err(ApiError::invalid(
             &PLUGIN,
-            &name,
+            name,
             vec![
                 FieldError::required("spec.world")
                     .with_message("pass ?world= (one of scheduler-extension, storage-driver, network-driver)"),
@@ -740,7 +736,7 @@ pub async fn upload(
         ));
     }
     if !WORLDS.contains(&spec.world.as_str()) {
-        return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::not_supported("spec.world", &spec.world, WORLDS)]));
+        return Err(ApiError::invalid(&PLUGIN, name, vec![FieldError::not_supported("spec.world", &spec.world, WORLDS)]));
     }
     if spec.world == World::NetworkDriver.as_str()
         && let Some(other) = app.plugins.of_world(World::NetworkDriver).into_iter().find(|p| p.name != name)
@@ -749,47 +745,43 @@ pub async fn upload(
             "the network driver {:?} is in charge of namespace networks; delete it first (one network driver at a time)",
             other.name
         );
-        return Err(ApiError::invalid(&PLUGIN, &name, vec![FieldError::forbidden("spec.world", message)]));
+        return Err(ApiError::invalid(&PLUGIN, name, vec![FieldError::forbidden("spec.world", message)]));
     }
     let candidate = PluginSpec { digest: digest.clone(), ..spec.clone() };
-    let hosted = app.plugins.load(&name, &candidate, bytes.clone()).await.map_err(|e| invalid_component(&name, e))?;
-    app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
+    let hosted = app.plugins.load(name, &candidate, bytes.clone()).await.map_err(|e| invalid_component(name, e))?;
+    app.store.put_blob(&digest, &bytes).await.map_err(|e| ApiError::from_store(e, &PLUGIN, name))?;
     if spec.digest != digest {
         spec.previous_digest = std::mem::replace(&mut spec.digest, digest);
         spec.previous_version = spec.version.clone();
     }
-    if let Some(version) = query.version {
+    if let Some(version) = version {
         spec.version = version;
     }
-    let stored = save(&app, &name, current, spec.clone()).await?;
-    app.plugins.activate_stored(&name, spec, hosted).await;
+    let stored = save(app, name, current, spec.clone()).await?;
+    app.plugins.activate_stored(name, spec, hosted).await;
     let active = stored.pointer("/spec/digest").and_then(|d| d.as_str()).unwrap_or_default().to_string();
     tracing::info!(plugin = %name, digest = %active, "plug-in active");
-    Ok((StatusCode::OK, axum::Json(stored)).into_response())
+    Ok(stored)
 }
 
-/// `POST /apis/kapsel.io/v1alpha1/plugins/{name}/rollback`: make the previous component active again.
-pub async fn rollback(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    authorize(&identity, Verb::Update, &PLUGIN, None)?;
+/// Makes the previous component of the plug-in `name` active again; answers the `Plugin`.
+pub async fn rollback(app: &App, ctx: &Context, name: &str) -> Result<Value, ApiError> {
+    authorize(&ctx.identity, Verb::Update, &PLUGIN, None)?;
     let _loading = app.plugins.loading.lock().await;
-    let current = app.store.get(&Key::new(PLUGIN.store_key(), "", &name)).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
+    let current = app.store.get(&Key::new(PLUGIN.store_key(), "", name)).await.map_err(|e| ApiError::from_store(e, &PLUGIN, name))?;
     let mut spec: PluginSpec = serde_json::from_value(current.get("spec").cloned().unwrap_or_default())
         .map_err(|e| ApiError::internal("reading the stored plug-in", e))?;
     if spec.previous_digest.is_empty() {
         return Err(ApiError::BadRequest(format!("plug-in {name:?} has no previous version to roll back to")));
     }
-    let bytes = app.store.get_blob(&spec.previous_digest).await.map_err(|e| ApiError::from_store(e, &PLUGIN, &name))?;
+    let bytes = app.store.get_blob(&spec.previous_digest).await.map_err(|e| ApiError::from_store(e, &PLUGIN, name))?;
     let previous = PluginSpec { digest: spec.previous_digest.clone(), ..spec.clone() };
-    let hosted = app.plugins.load(&name, &previous, bytes).await.map_err(|e| invalid_component(&name, e))?;
+    let hosted = app.plugins.load(name, &previous, bytes).await.map_err(|e| invalid_component(name, e))?;
     std::mem::swap(&mut spec.digest, &mut spec.previous_digest);
     std::mem::swap(&mut spec.version, &mut spec.previous_version);
-    let stored = save(&app, &name, Some(current), spec.clone()).await?;
-    app.plugins.activate_stored(&name, spec, hosted).await;
-    Ok(axum::Json(stored).into_response())
+    let stored = save(app, name, Some(current), spec.clone()).await?;
+    app.plugins.activate_stored(name, spec, hosted).await;
+    Ok(stored)
 }
 
 /// Creates or updates the `Plugin` object with `spec`, marked Active.
@@ -798,13 +790,9 @@ async fn save(app: &App, name: &str, current: Option<Value>, spec: PluginSpec) -
     let spec = serde_json::to_value(&spec).map_err(|e| ApiError::internal("encoding the plug-in", e))?;
     let status = json!({"phase": "Active", "message": "", "calls": 0, "errors": 0});
     let Some(mut read) = current else {
-        let object = json!({
-            "apiVersion": PLUGIN.api_version(),
-            "kind": PLUGIN.kind,
-            "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-            "spec": spec,
-            "status": status,
-        });
+        let mut object = object::new_object(&PLUGIN.api_version(), PLUGIN.kind, None, name);
+        object["spec"] = spec;
+        object["status"] = status;
         let created = app.store.create(key, object).await;
         return created.map(|c| (*c.object).clone()).map_err(|e| ApiError::from_store(e, &PLUGIN, name));
     };

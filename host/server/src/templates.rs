@@ -1,4 +1,5 @@
-//! Instantiating workload templates: `POST …/workloadtemplates/{name}/instantiate`
+//! Instantiating workload templates (the endpoints are served by
+//! `crate::http::templates`): `POST …/workloadtemplates/{name}/instantiate`
 //! (a namespace's own template, creating in that namespace) and
 //! `POST /apis/kapsel.io/v1alpha1/clusterworkloadtemplates/{name}/instantiate`
 //! (IT's, creating in the body's `namespace`). The body:
@@ -23,23 +24,17 @@
 
 use std::collections::BTreeMap;
 
-use axum::Extension;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::Response;
 use kapsel_api::kinds::pod::POD;
-use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE, WorkloadTemplateSpec};
+use kapsel_api::kinds::workload_template::WorkloadTemplateSpec;
 use kapsel_api::{FieldError, ResourceType, object};
 use kapsel_store::Key;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::App;
-use crate::auth::{Identity, Verb, authorize};
+use crate::auth::{Verb, authorize};
 use crate::error::ApiError;
-use crate::objects::{Context, FieldValidation, Target, Written};
-use crate::request::Params;
+use crate::objects::{Context, Target, Written};
 
 /// The annotation naming the template a pod was made from.
 pub const TEMPLATE_ANNOTATION: &str = "kapsel.io/template";
@@ -64,48 +59,6 @@ pub struct Instantiation {
     pub env: BTreeMap<String, String>,
 }
 
-/// `POST /apis/kapsel.io/v1alpha1/namespaces/{namespace}/workloadtemplates/{name}/instantiate`.
-pub async fn instantiate_namespaced(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path((namespace, name)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let request = read_request(&headers, body).await?;
-    if request.namespace.as_deref().is_some_and(|ns| ns != namespace) {
-        return Err(invalid(&name, "namespace", "a namespace's template creates in that namespace only".into()));
-    }
-    respond(&app, identity, &WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
-}
-
-/// `POST /apis/kapsel.io/v1alpha1/clusterworkloadtemplates/{name}/instantiate`.
-pub async fn instantiate_cluster(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let mut request = read_request(&headers, body).await?;
-    let Some(namespace) = request.namespace.take().filter(|ns| !ns.is_empty()) else {
-        return Err(invalid(&name, "namespace", "required: the namespace to create the pod in".into()));
-    };
-    respond(&app, identity, &CLUSTER_WORKLOAD_TEMPLATE, &name, namespace, request, &uri, &headers).await
-}
-
-async fn read_request(headers: &HeaderMap, body: Body) -> Result<Instantiation, ApiError> {
-    let bytes = crate::body::read(body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Instantiation::default());
-    }
-    let value = crate::body::decode(headers, bytes).await?;
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| ApiError::BadRequest(format!("invalid instantiation at {}: {}", e.path(), e.inner())))
-}
-
 fn invalid(template: &str, field: &str, message: String) -> ApiError {
     ApiError::Invalid {
         kind: "WorkloadTemplate".into(),
@@ -115,40 +68,32 @@ fn invalid(template: &str, field: &str, message: String) -> ApiError {
     }
 }
 
-/// Instantiates a template for an HTTP request: `?dryRun` and
-/// `?fieldValidation` as for a create; answered as a create is (201, or a `Table`).
-#[allow(clippy::too_many_arguments)]
-async fn respond(
-    app: &App,
-    identity: Identity,
-    kind: &'static ResourceType,
-    name: &str,
-    namespace: String,
-    request: Instantiation,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(uri.query())?;
-    let mut ctx = Context::new(identity);
-    ctx.dry_run = params.dry_run()?;
-    ctx.field_validation = FieldValidation::parse(params.get("fieldValidation"))?;
-    let written = instantiate(app, &ctx, kind, name, &namespace, request).await?;
-    Ok(crate::resources::respond_written(StatusCode::CREATED, &POD, written, &params, headers))
-}
-
-/// Creates a pod in `namespace` from the template `name` of `kind` (a
-/// namespace's own, in that namespace, or IT's) with `request`'s values,
-/// through the ordinary create path.
+/// Creates a pod from the template `name` of `kind` with `request`'s
+/// values, through the ordinary create path: a namespace's own template
+/// (`template_namespace`) creates in that namespace, IT's in the
+/// request's `namespace`.
 pub async fn instantiate(
     app: &App,
     ctx: &Context,
     kind: &'static ResourceType,
+    template_namespace: Option<&str>,
     name: &str,
-    namespace: &str,
-    request: Instantiation,
+    mut request: Instantiation,
 ) -> Result<Written, ApiError> {
+    let namespace = match template_namespace {
+        Some(own) => {
+            if request.namespace.as_deref().is_some_and(|ns| ns != own) {
+                return Err(invalid(name, "namespace", "a namespace's template creates in that namespace only".into()));
+            }
+            own.to_string()
+        }
+        None => match request.namespace.take().filter(|ns| !ns.is_empty()) {
+            Some(namespace) => namespace,
+            None => return Err(invalid(name, "namespace", "required: the namespace to create the pod in".into())),
+        },
+    };
+    let namespace = namespace.as_str();
     let identity = &ctx.identity;
-    let template_namespace = kind.namespaced().then_some(namespace);
     authorize(identity, Verb::Get, kind, template_namespace)?;
     authorize(identity, Verb::Create, &POD, Some(namespace))?;
     let key = Key::new(kind.store_key(), template_namespace.unwrap_or_default(), name);
@@ -190,10 +135,10 @@ fn render(kind: &ResourceType, name: &str, spec: &WorkloadTemplateSpec, request:
         return Err(ApiError::Invalid { kind: kind.kind.into(), group: kind.group.into(), name: name.to_string(), causes: errors });
     }
     let expanded = expanded_len(&spec.template, &values);
-    if expanded > crate::body::MAX_BODY_BYTES {
+    if expanded > crate::objects::MAX_OBJECT_BYTES {
         return Err(ApiError::ExpandsTooLarge(format!(
             "the template's strings would expand to {expanded} bytes with these parameters; a pod may hold at most {} bytes",
-            crate::body::MAX_BODY_BYTES
+            crate::objects::MAX_OBJECT_BYTES
         )));
     }
     let mut body = spec.template.clone();
@@ -304,6 +249,7 @@ fn set_env(container: &mut Value, env: &BTreeMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kapsel_api::kinds::workload_template::{CLUSTER_WORKLOAD_TEMPLATE, WORKLOAD_TEMPLATE};
 
     #[test]
     fn substitutes_known_names_and_keeps_others() {

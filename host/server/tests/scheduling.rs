@@ -78,8 +78,13 @@ async fn pods_go_to_nodes_that_fit_and_the_rest_wait_with_the_reasons_counted() 
         condition(&pod, "PodScheduled").unwrap()["message"],
         "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were not ready."
     );
-    let events = api.get("/api/v1/namespaces/dev/events").await;
-    assert!(events.items().iter().any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "huge"));
+    // The event follows the condition (both written in the background).
+    eventually(&api, "/api/v1/namespaces/dev/events", "a FailedScheduling event", |events| {
+        events["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "huge"))
+    })
+    .await;
 
     // A node that fits joins: the waiting pod is placed there.
     api.post(NODES, node("bigger", "8", "16Gi", true)).await.ok(201);

@@ -22,10 +22,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use kapsel_admission::audit::Stored;
 use kapsel_admission::{Operation, Policy, PolicyId};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement};
@@ -37,9 +33,10 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::App;
-use crate::auth::{Identity, Verb, authorize};
+use crate::auth::{Verb, authorize};
 use crate::error::ApiError;
 use crate::events;
+use crate::objects::Context;
 
 /// The default of `kapsel serve --audit-interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -316,26 +313,10 @@ pub async fn record(store: &Store, id: &PolicyId, report: &Report) -> Result<Val
     }
 }
 
-/// `POST /apis/kapsel.io/v1alpha1/clusteradmissionpolicies/{name}/audit`.
-pub async fn audit_cluster_policy(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    on_demand(&app, &identity, PolicyId { namespace: None, name }).await
-}
-
-/// `POST /apis/kapsel.io/v1alpha1/namespaces/{namespace}/admissionpolicies/{name}/audit`.
-pub async fn audit_namespace_policy(
-    State(app): State<App>,
-    Extension(identity): Extension<Identity>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    on_demand(&app, &identity, PolicyId { namespace: Some(namespace), name }).await
-}
-
-/// Audits one policy now, for whoever may update it; answers with the policy and its new `status.audit`.
-async fn on_demand(app: &App, identity: &Identity, id: PolicyId) -> Result<Response, ApiError> {
+/// Audits one policy now, for whoever may update it (`POST …/audit` on
+/// the policy, served by `crate::http::audits`); answers with the policy and its new `status.audit`.
+pub async fn on_demand(app: &App, ctx: &Context, id: PolicyId) -> Result<Value, ApiError> {
+    let identity = &ctx.identity;
     let resource = policy_kind(&id);
     authorize(identity, Verb::Update, resource, id.namespace.as_deref())?;
     let stored = app.store.get(&policy_key(&id)).await.map_err(|e| ApiError::from_store(e, resource, &id.name))?;
@@ -349,8 +330,7 @@ async fn on_demand(app: &App, identity: &Identity, id: PolicyId) -> Result<Respo
         ),
     };
     let report = audit(&mut Objects::new(&app.store), policy).await;
-    let updated = record(&app.store, &id, &report).await.map_err(|e| ApiError::from_store(e, resource, &id.name))?;
-    Ok((StatusCode::OK, Json(updated)).into_response())
+    record(&app.store, &id, &report).await.map_err(|e| ApiError::from_store(e, resource, &id.name))
 }
 
 /// Records that a request was admitted in violation of the `audit` policy

@@ -4,7 +4,7 @@
 //! create or owned by other endpoints), checks against other stored objects,
 //! what happens right before the store and after the commit, how a delete
 //! goes (at once, graceful, finalized), and whether admission policies
-//! review it. The generic write path (`crate::resources`) calls these steps
+//! review it. The generic write path ([`crate::objects`]) calls these steps
 //! in order; a kind without special rules uses [`Plain`] and has nothing to
 //! write. [`of`] is the one place that says which kind has which strategy.
 

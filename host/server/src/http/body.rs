@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// The largest request body accepted (the Kubernetes API server's limit).
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = crate::objects::MAX_OBJECT_BYTES;
 
 /// Reads the whole body, refusing one larger than [`MAX_BODY_BYTES`].
 pub async fn read(body: Body) -> Result<Bytes, ApiError> {
@@ -84,7 +84,7 @@ pub fn decode_object(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiErro
     let media = media_type(headers);
     let value = match media.as_str() {
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(bytes)?,
-        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(bytes)?,
+        crate::http::protobuf::MEDIA_TYPE => crate::http::protobuf::decode(bytes)?,
         // curl -d sends form encoding by default; a JSON body is what it carries.
         "" | "application/json" | "text/plain" | "application/x-www-form-urlencoded" => decode_json(bytes)?,
         other if other.ends_with("+json") => decode_json(bytes)?,
@@ -107,16 +107,6 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, ApiError> {
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
-
-/// What the budgets count a value as: about the bytes of its JSON text —
-/// each node this much (its punctuation, a number's digits), plus the bytes
-/// of its strings and keys. The memory a value holds is a small multiple
-/// of that count.
-pub const NODE_COST: usize = 8;
-
-/// The most an object a request makes (a decoded body, a patch's result)
-/// may count: the largest body a request may carry.
-pub const MAX_OBJECT_COST: usize = MAX_BODY_BYTES;
 
 /// How much a YAML body may decode to: about what its bytes would be as
 /// JSON (four times them, at least 64 KiB), whatever its aliases say.
@@ -167,7 +157,7 @@ struct Bounded<'a> {
 
 impl Bounded<'_> {
     fn charge<E: serde::de::Error>(&self, bytes: usize) -> Result<(), E> {
-        let cost = NODE_COST.saturating_add(bytes);
+        let cost = crate::objects::NODE_COST.saturating_add(bytes);
         match self.remaining.get().checked_sub(cost) {
             Some(left) if left > 0 => {
                 self.remaining.set(left);

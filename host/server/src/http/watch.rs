@@ -28,14 +28,14 @@ use tokio::sync::mpsc;
 
 use crate::App;
 use crate::error::ApiError;
+use crate::http::request::Params;
+use crate::http::table;
 use crate::objects::{self, Context, Target, WatchEvent, WatchFrom};
-use crate::request::Params;
-use crate::table;
 
 /// Serves a watch request: opens the watch ([`objects::watch`]) and streams its events.
 pub async fn serve(app: &App, ctx: &Context, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let resource = target.resource;
-    let selection = crate::resources::selection(resource, params)?;
+    let selection = crate::http::resources::selection(resource, params)?;
     // `sendInitialEvents=true` (client-go's watch-list) asks for the current objects first, whatever the revision.
     let from = match params.get("resourceVersion") {
         _ if params.flag("sendInitialEvents") => WatchFrom::Now { bookmark: true },

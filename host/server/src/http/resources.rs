@@ -17,9 +17,10 @@ use serde_json::{Map, Value, json};
 use crate::App;
 use crate::auth::{Identity, Verb};
 use crate::error::ApiError;
+use crate::http::request::{Params, parse_path, verb};
+use crate::http::{body, table, watch};
 use crate::objects::{self, Context, DeleteOptions, FieldValidation, Selection, Target, Written};
-use crate::request::{Params, parse_path, verb};
-use crate::{body, patch, table, watch};
+use crate::patch;
 
 /// Serves every `/api/…` and `/apis/…` resource URL.
 pub async fn handle(
