@@ -222,12 +222,8 @@ async fn store_token(store: &Store, prefix: &str, secret: &str, mut spec: serde_
     // Named by its hash, so replicas sharing a database keep theirs.
     let name = format!("{prefix}-{}", &hash["sha256:".len().."sha256:".len() + 10]);
     spec["secretHash"] = json!(hash);
-    let token = json!({
-        "apiVersion": TOKEN.api_version(),
-        "kind": TOKEN.kind,
-        "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-        "spec": spec,
-    });
+    let mut token = kapsel_api::object::new_object(&TOKEN.api_version(), TOKEN.kind, None, &name);
+    token["spec"] = spec;
     match store.create(Key::new(TOKEN.store_key(), "", &name), token).await {
         Ok(_) => tracing::info!(token = %name, "issued a token"),
         Err(StoreError::AlreadyExists) => {}
@@ -256,12 +252,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Creates the namespace `name` unless it exists; `true` when it did not (for `default`: the store is new).
 async fn ensure_namespace(store: &Store, name: &str) -> anyhow::Result<bool> {
-    let namespace = json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "generation": 1},
-        "status": {"phase": "Active"},
-    });
+    let mut namespace = kapsel_api::object::new_object("v1", "Namespace", None, name);
+    namespace["status"] = json!({"phase": "Active"});
     match store.create(Key::new(kapsel_api::kinds::namespace::NAMESPACE.store_key(), "", name), namespace).await {
         Ok(_) => Ok(true),
         Err(StoreError::AlreadyExists) => Ok(false),

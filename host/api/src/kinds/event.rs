@@ -85,7 +85,7 @@ pub fn first_event_in(namespace: Option<&str>, involved: &Value, event_type: Eve
     let object_namespace = object::meta_str(involved, "namespace").filter(|n| !n.is_empty());
     let namespace = namespace.or(object_namespace).unwrap_or(CLUSTER_EVENTS_NAMESPACE);
     let event_name = format!("{name}.{}.{}", kind.to_ascii_lowercase(), reason.to_ascii_lowercase());
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = object::now();
     let mut involved_object = json!({
         "apiVersion": involved.get("apiVersion").cloned().unwrap_or(Value::Null),
         "kind": kind,

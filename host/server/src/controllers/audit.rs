@@ -154,13 +154,9 @@ fn auditable(resource: &ResourceType) -> bool {
     crate::strategy::of(resource).admitted()
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Audits one policy against the objects its `match` selects.
 async fn audit(objects: &mut Objects<'_>, policy: Arc<Policy>) -> Report {
-    let last_run = now();
+    let last_run = object::now();
     let failed = |last_run: String, error: String| Report { last_run, error: Some(error), ..Report::default() };
     let own_namespace = policy.id.namespace.clone();
     let mut inputs: Vec<(&'static ResourceType, Arc<Vec<Value>>)> = Vec::new();

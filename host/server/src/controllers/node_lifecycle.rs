@@ -168,7 +168,7 @@ async fn pass(app: &App, options: NodeLifecycleOptions) -> Result<(), StoreError
 /// Sets the node's `Ready` condition; `true` when it was written.
 async fn set_ready(app: &App, node: &Value, status: &str, reason: &str, message: &str) -> bool {
     let mut next = node.clone();
-    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = object::now();
     let condition = json!({"type": "Ready", "status": status, "reason": reason, "message": message,
         "lastHeartbeatTime": now, "lastTransitionTime": now});
     object::set_condition(&mut next, condition);
