@@ -25,8 +25,12 @@ type Amounts = (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>);
 /// Applies the namespace's limit ranges to `pod` (a new pod in `namespace`).
 pub async fn apply(store: &Store, namespace: &str, pod: &mut Value) -> Result<(), ApiError> {
     let ranges = store.list(&LIMIT_RANGE.store_key(), Some(namespace)).await.map_err(|e| ApiError::from_store(e, &LIMIT_RANGE, ""))?;
+    apply_ranges(&ranges.objects, pod)
+}
+
+/// Applies `ranges` (the LimitRange objects of the pod's namespace) to `pod`.
+fn apply_ranges(ranges: &[Value], pod: &mut Value) -> Result<(), ApiError> {
     let items: Vec<LimitRangeItem> = ranges
-        .objects
         .iter()
         .filter_map(|range| range.pointer("/spec/limits").cloned())
         .filter_map(|limits| serde_json::from_value::<Vec<LimitRangeItem>>(limits).ok())
@@ -161,5 +165,173 @@ fn check(
         if actual > ratio.millis() as f64 / 1000.0 {
             problems.push(format!("{resource} max limit to request ratio per {scope} is {ratio}, but provided ratio is {actual:.2}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(limits: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "sizes", "namespace": "dev"}, "spec": {"limits": limits}})
+    }
+
+    /// A pod named `web` with one container per entry of `resources` (`null`: none set).
+    fn pod(resources: &[Value]) -> Value {
+        let containers: Vec<Value> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, resources)| {
+                let mut container = json!({"name": format!("c{i}"), "image": "app:1"});
+                if !resources.is_null() {
+                    container["resources"] = resources.clone();
+                }
+                container
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": {"containers": containers}})
+    }
+
+    /// The message of a 403, or a panic naming what came instead.
+    fn forbidden(result: Result<(), ApiError>) -> String {
+        match result {
+            Err(ApiError::Forbidden(message)) => message,
+            other => panic!("expected 403 Forbidden, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_container_without_resources_gets_the_defaults() {
+        let ranges =
+            [range(json!([{"type": "Container", "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"}}]))];
+        let mut pod = pod(&[Value::Null]);
+        apply_ranges(&ranges, &mut pod).unwrap();
+        let resources = &pod["spec"]["containers"][0]["resources"];
+        assert_eq!(resources["limits"], json!({"cpu": "500m", "memory": "256Mi"}));
+        // A request without a defaultRequest is the default limit, as Kubernetes defaults a LimitRange.
+        assert_eq!(resources["requests"], json!({"cpu": "100m", "memory": "256Mi"}));
+    }
+
+    #[test]
+    fn what_a_container_sets_itself_stays() {
+        let ranges =
+            [range(json!([{"type": "Container", "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"}}]))];
+        let mut pod = pod(&[json!({"requests": {"cpu": "250m"}, "limits": {"cpu": "750m"}})]);
+        apply_ranges(&ranges, &mut pod).unwrap();
+        let resources = &pod["spec"]["containers"][0]["resources"];
+        assert_eq!(resources["limits"], json!({"cpu": "750m", "memory": "256Mi"}));
+        assert_eq!(resources["requests"], json!({"cpu": "250m", "memory": "256Mi"}));
+    }
+
+    #[test]
+    fn init_containers_get_the_defaults_too() {
+        let ranges = [range(json!([{"type": "Container", "default": {"memory": "64Mi"}}]))];
+        let mut pod = pod(&[Value::Null]);
+        pod["spec"]["initContainers"] = json!([{"name": "setup", "image": "app:1"}]);
+        apply_ranges(&ranges, &mut pod).unwrap();
+        assert_eq!(pod["spec"]["initContainers"][0]["resources"], json!({"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}}));
+        assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"], json!({"memory": "64Mi"}));
+    }
+
+    #[test]
+    fn without_ranges_or_defaults_a_pod_is_left_as_it_is() {
+        let bare = pod(&[Value::Null]);
+        let mut unchanged = bare.clone();
+        apply_ranges(&[], &mut unchanged).unwrap();
+        assert_eq!(unchanged, bare);
+        // Bounds alone default nothing; a Pod item defaults nothing either.
+        let bounds =
+            [range(json!([{"type": "Container", "maxLimitRequestRatio": {"cpu": "10"}}, {"type": "Pod", "default": {"cpu": "1"}}]))];
+        apply_ranges(&bounds, &mut unchanged).unwrap();
+        assert_eq!(unchanged, bare);
+    }
+
+    #[test]
+    fn a_container_above_max_is_refused_naming_the_resource_and_both_amounts() {
+        let ranges = [range(json!([{"type": "Container", "max": {"cpu": "1"}}]))];
+        let mut big = pod(&[json!({"limits": {"cpu": "2"}})]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut big)),
+            r#"pods "web" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#
+        );
+        let mut at_max = pod(&[json!({"limits": {"cpu": "1000m"}})]);
+        apply_ranges(&ranges, &mut at_max).unwrap();
+        // A max needs a limit to compare with.
+        let mut unlimited = pod(&[Value::Null]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut unlimited)),
+            r#"pods "web" is forbidden: maximum cpu usage per Container is 1, but no limit is specified"#
+        );
+    }
+
+    #[test]
+    fn a_container_below_min_is_refused_and_a_limit_stands_for_a_missing_request() {
+        let ranges = [range(json!([{"type": "Container", "min": {"memory": "16Mi"}}]))];
+        let mut small = pod(&[json!({"requests": {"memory": "8Mi"}, "limits": {"memory": "64Mi"}})]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut small)),
+            r#"pods "web" is forbidden: minimum memory usage per Container is 16Mi, but request is 8Mi"#
+        );
+        let mut limited = pod(&[json!({"limits": {"memory": "16Mi"}})]);
+        apply_ranges(&ranges, &mut limited).unwrap();
+        let mut unspecified = pod(&[Value::Null]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut unspecified)),
+            r#"pods "web" is forbidden: minimum memory usage per Container is 16Mi, but no request is specified"#
+        );
+    }
+
+    #[test]
+    fn the_limit_to_request_ratio_is_bounded() {
+        let ranges = [range(json!([{"type": "Container", "maxLimitRequestRatio": {"cpu": "10"}}]))];
+        let mut twenty = pod(&[json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "2"}})]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut twenty)),
+            r#"pods "web" is forbidden: cpu max limit to request ratio per Container is 10, but provided ratio is 20.00"#
+        );
+        let mut ten = pod(&[json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}})]);
+        apply_ranges(&ranges, &mut ten).unwrap();
+    }
+
+    #[test]
+    fn defaults_are_filled_before_the_bounds_are_checked() {
+        // The default limit of 2 CPUs is itself above max: a bare pod is refused for it.
+        let ranges = [range(json!([{"type": "Container", "default": {"cpu": "2"}, "max": {"cpu": "1"}}]))];
+        let mut bare = pod(&[Value::Null]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut bare)),
+            r#"pods "web" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#
+        );
+    }
+
+    #[test]
+    fn a_pod_item_bounds_the_sum_of_the_containers() {
+        let ranges = [range(json!([{"type": "Pod", "max": {"memory": "1536Mi"}}]))];
+        let gib = json!({"requests": {"memory": "1Gi"}, "limits": {"memory": "1Gi"}});
+        let mut one = pod(std::slice::from_ref(&gib));
+        apply_ranges(&ranges, &mut one).unwrap();
+        let mut two = pod(&[gib.clone(), gib]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut two)),
+            r#"pods "web" is forbidden: maximum memory usage per Pod is 1536Mi, but limit is 2Gi"#
+        );
+    }
+
+    #[test]
+    fn every_reason_is_listed_in_brackets() {
+        let ranges = [range(json!([{"type": "Container", "min": {"memory": "16Mi"}, "max": {"cpu": "1"}}]))];
+        let mut pod = pod(&[json!({"requests": {"memory": "8Mi"}, "limits": {"cpu": "2", "memory": "8Mi"}})]);
+        assert_eq!(
+            forbidden(apply_ranges(&ranges, &mut pod)),
+            r#"pods "web" is forbidden: [minimum memory usage per Container is 16Mi, but request is 8Mi, maximum cpu usage per Container is 1, but limit is 2]"#
+        );
+    }
+
+    #[test]
+    fn resources_of_the_wrong_shape_are_left_for_validation() {
+        let ranges = [range(json!([{"type": "Container", "default": {"cpu": "500m"}}]))];
+        let mut pod = pod(&[json!("lots")]);
+        apply_ranges(&ranges, &mut pod).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["resources"], "lots");
     }
 }

@@ -641,4 +641,205 @@ mod tests {
         let create = Charge::new(&ARTIFACT, "ns", "b", None, Some(&artifact(&[])));
         assert!(charged(&create, &near_max).unwrap_err().contains("exceeded quota"));
     }
+
+    /// A pod `web` in `ns` with these containers (and init containers), stored at revision 3.
+    fn pod(containers: Value, init_containers: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "ns", "resourceVersion": "3"},
+            "spec": {"containers": containers, "initContainers": init_containers}, "status": {"phase": "Pending"}})
+    }
+
+    fn container(name: &str, requests: Value, limits: Value) -> Value {
+        json!({"name": name, "image": "app:1", "resources": {"requests": requests, "limits": limits}})
+    }
+
+    /// `usage` as text, by resource name.
+    fn text(usage: &Usage) -> BTreeMap<&str, String> {
+        usage.iter().map(|(name, quantity)| (name.as_str(), quantity.to_string())).collect()
+    }
+
+    #[test]
+    fn a_pod_uses_its_count_and_its_effective_requests_and_limits() {
+        // Containers: 100m + 200m CPU, 64Mi + 64Mi memory; the init container: 500m CPU, 100Mi memory.
+        let pod = pod(
+            json!([
+                container("a", json!({"cpu": "100m", "memory": "64Mi"}), json!({"cpu": "1", "memory": "64Mi"})),
+                container("b", json!({"cpu": "200m", "memory": "64Mi"}), json!({"cpu": "1", "memory": "64Mi"})),
+            ]),
+            json!([container("setup", json!({"cpu": "500m", "memory": "100Mi"}), json!({"cpu": "500m", "memory": "100Mi"}))]),
+        );
+        // Per resource, the larger of the containers' sum and the largest init container.
+        let expected = BTreeMap::from([
+            ("count/pods", "1".to_string()),
+            ("pods", "1".to_string()),
+            ("requests.cpu", "500m".to_string()),
+            ("cpu", "500m".to_string()),
+            ("requests.memory", "128Mi".to_string()),
+            ("memory", "128Mi".to_string()),
+            ("limits.cpu", "2".to_string()),
+            ("limits.memory", "128Mi".to_string()),
+        ]);
+        assert_eq!(text(&usage(&POD, &pod)), expected);
+    }
+
+    #[test]
+    fn the_largest_init_container_counts_not_their_sum() {
+        let pod = pod(
+            json!([container("a", json!({"memory": "64Mi"}), json!({}))]),
+            json!([container("first", json!({"memory": "256Mi"}), json!({})), container("second", json!({"memory": "192Mi"}), json!({})),]),
+        );
+        let used = usage(&POD, &pod);
+        assert_eq!(used["requests.memory"].to_string(), "256Mi");
+        assert_eq!(used["memory"].to_string(), "256Mi");
+        assert!(!used.contains_key("limits.memory"), "no container has a memory limit: {used:?}");
+    }
+
+    #[test]
+    fn a_request_left_out_is_its_limit() {
+        let pod = pod(json!([container("a", json!({"memory": "32Mi"}), json!({"cpu": "1500m", "memory": "64Mi"}))]), json!([]));
+        let used = usage(&POD, &pod);
+        assert_eq!(used["requests.cpu"].to_string(), "1500m");
+        assert_eq!(used["requests.memory"].to_string(), "32Mi");
+        assert_eq!(used["limits.memory"].to_string(), "64Mi");
+    }
+
+    #[test]
+    fn only_cpu_memory_and_claimed_storage_are_counted() {
+        let mut pod = pod(
+            json!([container(
+                "a",
+                json!({"cpu": "1", "ephemeral-storage": "1Gi", "example.com/gpu": "1"}),
+                json!({"example.com/gpu": "1"})
+            )]),
+            json!([]),
+        );
+        pod["spec"]["volumes"] = json!([
+            {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {"resources": {"requests": {"storage": "1Gi"}}}}}},
+            {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": {"resources": {"requests": {"storage": "512Mi"}}}}}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
+        ]);
+        let used = usage(&POD, &pod);
+        let names: Vec<&str> = used.keys().map(String::as_str).collect();
+        assert_eq!(names, ["count/pods", "cpu", "pods", "requests.cpu", "requests.storage"]);
+        assert_eq!(used["requests.storage"].to_string(), "1536Mi");
+    }
+
+    #[test]
+    fn a_pod_that_has_ended_uses_only_its_count() {
+        for phase in ["Succeeded", "Failed"] {
+            let mut pod = pod(json!([container("a", json!({"cpu": "1"}), json!({"cpu": "1"}))]), json!([]));
+            pod["status"]["phase"] = json!(phase);
+            assert_eq!(text(&usage(&POD, &pod)), BTreeMap::from([("count/pods", "1".to_string())]), "{phase}");
+        }
+    }
+
+    #[test]
+    fn a_create_charges_and_a_delete_refunds() {
+        let web = pod(json!([container("a", json!({"cpu": "250m"}), json!({"cpu": "250m"}))]), json!([]));
+        let compute = quota(json!({"pods": "10", "requests.cpu": "2"}), json!({"pods": "3", "requests.cpu": "1"}));
+
+        let create = Charge::new(&POD, "ns", "web", None, Some(&web));
+        let after_create = charged(&create, &compute).unwrap();
+        // What the quota does not limit (count/pods, limits.cpu) is not added to its usage.
+        assert_eq!(after_create["status"]["used"], json!({"pods": "4", "requests.cpu": "1250m"}));
+        assert_eq!(after_create["spec"], compute["spec"]);
+
+        let delete = Charge::new(&POD, "ns", "web", Some(&web), None);
+        assert_eq!(delete.old_revision, Some(3));
+        let after_delete = charged(&delete, &after_create).unwrap();
+        assert_eq!(after_delete["status"]["used"], json!({"pods": "3", "requests.cpu": "1"}));
+        // A refund is never refused, even from a quota already over its limit.
+        let over = quota(json!({"pods": "1"}), json!({"pods": "5"}));
+        assert_eq!(charged(&delete, &over).unwrap()["status"]["used"], json!({"pods": "4"}));
+    }
+
+    #[test]
+    fn a_pod_that_ends_gives_back_all_but_its_count() {
+        let running = pod(json!([container("a", json!({"cpu": "500m"}), json!({"cpu": "500m"}))]), json!([]));
+        let mut ended = running.clone();
+        ended["status"]["phase"] = json!("Succeeded");
+        let charge = Charge::new(&POD, "ns", "web", Some(&running), Some(&ended));
+        let change: BTreeMap<&str, String> = text(&charge.change);
+        assert_eq!(
+            change,
+            BTreeMap::from([
+                ("cpu", "-500m".to_string()),
+                ("limits.cpu", "-500m".to_string()),
+                ("pods", "-1".to_string()),
+                ("requests.cpu", "-500m".to_string()),
+            ])
+        );
+        // Relabelling a pod changes nothing a quota counts: the charge is empty.
+        let mut relabelled = running.clone();
+        relabelled["metadata"]["labels"] = json!({"app": "web"});
+        assert!(Charge::new(&POD, "ns", "web", Some(&running), Some(&relabelled)).is_empty());
+    }
+
+    #[test]
+    fn a_write_over_the_limit_is_refused_in_kubernetes_words() {
+        let web = pod(json!([container("a", json!({"cpu": "500m", "memory": "1Gi"}), json!({"cpu": "500m", "memory": "1Gi"}))]), json!([]));
+        let charge = Charge::new(&POD, "ns", "web", None, Some(&web));
+        let compute = quota(
+            json!({"requests.cpu": "1", "requests.memory": "2Gi", "pods": "5"}),
+            json!({"requests.cpu": "800m", "requests.memory": "1536Mi", "pods": "1"}),
+        );
+        assert_eq!(
+            charged(&charge, &compute).unwrap_err(),
+            r#"pods "web" is forbidden: exceeded quota: q, requested: requests.cpu=500m,requests.memory=1Gi, used: requests.cpu=800m,requests.memory=1536Mi, limited: requests.cpu=1,requests.memory=2Gi"#
+        );
+        // Up to the limit exactly is admitted.
+        let room = quota(json!({"requests.cpu": "1"}), json!({"requests.cpu": "500m"}));
+        assert_eq!(charged(&charge, &room).unwrap()["status"]["used"], json!({"requests.cpu": "1"}));
+    }
+
+    #[test]
+    fn a_quota_that_limits_what_the_write_changes_not_is_left_alone() {
+        let web = pod(json!([container("a", json!({"cpu": "1"}), json!({"cpu": "1"}))]), json!([]));
+        let charge = Charge::new(&POD, "ns", "web", None, Some(&web));
+        // Full, and not counted yet: neither matters to a quota that has no say.
+        let artifacts = json!({"metadata": {"name": "q", "namespace": "ns"}, "spec": {"hard": {"count/artifacts.kapsel.io": "0"}}});
+        assert!(!charge.limited_by(&amounts_at(&artifacts, "/spec/hard")));
+        assert_eq!(charged(&charge, &artifacts).unwrap(), artifacts);
+    }
+
+    #[test]
+    fn a_quota_not_counted_yet_refuses_until_it_is() {
+        let web = pod(json!([container("a", json!({"cpu": "1"}), json!({"cpu": "1"}))]), json!([]));
+        let charge = Charge::new(&POD, "ns", "web", None, Some(&web));
+        let uncounted = json!({"metadata": {"name": "q", "namespace": "ns"}, "spec": {"hard": {"pods": "10"}}});
+        assert_eq!(
+            charged(&charge, &uncounted).unwrap_err(),
+            r#"pods "web" is forbidden: quota q has not been counted yet; try again in a moment"#
+        );
+        // Counted for another `hard` than the spec's (edited since): not counted yet either.
+        let mut stale = quota(json!({"pods": "10", "requests.cpu": "4"}), json!({"pods": "1", "requests.cpu": "0"}));
+        stale["status"]["hard"] = json!({"pods": "10"});
+        assert!(charged(&charge, &stale).unwrap_err().contains("has not been counted yet"));
+    }
+
+    #[test]
+    fn a_quota_on_compute_needs_every_new_container_to_specify_it() {
+        let compute = quota(json!({"requests.cpu": "4", "limits.memory": "4Gi"}), json!({"requests.cpu": "0", "limits.memory": "0"}));
+        let bare = pod(json!([json!({"name": "a", "image": "app:1"})]), json!([]));
+        let charge = Charge::new(&POD, "ns", "web", None, Some(&bare));
+        assert_eq!(
+            charged(&charge, &compute).unwrap_err(),
+            r#"pods "web" is forbidden: failed quota: q: must specify requests.cpu, limits.memory"#
+        );
+        // A limit stands for the request; an init container must specify as well.
+        let mut sized = pod(json!([container("a", json!({}), json!({"cpu": "1", "memory": "1Gi"}))]), json!([]));
+        charged(&Charge::new(&POD, "ns", "web", None, Some(&sized)), &compute).unwrap();
+        sized["spec"]["initContainers"] = json!([container("setup", json!({"cpu": "1"}), json!({}))]);
+        assert_eq!(
+            charged(&Charge::new(&POD, "ns", "web", None, Some(&sized)), &compute).unwrap_err(),
+            r#"pods "web" is forbidden: failed quota: q: must specify limits.memory"#
+        );
+        // A quota on pods alone asks nothing of containers.
+        let pods = quota(json!({"pods": "4"}), json!({"pods": "0"}));
+        charged(&charge, &pods).unwrap();
+        // An update that adds no container is not asked again.
+        let mut relabelled = bare.clone();
+        relabelled["metadata"]["labels"] = json!({"app": "web"});
+        let update = Charge::new(&POD, "ns", "web", Some(&bare), Some(&relabelled));
+        assert_eq!(charged(&update, &compute).unwrap(), compute);
+    }
 }

@@ -1,7 +1,7 @@
 //! IT's controls through the whole request path, in-process: quotas
 //! (usage counted from what exists, exact under concurrent creates and
 //! deletes, refusals worded as Kubernetes words them, dry runs checked and
-//! not charged), resource classes and workload templates.
+//! not charged), resource classes, limit ranges and workload templates.
 
 mod common;
 
@@ -218,6 +218,53 @@ async fn a_resource_class_sizes_every_container_and_a_namespace_can_restrict_cla
         "{}",
         refused.text
     );
+}
+
+/// LimitRanges fill a new pod's missing requests and limits, then bound them, as Kubernetes' LimitRanger does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_ranges_default_and_bound_new_pods() {
+    let api = Api::start().await;
+    let range = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "sizes"},
+        "spec": {"limits": [
+            {"type": "Container", "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"},
+             "min": {"memory": "16Mi"}, "max": {"cpu": "1", "memory": "1Gi"}, "maxLimitRequestRatio": {"cpu": "10"}},
+            {"type": "Pod", "max": {"memory": "1536Mi"}}]}});
+    api.post("/api/v1/namespaces/dev/limitranges", range).await.ok(201);
+
+    // Nothing set: limits from `default`, requests from `defaultRequest` or else `default`.
+    let mut bare = pod("bare");
+    bare["spec"]["containers"][0].as_object_mut().unwrap().remove("resources");
+    let created = api.post(&pods("dev"), bare).await;
+    created.ok(201);
+    let resources = &created.body["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"], json!({"cpu": "500m", "memory": "256Mi"}), "{resources}");
+    assert_eq!(resources["requests"], json!({"cpu": "100m", "memory": "256Mi"}), "{resources}");
+    assert_eq!(created.body["status"]["qosClass"], "Burstable");
+
+    // What a pod sets itself stays; bounds are checked on the result, every reason listed.
+    let sized = |name: &str, requests: Value, limits: Value| {
+        let mut pod = pod(name);
+        pod["spec"]["containers"][0]["resources"] = json!({"requests": requests, "limits": limits});
+        pod
+    };
+    let too_big = api.post(&pods("dev"), sized("big", json!({"cpu": "100m", "memory": "8Mi"}), json!({"cpu": "2", "memory": "2Gi"}))).await;
+    too_big.failure(403, "Forbidden");
+    assert_eq!(
+        too_big.message(),
+        r#"pods "big" is forbidden: [minimum memory usage per Container is 16Mi, but request is 8Mi, maximum cpu usage per Container is 1, but limit is 2, maximum memory usage per Container is 1Gi, but limit is 2Gi, cpu max limit to request ratio per Container is 10, but provided ratio is 20.00, maximum memory usage per Pod is 1536Mi, but limit is 2Gi]"#
+    );
+    // The pod's sum is bounded too: two containers of 1Gi exceed 1536Mi.
+    let mut pair = sized("pair", json!({"memory": "1Gi"}), json!({"memory": "1Gi"}));
+    let second = pair["spec"]["containers"][0].clone();
+    pair["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "side", "image": second["image"], "resources": second["resources"]}));
+    let refused = api.post(&pods("dev"), pair).await;
+    refused.failure(403, "Forbidden");
+    assert!(refused.message().contains("maximum memory usage per Pod is 1536Mi, but limit is 2Gi"), "{}", refused.text);
+    // Other namespaces are not affected.
+    api.post(&pods("qa"), sized("big", json!({"cpu": "100m"}), json!({"cpu": "2"}))).await.ok(201);
 }
 
 fn template(kind: &str, name: &str) -> Value {
