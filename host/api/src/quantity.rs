@@ -62,6 +62,15 @@ impl Quantity {
     }
 
     /// Parses a Kubernetes quantity string.
+    /// A quantity as JSON holds it: a string (`"250m"`) or a number; `None` for anything else or what does not parse.
+    pub fn from_json(value: &serde_json::Value) -> Option<Self> {
+        match value {
+            serde_json::Value::String(text) => Quantity::parse(text).ok(),
+            serde_json::Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
+            _ => None,
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Self, QuantityError> {
         let err = || QuantityError(QuantityProblem::Syntax, quoted(text));
         let too_large = || QuantityError(QuantityProblem::TooLarge, quoted(text));

@@ -77,7 +77,7 @@ pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
         return usage;
     }
     usage.insert("pods".into(), Quantity::from_units(1));
-    let (requests, limits) = pod_amounts(object);
+    let (requests, limits) = kapsel_api::kinds::pod::effective_resources(object);
     for (name, quantity) in requests {
         if matches!(name.as_str(), "cpu" | "memory") {
             usage.insert(format!("requests.{name}"), quantity);
@@ -132,42 +132,6 @@ fn amounts_at(object: &Value, pointer: &str) -> Usage {
         .flatten()
         .filter_map(|(name, value)| Some((name.clone(), quantity(value)?)))
         .collect()
-}
-
-/// A container's requests (a request left out is its limit) and limits.
-fn container_amounts(container: &Value) -> (Usage, Usage) {
-    let limits = amounts_at(container, "/resources/limits");
-    let mut requests = limits.clone();
-    requests.extend(amounts_at(container, "/resources/requests"));
-    (requests, limits)
-}
-
-/// A pod's effective requests and limits: per resource, the larger of the
-/// sum over its containers and the largest of its init containers.
-fn pod_amounts(pod: &Value) -> (Usage, Usage) {
-    let containers = |field: &str| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).cloned().unwrap_or_default();
-    let (mut requests, mut limits) = (Usage::new(), Usage::new());
-    for container in containers("containers") {
-        let (r, l) = container_amounts(&container);
-        for (totals, amounts) in [(&mut requests, r), (&mut limits, l)] {
-            for (name, quantity) in amounts {
-                let total = totals.entry(name).or_default();
-                *total = *total + quantity;
-            }
-        }
-    }
-    for container in containers("initContainers") {
-        let (r, l) = container_amounts(&container);
-        for (totals, amounts) in [(&mut requests, r), (&mut limits, l)] {
-            for (name, quantity) in amounts {
-                let total = totals.entry(name).or_default();
-                if quantity > *total {
-                    *total = quantity;
-                }
-            }
-        }
-    }
-    (requests, limits)
 }
 
 /// `new - old` for every resource either names.
@@ -315,8 +279,11 @@ fn specified(pod: &Value, old: Option<&Value>) -> Option<BTreeSet<&'static str>>
             .collect()
     };
     let existing: Vec<Value> = old.map(containers).unwrap_or_default();
-    let added: Vec<(Usage, Usage)> =
-        containers(pod).iter().filter(|c| !existing.iter().any(|e| e.get("name") == c.get("name"))).map(container_amounts).collect();
+    let added: Vec<(Usage, Usage)> = containers(pod)
+        .iter()
+        .filter(|c| !existing.iter().any(|e| e.get("name") == c.get("name")))
+        .map(kapsel_api::kinds::pod::container_resources)
+        .collect();
     if added.is_empty() {
         return None;
     }

@@ -4,7 +4,7 @@
 //! Kapsel adds one field to Kubernetes' `PodSpec`: `resourceClassName`
 //! (a [`ResourceClass`](super::resource_class) that sizes every container).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
@@ -56,6 +56,77 @@ pub fn has_ended(pod: &Value) -> bool {
 /// The node a pod is bound to (`spec.nodeName`, when set and not empty).
 pub fn bound_node(pod: &Value) -> Option<&str> {
     pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
+/// Amounts of resources by name (`cpu`, `memory`, `ephemeral-storage`, extended resources).
+pub type Amounts = BTreeMap<String, Quantity>;
+
+/// A pod's effective requests and limits, by Kubernetes' rule — the one the
+/// scheduler places pods by and the quotas charge them by: per resource,
+/// the larger of the sum over its containers and the largest of its init
+/// containers (which run one at a time, before them); a container's
+/// request left out is its limit. A quantity that does not parse is left
+/// out (validation refuses such pods).
+pub fn effective_resources(pod: &Value) -> (Amounts, Amounts) {
+    let container = container_resources;
+    let list = |field: &str| pod.pointer(field).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let (mut requests, mut limits) = (Amounts::new(), Amounts::new());
+    for (r, l) in list("/spec/containers").iter().map(container) {
+        for (totals, amounts) in [(&mut requests, r), (&mut limits, l)] {
+            for (name, quantity) in amounts {
+                let total = totals.entry(name).or_default();
+                *total = *total + quantity;
+            }
+        }
+    }
+    for (r, l) in list("/spec/initContainers").iter().map(container) {
+        for (totals, amounts) in [(&mut requests, r), (&mut limits, l)] {
+            for (name, quantity) in amounts {
+                let total = totals.entry(name).or_default();
+                *total = (*total).max(quantity);
+            }
+        }
+    }
+    (requests, limits)
+}
+
+/// A container's requests (a request left out is its limit) and limits;
+/// quantities that do not parse are left out.
+pub fn container_resources(container: &Value) -> (Amounts, Amounts) {
+    let at = |pointer: &str| -> Amounts {
+        container
+            .pointer(pointer)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, value)| Some((name.clone(), Quantity::from_json(value)?)))
+            .collect()
+    };
+    let limits = at("/resources/limits");
+    let mut requests = limits.clone();
+    requests.extend(at("/resources/requests"));
+    (requests, limits)
+}
+
+/// The Kubernetes QoS class of a pod: `Guaranteed` when every container's
+/// CPU and memory requests equal its limits, `BestEffort` when none sets
+/// any, `Burstable` otherwise.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let resources: Vec<(Option<&Value>, Option<&Value>)> =
+        containers.iter().map(|c| (c.pointer("/resources/requests"), c.pointer("/resources/limits"))).collect();
+    let set = |v: Option<&Value>| v.and_then(Value::as_object).is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"));
+    if resources.iter().all(|(requests, limits)| !set(*requests) && !set(*limits)) {
+        return "BestEffort";
+    }
+    let guaranteed = resources.iter().all(|(requests, limits)| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = limits.and_then(|l| l.get(*r));
+            // A request left out defaults to the limit.
+            limit.is_some() && requests.and_then(|q| q.get(*r)).is_none_or(|q| Some(q) == limit)
+        })
+    });
+    if guaranteed { "Guaranteed" } else { "Burstable" }
 }
 
 /// Kapsel's fields of a pod's `spec` beyond Kubernetes' `PodSpec`.
@@ -240,5 +311,56 @@ mod tests {
         assert_eq!(fields(validate(&pod)), vec!["spec.containers[0].args"]);
         assert_eq!(fields(validate(&json!({}))), vec!["spec"]);
         assert_eq!(fields(validate(&json!({"spec": {"containers": []}}))), vec!["spec.containers"]);
+    }
+
+    fn sized(containers: &[Value], init: &[Value]) -> Value {
+        let named = |list: &[Value], prefix: &str| -> Vec<Value> {
+            list.iter().enumerate().map(|(i, r)| json!({"name": format!("{prefix}{i}"), "image": "x", "resources": r})).collect()
+        };
+        json!({"spec": {"containers": named(containers, "c"), "initContainers": named(init, "i")}})
+    }
+
+    fn amounts(pairs: &[(&str, &str)]) -> Amounts {
+        pairs.iter().map(|(name, q)| (name.to_string(), Quantity::parse(q).unwrap())).collect()
+    }
+
+    #[test]
+    fn effective_resources_are_the_larger_of_the_containers_sum_and_the_largest_init_container() {
+        let pod = sized(
+            &[json!({"requests": {"cpu": "100m", "memory": "64Mi"}}), json!({"requests": {"cpu": "200m", "memory": "64Mi"}})],
+            &[json!({"requests": {"cpu": "500m", "memory": "100Mi"}}), json!({"requests": {"cpu": "50m"}})],
+        );
+        let (requests, limits) = effective_resources(&pod);
+        assert_eq!(requests, amounts(&[("cpu", "500m"), ("memory", "128Mi")]));
+        assert!(limits.is_empty());
+    }
+
+    #[test]
+    fn a_request_left_out_is_the_limit_and_extended_resources_count() {
+        let pod = sized(
+            &[
+                json!({"limits": {"cpu": "1", "memory": "1Gi", "example.com/gpu": "1"}}),
+                json!({"requests": {"cpu": "250m"}, "limits": {"cpu": "500m"}}),
+            ],
+            &[],
+        );
+        let (requests, limits) = effective_resources(&pod);
+        assert_eq!(requests, amounts(&[("cpu", "1250m"), ("memory", "1Gi"), ("example.com/gpu", "1")]));
+        assert_eq!(limits, amounts(&[("cpu", "1500m"), ("memory", "1Gi"), ("example.com/gpu", "1")]));
+        // A number is a quantity too; what does not parse is left out.
+        let odd = sized(&[json!({"requests": {"cpu": 2, "memory": "lots"}})], &[]);
+        assert_eq!(effective_resources(&odd).0, amounts(&[("cpu", "2")]));
+    }
+
+    #[test]
+    fn qos_classes_follow_kubernetes() {
+        let of = |resources: &[Value]| qos_class(&sized(resources, &[]));
+        assert_eq!(of(&[json!({})]), "BestEffort");
+        let equal = json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}});
+        assert_eq!(of(&[equal.clone(), equal.clone()]), "Guaranteed");
+        // Requests left out default to the limits.
+        assert_eq!(of(&[json!({"limits": {"cpu": "1", "memory": "1Gi"}})]), "Guaranteed");
+        assert_eq!(of(&[equal, json!({})]), "Burstable");
+        assert_eq!(of(&[json!({"requests": {"memory": "1Gi"}})]), "Burstable");
     }
 }

@@ -75,36 +75,16 @@ fn items<'a>(value: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value>
     value.pointer(pointer).and_then(Value::as_array).into_iter().flatten()
 }
 
-/// A pod's requests as the scheduler counts them: per resource, the larger
-/// of the sum over its containers and its largest init container; a request
-/// left out is its limit.
+/// A pod's requests as the scheduler counts them: its effective requests
+/// ([`kapsel_api::kinds::pod::effective_resources`], the rule the quotas charge by too).
 pub fn pod_requests(pod: &Value) -> Resources {
-    let container = |c: &Value| {
-        let mut requests = resources(c.pointer("/resources/limits"));
-        let explicit = resources(c.pointer("/resources/requests"));
-        let has = |name: &str| c.pointer(&format!("/resources/requests/{name}")).is_some();
-        if has("cpu") {
-            requests.cpu_millicores = explicit.cpu_millicores;
-        }
-        if has("memory") {
-            requests.memory_bytes = explicit.memory_bytes;
-        }
-        if has("ephemeral-storage") {
-            requests.storage_bytes = explicit.storage_bytes;
-        }
-        requests
-    };
-    let mut total = Resources { cpu_millicores: 0, memory_bytes: 0, storage_bytes: 0 };
-    for c in items(pod, "/spec/containers") {
-        add(&mut total, &container(c));
+    let (requests, _) = kapsel_api::kinds::pod::effective_resources(pod);
+    let at = |name: &str| requests.get(name);
+    Resources {
+        cpu_millicores: at("cpu").map_or(0, |q| q.millis().max(0) as u64),
+        memory_bytes: at("memory").map_or(0, |q| q.units_ceil().max(0) as u64),
+        storage_bytes: at("ephemeral-storage").map_or(0, |q| q.units_ceil().max(0) as u64),
     }
-    for c in items(pod, "/spec/initContainers") {
-        let init = container(c);
-        total.cpu_millicores = total.cpu_millicores.max(init.cpu_millicores);
-        total.memory_bytes = total.memory_bytes.max(init.memory_bytes);
-        total.storage_bytes = total.storage_bytes.max(init.storage_bytes);
-    }
-    total
 }
 
 /// The summary of a pod to place.

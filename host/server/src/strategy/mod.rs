@@ -31,8 +31,6 @@ use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
 
-pub use pod::qos_class;
-
 /// A delete's request, as the generic path has read it.
 #[derive(Debug)]
 pub struct Deleting<'a> {

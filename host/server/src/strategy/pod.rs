@@ -7,7 +7,7 @@
 //! stopped and removed by its node within the grace period.
 
 use async_trait::async_trait;
-use kapsel_api::kinds::pod::{self, MAX_GRACE_SECONDS, POD};
+use kapsel_api::kinds::pod::{self, MAX_GRACE_SECONDS, POD, qos_class};
 use kapsel_api::{FieldError, object};
 use kapsel_store::StoreError;
 use serde_json::{Value, json};
@@ -108,27 +108,6 @@ impl Strategy for Pods {
     }
 }
 
-/// The Kubernetes QoS class of a pod: `Guaranteed` when every container's
-/// CPU and memory requests equal its limits, `BestEffort` when none sets
-/// any, `Burstable` otherwise.
-pub fn qos_class(pod: &Value) -> &'static str {
-    let containers = pod.pointer("/spec/containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let resources: Vec<(Option<&Value>, Option<&Value>)> =
-        containers.iter().map(|c| (c.pointer("/resources/requests"), c.pointer("/resources/limits"))).collect();
-    let set = |v: Option<&Value>| v.and_then(Value::as_object).is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"));
-    if resources.iter().all(|(requests, limits)| !set(*requests) && !set(*limits)) {
-        return "BestEffort";
-    }
-    let guaranteed = resources.iter().all(|(requests, limits)| {
-        ["cpu", "memory"].iter().all(|r| {
-            let limit = limits.and_then(|l| l.get(*r));
-            // A request left out defaults to the limit.
-            limit.is_some() && requests.and_then(|q| q.get(*r)).is_none_or(|q| Some(q) == limit)
-        })
-    });
-    if guaranteed { "Guaranteed" } else { "Burstable" }
-}
-
 /// A pod runs images its namespace pushed: one no Artifact has is refused
 /// now (422 at `spec.containers[i].image`), not on a node later. On update
 /// only the images that change are checked (an artifact deleted since keeps
@@ -218,17 +197,6 @@ mod tests {
         let containers: Vec<Value> =
             resources.iter().enumerate().map(|(i, r)| json!({"name": format!("c{i}"), "image": "x", "resources": r})).collect();
         json!({"metadata": {"name": "p"}, "spec": {"containers": containers}})
-    }
-
-    #[test]
-    fn qos_classes_follow_kubernetes() {
-        assert_eq!(qos_class(&pod_with(&[json!({})])), "BestEffort");
-        let equal = json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}});
-        assert_eq!(qos_class(&pod_with(&[equal.clone(), equal.clone()])), "Guaranteed");
-        // Requests left out default to the limits.
-        assert_eq!(qos_class(&pod_with(&[json!({"limits": {"cpu": "1", "memory": "1Gi"}})])), "Guaranteed");
-        assert_eq!(qos_class(&pod_with(&[equal, json!({})])), "Burstable");
-        assert_eq!(qos_class(&pod_with(&[json!({"requests": {"memory": "1Gi"}})])), "Burstable");
     }
 
     #[test]
