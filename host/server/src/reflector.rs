@@ -10,6 +10,10 @@
 //! another supervisor on the same PostgreSQL reach it once the stream
 //! follows the database.)
 //!
+//! [`follow`] is that list-then-watch as a stream of [`Event`]s, for a
+//! follower that keeps its copy itself: the scheduler follows nodes and
+//! pods with it.
+//!
 //! The revision it has applied is published ([`Reflection::caught_up`]):
 //! a request handler that has just committed a change of the kind waits
 //! for the copy to hold it before answering, so the client's next request
@@ -17,9 +21,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kapsel_api::registry::ResourceType;
-use kapsel_store::{Change, Store, StoreError};
+use kapsel_store::{Change, Store, StoreError, WatchStream};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -69,57 +73,137 @@ impl Reflection {
 /// Lists `resource` into `copy` (before returning, so the copy is whole when
 /// the server starts serving), then follows the store in the background.
 pub async fn start(store: &Store, resource: &'static ResourceType, copy: impl Reflected) -> Result<Reflection, StoreError> {
-    let revision = relist(store, resource, &copy).await?;
+    let listing = store.list(&resource.store_key(), None).await?;
+    let revision = listing.revision;
+    copy.replace(listing.objects);
     let (applied, reflection) = watch::channel(revision);
-    tokio::spawn(follow(store.clone(), resource, copy, revision, applied));
+    let mut events = follow(store.clone(), resource, Some(revision));
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                // Nobody holds the copy any more.
+                () = applied.closed() => return,
+            };
+            match event {
+                Some(Event::Listed { objects, revision }) => {
+                    copy.replace(objects);
+                    applied.send_replace(revision);
+                }
+                Some(Event::Changed(change)) => {
+                    copy.apply(&change);
+                    applied.send_replace(change.revision);
+                }
+                // The store shut down.
+                None => return,
+            }
+        }
+    });
     Ok(Reflection { kind: resource.kind, applied: reflection })
 }
 
-async fn relist(store: &Store, resource: &ResourceType, copy: &impl Reflected) -> Result<i64, StoreError> {
-    let listing = store.list(&resource.store_key(), None).await?;
-    copy.replace(listing.objects);
-    Ok(listing.revision)
+/// What following a kind brings, in commit order.
+#[derive(Debug)]
+pub enum Event {
+    /// Every object of the kind, as of `revision`: first (unless following
+    /// started after a listing of the caller's), and again whenever the
+    /// changes in between are no longer in the change log. Replaces what
+    /// the follower held.
+    Listed { objects: Vec<Value>, revision: i64 },
+    /// One committed change after the last event.
+    Changed(Change),
 }
 
-/// Follows the changes after `revision` for as long as anyone may wait on the copy.
-async fn follow(store: Store, resource: &'static ResourceType, copy: impl Reflected, mut revision: i64, applied: watch::Sender<i64>) {
-    let key = resource.store_key();
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let failure = match store.watch(&key, None, revision).await {
-            Ok(mut changes) => loop {
-                match changes.next().await {
-                    Some(Ok(change)) => {
-                        copy.apply(&change);
-                        revision = change.revision;
-                        applied.send_replace(revision);
-                        backoff = MIN_BACKOFF;
+/// Follows `resource` in `store`: a listing first (or, given `after`, the
+/// changes after that revision), then every committed change. A watch
+/// that falls behind the change log (`Compacted`) is answered by a new
+/// listing; after any other error it watches again from the last change,
+/// backing off up to [`MAX_BACKOFF`]. The stream ends only when the store shuts down.
+pub fn follow(store: Store, resource: &'static ResourceType, after: Option<i64>) -> impl Stream<Item = Event> + Send + Unpin + 'static {
+    let state = Following { store, resource, revision: after, changes: None, backoff: MIN_BACKOFF };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((event, state))
+    }))
+}
+
+/// Where a [`follow`] is.
+struct Following {
+    store: Store,
+    resource: &'static ResourceType,
+    /// The revision of the last event; `None` when a listing is due.
+    revision: Option<i64>,
+    changes: Option<WatchStream>,
+    backoff: Duration,
+}
+
+impl Following {
+    async fn next(&mut self) -> Option<Event> {
+        let key = self.resource.store_key();
+        loop {
+            let Some(revision) = self.revision else {
+                match self.store.list(&key, None).await {
+                    Ok(listing) => {
+                        self.revision = Some(listing.revision);
+                        self.backoff = MIN_BACKOFF;
+                        return Some(Event::Listed { objects: listing.objects, revision: listing.revision });
                     }
-                    Some(Err(error)) => break error,
-                    None => break StoreError::Closed,
+                    Err(StoreError::Closed) => return None,
+                    Err(error) => {
+                        tracing::warn!(kind = self.resource.kind, %error, "listing failed; retrying");
+                        self.back_off().await;
+                        continue;
+                    }
                 }
-            },
-            Err(error) => error,
-        };
-        if applied.is_closed() || matches!(failure, StoreError::Closed) {
-            // Nobody holds the copy any more, or the store shut down.
-            return;
-        }
-        if matches!(failure, StoreError::Compacted { .. }) {
-            // Fell behind the change log: what was missed is only in a new listing.
-            match relist(&store, resource, &copy).await {
-                Ok(listed) => {
-                    tracing::info!(kind = resource.kind, revision = listed, "fell behind the change log; listed again");
-                    revision = listed;
-                    applied.send_replace(revision);
-                    continue;
+            };
+            let changes = match &mut self.changes {
+                Some(changes) => changes,
+                None => match self.store.watch(&key, None, revision).await {
+                    Ok(changes) => self.changes.insert(changes),
+                    Err(failure) => {
+                        self.failed(failure).await?;
+                        continue;
+                    }
+                },
+            };
+            match changes.next().await {
+                Some(Ok(change)) => {
+                    self.revision = Some(change.revision);
+                    self.backoff = MIN_BACKOFF;
+                    return Some(Event::Changed(change));
                 }
-                Err(error) => tracing::warn!(kind = resource.kind, %error, "listing again failed; retrying"),
+                Some(Err(failure)) => {
+                    self.changes = None;
+                    self.failed(failure).await?;
+                }
+                None => {
+                    self.changes = None;
+                    self.failed(StoreError::Closed).await?;
+                }
             }
-        } else {
-            tracing::warn!(kind = resource.kind, error = %failure, "the watch ended; watching again");
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Decides what follows a failed watch: a listing (fell behind the
+    /// change log), another watch after a back-off, or the end (`None`: the store shut down).
+    async fn failed(&mut self, failure: StoreError) -> Option<()> {
+        match failure {
+            StoreError::Closed => None,
+            StoreError::Compacted { .. } => {
+                tracing::info!(kind = self.resource.kind, "fell behind the change log; listing again");
+                self.revision = None;
+                Some(())
+            }
+            other => {
+                tracing::warn!(kind = self.resource.kind, error = %other, "the watch ended; watching again");
+                self.back_off().await;
+                Some(())
+            }
+        }
+    }
+
+    async fn back_off(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 }

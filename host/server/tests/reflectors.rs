@@ -1,7 +1,8 @@
 //! The server's in-memory copies follow the store, not its own request
 //! handlers: a token, a token's revocation, admission policies and
 //! plug-ins written straight into the store (as a controller, a template
-//! or another tool holding the store would) take effect.
+//! or another tool holding the store would) take effect; a follower that
+//! fell behind the change log is given the kind whole again.
 
 mod common;
 
@@ -137,4 +138,42 @@ async fn a_plugin_written_into_the_store_is_loaded_and_a_deleted_one_stops() {
     })
     .await;
     assert!(stopped, "a plug-in deleted directly is still active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_fell_behind_the_change_log_gets_a_new_listing() {
+    use futures::StreamExt;
+    use kapsel_server::reflector::{Event, follow};
+    use kapsel_store::{Store, StoreOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+    let options = StoreOptions { compaction_interval: None, retained_changes: 2, ..Default::default() };
+    let store = Store::open(&url, options).await.unwrap();
+    let token = |name: &str| json!({"apiVersion": "kapsel.io/v1alpha1", "kind": "Token", "metadata": {"name": name}, "spec": {}});
+    let first = store.create(Key::new(TOKEN.store_key(), "", "t0"), token("t0")).await.unwrap().revision;
+    for n in 1..6 {
+        store.create(Key::new(TOKEN.store_key(), "", format!("t{n}")), token(&format!("t{n}"))).await.unwrap();
+    }
+    store.compact().await.unwrap();
+
+    // From a revision the change log no longer holds: the whole kind, as of now.
+    let mut events = follow(store.clone(), &TOKEN, Some(first));
+    let Some(Event::Listed { objects, revision }) = tokio::time::timeout(SOON, events.next()).await.unwrap() else {
+        panic!("a follower behind the change log is not given a listing");
+    };
+    assert_eq!(objects.len(), 6);
+    // Then the changes after it, as they come.
+    store.delete(Key::new(TOKEN.store_key(), "", "t3"), None).await.unwrap();
+    let Some(Event::Changed(change)) = tokio::time::timeout(SOON, events.next()).await.unwrap() else {
+        panic!("a change after the listing is not followed");
+    };
+    assert!(change.revision > revision && change.key.name == "t3");
+
+    // Without a revision, following starts with a listing too.
+    let mut fresh = follow(store.clone(), &TOKEN, None);
+    let Some(Event::Listed { objects, .. }) = tokio::time::timeout(SOON, fresh.next()).await.unwrap() else {
+        panic!("following from nothing does not start with a listing");
+    };
+    assert_eq!(objects.len(), 5);
 }

@@ -52,7 +52,7 @@ use kapsel_api::kinds::pod::POD;
 use kapsel_api::object;
 use kapsel_plugins::scheduler::{FilterResult, NodeSummary, PodRef, PodSummary, Resources};
 use kapsel_plugins::{Hosted, PluginError, World};
-use kapsel_store::{Change, ChangeType, Key, Store, StoreError, WatchStream, WriteOp};
+use kapsel_store::{Change, ChangeType, Key, Store, StoreError, WriteOp};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -61,6 +61,7 @@ pub use queue::{PodKey, SchedulingQueue};
 
 use crate::events;
 use crate::plugins::{ActivePlugin, PluginRegistry};
+use crate::reflector::{self, Event};
 
 /// The `spec.schedulerName` of the pods this scheduler places (besides
 /// none, and `default-scheduler`, which manifests written for Kubernetes name).
@@ -114,7 +115,8 @@ pub fn start(app: &crate::App, options: SchedulerOptions) -> Arc<SchedulerStats>
     stats
 }
 
-/// Runs the scheduler until `stopping` turns true; a failed watch restarts it from a fresh list.
+/// Runs the scheduler until `stopping` turns true; it starts again from fresh
+/// lists when a follow had to list again (it fell behind the change log).
 pub async fn run(
     store: Store,
     plugins: PluginRegistry,
@@ -127,9 +129,12 @@ pub async fn run(
             _ = stopping.wait_for(|stop| *stop) => return,
             outcome = schedule(&store, &plugins, &options, &stats) => outcome,
         };
-        if let Err(error) = outcome {
-            tracing::warn!(error = format!("{error:#}"), "the scheduler restarts from a fresh list");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        match outcome {
+            Ok(Life::Relisted) => tracing::info!("the scheduler starts again from the fresh lists"),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "the scheduler restarts from a fresh list");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
@@ -163,13 +168,27 @@ enum Decision {
     },
 }
 
-/// One life of the scheduler: list, watch, schedule, until a watch fails.
-async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOptions, stats: &Arc<SchedulerStats>) -> anyhow::Result<()> {
+/// How a life of the scheduler ended (other than in an error).
+#[derive(Debug)]
+enum Life {
+    /// Nodes or pods were listed again (their follow fell behind the
+    /// change log): the picture is built again from fresh lists.
+    Relisted,
+}
+
+/// One life of the scheduler: list, follow nodes and pods
+/// ([`crate::reflector::follow`]), schedule, until a follow lists again.
+async fn schedule(
+    store: &Store,
+    plugins: &PluginRegistry,
+    options: &SchedulerOptions,
+    stats: &Arc<SchedulerStats>,
+) -> anyhow::Result<Life> {
     let nodes = store.list(&NODE.store_key(), None).await?;
     let pods = store.list(&POD.store_key(), None).await?;
     let mut watches = Watches {
-        nodes: store.watch(&NODE.store_key(), None, nodes.revision).await?,
-        pods: store.watch(&POD.store_key(), None, pods.revision).await?,
+        nodes: Box::new(reflector::follow(store.clone(), &NODE, Some(nodes.revision))),
+        pods: Box::new(reflector::follow(store.clone(), &POD, Some(pods.revision))),
         backlog: Vec::new(),
     };
     let mut cluster = Box::new(Cluster::new(&nodes.objects, pods.objects));
@@ -190,8 +209,10 @@ async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOp
         watches.take_ready();
         for watched in watches.backlog.drain(..) {
             match watched {
-                Watched::Node(change) => cluster.on_node(&change.ok_or(StoreError::Closed)??),
-                Watched::Pod(change) => cluster.on_pod(&change.ok_or(StoreError::Closed)??),
+                Watched::Node(Some(Event::Changed(change))) => cluster.on_node(&change),
+                Watched::Pod(Some(Event::Changed(change))) => cluster.on_pod(&change),
+                Watched::Node(Some(Event::Listed { .. })) | Watched::Pod(Some(Event::Listed { .. })) => return Ok(Life::Relisted),
+                Watched::Node(None) | Watched::Pod(None) => return Err(StoreError::Closed.into()),
             }
         }
         while let Ok(outcome) = outcome_rx.try_recv() {
@@ -242,18 +263,21 @@ async fn schedule(store: &Store, plugins: &PluginRegistry, options: &SchedulerOp
     }
 }
 
-/// The scheduler's watches of nodes and pods, and what they brought that
+/// A follow of one kind ([`reflector::follow`]).
+type Follow = Box<dyn futures::Stream<Item = Event> + Send + Unpin>;
+
+/// The scheduler's follows of nodes and pods, and what they brought that
 /// the cluster has not taken in yet.
 struct Watches {
-    nodes: WatchStream,
-    pods: WatchStream,
-    /// Changes in the order they came (`None`: the watch ended).
+    nodes: Follow,
+    pods: Follow,
+    /// Events in the order they came (`None`: the follow ended: the store shut down).
     backlog: Vec<Watched>,
 }
 
 enum Watched {
-    Node(Option<Result<Change, StoreError>>),
-    Pod(Option<Result<Change, StoreError>>),
+    Node(Option<Event>),
+    Pod(Option<Event>),
 }
 
 impl Watches {
