@@ -1,6 +1,7 @@
 //! Builds the plug-ins of `plugins/` for wasm32-wasip2 (see
 //! `host/wasm_guests.rs`) and puts the default ones and the Rego evaluator
-//! in `OUT_DIR` to be embedded; the test guests are found through `KAPSEL_TEST_GUESTS`.
+//! in `OUT_DIR` to be embedded. (The test guests are built by the
+//! development-only crate `kapsel-test-guests`.)
 
 use std::path::PathBuf;
 
@@ -11,15 +12,12 @@ mod wasm_guests;
 const PLUGINS: &[&str] = &["spread", "binpack", "local-volumes", "namespace-ipam"];
 /// Kapsel's own guests, embedded: the Rego evaluator tenants' policies run in.
 const OWN_GUESTS: &[&str] = &["rego-evaluator"];
-/// Guests built only for this crate's tests (found through `KAPSEL_TEST_GUESTS`).
-const TEST_GUESTS: &[&str] = &["hostile", "hostile-network", "greedy"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("the repository root");
-    let members: Vec<&str> = PLUGINS.iter().chain(OWN_GUESTS).chain(TEST_GUESTS).copied().collect();
+    let members: Vec<&str> = PLUGINS.iter().chain(OWN_GUESTS).copied().collect();
     let built_dir = wasm_guests::build(&root, "plugins", &members, "plugins", &[root.join("wit")]);
-    println!("cargo:rustc-env=KAPSEL_TEST_GUESTS={}", built_dir.display());
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     for plugin in PLUGINS.iter().chain(OWN_GUESTS) {
         let file = format!("{}.wasm", plugin.replace('-', "_"));

@@ -20,7 +20,3 @@ pub fn by_name(name: &str) -> Option<&'static [u8]> {
         _ => None,
     }
 }
-
-/// Where the build put the guests of `plugins/` that exist only for tests
-/// (`hostile`, `hostile-network`, `greedy`), as `<name>.wasm` with `-` as `_`.
-pub const TEST_GUESTS_DIR: &str = env!("KAPSEL_TEST_GUESTS");

@@ -96,7 +96,7 @@ fn namespace_ipam_hands_out_segments_and_addresses_and_isolates_namespaces() {
 
 #[test]
 fn a_failing_network_call_discards_the_instance_and_the_next_one_is_restored() {
-    let bytes = std::fs::read(format!("{}/hostile_network.wasm", defaults::TEST_GUESTS_DIR)).unwrap();
+    let bytes = kapsel_test_guests::HOSTILE_NETWORK.to_vec();
     let component = compile(&bytes).unwrap();
     // Loose enough for the hog to reach its memory cap (64 MiB written) before the deadline on a busy machine.
     let limits = Limits { deadline: Duration::from_millis(500), ..Limits::default() };

@@ -48,9 +48,7 @@ fn place(extension: &mut SchedulerExtension, pod: &PodSummary, nodes: usize) -> 
 }
 
 fn hostile(mode: &str, limits: Limits) -> SchedulerExtension {
-    let path = format!("{}/hostile.wasm", env!("KAPSEL_TEST_GUESTS"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    SchedulerExtension::load("hostile", &bytes, vec![("mode".into(), mode.into())], limits).unwrap()
+    SchedulerExtension::load("hostile", kapsel_test_guests::HOSTILE, vec![("mode".into(), mode.into())], limits).unwrap()
 }
 
 #[test]
@@ -95,7 +93,7 @@ fn what_is_not_a_scheduler_extension_is_refused_with_a_reason() {
     let wrong_world = refuse(defaults::LOCAL_VOLUMES);
     assert!(wrong_world.contains("scheduler-extension"), "{wrong_world}");
     // Right exports, but it reaches for files: linking would work, the grant check refuses it.
-    let greedy = std::fs::read(format!("{}/greedy.wasm", env!("KAPSEL_TEST_GUESTS"))).unwrap();
+    let greedy = kapsel_test_guests::GREEDY.to_vec();
     let refused = refuse(&greedy);
     assert!(refused.starts_with("imports ") && refused.contains("wasi:filesystem/preopens"), "{refused}");
     assert!(refused.ends_with("which a scheduler extension is not granted"), "{refused}");

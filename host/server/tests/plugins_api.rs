@@ -128,7 +128,7 @@ async fn upload_as(api: &Api, name: &str, world: &str, bytes: &[u8]) -> Reply {
 }
 
 fn hostile_network() -> Vec<u8> {
-    std::fs::read(format!("{}/hostile_network.wasm", kapsel_plugins::defaults::TEST_GUESTS_DIR)).expect("the hostile network guest")
+    kapsel_test_guests::HOSTILE_NETWORK.to_vec()
 }
 
 /// A network driver gives each namespace its segment, recorded in

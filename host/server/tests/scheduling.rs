@@ -127,7 +127,7 @@ async fn extensions_rank_nodes_by_their_weight_and_fail_under_their_policy() {
     api.delete(&format!("{PLUGINS}/packer")).await.ok(200);
 
     // An extension that traps fails the pods it is asked about under Fail, naming itself...
-    let hostile = std::fs::read(format!("{}/hostile.wasm", kapsel_plugins::defaults::TEST_GUESTS_DIR)).expect("the hostile guest");
+    let hostile = kapsel_test_guests::HOSTILE.to_vec();
     upload(&api, "trapper", &hostile, json!({"config": {"mode": "trap"}, "failurePolicy": "Fail"})).await;
     api.create_pod("dev", sized_pod("blocked", "500m")).await;
     let pod = waiting(&api, "blocked", "SchedulerError").await;
