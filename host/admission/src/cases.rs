@@ -229,13 +229,18 @@ fn load(dir: &Path) -> Result<(Value, Vec<Case>), CasesError> {
     Ok((manifest, file.cases))
 }
 
-/// Reads YAML (or JSON) with anchors and merge keys resolved.
+/// Reads YAML (or JSON) with anchors and merge keys resolved, its scalars
+/// read as the API server reads a YAML body (YAML 1.2's: only `true` and
+/// `false` are booleans, `0755` and `1_000` stay strings); a repeated key is an error.
 fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CasesError> {
     let text = std::fs::read_to_string(path).map_err(|source| CasesError::Read { path: path.to_path_buf(), source })?;
-    let parse = |message: String| CasesError::Parse { path: path.to_path_buf(), message };
-    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-    value.apply_merge().map_err(|e| parse(e.to_string()))?;
-    serde_yaml::from_value(value).map_err(|e| parse(e.to_string()))
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        null_as_string: true,
+    };
+    serde_saphyr::from_str_with_options(&text, options).map_err(|e| CasesError::Parse { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// Compiles a policy manifest, with `parameters` in place of its own when given.

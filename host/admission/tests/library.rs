@@ -43,7 +43,7 @@ fn every_policy_passes_its_cases() {
 fn denied_cases_say_which_messages_they_expect() {
     for dir in cases::policy_dirs(&library()).expect("policies/ is readable") {
         let text = std::fs::read_to_string(dir.join(cases::CASES_FILE)).unwrap_or_default();
-        let file: serde_json::Value = serde_yaml::from_str(&text).unwrap_or_default();
+        let file: serde_json::Value = serde_saphyr::from_str(&text).unwrap_or_default();
         for case in file["cases"].as_array().into_iter().flatten() {
             if case["allowed"] == false {
                 assert!(

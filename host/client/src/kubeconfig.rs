@@ -133,7 +133,7 @@ impl Kubeconfig {
         if text.trim().is_empty() {
             return Ok(Kubeconfig::default());
         }
-        let mut config: Kubeconfig = serde_yaml::from_str(&text).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
+        let mut config: Kubeconfig = serde_saphyr::from_str(&text).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         for cluster in &mut config.clusters {
             cluster.origin = path.to_path_buf();

@@ -68,101 +68,20 @@ pub fn object_table(resource: &ResourceType, objects: &[Value], with_namespace: 
 }
 
 /// Prints `value` as YAML that YAML 1.1 readers (kubectl, PyYAML) read back
-/// unchanged: any string that is not plainly a word (`no`, `on`, `1.0`,
-/// dates, timestamps, …) is written double-quoted, as kubectl writes it.
+/// unchanged: a string they would read as something else (`no`, `on`, `y`,
+/// `~`, `1.0`, `0755`, `1_000`, `1:20`, `.inf`, dates, timestamps, …) is
+/// written double-quoted, as kubectl writes it.
 pub fn print_yaml(value: &Value) -> anyhow::Result<()> {
-    print!("{}", to_yaml_text(value));
+    print!("{}", to_yaml_text(value)?);
     Ok(())
 }
 
-/// Block-style YAML for a JSON value. The emitter is this small because
-/// JSON values need only maps, lists and scalars, and because the YAML
-/// crates at hand quote for YAML 1.2 readers only.
-pub fn to_yaml_text(value: &Value) -> String {
-    let mut out = String::new();
-    match value {
-        Value::Object(map) if !map.is_empty() => write_map(&mut out, map, 0),
-        Value::Array(items) if !items.is_empty() => write_list(&mut out, items, 0),
-        scalar => {
-            out.push_str(&yaml_scalar(scalar));
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn write_map(out: &mut String, map: &serde_json::Map<String, Value>, indent: usize) {
-    for (key, value) in map {
-        out.push_str(&" ".repeat(indent));
-        out.push_str(&yaml_string(key));
-        write_nested(out, value, indent);
-    }
-}
-
-fn write_list(out: &mut String, items: &[Value], indent: usize) {
-    for item in items {
-        out.push_str(&" ".repeat(indent));
-        out.push('-');
-        match item {
-            Value::Object(map) if !map.is_empty() => {
-                // The first key goes on the dash's line, the rest align under it.
-                let mut nested = String::new();
-                write_map(&mut nested, map, indent + 2);
-                out.push(' ');
-                out.push_str(&nested[indent + 2..]);
-            }
-            Value::Array(inner) if !inner.is_empty() => {
-                out.push('\n');
-                write_list(out, inner, indent + 2);
-            }
-            scalar => {
-                out.push(' ');
-                out.push_str(&yaml_scalar(scalar));
-                out.push('\n');
-            }
-        }
-    }
-}
-
-fn write_nested(out: &mut String, value: &Value, indent: usize) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            out.push_str(":\n");
-            write_map(out, map, indent + 2);
-        }
-        Value::Array(items) if !items.is_empty() => {
-            out.push_str(":\n");
-            write_list(out, items, indent);
-        }
-        scalar => {
-            out.push_str(": ");
-            out.push_str(&yaml_scalar(scalar));
-            out.push('\n');
-        }
-    }
-}
-
-fn yaml_scalar(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => yaml_string(s),
-        Value::Array(_) => "[]".into(),
-        Value::Object(_) => "{}".into(),
-    }
-}
-
-/// Words YAML 1.1 reads as booleans or null.
-const YAML_1_1_WORDS: &[&str] = &["y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"];
-
-/// A string plain when it is unmistakably a string to every YAML reader, double-quoted (JSON escapes) otherwise.
-fn yaml_string(text: &str) -> String {
-    let plain = text.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '/')
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
-        && !YAML_1_1_WORDS.contains(&text.to_ascii_lowercase().as_str())
-        && !text.ends_with('.');
-    if plain { text.to_string() } else { serde_json::to_string(text).expect("strings serialize") }
+/// Block-style YAML for a JSON value, written by serde-saphyr, which quotes
+/// for YAML 1.1 readers unless told to write YAML 1.2. A multi-line string is
+/// a literal block (`|`); a long one stays on one line rather than folded.
+pub fn to_yaml_text(value: &Value) -> anyhow::Result<String> {
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    Ok(serde_saphyr::to_string_with_options(value, options)?)
 }
 
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
@@ -178,16 +97,47 @@ mod tests {
     #[test]
     fn yaml_quotes_what_yaml_1_1_would_misread() {
         let manifest = json!({"labels": {"a": "no", "b": "on", "c": "1"}, "created": "2026-11-26T05:34:20Z", "since": "2024-01-01", "count": 3, "x": null,
-            "spec": {"containers": [{"name": "main", "args": ["a b", "--x=1"], "env": []}], "nested": [[1, 2], []]}, "multi": "line one\nline two"});
-        let text = to_yaml_text(&manifest);
+            "spec": {"containers": [{"name": "main", "args": ["a b", "--x=1"], "env": []}], "nested": [[1, 2], []]}, "multi": "line one\nline two",
+            "more": {"d": "yes", "e": "Off", "f": "y", "g": "N", "h": "~", "i": "null", "j": "0755", "k": "1e3", "l": "1_000", "m": "1:20",
+                "r": ".inf", "o": "0x1F", "p": "<<", "q": "", "y": "key", "no": "key"},
+            "long": format!("{} {}", "a".repeat(70), "b".repeat(70))});
+        let text = to_yaml_text(&manifest).unwrap();
         assert!(text.contains("a: \"no\""), "{text}");
         assert!(text.contains("b: \"on\""), "{text}");
         assert!(text.contains("c: \"1\""), "{text}");
         assert!(text.contains("created: \"2026-11-26T05:34:20Z\""), "{text}");
         assert!(text.contains("since: \"2024-01-01\""), "{text}");
         assert!(text.contains("count: 3"), "{text}");
-        assert!(text.contains("  containers:\n  - args:\n    - \"a b\"\n"), "{text}");
-        let back: Value = serde_yaml::from_str(&text).unwrap();
+        // Block sequences under their key, as kubectl writes them; a string
+        // with a space is plain, as no YAML reader takes it for anything else.
+        assert!(text.contains("  containers:\n  - args:\n    - a b\n"), "{text}");
+        for (key, quoted) in [
+            ("d", "yes"),
+            ("e", "Off"),
+            ("f", "y"),
+            ("g", "N"),
+            ("h", "~"),
+            ("i", "null"),
+            ("j", "0755"),
+            ("k", "1e3"),
+            ("l", "1_000"),
+            ("m", "1:20"),
+            ("r", ".inf"),
+            ("o", "0x1F"),
+            ("p", "<<"),
+            ("q", ""),
+        ] {
+            assert!(text.contains(&format!("  {key}: \"{quoted}\"\n")), "{key}: {text}");
+        }
+        // Keys too: YAML 1.1 reads a bare `y` or `no` key as a boolean.
+        assert!(text.contains("  \"y\": key\n") && text.contains("  \"no\": key\n"), "{text}");
+        assert!(text.contains("multi: |-\n  line one\n  line two\n"), "{text}");
+        assert!(text.contains(&format!("long: {} {}\n", "a".repeat(70), "b".repeat(70))), "{text}");
+        assert!(text.starts_with("count: 3\n"), "{text}");
+        // Read back the same by a reader of YAML 1.1's booleans and by the CLI's own reading.
+        let back: Value = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(back, manifest, "{text}");
+        let back: Value = serde_saphyr::from_str_with_options(&text, crate::commands::yaml_options()).unwrap();
         assert_eq!(back, manifest, "{text}");
     }
 }

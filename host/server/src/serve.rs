@@ -274,7 +274,8 @@ fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> any
         "current-context": "kapsel",
         "preferences": {},
     });
-    let text = serde_yaml::to_string(&config)?;
+    // Long values (the CA's base64) stay on one line, as kubectl writes them.
+    let text = serde_saphyr::to_string_with_options(&config, serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX })?;
     kapsel_daemon::files::write_atomically(path, text.as_bytes(), 0o600)
 }
 

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use kapsel_api::{object, registry};
 use kapsel_client::{ApiFailure, Client, ConnectionArgs};
-use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::commands::object_path;
@@ -70,13 +69,14 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, Value)>> {
     parse_documents(&text, &path.display().to_string())
 }
 
-/// Splits multi-document YAML (JSON is YAML) into objects, expanding `kind: List`.
+/// Splits multi-document YAML (JSON is YAML) into objects, expanding `kind: List`;
+/// empty documents are skipped (and not counted).
 pub fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<(String, Value)>> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, super::yaml_options()).with_context(|| format!("{source} is not valid YAML"))?;
     let mut objects = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document).with_context(|| format!("{source}: document {} is not valid YAML", index + 1))?;
+    for (index, value) in documents.into_iter().enumerate() {
         match value {
-            Value::Null => {}
             Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
                 for item in map.get("items").and_then(Value::as_array).into_iter().flatten() {
                     objects.push((format!("{source} (document {})", index + 1), item.clone()));

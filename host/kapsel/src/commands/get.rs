@@ -94,7 +94,7 @@ pub async fn describe(connection: &ConnectionArgs, args: DescribeArgs) -> anyhow
     let resource = resolve_kind(&args.kind)?;
     let namespace = namespace_for(resource, args.namespace.as_deref(), &client);
     let object = client.get(&object_path(resource, namespace, &args.name)).await?;
-    print_description(resource, &object);
+    print_description(resource, &object)?;
     if resource.kind == NAMESPACE.kind {
         print_quotas(&client, &args.name).await?;
     }
@@ -128,7 +128,7 @@ pub async fn describe(connection: &ConnectionArgs, args: DescribeArgs) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_description(resource: &ResourceType, object: &Value) {
+fn print_description(resource: &ResourceType, object: &Value) -> anyhow::Result<()> {
     let field = |label: &str, value: String| println!("{:<14}{value}", format!("{label}:"));
     field("Name", object::name(object).unwrap_or_default().to_string());
     if resource.namespaced() {
@@ -152,11 +152,12 @@ fn print_description(resource: &ResourceType, object: &Value) {
     for (section, heading) in [("spec", "Spec"), ("status", "Status details"), ("involvedObject", "Involved object")] {
         if let Some(value) = object.get(section).filter(|v| !v.is_null()) {
             println!("{heading}:");
-            for line in output::to_yaml_text(value).lines() {
+            for line in output::to_yaml_text(value)?.lines() {
                 println!("  {line}");
             }
         }
     }
+    Ok(())
 }
 
 /// A namespace's quotas, each resource's usage against its limit (as `kubectl describe namespace` shows them).

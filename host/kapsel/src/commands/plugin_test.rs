@@ -189,7 +189,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let world = World::parse(&args.world)
         .with_context(|| format!("unknown world {:?}: use scheduler-extension, storage-driver or network-driver", args.world))?;
     let text = std::fs::read_to_string(&args.cases).with_context(|| format!("reading {}", args.cases.display()))?;
-    let file: CasesFile = serde_yaml::from_str(&text).with_context(|| format!("{} is not a cases file", args.cases.display()))?;
+    let file: CasesFile = serde_saphyr::from_str_with_options(&text, super::yaml_options())
+        .with_context(|| format!("{} is not a cases file", args.cases.display()))?;
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let component = kapsel_plugins::compile(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let limits = Limits { deadline: std::time::Duration::from_millis(args.deadline_ms), ..Limits::default() };

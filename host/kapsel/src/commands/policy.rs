@@ -62,7 +62,7 @@ fn test_cases(dir: &Path) -> anyhow::Result<ExitCode> {
 
 fn read_manifest(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML or JSON", path.display()))
+    serde_saphyr::from_str_with_options(&text, super::yaml_options()).with_context(|| format!("{} is not YAML or JSON", path.display()))
 }
 
 pub async fn run(connection: &ConnectionArgs, command: PolicyCommand) -> anyhow::Result<ExitCode> {

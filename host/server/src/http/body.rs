@@ -9,8 +9,9 @@
 //! builds — aliases expanded — against a budget proportional to the body,
 //! and stops with 413 the moment the budget runs out, before the memory is
 //! spent. Before that, the number of its nodes is bounded from its bytes
-//! ([`MAX_YAML_NODES`]): the YAML parser holds every event of a document
-//! in memory at once.
+//! ([`MAX_YAML_NODES`]), and the parser's own limits (serde-saphyr's
+//! budget) are set from the same numbers ([`yaml_options`]), so that
+//! [`Bounded`] is the one that binds.
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -114,10 +115,9 @@ pub fn yaml_budget(body_len: usize) -> usize {
     body_len.saturating_mul(4).max(64 * 1024)
 }
 
-/// The most nodes a YAML body may hold (aliases counted once). The YAML
-/// parser keeps every event of a document in memory (a few hundred bytes
-/// each) before anything is decoded, so their number is bounded before it
-/// starts: about 60 MB at most.
+/// The most nodes a YAML body may hold (aliases counted once). The parser's
+/// work, and the copies of anchored nodes it keeps to replay their aliases,
+/// grow with them, so their number is bounded before it starts.
 pub const MAX_YAML_NODES: usize = 200_000;
 
 /// An upper bound of the nodes (parser events) of a YAML text: each starts
@@ -126,22 +126,80 @@ fn yaml_node_bound(bytes: &[u8]) -> usize {
     bytes.iter().filter(|b| matches!(b, b',' | b'[' | b'{' | b'-' | b':' | b'*' | b'\n')).count()
 }
 
+/// How a YAML body is read, as it was with serde_yaml. Its scalars as YAML
+/// 1.2's core schema reads them (only `true` and `false` are booleans; `0755`
+/// and `1_000` stay strings; `.inf` and `.nan` become null, as JSON has
+/// neither; a key is its text, `~` too), `<<` an ordinary key and a repeated
+/// key's last value taken, as a JSON body is read. The parser's limits follow
+/// `budget`, the one [`Bounded`] charges, so that it binds first: every node
+/// costs it at least [`NODE_COST`](crate::objects::NODE_COST), so no more
+/// nodes, aliases or bytes of string than these get through it. Nesting
+/// stays at the parser's 64 levels: serde_yaml allowed 128, but this
+/// deserializer's frames are larger (a debug build's 2 MiB test thread
+/// overflows at about 90).
+fn yaml_options(budget: usize) -> serde_saphyr::Options {
+    let nodes = budget / crate::objects::NODE_COST + 1;
+    // A node is at most a start and an end event, an alias one more.
+    let events = nodes.saturating_mul(3).saturating_add(8);
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: events,
+            max_nodes: nodes,
+            max_aliases: nodes,
+            max_anchors: MAX_YAML_NODES,
+            max_total_scalar_bytes: budget,
+            // Many aliases of one anchor are ordinary; what they expand to is charged.
+            enforce_alias_anchor_ratio: false,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: events,
+        },
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        null_as_string: true,
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+        merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+        with_snippet: false,
+    }
+}
+
+/// Whether the parser stopped at one of its size limits rather than at bad
+/// YAML (nesting too deep is bad YAML here, as it is for a JSON body).
+fn is_parser_limit(error: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error;
+    match error {
+        Error::WithSnippet { error, .. } | Error::AliasError { error, .. } => is_parser_limit(error),
+        Error::Budget { breach: serde_saphyr::budget::BudgetBreach::Depth { .. }, .. } => false,
+        Error::Budget { .. }
+        | Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. }
+        | Error::AliasReplayCounterOverflow { .. } => true,
+        _ => false,
+    }
+}
+
 fn decode_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
     let nodes = yaml_node_bound(bytes);
     if nodes > MAX_YAML_NODES {
         return Err(ApiError::ExpandsTooLarge(format!(
-            "the YAML body may hold up to {nodes} nodes, more than the {MAX_YAML_NODES} a YAML body may (its parser keeps every node in memory); send large objects as JSON"
+            "the YAML body may hold up to {nodes} nodes, more than the {MAX_YAML_NODES} a YAML body may (its parser's work grows with them); send large objects as JSON"
         )));
     }
     let budget = yaml_budget(bytes.len());
     let remaining = std::cell::Cell::new(budget);
-    let deserializer = serde_yaml::Deserializer::from_slice(bytes);
-    serde::de::DeserializeSeed::deserialize(Bounded { remaining: &remaining }, deserializer).map_err(|e| {
+    serde_saphyr::with_deserializer_from_slice_with_options(bytes, yaml_options(budget), |deserializer| {
+        serde::de::DeserializeSeed::deserialize(Bounded { remaining: &remaining }, deserializer)
+    })
+    .map_err(|e| {
         if remaining.get() == 0 {
             ApiError::ExpandsTooLarge(format!(
                 "the YAML body expands to more than {budget} bytes once its anchors and aliases are followed (a body of {} bytes may decode to at most {budget})",
                 bytes.len()
             ))
+        } else if is_parser_limit(&e) {
+            ApiError::ExpandsTooLarge(format!("the YAML body goes past a limit of its parser: {e}"))
         } else {
             ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))
         }
@@ -282,6 +340,31 @@ mod tests {
         // Ordinary documents, and long strings, are far from it.
         let ordinary = format!("metadata: {{name: x}}\ndata:\n  blob: {}\n", "QUJD".repeat(500_000));
         assert!(decode_object(&yaml(), ordinary.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn yaml_scalars_are_read_as_yaml_1_2_reads_them() {
+        let body = "metadata: {name: x}\nflags: [yes, no, on, off, y, n, true, FALSE, ~, null, '']\n\
+                    numbers: [0755, 1_000, 1:20, 1e3, 0x10, .inf, 2024-01-01]\n<<: {merged: 1}\n~: tilde\nkey: first\nkey: last\n";
+        let value = decode_object(&yaml(), body.as_bytes()).unwrap();
+        assert_eq!(value["flags"], serde_json::json!(["yes", "no", "on", "off", "y", "n", true, false, null, null, ""]));
+        assert_eq!(value["numbers"], serde_json::json!(["0755", "1_000", "1:20", 1000.0, 16, null, "2024-01-01"]));
+        assert_eq!(value["<<"], serde_json::json!({"merged": 1}));
+        assert_eq!(value["~"], "tilde");
+        assert_eq!(value["key"], "last");
+    }
+
+    #[test]
+    fn the_parser_limits_do_not_bind_before_the_budget() {
+        // Many aliases of one anchor: within the budget, whatever their ratio to anchors.
+        let many = format!("metadata: {{name: x}}\nbase: &a [x]\ncopies: [{}]\n", vec!["*a"; 2_000].join(","));
+        assert_eq!(decode_object(&yaml(), many.as_bytes()).unwrap()["copies"].as_array().map(Vec::len), Some(2_000));
+        // Nesting too deep is refused as bad input, as it is in JSON.
+        let nested = format!("a: {}{}\n", "[".repeat(60), "]".repeat(60));
+        assert!(decode_object(&yaml(), nested.as_bytes()).is_ok());
+        let deep = format!("a: {}{}\n", "[".repeat(200), "]".repeat(200));
+        let error = decode_object(&yaml(), deep.as_bytes()).unwrap_err();
+        assert!(matches!(error, ApiError::BadRequest(_)), "{error:?}");
     }
 
     #[test]
