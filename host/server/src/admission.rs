@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use kapsel_admission::{ObjectType, Operation, Policy, PolicyId, PolicySet, Request, UserInfo};
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement, PolicyFailurePolicy, PolicySpec};
+use kapsel_api::kinds::event::EventType;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::{FieldError, ResourceType, object};
 use kapsel_store::{Change, ChangeType, Key, Store, StoreError};
@@ -45,7 +46,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
-use crate::objects::Context;
+use crate::operation::Context;
 use crate::reflector::{self, Reflected, Reflection};
 
 /// A write under review.
@@ -250,7 +251,7 @@ impl Admission {
     }
 
     /// Refuses a tenant's new `AdmissionPolicy` in `namespace` when the namespace already holds [`Admission::max_namespace_policies`].
-    async fn check_policy_count(&self, store: &Store, identity: &Identity, namespace: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn check_policy_count(&self, store: &Store, identity: &Identity, namespace: &str, name: &str) -> Result<(), ApiError> {
         let max = self.max_namespace_policies();
         if identity.admin {
             return Ok(());
@@ -275,15 +276,11 @@ impl Admission {
     }
 
     /// Decides `write`: `Ok` with warnings for the client, or the denial.
+    /// (Kinds whose strategy exempts them — policies, tokens — are not
+    /// brought here: the caller asks [`crate::strategy::Strategy::admitted`].)
     pub async fn admit(&self, store: &Store, identity: &Identity, write: Write<'_>) -> Result<Vec<String>, ApiError> {
         let Write { resource, operation, namespace, name, object, old_object, dry_run } = write;
-        if std::ptr::eq(resource, &ADMISSION_POLICY)
-            && operation == Operation::Create
-            && let Some(namespace) = namespace
-        {
-            self.check_policy_count(store, identity, namespace, name).await?;
-        }
-        if !crate::strategy::of(resource).admitted() || is_platform_write(identity, &write) {
+        if is_platform_write(identity, &write) {
             return Ok(Vec::new());
         }
         let policies = self.current();
@@ -349,7 +346,7 @@ impl Admission {
                             tracing::info!(policy = %decision.policy, kind = resource.kind, %name, violations = ?messages, "admission audit: violation admitted");
                             if !dry_run {
                                 let (kind, policy) = (resource.kind, &decision.policy);
-                                crate::controllers::audit::record_violation(store, policy, operation, kind, namespace, name, &messages);
+                                record_violation(store, policy, operation, kind, namespace, name, &messages);
                             }
                         }
                     }
@@ -471,7 +468,7 @@ pub async fn review(app: &App, ctx: &Context, mut review: Value) -> Result<Value
             objects.retain(|o| {
                 let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
                 let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::objects::visible(identity, r, o))
+                kapsel_api::registry::by_kind(api_version, kind).is_some_and(|r| crate::listing::visible(identity, r, o))
             });
             Some(objects)
         }
@@ -514,4 +511,50 @@ async fn load_inventory(store: &Store, kinds: &std::collections::BTreeSet<&str>,
 
 async fn store_get(store: &Store, key: &Key, resource: &ResourceType, name: &str) -> Result<Value, ApiError> {
     store.get(key).await.map_err(|e| ApiError::from_store(e, resource, name))
+}
+
+/// The reason of the Event recording a request admitted by an `audit` policy in violation.
+pub const AUDIT_VIOLATION: &str = "AuditViolation";
+
+/// Records that a request was admitted in violation of the `audit` policy
+/// `policy`: an aggregated Warning Event on the policy (reason
+/// [`AUDIT_VIOLATION`]) naming the object and the messages. In the
+/// background: events never hold up a request.
+fn record_violation(
+    store: &Store,
+    policy: &PolicyId,
+    operation: Operation,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    messages: &[String],
+) {
+    let message = format!("{} of {kind} {} admitted in violation: {}", operation.as_str(), qualified(namespace, name), messages.join("; "));
+    let store = store.clone();
+    let key = policy_key(policy);
+    // A cluster policy's violation by an object in a namespace is that namespace's to see, not every tenant's.
+    let event_namespace = namespace.filter(|n| !n.is_empty()).map(str::to_string);
+    tokio::spawn(async move {
+        if let Ok(policy) = store.get(&key).await {
+            crate::events::record_in(&store, event_namespace.as_deref(), &policy, EventType::Warning, AUDIT_VIOLATION, &message).await;
+        }
+    });
+}
+
+/// `namespace/name`, or `name` for a cluster-scoped object.
+pub(crate) fn qualified(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// The kind of the policy `id` names.
+pub(crate) fn policy_kind(id: &PolicyId) -> &'static ResourceType {
+    if id.namespace.is_some() { &ADMISSION_POLICY } else { &CLUSTER_ADMISSION_POLICY }
+}
+
+/// Where the policy `id` names is stored.
+pub(crate) fn policy_key(id: &PolicyId) -> Key {
+    Key::new(policy_kind(id).store_key(), id.namespace.clone().unwrap_or_default(), &id.name)
 }

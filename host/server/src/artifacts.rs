@@ -38,7 +38,8 @@ use serde_json::{Value, json};
 use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize};
 use crate::error::ApiError;
-use crate::objects::{Context, Written};
+use crate::objects::Written;
+use crate::operation::Context;
 use crate::{App, quota};
 
 /// The largest component a push accepts, server-wide (64 MiB): a bigger

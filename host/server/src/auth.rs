@@ -362,7 +362,7 @@ pub fn node_may_write(node: &str, resource: &ResourceType, object: &Value) -> Re
         ))
     };
     let text = endpoint.as_str().ok_or_else(|| refused("annotations hold strings".into()))?;
-    crate::logs::parse_agent_endpoint(text).map(|_| ()).map_err(refused)
+    crate::agents::parse_agent_endpoint(text).map(|_| ()).map_err(refused)
 }
 
 /// `token` (a Token object) without its roles in `namespace`; `None` when it holds none there.

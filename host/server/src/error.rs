@@ -50,7 +50,7 @@ pub enum ApiError {
     /// A plug-in call failed under the `Fail` policy (500, as Kubernetes
     /// answers when a webhook it must call fails).
     #[error("Internal error occurred: {0}")]
-    PluginFailed(#[from] crate::plugins::PluginFailure),
+    PluginFailed(#[from] PluginFailure),
     #[error("internal error: {context}")]
     Internal {
         context: String,
@@ -188,4 +188,13 @@ fn invalid_summary(causes: &[FieldError]) -> String {
 /// `pods`, or `tokens.kapsel.io` for a kind outside the core group.
 fn qualified(resource: &ResourceType) -> String {
     if resource.group.is_empty() { resource.plural.to_string() } else { format!("{}.{}", resource.plural, resource.group) }
+}
+
+/// A plug-in call that failed under the `Fail` policy: the operation fails with this.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plug-in {plugin:?} failed while {operation}: {error}")]
+pub struct PluginFailure {
+    pub plugin: String,
+    pub operation: String,
+    pub error: kapsel_plugins::PluginError,
 }

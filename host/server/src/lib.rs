@@ -15,8 +15,10 @@
 //! kubeconfig, TLS), opens the store and serves HTTPS until SIGTERM/ctrl-c.
 
 pub mod admission;
+pub mod agents;
 pub mod artifacts;
 pub mod auth;
+pub mod budget;
 pub mod classes;
 pub mod controllers;
 pub mod error;
@@ -26,6 +28,7 @@ pub mod limits;
 pub mod listing;
 pub mod logs;
 pub mod objects;
+pub mod operation;
 pub mod patch;
 pub mod plugins;
 pub mod quota;
@@ -77,7 +80,8 @@ impl App {
 
 /// The layers are kept apart: the application (every module but [`http`],
 /// and the wiring in `lib.rs` and [`serve`]) names no HTTP type and does
-/// not import the HTTP layer; the HTTP layer never touches the store.
+/// not import the HTTP layer; the HTTP layer never touches the store; and
+/// no two modules import each other.
 #[cfg(test)]
 mod layers {
     use std::path::{Path, PathBuf};
@@ -126,5 +130,62 @@ mod layers {
         assert!(files.len() > 30 && files.iter().any(|f| f.starts_with(&http)), "the sources were not found: {files:?}");
         assert!(application.is_empty(), "the application names HTTP types or the HTTP layer:\n{}", application.join("\n"));
         assert!(protocol.is_empty(), "the HTTP layer touches the store:\n{}", protocol.join("\n"));
+    }
+
+    /// The module a source file belongs to: a top-level module, or one of the HTTP layer's.
+    fn module_of(src: &Path, file: &Path) -> String {
+        let relative = file.strip_prefix(src).expect("under src").with_extension("");
+        let parts: Vec<String> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        match parts.as_slice() {
+            [http, sub, ..] if http == "http" && sub != "mod" => format!("http::{sub}"),
+            [top, ..] => top.clone(),
+            [] => String::new(),
+        }
+    }
+
+    /// The modules the code lines of `text` name through `crate::…` paths.
+    fn imports(text: &str) -> std::collections::BTreeSet<String> {
+        let mut found = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|line| !line.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                let paths: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or_default().split(',').collect(),
+                    None => vec![rest],
+                };
+                for path in paths {
+                    let mut segments =
+                        path.trim().split("::").map(|s| s.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default());
+                    let first = segments.next().unwrap_or_default();
+                    let module = match (first, segments.next()) {
+                        ("http", Some(sub)) if !sub.is_empty() && sub.starts_with(char::is_lowercase) => format!("http::{sub}"),
+                        _ => first.to_string(),
+                    };
+                    found.insert(module);
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn no_two_modules_import_each_other() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for file in files.iter().filter(|f| !f.ends_with("lib.rs")) {
+            let module = module_of(&src, file);
+            let named = imports(&std::fs::read_to_string(file).expect("read a source file"));
+            graph.entry(module.clone()).or_default().extend(named.into_iter().filter(|m| *m != module));
+        }
+        assert!(graph.get("objects").is_some_and(|i| i.contains("strategy")), "the imports were not read: {graph:?}");
+        let mut mutual = Vec::new();
+        for (a, named) in &graph {
+            for b in named.iter().filter(|b| a < *b && graph.get(*b).is_some_and(|back| back.contains(a))) {
+                mutual.push(format!("{a} <-> {b}"));
+            }
+        }
+        assert!(mutual.is_empty(), "modules that import each other: {mutual:?}");
     }
 }

@@ -18,6 +18,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kapsel_api::kinds::namespace::NAMESPACE;
+use kapsel_api::selector::{FieldSelector, LabelSelector};
 use kapsel_api::{ResourceType, object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,7 +27,49 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::objects::{Selection, visible};
+
+/// What a list or a watch selects.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Selection {
+    /// Parses a `labelSelector` and a `fieldSelector` for `resource`.
+    pub fn parse(resource: &ResourceType, labels: Option<&str>, fields: Option<&str>) -> Result<Selection, ApiError> {
+        let labels = LabelSelector::parse(labels.unwrap_or_default()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let fields = FieldSelector::parse(fields.unwrap_or_default(), resource.selectable_fields)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(Selection { labels, fields })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object::labels(object)) && self.fields.matches(object)
+    }
+
+    /// A namespace the field selector pins (`metadata.namespace=dev`), to narrow the store read.
+    pub fn namespace(&self) -> Option<&str> {
+        self.fields.required_value("metadata.namespace")
+    }
+}
+
+/// Whether the caller may see `object` in a read across namespaces.
+pub fn visible(identity: &Identity, resource: &ResourceType, object: &Value) -> bool {
+    if identity.admin {
+        return true;
+    }
+    if std::ptr::eq(resource, &kapsel_api::kinds::event::EVENT) && crate::events::for_it_only(object) {
+        return false;
+    }
+    if resource.namespaced() {
+        return object::namespace(object).is_some_and(|ns| identity.sees_namespace(ns));
+    }
+    if std::ptr::eq(resource, &NAMESPACE) {
+        return object::name(object).is_some_and(|ns| identity.sees_namespace(ns));
+    }
+    true
+}
 
 /// A page of a listing.
 #[derive(Debug)]

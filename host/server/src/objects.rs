@@ -19,7 +19,6 @@ use futures::StreamExt;
 use kapsel_admission::Operation;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::pod::POD;
-use kapsel_api::selector::{FieldSelector, LabelSelector};
 use kapsel_api::{FieldError, ResourceType, object, validation};
 use kapsel_store::{Change, ChangeType, Key, StoreError, WatchStream, WriteOp};
 use rand::Rng as _;
@@ -29,66 +28,14 @@ use crate::App;
 use crate::admission::Write;
 use crate::auth::{Identity, Verb, authorize as authorize_role};
 use crate::error::ApiError;
-use crate::listing::{self, Page};
+use crate::listing::{self, Page, Selection, visible};
+use crate::operation::{Context, FieldValidation};
 use crate::strategy::{self, Deleting, Deletion};
 use crate::watches::WatchPermit;
 use crate::{patch, quota};
 
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES: usize = 5;
-
-/// The largest object a write may carry (as the body of a request, 3 MiB).
-pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
-
-/// What the budgets count a value as: about the bytes of its JSON text —
-/// each node this much (its punctuation, a number's digits), plus the bytes
-/// of its strings and keys. The memory a value holds is a small multiple
-/// of that count.
-pub const NODE_COST: usize = 8;
-
-/// The most an object a request makes (a decoded body, a patch's result, a
-/// template's expansion) may count: the largest body a request may carry.
-pub const MAX_OBJECT_COST: usize = MAX_OBJECT_BYTES;
-
-/// What an operation is asked with, besides its object.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub identity: Identity,
-    /// Run every step but store nothing (`dryRun=All`).
-    pub dry_run: bool,
-    pub field_validation: FieldValidation,
-}
-
-impl Context {
-    /// An operation by `identity` that stores what it does, warning of unknown fields.
-    pub fn new(identity: Identity) -> Context {
-        Context { identity, dry_run: false, field_validation: FieldValidation::default() }
-    }
-}
-
-/// What a write does with fields its kind does not have (`fieldValidation`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum FieldValidation {
-    /// Refuse the write (400).
-    Strict,
-    /// Drop them and warn (the default).
-    #[default]
-    Warn,
-    /// Drop them silently.
-    Ignore,
-}
-
-impl FieldValidation {
-    /// Parses the `fieldValidation` parameter (absent: `Warn`).
-    pub fn parse(given: Option<&str>) -> Result<FieldValidation, ApiError> {
-        match given.unwrap_or("Warn") {
-            "Strict" => Ok(FieldValidation::Strict),
-            "Warn" => Ok(FieldValidation::Warn),
-            "Ignore" => Ok(FieldValidation::Ignore),
-            other => Err(ApiError::BadRequest(format!("fieldValidation must be one of Strict, Warn or Ignore (got {other:?})"))),
-        }
-    }
-}
 
 /// What an operation addresses: a kind, and a namespace, a name and a subresource where given.
 #[derive(Debug, Clone)]
@@ -181,49 +128,6 @@ pub async fn get(app: &App, ctx: &Context, target: &Target) -> Result<Value, Api
     }
     listing::redact(&ctx.identity, target.resource, &mut object);
     Ok(object)
-}
-
-/// What a list or a watch selects.
-#[derive(Debug, Default)]
-pub struct Selection {
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
-}
-
-impl Selection {
-    /// Parses a `labelSelector` and a `fieldSelector` for `resource`.
-    pub fn parse(resource: &ResourceType, labels: Option<&str>, fields: Option<&str>) -> Result<Selection, ApiError> {
-        let labels = LabelSelector::parse(labels.unwrap_or_default()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let fields = FieldSelector::parse(fields.unwrap_or_default(), resource.selectable_fields)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        Ok(Selection { labels, fields })
-    }
-
-    pub fn matches(&self, object: &Value) -> bool {
-        self.labels.matches(object::labels(object)) && self.fields.matches(object)
-    }
-
-    /// A namespace the field selector pins (`metadata.namespace=dev`), to narrow the store read.
-    pub fn namespace(&self) -> Option<&str> {
-        self.fields.required_value("metadata.namespace")
-    }
-}
-
-/// Whether the caller may see `object` in a read across namespaces.
-pub fn visible(identity: &Identity, resource: &ResourceType, object: &Value) -> bool {
-    if identity.admin {
-        return true;
-    }
-    if std::ptr::eq(resource, &kapsel_api::kinds::event::EVENT) && crate::events::for_it_only(object) {
-        return false;
-    }
-    if resource.namespaced() {
-        return object::namespace(object).is_some_and(|ns| identity.sees_namespace(ns));
-    }
-    if std::ptr::eq(resource, &NAMESPACE) {
-        return object::name(object).is_some_and(|ns| identity.sees_namespace(ns));
-    }
-    true
 }
 
 /// One page (or all, without `limit`) of the objects of `target`'s kind the
@@ -553,7 +457,7 @@ pub async fn create(app: &App, ctx: &Context, target: &Target, mut object: Value
     if let Some(namespace) = namespace {
         require_namespace(app, namespace).await?;
     }
-    strategy.check_create(app, namespace, &object).await?;
+    strategy.check_create(app, identity, namespace, &object).await?;
     let write = Write {
         resource,
         operation: Operation::Create,
@@ -563,7 +467,9 @@ pub async fn create(app: &App, ctx: &Context, target: &Target, mut object: Value
         old_object: None,
         dry_run: ctx.dry_run,
     };
-    warnings.extend(app.admission.admit(&app.store, identity, write).await?);
+    if strategy.admitted() {
+        warnings.extend(app.admission.admit(&app.store, identity, write).await?);
+    }
     let charge = match namespace {
         Some(ns) => quota::charge_for(app, resource, ns, &name, None, Some(&object)).await?,
         None => None,
@@ -664,7 +570,9 @@ async fn store_update(app: &App, ctx: &Context, target: &Target, current: &Value
         old_object: Some(current),
         dry_run: ctx.dry_run,
     };
-    warnings.extend(app.admission.admit(&app.store, &ctx.identity, write).await?);
+    if strategy.admitted() {
+        warnings.extend(app.admission.admit(&app.store, &ctx.identity, write).await?);
+    }
     let expected = match object::resource_version(&next) {
         Some(Ok(revision)) => Some(revision),
         Some(Err(message)) => {
@@ -758,11 +666,11 @@ pub async fn delete(app: &App, ctx: &Context, target: &Target, options: DeleteOp
         old_object: Some(&current),
         dry_run: ctx.dry_run,
     };
-    let warnings = app.admission.admit(&app.store, &ctx.identity, write).await?;
+    let strategy = strategy::of(resource);
+    let warnings = if strategy.admitted() { app.admission.admit(&app.store, &ctx.identity, write).await? } else { Vec::new() };
     if ctx.dry_run {
         return Ok(Written { object: current, warnings });
     }
-    let strategy = strategy::of(resource);
     let expected = options.expected_revision;
     let deleting = Deleting { key: &key, current: &current, expected, grace_seconds: options.grace_seconds };
     if let Deletion::Marked(marked) = strategy.delete(app, &deleting).await? {

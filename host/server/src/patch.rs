@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use crate::budget::NODE_COST;
 use crate::error::ApiError;
-use crate::objects::NODE_COST;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -76,7 +76,7 @@ pub fn apply(kind: Kind, current: &Value, patch: &Value) -> Result<Value, ApiErr
     Ok(document)
 }
 
-/// The size (as [`crate::objects::NODE_COST`] counts it: about the bytes of
+/// The size (as [`crate::budget::NODE_COST`] counts it: about the bytes of
 /// its JSON)
 /// and depth of a document, as an upper bound kept while a JSON patch
 /// applies.
@@ -121,7 +121,7 @@ struct Budget {
 
 impl Budget {
     fn new() -> Budget {
-        let max_cost = crate::objects::MAX_OBJECT_COST;
+        let max_cost = crate::budget::MAX_OBJECT_COST;
         // Walking four documents of the largest size, node by node, in all.
         Budget { max_cost, walk_left: (max_cost / NODE_COST).saturating_mul(4) }
     }

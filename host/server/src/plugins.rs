@@ -44,9 +44,9 @@ use sha2::{Digest, Sha256};
 
 use crate::App;
 use crate::auth::{Identity, Verb, authorize};
-use crate::error::ApiError;
+use crate::error::{ApiError, PluginFailure};
 use crate::events;
-use crate::objects::Context;
+use crate::operation::Context;
 use crate::reflector::{self, Reflected, Reflection};
 
 /// The largest component accepted by an upload.
@@ -127,15 +127,6 @@ impl ActivePlugin {
             }
         }
     }
-}
-
-/// A plug-in call that failed under the `Fail` policy: the operation fails with this.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("plug-in {plugin:?} failed while {operation}: {error}")]
-pub struct PluginFailure {
-    pub plugin: String,
-    pub operation: String,
-    pub error: PluginError,
 }
 
 /// The active plug-ins, by name, and what loading them needs.

@@ -34,7 +34,8 @@ use serde_json::{Map, Value, json};
 use crate::App;
 use crate::auth::{Verb, authorize};
 use crate::error::ApiError;
-use crate::objects::{Context, Target, Written};
+use crate::objects::{Target, Written};
+use crate::operation::Context;
 
 /// The annotation naming the template a pod was made from.
 pub const TEMPLATE_ANNOTATION: &str = "kapsel.io/template";
@@ -135,10 +136,10 @@ fn render(kind: &ResourceType, name: &str, spec: &WorkloadTemplateSpec, request:
         return Err(ApiError::Invalid { kind: kind.kind.into(), group: kind.group.into(), name: name.to_string(), causes: errors });
     }
     let expanded = expanded_len(&spec.template, &values);
-    if expanded > crate::objects::MAX_OBJECT_BYTES {
+    if expanded > crate::budget::MAX_OBJECT_BYTES {
         return Err(ApiError::ExpandsTooLarge(format!(
             "the template's strings would expand to {expanded} bytes with these parameters; a pod may hold at most {} bytes",
-            crate::objects::MAX_OBJECT_BYTES
+            crate::budget::MAX_OBJECT_BYTES
         )));
     }
     let mut body = spec.template.clone();

@@ -184,9 +184,9 @@ async fn an_agents_log_endpoint_is_trusted_by_its_own_certificate_only() {
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let trusted = kapsel_server::logs::agent_client(&certificate).unwrap();
+    let trusted = kapsel_server::agents::agent_client(&certificate).unwrap();
     assert_eq!(trusted.get(&url).send().await.unwrap().text().await.unwrap(), "pong");
-    let refused = kapsel_server::logs::agent_client(&impostor).unwrap().get(&url).send().await;
+    let refused = kapsel_server::agents::agent_client(&impostor).unwrap().get(&url).send().await;
     assert!(refused.is_err(), "{refused:?}");
-    assert!(kapsel_server::logs::agent_client("not a certificate").is_err());
+    assert!(kapsel_server::agents::agent_client("not a certificate").is_err());
 }

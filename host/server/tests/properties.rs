@@ -78,7 +78,7 @@ fn headers(media: &str) -> HeaderMap {
 
 /// What a value counts as, as the budgets count it (about its JSON's bytes).
 fn cost(value: &Value) -> usize {
-    kapsel_server::objects::NODE_COST
+    kapsel_server::budget::NODE_COST
         + match value {
             Value::String(s) => s.len(),
             Value::Array(items) => items.iter().map(cost).sum(),
@@ -132,7 +132,7 @@ proptest! {
         let json_patch = Value::Array(operations);
         for (kind, patch) in [(patch::Kind::Merge, &merge), (patch::Kind::StrategicMerge, &merge), (patch::Kind::Json, &json_patch)] {
             if let Ok(result) = patch::apply(kind, &document, patch) {
-                prop_assert!(cost(&result) <= kapsel_server::objects::MAX_OBJECT_COST);
+                prop_assert!(cost(&result) <= kapsel_server::budget::MAX_OBJECT_COST);
             }
         }
     }

@@ -23,20 +23,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kapsel_admission::audit::Stored;
-use kapsel_admission::{Operation, Policy, PolicyId};
-use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY, Enforcement};
-use kapsel_api::kinds::event::EventType;
+use kapsel_admission::{Policy, PolicyId};
+use kapsel_api::kinds::admission_policy::Enforcement;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::{FieldError, ResourceType, object, registry};
-use kapsel_store::{Key, Store, StoreError};
+use kapsel_store::{Store, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::App;
+use crate::admission::{policy_key, policy_kind, qualified};
 use crate::auth::{Verb, authorize};
 use crate::error::ApiError;
-use crate::events;
-use crate::objects::Context;
+use crate::operation::Context;
 
 /// The default of `kapsel serve --audit-interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -46,8 +45,6 @@ pub const MAX_OBJECTS: usize = 5_000;
 pub const MAX_EVALUATION: Duration = Duration::from_secs(10);
 /// How many violations a policy's status lists (all are counted).
 pub const REPORTED_VIOLATIONS: usize = 20;
-/// The reason of the Event recording a request admitted by an `audit` policy in violation.
-pub const AUDIT_VIOLATION: &str = "AuditViolation";
 /// How many times a status write is retried when the policy changed meanwhile.
 const STATUS_RETRIES: usize = 5;
 
@@ -271,23 +268,6 @@ fn evaluate(
     report
 }
 
-/// `namespace/name`, or `name` for a cluster-scoped object.
-fn qualified(namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(namespace) => format!("{namespace}/{name}"),
-        None => name.to_string(),
-    }
-}
-
-/// The kind of the policy `id` names.
-fn policy_kind(id: &PolicyId) -> &'static ResourceType {
-    if id.namespace.is_some() { &ADMISSION_POLICY } else { &CLUSTER_ADMISSION_POLICY }
-}
-
-fn policy_key(id: &PolicyId) -> Key {
-    Key::new(policy_kind(id).store_key(), id.namespace.clone().unwrap_or_default(), &id.name)
-}
-
 /// Writes `report` as the policy's `status.audit`, leaving the rest of its
 /// status as it is; returns the policy as stored.
 pub async fn record(store: &Store, id: &PolicyId, report: &Report) -> Result<Value, StoreError> {
@@ -327,29 +307,4 @@ pub async fn on_demand(app: &App, ctx: &Context, id: PolicyId) -> Result<Value, 
     };
     let report = audit(&mut Objects::new(&app.store), policy).await;
     record(&app.store, &id, &report).await.map_err(|e| ApiError::from_store(e, resource, &id.name))
-}
-
-/// Records that a request was admitted in violation of the `audit` policy
-/// `policy`: an aggregated Warning Event on the policy (reason
-/// [`AUDIT_VIOLATION`]) naming the object and the messages. In the
-/// background: events never hold up a request.
-pub fn record_violation(
-    store: &Store,
-    policy: &PolicyId,
-    operation: Operation,
-    kind: &str,
-    namespace: Option<&str>,
-    name: &str,
-    messages: &[String],
-) {
-    let message = format!("{} of {kind} {} admitted in violation: {}", operation.as_str(), qualified(namespace, name), messages.join("; "));
-    let store = store.clone();
-    let key = policy_key(policy);
-    // A cluster policy's violation by an object in a namespace is that namespace's to see, not every tenant's.
-    let event_namespace = namespace.filter(|n| !n.is_empty()).map(str::to_string);
-    tokio::spawn(async move {
-        if let Ok(policy) = store.get(&key).await {
-            events::record_in(&store, event_namespace.as_deref(), &policy, EventType::Warning, AUDIT_VIOLATION, &message).await;
-        }
-    });
 }

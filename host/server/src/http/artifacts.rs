@@ -14,7 +14,7 @@ use crate::App;
 use crate::artifacts::{self, MAX_PUSH_BYTES};
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::objects::Context;
+use crate::operation::Context;
 
 /// The query of a push.
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use crate::App;
 use crate::auth::Identity;
 use crate::controllers::audit::on_demand;
 use crate::error::ApiError;
-use crate::objects::Context;
+use crate::operation::Context;
 
 /// `POST /apis/kapsel.io/v1alpha1/clusteradmissionpolicies/{name}/audit`.
 pub async fn audit_cluster_policy(

@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// The largest request body accepted (the Kubernetes API server's limit).
-pub const MAX_BODY_BYTES: usize = crate::objects::MAX_OBJECT_BYTES;
+pub const MAX_BODY_BYTES: usize = crate::budget::MAX_OBJECT_BYTES;
 
 /// Reads the whole body, refusing one larger than [`MAX_BODY_BYTES`].
 pub async fn read(body: Body) -> Result<Bytes, ApiError> {
@@ -132,13 +132,13 @@ fn yaml_node_bound(bytes: &[u8]) -> usize {
 /// neither; a key is its text, `~` too), `<<` an ordinary key and a repeated
 /// key's last value taken, as a JSON body is read. The parser's limits follow
 /// `budget`, the one [`Bounded`] charges, so that it binds first: every node
-/// costs it at least [`NODE_COST`](crate::objects::NODE_COST), so no more
+/// costs it at least [`NODE_COST`](crate::budget::NODE_COST), so no more
 /// nodes, aliases or bytes of string than these get through it. Nesting
 /// stays at the parser's 64 levels: serde_yaml allowed 128, but this
 /// deserializer's frames are larger (a debug build's 2 MiB test thread
 /// overflows at about 90).
 fn yaml_options(budget: usize) -> serde_saphyr::Options {
-    let nodes = budget / crate::objects::NODE_COST + 1;
+    let nodes = budget / crate::budget::NODE_COST + 1;
     // A node is at most a start and an end event, an alias one more.
     let events = nodes.saturating_mul(3).saturating_add(8);
     serde_saphyr::options! {
@@ -215,7 +215,7 @@ struct Bounded<'a> {
 
 impl Bounded<'_> {
     fn charge<E: serde::de::Error>(&self, bytes: usize) -> Result<(), E> {
-        let cost = crate::objects::NODE_COST.saturating_add(bytes);
+        let cost = crate::budget::NODE_COST.saturating_add(bytes);
         match self.remaining.get().checked_sub(cost) {
             Some(left) if left > 0 => {
                 self.remaining.set(left);

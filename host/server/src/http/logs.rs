@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::objects::Context;
+use crate::operation::Context;
 
 /// `GET /api/v1/namespaces/{namespace}/pods/{name}/log`.
 pub async fn pod_log(

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::objects::Context;
+use crate::operation::Context;
 use crate::plugins::{self, MAX_COMPONENT_BYTES, Upload};
 
 /// The query of an upload.

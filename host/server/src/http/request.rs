@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 
 use axum::http::Method;
-use kapsel_api::registry;
+use kapsel_api::registry::{self, ResourceType};
 
 use crate::auth::Verb;
 use crate::error::ApiError;
+use crate::listing::Selection;
 use crate::objects::Target;
 
 /// Subresources served for every kind that has a `status`.
@@ -78,6 +79,11 @@ impl Params {
             Some("All") => Ok(true),
             Some(other) => Err(ApiError::BadRequest(format!("unsupported dryRun value {other:?}: supported values: \"All\""))),
         }
+    }
+
+    /// The label and field selectors of a list or watch of `resource` (`labelSelector`, `fieldSelector`).
+    pub fn selection(&self, resource: &ResourceType) -> Result<Selection, ApiError> {
+        Selection::parse(resource, self.get("labelSelector"), self.get("fieldSelector"))
     }
 
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {

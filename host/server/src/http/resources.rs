@@ -19,7 +19,8 @@ use crate::auth::{Identity, Verb};
 use crate::error::ApiError;
 use crate::http::request::{Params, parse_path, verb};
 use crate::http::{body, table, watch};
-use crate::objects::{self, Context, DeleteOptions, FieldValidation, Selection, Target, Written};
+use crate::objects::{self, DeleteOptions, Target, Written};
+use crate::operation::{Context, FieldValidation};
 use crate::patch;
 
 /// Serves every `/api/…` and `/apis/…` resource URL.
@@ -91,11 +92,6 @@ pub fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
-/// The label and field selectors of a list or watch request.
-pub fn selection(resource: &ResourceType, params: &Params) -> Result<Selection, ApiError> {
-    Selection::parse(resource, params.get("labelSelector"), params.get("fieldSelector"))
-}
-
 async fn get(app: &App, ctx: &Context, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let object = objects::get(app, ctx, target).await?;
     Ok(respond(StatusCode::OK, target.resource, object, params, headers))
@@ -103,7 +99,7 @@ async fn get(app: &App, ctx: &Context, target: &Target, params: &Params, headers
 
 async fn list(app: &App, ctx: &Context, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let resource = target.resource;
-    let selection = selection(resource, params)?;
+    let selection = params.selection(resource)?;
     let limit = params.u64("limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     let page = objects::list(app, ctx, target, &selection, limit, params.get("continue")).await?;
     let mut metadata = Map::new();

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::objects::Context;
+use crate::operation::Context;
 
 /// `POST /apis/kapsel.io/v1alpha1/policyreviews`.
 pub async fn review(

@@ -18,7 +18,7 @@ use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::http::request::Params;
-use crate::objects::{Context, FieldValidation};
+use crate::operation::{Context, FieldValidation};
 use crate::templates::{Instantiation, instantiate};
 
 /// `POST /apis/kapsel.io/v1alpha1/namespaces/{namespace}/workloadtemplates/{name}/instantiate`.

@@ -30,12 +30,13 @@ use crate::App;
 use crate::error::ApiError;
 use crate::http::request::Params;
 use crate::http::table;
-use crate::objects::{self, Context, Target, WatchEvent, WatchFrom};
+use crate::objects::{self, Target, WatchEvent, WatchFrom};
+use crate::operation::Context;
 
 /// Serves a watch request: opens the watch ([`objects::watch`]) and streams its events.
 pub async fn serve(app: &App, ctx: &Context, target: &Target, params: &Params, headers: &HeaderMap) -> Result<Response, ApiError> {
     let resource = target.resource;
-    let selection = crate::http::resources::selection(resource, params)?;
+    let selection = params.selection(resource)?;
     // `sendInitialEvents=true` (client-go's watch-list) asks for the current objects first, whatever the revision.
     let from = match params.get("resourceVersion") {
         _ if params.flag("sendInitialEvents") => WatchFrom::Now { bookmark: true },

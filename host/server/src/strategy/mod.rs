@@ -74,7 +74,7 @@ pub trait Strategy: Send + Sync + 'static {
     }
 
     /// On create, after validation: checks against other stored objects.
-    async fn check_create(&self, _app: &App, _namespace: Option<&str>, _object: &Value) -> Result<(), ApiError> {
+    async fn check_create(&self, _app: &App, _identity: &Identity, _namespace: Option<&str>, _object: &Value) -> Result<(), ApiError> {
         Ok(())
     }
 

@@ -45,7 +45,7 @@ impl Strategy for Pods {
         Ok(None)
     }
 
-    async fn check_create(&self, app: &App, namespace: Option<&str>, pod: &Value) -> Result<(), ApiError> {
+    async fn check_create(&self, app: &App, _identity: &Identity, namespace: Option<&str>, pod: &Value) -> Result<(), ApiError> {
         check_images(app, namespace, None, pod).await
     }
 

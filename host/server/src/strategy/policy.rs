@@ -38,6 +38,18 @@ impl Strategy for Policies {
         Ok(None)
     }
 
+    /// A namespace holds at most [`crate::admission::Admission::max_namespace_policies`]
+    /// policies created by its tenants (IT admins are not counted against it).
+    async fn check_create(&self, app: &App, identity: &Identity, namespace: Option<&str>, policy: &Value) -> Result<(), ApiError> {
+        match namespace {
+            Some(namespace) if std::ptr::eq(self.0, &ADMISSION_POLICY) => {
+                let name = kapsel_api::object::name(policy).unwrap_or_default();
+                app.admission.check_policy_count(&app.store, identity, namespace, name).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn prepare_for_update(&self, _current: &Value, next: &mut Value) -> Result<(), ApiError> {
         crate::admission::check_policy(self.0, next)
     }
