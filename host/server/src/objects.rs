@@ -87,24 +87,39 @@ pub struct DeleteOptions {
 
 /// Whether `ctx` may do `verb` on `target`: the caller's role, a node's
 /// rights (the pods bound to it, its Node and lease), and statuses, which
-/// the platform writes. The operations check this themselves; the HTTP
-/// layer also asks before it reads a request's body.
+/// the platform writes. The operations check this themselves.
 pub async fn authorize(app: &App, ctx: &Context, verb: Verb, target: &Target) -> Result<(), ApiError> {
+    check_rights(Some(app), ctx, verb, target).await
+}
+
+/// What [`authorize`] checks without reading the store — all of it but
+/// where a pod a node writes is bound, which its operation checks: the
+/// HTTP layer asks this before it reads a request's body, at no store read.
+pub async fn pre_authorize(ctx: &Context, verb: Verb, target: &Target) -> Result<(), ApiError> {
+    check_rights(None, ctx, verb, target).await
+}
+
+async fn check_rights(app: Option<&App>, ctx: &Context, verb: Verb, target: &Target) -> Result<(), ApiError> {
     let identity = &ctx.identity;
     let authz_namespace = if std::ptr::eq(target.resource, &NAMESPACE) { target.name.as_deref() } else { target.namespace.as_deref() };
     authorize_role(identity, verb, target.resource, authz_namespace)?;
     if let Some(node) = &identity.node {
         // A node agent writes the status of the pods bound to it: read where the pod is bound.
-        let bound_to = if std::ptr::eq(target.resource, &POD) && !verb.is_read() && target.name.is_some() {
-            // A pod that is gone is 404 to its node too (its agent then stops reporting about it).
-            let name = target.name();
-            let stored = app.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
-            stored.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string)
-        } else {
-            None
+        let bound_to = match app {
+            Some(app) if std::ptr::eq(target.resource, &POD) && !verb.is_read() && target.name.is_some() => {
+                // A pod that is gone is 404 to its node too (its agent then stops reporting about it).
+                let name = target.name();
+                let stored = app.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+                Some(stored.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string))
+            }
+            // Without the store, a node's write of a pod is left to its operation.
+            None if std::ptr::eq(target.resource, &POD) && !verb.is_read() && target.name.is_some() => None,
+            _ => Some(None),
         };
-        let (namespace, name, subresource) = (target.namespace.as_deref(), target.name.as_deref(), target.subresource.as_deref());
-        crate::auth::node_may_touch(node, verb, target.resource, namespace, name, subresource, bound_to.as_deref())?;
+        if let Some(bound_to) = bound_to {
+            let (namespace, name, subresource) = (target.namespace.as_deref(), target.name.as_deref(), target.subresource.as_deref());
+            crate::auth::node_may_touch(node, verb, target.resource, namespace, name, subresource, bound_to.as_deref())?;
+        }
     }
     if target.subresource.as_deref() == Some("status") && !verb.is_read() && !identity.admin && identity.node.is_none() {
         // What a status says (a pod's phase, a quota's usage, a policy's audit) is the platform's to write.

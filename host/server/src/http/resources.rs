@@ -32,7 +32,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (target, params, verb, ctx) = match admit_request(&app, identity, &method, &uri).await {
+    let (target, params, verb, ctx) = match admit_request(identity, &method, &uri).await {
         Ok(admitted) => admitted,
         Err(error) => {
             // A refused request's body is read (within the body limit) and dropped, so that
@@ -53,13 +53,14 @@ pub async fn handle(
 }
 
 /// What a request asks for (its target, parameters, verb and context),
-/// once the caller may ask it — checked before its body is read.
-async fn admit_request(app: &App, identity: Identity, method: &Method, uri: &Uri) -> Result<(Target, Params, Verb, Context), ApiError> {
+/// once the caller may ask it — checked, as far as it can be without the
+/// store, before its body is read (the operation checks the rest).
+async fn admit_request(identity: Identity, method: &Method, uri: &Uri) -> Result<(Target, Params, Verb, Context), ApiError> {
     let target = parse_path(uri.path())?;
     let params = Params::parse(uri.query())?;
     let verb = verb(method, &target, &params)?;
     let mut ctx = Context::new(identity);
-    objects::authorize(app, &ctx, verb, &target).await?;
+    objects::pre_authorize(&ctx, verb, &target).await?;
     if !verb.is_read() {
         ctx.dry_run = params.dry_run()?;
         ctx.field_validation = FieldValidation::parse(params.get("fieldValidation"))?;
