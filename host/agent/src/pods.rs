@@ -16,27 +16,31 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
+use kapsel_api::kinds::config::{CONFIG_MAP, SECRET, config_map_data, secret_data};
 use kapsel_api::kinds::event::{self, EventType};
 use kapsel_api::kinds::pod::has_ended;
 use kapsel_api::object;
 use kapsel_client::{Client, Method};
+use kapsel_node::pod::config::{ConfigData, ConfigKind};
 use kapsel_node::{PodWorker, Runtime};
 use serde_json::{Value, json};
 
 use super::not_found;
 
-/// The supervisor's artifact store as the runtime's image source: an
-/// image is resolved through its namespace's `Artifact`, and its bytes are
-/// fetched through that artifact (which the node token may read).
+/// The supervisor as the source of what pods use: an image is resolved
+/// through its namespace's `Artifact`, and its bytes are fetched through
+/// that artifact (which the node token may read); a ConfigMap or Secret is
+/// read when a container starts (the node token may read only those its
+/// pods use).
 #[derive(Debug)]
-struct ArtifactImages {
+struct SupervisorSources {
     client: Client,
     /// Which artifact each resolved digest came from.
     sources: Mutex<HashMap<String, (String, String)>>,
 }
 
 #[async_trait::async_trait]
-impl kapsel_node::Images for ArtifactImages {
+impl kapsel_node::Sources for SupervisorSources {
     async fn resolve(&self, namespace: &str, image: &str) -> anyhow::Result<String> {
         let reference = ImageReference::parse(image).map_err(anyhow::Error::msg)?;
         let path = format!("{}/{}", ARTIFACT.collection_path(Some(namespace)), reference.name());
@@ -59,6 +63,18 @@ impl kapsel_node::Images for ArtifactImages {
         let source = self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned();
         let (namespace, name) = source.with_context(|| format!("no artifact is known to hold {digest}"))?;
         self.client.get_bytes(&format!("{}/{name}/blobs/{digest}", ARTIFACT.collection_path(Some(&namespace)))).await
+    }
+
+    async fn config(&self, kind: ConfigKind, namespace: &str, name: &str) -> anyhow::Result<Option<ConfigData>> {
+        let (resource, data): (_, fn(&Value) -> ConfigData) = match kind {
+            ConfigKind::ConfigMap => (&CONFIG_MAP, config_map_data),
+            ConfigKind::Secret => (&SECRET, secret_data),
+        };
+        match self.client.get(&format!("{}/{name}", resource.collection_path(Some(namespace)))).await {
+            Ok(object) => Ok(Some(data(&object))),
+            Err(error) if not_found(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -147,7 +163,7 @@ async fn report(client: Client, pod: Value, mut status: tokio::sync::watch::Rece
 struct PodSync {
     client: Client,
     runtime: Runtime,
-    images: Arc<ArtifactImages>,
+    sources: Arc<SupervisorSources>,
     running: HashMap<String, Running>,
 }
 
@@ -170,7 +186,7 @@ impl PodSync {
         if has_ended(pod) {
             return;
         }
-        let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.images.clone(), pod));
+        let worker = Arc::new(PodWorker::start(self.runtime.clone(), self.sources.clone(), pod));
         let recorder = tokio::spawn(record_events(self.client.clone(), pod.clone(), worker.events()));
         let reporter = tokio::spawn(report(self.client.clone(), pod.clone(), worker.status()));
         tracing::info!(pod = %pod_status_path(pod), %uid, "pod started");
@@ -282,8 +298,8 @@ async fn report_failure(client: Client, pod: Value, panic: String) {
 /// Follows the pods bound to `node` (list, then watch; again after a
 /// watch ends) and runs them, until `stopping`; then stops them all.
 pub(super) async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping: tokio::sync::watch::Receiver<bool>) {
-    let images = Arc::new(ArtifactImages { client: client.clone(), sources: Mutex::default() });
-    let mut pods = PodSync { client: client.clone(), runtime, images, running: HashMap::new() };
+    let sources = Arc::new(SupervisorSources { client: client.clone(), sources: Mutex::default() });
+    let mut pods = PodSync { client: client.clone(), runtime, sources, running: HashMap::new() };
     let selector = format!("fieldSelector=spec.nodeName%3D{node}");
     loop {
         let followed = async {

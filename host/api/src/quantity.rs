@@ -61,7 +61,6 @@ impl Quantity {
         self.millis < 0
     }
 
-    /// Parses a Kubernetes quantity string.
     /// A quantity as JSON holds it: a string (`"250m"`) or a number; `None` for anything else or what does not parse.
     pub fn from_json(value: &serde_json::Value) -> Option<Self> {
         match value {
@@ -71,6 +70,7 @@ impl Quantity {
         }
     }
 
+    /// Parses a Kubernetes quantity string.
     pub fn parse(text: &str) -> Result<Self, QuantityError> {
         let err = || QuantityError(QuantityProblem::Syntax, quoted(text));
         let too_large = || QuantityError(QuantityProblem::TooLarge, quoted(text));

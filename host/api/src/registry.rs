@@ -22,6 +22,9 @@ pub enum Scope {
 pub enum TenantAccess {
     /// Namespaced workload objects: `view` reads, `edit` and `owner` write.
     Workload,
+    /// Namespaced objects that may hold credentials (Secrets): `edit` and
+    /// `owner` read and write; `view` cannot read them, as in Kubernetes.
+    Confidential,
     /// Namespaced objects IT sets for a namespace (quotas, limit ranges, events):
     /// every role reads, only IT admins write.
     ReadOnly,
@@ -121,6 +124,8 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::workload_template::CLUSTER_WORKLOAD_TEMPLATE,
     &kinds::workload_template::WORKLOAD_TEMPLATE,
     &kinds::artifact::ARTIFACT,
+    &kinds::config::CONFIG_MAP,
+    &kinds::config::SECRET,
 ];
 
 /// The kind served at `group`/`version` under the plural `resource`.

@@ -8,7 +8,7 @@
 //! [`logs`] keeps what containers write, per run, rotated, and reads it back
 //! for `GET …/pods/{name}/log`. [`pod`] runs a whole pod as kubelet does
 //! (init containers, restart policies with back-off, deadlines, images
-//! resolved and fetched through [`pod::Images`]) and publishes its status as
+//! resolved and fetched through [`pod::Sources`]) and publishes its status as
 //! Kubernetes shapes it. The agent (registration, leases, watching bound
 //! pods, status patches) lives with the supervisor and drives these.
 //!
@@ -22,7 +22,7 @@ pub mod pod;
 pub mod runtime;
 
 pub use logs::{LogError, LogFile, LogFollow, LogQuery, LogSource, Logs};
-pub use pod::{EventKind, Images, PodEvent, PodWorker};
+pub use pod::{EventKind, PodEvent, PodWorker, Sources};
 pub use runtime::{Container, ContainerConfig, Exit, ExitReason, PrepareError, Prepared, Runtime, RuntimeConfig, RuntimeError};
 
 /// The directory holding the built sample workloads (`hello.wasm`,

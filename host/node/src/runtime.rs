@@ -10,8 +10,8 @@
 //! linked, pre-instantiated [`Prepared`], and on disk in
 //! `DATA/images/` ([`crate::cache`]). [`Runtime::start`] instantiates a
 //! prepared component in a fresh store whose WASI context grants nothing
-//! ambient — no files, no network; only the arguments, environment, clocks
-//! and randomness — with stdout and stderr going to the container's log, and
+//! ambient — no network, no files but the pod's volumes it mounts; only the
+//! arguments, environment, clocks and randomness — with stdout and stderr going to the container's log, and
 //! runs it on a tokio task. Its memory is capped by a resource limiter; a
 //! guest that grows past its limit is stopped and reported `OOMKilled`; a
 //! container that sets no limit gets the node's default
@@ -317,6 +317,19 @@ impl Runtime {
             .and_then(|millicores| cpu::quota(millicores, period))
             .map(|quota| CpuThrottle::new(quota, period, Instant::now()));
         let mut wasi = WasiCtxBuilder::new();
+        for dir in &config.dirs {
+            let perms = if dir.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
+            if let Err(error) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
+                config.log.close();
+                return Container::ended(Exit {
+                    exit_code: EXIT_CODE_TRAP,
+                    reason: ExitReason::Error,
+                    message: format!("giving the container its directory {}: {error:#}", dir.guest),
+                    started_at,
+                    finished_at: Utc::now(),
+                });
+            }
+        }
         wasi.args(&config.args)
             .envs(&config.env)
             .stdout(config.log.output(LogSource::Stdout))
@@ -396,6 +409,8 @@ pub struct ContainerConfig {
     pub args: Vec<String>,
     /// The environment, in order.
     pub env: Vec<(String, String)>,
+    /// The directories the guest is given (its volumes), as WASI preopens.
+    pub dirs: Vec<crate::pod::config::MountedDir>,
     /// Most linear memory (all memories together) the guest may hold; `None`
     /// gives the node's default ([`RuntimeConfig::default_memory_limit_bytes`]).
     pub memory_limit_bytes: Option<u64>,

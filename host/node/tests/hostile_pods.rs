@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{WorkloadImages, log_contains, runtime, status_where};
 use kapsel_node::pod::WORKER_PANICKED;
-use kapsel_node::{Images, PodWorker};
+use kapsel_node::pod::config::{ConfigData, ConfigKind};
+use kapsel_node::{PodWorker, Sources};
 use serde_json::{Value, json};
 
 const SOON: Duration = Duration::from_secs(10);
@@ -27,7 +28,7 @@ fn phase(status: &Value) -> &str {
 struct PanickingImages(Arc<WorkloadImages>);
 
 #[async_trait::async_trait]
-impl Images for PanickingImages {
+impl Sources for PanickingImages {
     async fn resolve(&self, namespace: &str, image: &str) -> anyhow::Result<String> {
         if image.starts_with("boom") {
             panic!("the image source blew up on {image}");
@@ -37,6 +38,10 @@ impl Images for PanickingImages {
 
     async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
         self.0.fetch(digest).await
+    }
+
+    async fn config(&self, kind: ConfigKind, namespace: &str, name: &str) -> anyhow::Result<Option<ConfigData>> {
+        self.0.config(kind, namespace, name).await
     }
 }
 
@@ -82,7 +87,7 @@ async fn the_largest_numbers_a_pod_can_say_run_without_a_panic() {
 async fn a_panicking_worker_fails_its_pod_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(dir.path());
-    let images: Arc<dyn Images> = Arc::new(PanickingImages(WorkloadImages::new()));
+    let images: Arc<dyn Sources> = Arc::new(PanickingImages(WorkloadImages::new()));
 
     let neighbour = PodWorker::start(
         runtime.clone(),

@@ -10,6 +10,7 @@ use common::{WorkloadImages, log_contains, log_text, runtime, status_where};
 use futures::StreamExt;
 use kapsel_node::LogQuery;
 use kapsel_node::PodWorker;
+use kapsel_node::pod::config::ConfigKind;
 use kapsel_node::pod::status::Phase;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -350,12 +351,100 @@ async fn a_pod_the_node_cannot_read_is_failed_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_container_the_node_cannot_configure_waits_with_the_reason() {
+async fn a_container_whose_secret_is_missing_waits_and_starts_once_it_exists() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = json!({"containers": [{"name": "main", "image": "hello:1", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]});
-    let worker = PodWorker::start(runtime(dir.path()), WorkloadImages::new(), &pod("uid-config", spec));
+    let images = WorkloadImages::new();
+    let spec = json!({"restartPolicy": "Never", "containers": [{"name": "main", "image": "hello:1", "args": ["--env", "TOKEN"],
+        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]});
+    let runtime = runtime(dir.path());
+    let worker = PodWorker::start(runtime.clone(), images.clone(), &pod("uid-config", spec));
     let status =
         status_where(&worker, SOON, |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError").await;
-    assert_eq!(status["containerStatuses"][0]["state"]["waiting"]["message"], "env T: valueFrom is not supported on this node");
+    assert_eq!(status["containerStatuses"][0]["state"]["waiting"]["message"], "secret \"s\" not found in namespace \"team-a\"");
+    images.put_config(ConfigKind::Secret, "team-a", "s", &[("other", "x")]);
+    status_where(&worker, SOON, |s| s["containerStatuses"][0]["state"]["waiting"]["message"] == "couldn't find key k in Secret team-a/s")
+        .await;
+    images.put_config(ConfigKind::Secret, "team-a", "s", &[("k", "s3cret")]);
+    tokio::time::timeout(SOON, worker.wait()).await.expect("the pod runs once its secret is there");
+    assert!(log_text(&runtime, "uid-config", "main").await.contains("TOKEN=s3cret"));
     worker.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_and_secrets_reach_a_pod_as_environment_and_read_only_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let images = WorkloadImages::new();
+    images.put_config(
+        ConfigKind::ConfigMap,
+        "team-a",
+        "settings",
+        &[("color", "blue"), ("size", "L"), ("bad-name", "skipped"), ("app.toml", "port = 8080")],
+    );
+    images.put_config(ConfigKind::Secret, "team-a", "db", &[("password", "hunter2")]);
+    let spec = json!({
+        "restartPolicy": "Never",
+        "volumes": [
+            {"name": "conf", "configMap": {"name": "settings", "items": [{"key": "app.toml", "path": "etc/app.toml"}]}},
+            {"name": "creds", "secret": {"secretName": "db"}},
+            {"name": "absent", "secret": {"secretName": "nope", "optional": true}}
+        ],
+        "containers": [{"name": "main", "image": "hello:1",
+            "args": ["--env", "CFG_color", "--env", "CFG_size", "--env", "CFG_bad-name", "--env", "PASSWORD", "--env", "POD",
+                     "--cat", "/config/etc/app.toml", "--cat", "/secrets/password"],
+            "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "CFG_size", "value": "XL"}
+            ],
+            "volumeMounts": [{"name": "conf", "mountPath": "/config"}, {"name": "creds", "mountPath": "/secrets", "readOnly": true}]}]
+    });
+    let worker = PodWorker::start(runtime.clone(), images.clone(), &pod("uid-configured", spec));
+    let volume = dir.path().join("volumes/uid-configured/creds/password");
+    tokio::time::timeout(SOON, worker.wait()).await.expect("the pod ends");
+    let status = worker.status().borrow().clone();
+    let log = log_text(&runtime, "uid-configured", "main").await;
+    assert_eq!(phase(&status), "Succeeded", "{status:#}\n{log}");
+    for line in [
+        "CFG_color=blue",
+        "CFG_size=XL",
+        "CFG_bad-name=\n",
+        "PASSWORD=hunter2",
+        "POD=uid-configured",
+        "/config/etc/app.toml: port = 8080",
+        "/secrets/password: hunter2",
+    ] {
+        assert!(log.contains(line), "{line:?} missing from:\n{log}");
+    }
+    assert!(!volume.exists() && !dir.path().join("volumes/uid-configured").exists(), "the pod's volumes go with it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_names_one_large_secret_many_times_is_refused_before_the_disk_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = WorkloadImages::new();
+    let big = "x".repeat(1 << 20);
+    images.put_config(ConfigKind::Secret, "team-a", "big", &[("blob", big.as_str())]);
+    let volumes: Vec<Value> = (0..40).map(|i| json!({"name": format!("v{i}"), "secret": {"secretName": "big"}})).collect();
+    let spec = json!({"volumes": volumes, "containers": [{"name": "main", "image": "hello:1"}]});
+    let worker = PodWorker::start(runtime(dir.path()), images.clone(), &pod("uid-greedy", spec));
+    let status = status_where(&worker, SOON, |s| {
+        s["containerStatuses"][0]["state"]["waiting"]["message"].as_str().is_some_and(|m| m.contains("more than 16777216 bytes"))
+    })
+    .await;
+    assert_eq!(phase(&status), "Pending");
+    let written: u64 = walk_size(&dir.path().join("volumes"));
+    assert!(written < 17 << 20, "{written} bytes written");
+    worker.stop(Duration::from_secs(5)).await;
+}
+
+/// The bytes of the files under `dir`.
+fn walk_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| if entry.path().is_dir() { walk_size(&entry.path()) } else { entry.metadata().map(|m| m.len()).unwrap_or(0) })
+        .sum()
 }

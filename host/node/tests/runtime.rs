@@ -18,6 +18,7 @@ async fn prepare(runtime: &Runtime, name: &str) -> Prepared {
 
 fn config(runtime: &Runtime, pod: &str, args: &[&str]) -> ContainerConfig {
     ContainerConfig {
+        dirs: Vec::new(),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: Vec::new(),
         memory_limit_bytes: None,

@@ -63,6 +63,19 @@ impl Identity {
         self.admin || self.node.is_some() || self.roles.contains_key(namespace)
     }
 
+    /// Whether this identity reads objects of `resource` in `namespace`:
+    /// a namespace it sees, with a role the kind lets read (`view` reads
+    /// no Secrets).
+    pub fn reads(&self, resource: &ResourceType, namespace: &str) -> bool {
+        if self.admin || self.node.is_some() {
+            return true;
+        }
+        match self.role_in(namespace) {
+            None => false,
+            Some(role) => resource.tenant_access != TenantAccess::Confidential || role >= Role::Edit,
+        }
+    }
+
     fn from_spec(spec: &TokenSpec) -> Identity {
         let mut roles = BTreeMap::new();
         for grant in &spec.roles {
@@ -254,6 +267,11 @@ pub fn authorize(identity: &Identity, verb: Verb, resource: &ResourceType, names
             Some(_) if verb.is_read() => role.is_some(),
             Some(_) => role.is_some_and(|r| r >= Role::Edit),
         },
+        // Across namespaces, the listing reads only those where the role reads them.
+        TenantAccess::Confidential => match namespace {
+            None => verb.is_read(),
+            Some(_) => role.is_some_and(|r| r >= Role::Edit),
+        },
     };
     if allowed {
         return Ok(());
@@ -291,6 +309,8 @@ fn node_allows(verb: Verb, resource: &ResourceType) -> bool {
         ("", "Pod") => verb != Verb::Create,
         ("", "Event") => verb != Verb::Delete,
         (kapsel_api::KAPSEL_GROUP, "Artifact") => verb.is_read(),
+        // One at a time, those its pods use (checked against the pods bound to it).
+        ("", "ConfigMap" | "Secret") => verb == Verb::Get,
         _ => false,
     }
 }

@@ -12,13 +12,13 @@
 //! object changed meanwhile may come both in a page and as an event, which
 //! list-then-watch clients handle).
 //!
-//! What a tenant may read of a cluster-scoped object is [`redact`]ed: a
+//! What a tenant may see and read of an object of a kind is its strategy's
+//! to say ([`visible`], [`redact`]): IT-only Events are hidden, and a
 //! `ClusterAdmissionPolicy`'s audit lists only the violations in the
 //! reader's namespaces.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::selector::{FieldSelector, LabelSelector};
 use kapsel_api::{ResourceType, object};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ use serde_json::Value;
 use crate::App;
 use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::strategy;
 
 /// What a list or a watch selects.
 #[derive(Debug, Default)]
@@ -54,21 +55,17 @@ impl Selection {
     }
 }
 
-/// Whether the caller may see `object` in a read across namespaces.
+/// Whether the caller may see `object` in a read across namespaces: an
+/// object of a namespace it holds a role in, a cluster-scoped one, unless
+/// the kind's strategy hides it.
 pub fn visible(identity: &Identity, resource: &ResourceType, object: &Value) -> bool {
     if identity.admin {
         return true;
     }
-    if std::ptr::eq(resource, &kapsel_api::kinds::event::EVENT) && crate::events::for_it_only(object) {
+    if resource.namespaced() && !object::namespace(object).is_some_and(|ns| identity.reads(resource, ns)) {
         return false;
     }
-    if resource.namespaced() {
-        return object::namespace(object).is_some_and(|ns| identity.sees_namespace(ns));
-    }
-    if std::ptr::eq(resource, &NAMESPACE) {
-        return object::name(object).is_some_and(|ns| identity.sees_namespace(ns));
-    }
-    true
+    !strategy::of(resource).hidden_from(identity, object)
 }
 
 /// A page of a listing.
@@ -111,11 +108,11 @@ type Scope = Option<String>;
 fn scopes(identity: &Identity, resource: &ResourceType, namespace: Option<&str>) -> Vec<Scope> {
     match namespace {
         // A namespace the caller cannot see (named by a field selector) is not read at all.
-        Some(namespace) if resource.namespaced() && !identity.sees_namespace(namespace) => Vec::new(),
+        Some(namespace) if resource.namespaced() && !identity.reads(resource, namespace) => Vec::new(),
         Some(namespace) => vec![Some(namespace.to_string())],
-        // A tenant's read across namespaces: its own namespaces only.
+        // A tenant's read across namespaces: its own namespaces only, where its role reads the kind.
         None if resource.namespaced() && !identity.admin && identity.node.is_none() => {
-            identity.roles.keys().map(|namespace| Some(namespace.clone())).collect()
+            identity.roles.keys().filter(|namespace| identity.reads(resource, namespace)).map(|namespace| Some(namespace.clone())).collect()
         }
         None => vec![None],
     }
@@ -190,18 +187,11 @@ fn key_of(object: &Value) -> (String, String) {
     (object::namespace(object).unwrap_or_default().to_string(), object::name(object).unwrap_or_default().to_string())
 }
 
-/// Removes from `object` what `identity` may not read of it: of a
-/// `ClusterAdmissionPolicy` (readable by every tenant), the audit's
-/// violations by objects outside the reader's namespaces (the total stays:
-/// a count names no one).
+/// Removes from `object` what `identity` may not read of it (the kind's
+/// strategy says what).
 pub fn redact(identity: &Identity, resource: &ResourceType, object: &mut Value) {
-    if identity.admin || !std::ptr::eq(resource, &kapsel_api::kinds::admission_policy::CLUSTER_ADMISSION_POLICY) {
-        return;
-    }
-    if let Some(violations) = object.pointer_mut("/status/audit/violations").and_then(Value::as_array_mut) {
-        violations.retain(|violation| {
-            violation.get("namespace").and_then(Value::as_str).is_some_and(|namespace| identity.roles.contains_key(namespace))
-        });
+    if !identity.admin {
+        strategy::of(resource).redact(identity, object);
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kapsel_admission::Operation;
+use kapsel_api::kinds::config::{CONFIG_MAP, SECRET};
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::pod::POD;
 use kapsel_api::{FieldError, ResourceType, object, validation};
@@ -120,6 +121,11 @@ async fn check_rights(app: Option<&App>, ctx: &Context, verb: Verb, target: &Tar
             let (namespace, name, subresource) = (target.namespace.as_deref(), target.name.as_deref(), target.subresource.as_deref());
             crate::auth::node_may_touch(node, verb, target.resource, namespace, name, subresource, bound_to.as_deref())?;
         }
+        if let Some(app) = app
+            && is_configuration(target.resource)
+        {
+            node_uses_configuration(app, node, target).await?;
+        }
     }
     if target.subresource.as_deref() == Some("status") && !verb.is_read() && !identity.admin && identity.node.is_none() {
         // What a status says (a pod's phase, a quota's usage, a policy's audit) is the platform's to write.
@@ -131,6 +137,32 @@ async fn check_rights(app: Option<&App>, ctx: &Context, verb: Verb, target: &Tar
         )));
     }
     Ok(())
+}
+
+fn is_configuration(resource: &ResourceType) -> bool {
+    std::ptr::eq(resource, &CONFIG_MAP) || std::ptr::eq(resource, &SECRET)
+}
+
+/// A node reads a ConfigMap or Secret only while a pod bound to it, not
+/// ended, uses it (as Kubernetes' node authorizer decides): a node agent
+/// cannot read a namespace's secrets its pods do not use.
+async fn node_uses_configuration(app: &App, node: &str, target: &Target) -> Result<(), ApiError> {
+    let (Some(namespace), Some(name)) = (target.namespace.as_deref(), target.name.as_deref()) else {
+        return Err(ApiError::Forbidden(format!("{} is forbidden: node {node:?} reads them one at a time", target.resource.plural)));
+    };
+    let pods = app.store.list(&POD.store_key(), Some(namespace)).await.map_err(|e| ApiError::from_store(e, &POD, ""))?;
+    let uses = pods.objects.iter().any(|pod| {
+        kapsel_api::kinds::pod::bound_node(pod) == Some(node)
+            && !kapsel_api::kinds::pod::has_ended(pod)
+            && kapsel_api::kinds::pod::uses_configuration(pod, target.resource.kind, name)
+    });
+    if uses {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "{plural} {name:?} is forbidden: node {node:?} cannot get it: no pod bound to the node uses it",
+        plural = target.resource.plural
+    )))
 }
 
 /// The object `target` names, as the caller may see it.

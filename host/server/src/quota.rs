@@ -10,17 +10,13 @@
 //! the same PostgreSQL is ordered by the store's writer lock.
 //!
 //! What an object uses ([`usage`]): every object counts 1 of
-//! `count/<plural>[.<group>]`; a pod that has not terminated counts 1 of
-//! `pods` and its effective requests and limits (the larger of its
-//! containers' sum and its largest init container, as Kubernetes computes
-//! them; a request left out is its limit) as `requests.cpu` (also `cpu`),
-//! `requests.memory` (also `memory`), `limits.cpu`, `limits.memory`, and the
-//! storage its generic ephemeral volumes claim as `requests.storage`; an
-//! `Artifact` uses the bytes of its images as [`ARTIFACT_STORAGE`]
-//! (`kapsel.io/artifact-storage`: each image of each artifact counts its
-//! full size, though the blob store keeps one copy of equal bytes — what a
-//! namespace pushed is what it is charged). Pushes are charged like any
-//! write (`artifacts.rs` calls [`charge_for`] and [`commit`]).
+//! `count/<plural>[.<group>]`, and its kind's strategy says what else, as
+//! Kubernetes' quota evaluators do (`crate::strategy`: a pod that has not
+//! ended uses `pods` and its effective requests and limits, an `Artifact`
+//! the bytes of its images as `kapsel.io/artifact-storage`), and what a
+//! quota requires a write to specify (a new container's cpu and memory).
+//! Pushes are charged like any write (`artifacts.rs` calls [`charge_for`]
+//! and [`commit`]).
 //!
 //! Sums never wrap: quantities add and subtract saturating (a total of
 //! many huge requests stays huge and exceeds every limit) and sizes beyond
@@ -36,20 +32,18 @@
 //! plug-in statuses) are not charged; `count/events` and
 //! `count/resourcequotas` are refused for that reason.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kapsel_api::kinds::artifact::{ARTIFACT, ARTIFACT_STORAGE, ArtifactSpec};
-use kapsel_api::kinds::pod::POD;
-use kapsel_api::kinds::resource_quota::{COMPUTE_RESOURCES, RESOURCE_QUOTA, count_name};
+use kapsel_api::kinds::resource_quota::{RESOURCE_QUOTA, Usage, count_name};
 use kapsel_api::{Quantity, ResourceType, object, registry};
 use kapsel_store::{Adjustment, Change, Key, StoreError, WriteOp};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::App;
 use crate::error::ApiError;
+use crate::strategy;
 
 /// How often every quota's usage is recomputed from the objects.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -61,66 +55,13 @@ const RETRIES: usize = 8;
 /// that had read the namespace's quotas just before it existed has landed by then).
 const RECOUNT_AFTER_CREATE: Duration = Duration::from_secs(1);
 
-/// Amounts of quota-tracked resources, by resource name (`requests.cpu`, `pods`, …).
-pub type Usage = BTreeMap<String, Quantity>;
-
-/// What `object` (of `resource`) uses of quota-tracked resources.
+/// What `object` (of `resource`) uses of quota-tracked resources: its
+/// count, and what its kind's strategy says it uses.
 pub fn usage(resource: &ResourceType, object: &Value) -> Usage {
     let mut usage = Usage::new();
     usage.insert(count_name(resource), Quantity::from_units(1));
-    if std::ptr::eq(resource, &ARTIFACT) {
-        usage.insert(ARTIFACT_STORAGE.into(), artifact_bytes(object));
-        return usage;
-    }
-    // A pod that has ended uses nothing but its count, as in Kubernetes.
-    if !std::ptr::eq(resource, &POD) || kapsel_api::kinds::pod::has_ended(object) {
-        return usage;
-    }
-    usage.insert("pods".into(), Quantity::from_units(1));
-    let (requests, limits) = kapsel_api::kinds::pod::effective_resources(object);
-    for (name, quantity) in requests {
-        if matches!(name.as_str(), "cpu" | "memory") {
-            usage.insert(format!("requests.{name}"), quantity);
-            usage.insert(name, quantity);
-        }
-    }
-    for (name, quantity) in limits {
-        if matches!(name.as_str(), "cpu" | "memory") {
-            usage.insert(format!("limits.{name}"), quantity);
-        }
-    }
-    let storage: Quantity = ephemeral_claims(object).filter_map(|claim| quantity_at(claim, "/spec/resources/requests/storage")).sum();
-    if storage != Quantity::default() {
-        usage.insert("requests.storage".into(), storage);
-    }
+    strategy::of(resource).usage(object, &mut usage);
     usage
-}
-
-/// The bytes of an artifact's images (an artifact that does not parse uses none).
-fn artifact_bytes(artifact: &Value) -> Quantity {
-    let spec: ArtifactSpec = artifact.get("spec").and_then(|spec| ArtifactSpec::deserialize(spec).ok()).unwrap_or_default();
-    spec.images.iter().map(|image| Quantity::from_units(i64::try_from(image.size).unwrap_or(i64::MAX))).sum()
-}
-
-/// The volume claim templates of a pod's generic ephemeral volumes.
-fn ephemeral_claims(pod: &Value) -> impl Iterator<Item = &Value> {
-    pod.pointer("/spec/volumes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|volume| volume.pointer("/ephemeral/volumeClaimTemplate"))
-}
-
-fn quantity_at(value: &Value, pointer: &str) -> Option<Quantity> {
-    quantity(value.pointer(pointer)?)
-}
-
-fn quantity(value: &Value) -> Option<Quantity> {
-    match value {
-        Value::String(text) => Quantity::parse(text).ok(),
-        Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
-        _ => None,
-    }
 }
 
 /// The quantities of a map of them at `pointer` (`/spec/hard`, `/resources/limits`), by name.
@@ -130,7 +71,7 @@ fn amounts_at(object: &Value, pointer: &str) -> Usage {
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .filter_map(|(name, value)| Some((name.clone(), quantity(value)?)))
+        .filter_map(|(name, value)| Some((name.clone(), Quantity::from_json(value)?)))
         .collect()
 }
 
@@ -159,11 +100,9 @@ fn revision(object: &Value) -> Option<i64> {
 /// What the objects of `namespace` use of the resources `names`, counted from the store.
 async fn namespace_usage(app: &App, namespace: &str, names: &BTreeSet<String>) -> Result<Usage, ApiError> {
     let mut totals: Usage = names.iter().map(|name| (name.clone(), Quantity::default())).collect();
-    let pods_needed = names.iter().any(|name| COMPUTE_RESOURCES.contains(&name.as_str()));
     for resource in registry::ALL.iter().filter(|r| r.namespaced()) {
-        let counted = count_name(resource);
-        let artifacts_needed = names.contains(ARTIFACT_STORAGE) && std::ptr::eq(*resource, &ARTIFACT);
-        if !(names.contains(&counted) || artifacts_needed || (pods_needed && std::ptr::eq(*resource, &POD))) {
+        let uses_one = strategy::of(resource).usage_names().iter().any(|name| names.contains(*name));
+        if !(uses_one || names.contains(&count_name(resource))) {
             continue;
         }
         let listing = app.store.list(&resource.store_key(), Some(namespace)).await.map_err(|e| ApiError::from_store(e, resource, ""))?;
@@ -195,44 +134,31 @@ pub struct Charge {
     namespace: String,
     name: String,
     change: Usage,
-    /// For a pod that gains containers (a new pod: all of them): which of
-    /// the limitable requests and limits every new container sets.
-    new_containers_set: Option<BTreeSet<&'static str>>,
+    /// What the write leaves unspecified that a quota limiting it requires
+    /// it to specify (a new container's cpu or memory, say).
+    unspecified: Vec<&'static str>,
     /// The revision of the object the charge was worked out from (updates, deletes).
     old_revision: Option<i64>,
 }
-
-/// The quota names that need every container of a pod to set a request or a limit.
-const NEEDS_SPECIFIED: [(&str, &str, &str); 6] = [
-    ("requests.cpu", "requests", "cpu"),
-    ("cpu", "requests", "cpu"),
-    ("requests.memory", "requests", "memory"),
-    ("memory", "requests", "memory"),
-    ("limits.cpu", "limits", "cpu"),
-    ("limits.memory", "limits", "memory"),
-];
 
 impl Charge {
     /// The charge of writing `new` over `old` (`None`: created, or deleted).
     fn new(resource: &'static ResourceType, namespace: &str, name: &str, old: Option<&Value>, new: Option<&Value>) -> Charge {
         let of = |object: Option<&Value>| object.map(|o| usage(resource, o)).unwrap_or_default();
-        let new_containers_set = match new {
-            Some(pod) if std::ptr::eq(resource, &POD) => specified(pod, old),
-            _ => None,
-        };
+        let unspecified = new.map(|new| strategy::of(resource).unspecified_for_quota(new, old)).unwrap_or_default();
         Charge {
             resource,
             namespace: namespace.to_string(),
             name: name.to_string(),
             change: difference(&of(new), &of(old)),
-            new_containers_set,
+            unspecified,
             old_revision: old.and_then(revision),
         }
     }
 
     /// Whether the write changes nothing a quota could limit.
     fn is_empty(&self) -> bool {
-        self.change.is_empty() && self.new_containers_set.is_none()
+        self.change.is_empty() && self.unspecified.is_empty()
     }
 
     /// Whether a quota with these `hard` limits has a say in this write:
@@ -242,10 +168,9 @@ impl Charge {
         self.change.keys().any(|name| hard.contains_key(name)) || !self.unspecified(hard).is_empty()
     }
 
-    /// What `hard` limits that a new container leaves unspecified.
+    /// What `hard` limits that the write leaves unspecified.
     fn unspecified(&self, hard: &Usage) -> Vec<&'static str> {
-        let Some(set) = &self.new_containers_set else { return Vec::new() };
-        NEEDS_SPECIFIED.iter().map(|(name, _, _)| *name).filter(|name| hard.contains_key(*name) && !set.contains(name)).collect()
+        self.unspecified.iter().copied().filter(|name| hard.contains_key(*name)).collect()
     }
 }
 
@@ -265,37 +190,6 @@ pub async fn charge_for(
         return Ok(None);
     }
     Ok(Some(Charge::new(resource, namespace, name, old, new)))
-}
-
-/// Which of [`NEEDS_SPECIFIED`]'s names every container of `pod` that
-/// `old` (its stored version) does not have sets; `None` when it adds none.
-fn specified(pod: &Value, old: Option<&Value>) -> Option<BTreeSet<&'static str>> {
-    let containers = |pod: &Value| -> Vec<Value> {
-        ["containers", "initContainers"]
-            .iter()
-            .filter_map(|field| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array))
-            .flatten()
-            .cloned()
-            .collect()
-    };
-    let existing: Vec<Value> = old.map(containers).unwrap_or_default();
-    let added: Vec<(Usage, Usage)> = containers(pod)
-        .iter()
-        .filter(|c| !existing.iter().any(|e| e.get("name") == c.get("name")))
-        .map(kapsel_api::kinds::pod::container_resources)
-        .collect();
-    if added.is_empty() {
-        return None;
-    }
-    Some(
-        NEEDS_SPECIFIED
-            .iter()
-            .filter(|(_, field, resource)| {
-                added.iter().all(|(requests, limits)| if *field == "requests" { requests } else { limits }.contains_key(*resource))
-            })
-            .map(|(name, _, _)| *name)
-            .collect(),
-    )
 }
 
 /// What charging `charge` makes of `quota` as stored: the quota with its
@@ -559,6 +453,11 @@ async fn recount(app: &App, namespace: &str) -> Result<usize, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use kapsel_api::kinds::artifact::{ARTIFACT, ARTIFACT_STORAGE};
+    use kapsel_api::kinds::pod::POD;
+
     use super::*;
 
     fn artifact(sizes: &[u64]) -> Value {

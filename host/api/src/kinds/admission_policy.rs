@@ -201,7 +201,7 @@ fn validate(object: &Value) -> Vec<FieldError> {
         // read; no policy reads secrets or platform internals (tokens, plug-ins).
         let namespaced_policy = object.get("kind").and_then(Value::as_str) == Some(ADMISSION_POLICY.kind);
         let readable = |r: &ResourceType| match r.tenant_access {
-            TenantAccess::None => false,
+            TenantAccess::None | TenantAccess::Confidential => false,
             TenantAccess::OwnNamespaces => !namespaced_policy,
             TenantAccess::Workload | TenantAccess::ReadOnly | TenantAccess::NamespaceOwned | TenantAccess::ClusterReadable => true,
         };

@@ -4,6 +4,7 @@
 
 pub mod admission_policy;
 pub mod artifact;
+pub mod config;
 pub mod event;
 pub mod lease;
 pub mod limit_range;

@@ -58,6 +58,29 @@ pub fn bound_node(pod: &Value) -> Option<&str> {
     pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
 }
 
+/// Whether `pod` uses the ConfigMap or Secret (`kind`) named `name`: in a
+/// container's or init container's `env[].valueFrom` or `envFrom`, or a volume.
+pub fn uses_configuration(pod: &Value, kind: &str, name: &str) -> bool {
+    let (key_ref, from_ref, volume, name_field) = match kind {
+        "ConfigMap" => ("configMapKeyRef", "configMapRef", "configMap", "name"),
+        "Secret" => ("secretKeyRef", "secretRef", "secret", "secretName"),
+        _ => return false,
+    };
+    let named = |selector: Option<&Value>, field: &str| selector.and_then(|s| s.get(field)).and_then(Value::as_str) == Some(name);
+    let spec = pod.get("spec");
+    let containers = ["containers", "initContainers"].into_iter().flat_map(|field| list(spec.and_then(|s| s.get(field))));
+    let in_containers = containers.into_iter().any(|container| {
+        list(container.get("env")).iter().any(|var| named(var.pointer("/valueFrom").and_then(|v| v.get(key_ref)), "name"))
+            || list(container.get("envFrom")).iter().any(|from| named(from.get(from_ref), "name"))
+    });
+    in_containers || list(spec.and_then(|s| s.get("volumes"))).iter().any(|v| named(v.get(volume), name_field))
+}
+
+/// The items of the list `value` is (none when it is not one).
+fn list(value: Option<&Value>) -> &[Value] {
+    value.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+}
+
 /// Amounts of resources by name (`cpu`, `memory`, `ephemeral-storage`, extended resources).
 pub type Amounts = BTreeMap<String, Quantity>;
 
@@ -318,6 +341,21 @@ mod tests {
             list.iter().enumerate().map(|(i, r)| json!({"name": format!("{prefix}{i}"), "image": "x", "resources": r})).collect()
         };
         json!({"spec": {"containers": named(containers, "c"), "initContainers": named(init, "i")}})
+    }
+
+    #[test]
+    fn a_pod_uses_the_configuration_it_names_anywhere() {
+        let pod = json!({"spec": {
+            "volumes": [{"name": "v", "secret": {"secretName": "tls"}}, {"name": "c", "configMap": {"name": "files"}}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init-creds"}}]}],
+            "containers": [{"name": "m", "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "a"}}}]}]
+        }});
+        for (kind, name) in [("Secret", "tls"), ("ConfigMap", "files"), ("Secret", "init-creds"), ("ConfigMap", "settings")] {
+            assert!(uses_configuration(&pod, kind, name), "{kind} {name}");
+        }
+        for (kind, name) in [("ConfigMap", "tls"), ("Secret", "settings"), ("Secret", "other"), ("Pod", "tls")] {
+            assert!(!uses_configuration(&pod, kind, name), "{kind} {name}");
+        }
     }
 
     fn amounts(pairs: &[(&str, &str)]) -> Amounts {

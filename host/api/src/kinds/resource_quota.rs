@@ -4,11 +4,14 @@
 //! The names a quota may limit are checked here; what objects use of them
 //! and the enforcement are the server's (`kapsel-server`'s `quota`).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceQuotaSpec;
 use serde_json::Value;
 
 use super::artifact::ARTIFACT_STORAGE;
 use super::{check_quantities, roundtrip, typed};
+use crate::quantity::Quantity;
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
@@ -53,6 +56,9 @@ fn validate(object: &Value) -> Vec<FieldError> {
         }
     }
 }
+
+/// Amounts of quota-tracked resources, by resource name (`requests.cpu`, `pods`, …).
+pub type Usage = BTreeMap<String, Quantity>;
 
 /// The resource names a quota may limit besides `count/<resource>`.
 pub const COMPUTE_RESOURCES: &[&str] =

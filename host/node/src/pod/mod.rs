@@ -1,8 +1,9 @@
 //! Running one pod, as kubelet's pod worker does: init containers in
 //! order, then the containers side by side, each restarted under the pod's
 //! `restartPolicy` with kubelet's back-off (`CrashLoopBackOff`), images
-//! resolved and fetched through [`Images`] (retried with back-off while
-//! `ErrImagePull`), `activeDeadlineSeconds` enforced, and the pod's status
+//! resolved and fetched through [`Sources`] (retried with back-off while
+//! `ErrImagePull`), its ConfigMaps and Secrets given as environment and
+//! files ([`config`]; retried while `CreateContainerConfigError`), `activeDeadlineSeconds` enforced, and the pod's status
 //! published after every change as Kubernetes shapes it ([`status`]).
 //!
 //! A pod an earlier life of the node agent ran (its containers stop with
@@ -35,6 +36,7 @@
 //! guest, at once for one waiting on the host).
 
 pub mod backoff;
+pub mod config;
 pub mod spec;
 pub mod status;
 
@@ -51,13 +53,16 @@ use backoff::{Backoff, go_duration};
 use spec::{ContainerSpec, PodSpec, RestartPolicy};
 use status::{ContainerRecord, ContainerState, Limits, Phase, PodRecord, Termination};
 
-/// Where a node gets pods' components from (the supervisor's artifact store).
+/// Where a node gets what its pods use from the supervisor: their
+/// components (from the artifact store), ConfigMaps and Secrets.
 #[async_trait::async_trait]
-pub trait Images: Send + Sync + 'static {
+pub trait Sources: Send + Sync + 'static {
     /// The digest (`sha256:<hex>`) that `image` (`NAME:TAG` or `NAME@sha256:…`) names in `namespace`.
     async fn resolve(&self, namespace: &str, image: &str) -> anyhow::Result<String>;
     /// The component's bytes.
     async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
+    /// The entries of ConfigMap or Secret `name` in `namespace`; `None` when there is none.
+    async fn config(&self, kind: config::ConfigKind, namespace: &str, name: &str) -> anyhow::Result<Option<config::ConfigData>>;
 }
 
 /// Something that happened to a pod, as kubelet records it in an Event.
@@ -144,20 +149,20 @@ impl PodWorker {
     /// `InvalidPod` and the problem as its message. A panic while starting
     /// or running the pod is caught: the pod alone is `Failed` with reason
     /// [`WORKER_PANICKED`] (and the panic logged).
-    pub fn start(runtime: Runtime, images: Arc<dyn Images>, pod: &Value) -> PodWorker {
-        let starting = std::panic::AssertUnwindSafe(|| PodWorker::try_start(runtime.clone(), images.clone(), pod));
+    pub fn start(runtime: Runtime, sources: Arc<dyn Sources>, pod: &Value) -> PodWorker {
+        let starting = std::panic::AssertUnwindSafe(|| PodWorker::try_start(runtime.clone(), sources.clone(), pod));
         match std::panic::catch_unwind(starting) {
             Ok(worker) => worker,
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
                 let spec = PodSpec::invalid(pod);
                 tracing::error!(pod = %format!("{}_{}({})", spec.name, spec.namespace, spec.uid), panic = %message, "starting a pod's worker panicked; the pod is failed");
-                PodWorker::new(runtime, images, spec, Utc::now(), None, Some((WORKER_PANICKED.into(), worker_panicked(&message))))
+                PodWorker::new(runtime, sources, spec, Utc::now(), None, Some((WORKER_PANICKED.into(), worker_panicked(&message))))
             }
         }
     }
 
-    fn try_start(runtime: Runtime, images: Arc<dyn Images>, pod: &Value) -> PodWorker {
+    fn try_start(runtime: Runtime, sources: Arc<dyn Sources>, pod: &Value) -> PodWorker {
         let now = Utc::now();
         let (spec, problem) = match PodSpec::from_pod(pod) {
             Ok(spec) => (spec, None),
@@ -166,14 +171,14 @@ impl PodWorker {
         let start_time = spec.start_time.unwrap_or(now);
         let deadline = deadline_instant(tokio::time::Instant::now(), now, start_time, spec.active_deadline);
         let failure = problem.map(|problem| ("InvalidPod".to_string(), problem.to_string()));
-        PodWorker::new(runtime, images, spec, start_time, deadline, failure)
+        PodWorker::new(runtime, sources, spec, start_time, deadline, failure)
     }
 
     /// The worker of `spec`; with a `failure`, the pod is `Failed` at once
     /// and nothing runs, otherwise its run starts (a panic in it is caught).
     fn new(
         runtime: Runtime,
-        images: Arc<dyn Images>,
+        sources: Arc<dyn Sources>,
         spec: PodSpec,
         start_time: DateTime<Utc>,
         deadline: Option<tokio::time::Instant>,
@@ -207,7 +212,7 @@ impl PodWorker {
         let context = Arc::new(PodContext {
             events,
             runtime,
-            images,
+            sources,
             spec,
             record: Mutex::new(record),
             status: status_sender,
@@ -307,7 +312,7 @@ enum Slot {
 /// What the tasks of one pod share.
 struct PodContext {
     runtime: Runtime,
-    images: Arc<dyn Images>,
+    sources: Arc<dyn Sources>,
     spec: PodSpec,
     record: Mutex<PodRecord>,
     status: watch::Sender<Value>,
@@ -352,6 +357,7 @@ async fn guard(context: Arc<PodContext>, running: tokio::task::JoinHandle<()>, d
             }
         });
     }
+    context.remove_volumes().await;
     done.send_replace(true);
 }
 
@@ -403,6 +409,9 @@ async fn supervise(context: Arc<PodContext>) {
 }
 
 async fn run_pod(context: &PodContext) {
+    if !context.spec.volumes.is_empty() && !context.write_volumes().await {
+        return;
+    }
     for index in 0..context.spec.init_containers.len() {
         if run_container(context, Slot::Init(index)).await != Outcome::Succeeded {
             return;
@@ -484,8 +493,9 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
     context.set(slot, |c| c.image_id = prepared.digest().to_string());
 
     loop {
-        let container_id = format!("kapsel://{}/{}/{restart_count}", context.spec.uid, spec.name);
-        let exit = match context.run_once(spec, &prepared, restart_count, slot, &container_id, &mut stop).await {
+        let Some(given) = context.configure(spec, slot, &mut stop).await else { return Outcome::Stopped };
+        let container_id = context.container_id(spec, restart_count);
+        let exit = match context.run_once(spec, &prepared, given, restart_count, slot, &mut stop).await {
             Ok(exit) => exit,
             Err(message) => {
                 // The run could not even start (its log could not be created): back off like a crash.
@@ -556,14 +566,99 @@ impl PodContext {
     /// Resolves and prepares a container's image; on failure the waiting reason and message.
     async fn pull(&self, spec: &ContainerSpec) -> Result<Prepared, (&'static str, String)> {
         let digest = self
-            .images
+            .sources
             .resolve(&self.spec.namespace, &spec.image)
             .await
             .map_err(|e| ("ErrImagePull", format!("failed to resolve image {:?}: {e:#}", spec.image)))?;
-        self.runtime.prepare(&digest, self.images.fetch(&digest)).await.map_err(|error| {
+        self.runtime.prepare(&digest, self.sources.fetch(&digest)).await.map_err(|error| {
             let reason = if error.is_pull_error() { "ErrImagePull" } else { "CreateContainerError" };
             (reason, format!("image {:?}: {:#}", spec.image, anyhow::Error::from(error)))
         })
+    }
+
+    /// The id of a container's run, as its status reports it.
+    fn container_id(&self, spec: &ContainerSpec, restart_count: u32) -> String {
+        format!("kapsel://{}/{}/{restart_count}", self.spec.uid, spec.name)
+    }
+
+    /// Where the pod's volumes are written: `DATA/volumes/<uid>/<volume>`.
+    fn volumes_root(&self) -> std::path::PathBuf {
+        self.runtime.config().data_dir.join("volumes").join(&self.spec.uid)
+    }
+
+    /// Writes the pod's volumes, trying again with back-off while a
+    /// ConfigMap or Secret it needs is missing (kubelet's `FailedMount`);
+    /// false when the pod was stopped first.
+    async fn write_volumes(&self) -> bool {
+        let config = self.runtime.config();
+        let mut retries = Backoff::new(config.restart_backoff_base, config.restart_backoff_cap, config.restart_backoff_reset);
+        let mut stop = self.stop.subscribe();
+        let root = self.volumes_root();
+        loop {
+            let written = tokio::select! {
+                written = config::write_volumes(self.sources.as_ref(), &self.spec.namespace, &self.spec.volumes, &root) => written,
+                _ = stopped(&mut stop) => return false,
+            };
+            let Err(error) = written else { return true };
+            tracing::info!(pod = %self.pod_ref(), %error, "cannot write the pod's volumes yet");
+            self.event(None, EventKind::Warning, "FailedMount", format!("MountVolume.SetUp failed: {error}"));
+            self.update(|record| {
+                for container in record.init.iter_mut().chain(record.containers.iter_mut()) {
+                    container.state = ContainerState::waiting("ContainerCreating", Some(format!("waiting for volumes: {error}")));
+                }
+            });
+            tokio::select! {
+                () = tokio::time::sleep(retries.next_delay(Duration::ZERO)) => {}
+                _ = stopped(&mut stop) => return false,
+            }
+        }
+    }
+
+    /// Removes the pod's volumes (its run is over).
+    async fn remove_volumes(&self) {
+        if self.spec.volumes.is_empty() {
+            return;
+        }
+        let root = self.volumes_root();
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&root) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        })
+        .await;
+        if let Ok(Err(error)) = removed {
+            tracing::warn!(pod = %self.pod_ref(), %error, "removing the pod's volumes failed");
+        }
+    }
+
+    /// A container's environment and directories for its next run, resolved
+    /// now; while a ConfigMap or Secret it needs is missing, the container
+    /// waits in `CreateContainerConfigError` and it is tried again with
+    /// back-off. `None` when the pod was stopped first.
+    async fn configure(
+        &self,
+        spec: &ContainerSpec,
+        slot: Slot,
+        stop: &mut watch::Receiver<Option<StopCause>>,
+    ) -> Option<(Vec<(String, String)>, Vec<config::MountedDir>)> {
+        let config = self.runtime.config();
+        let mut retries = Backoff::new(config.restart_backoff_base, config.restart_backoff_cap, config.restart_backoff_reset);
+        loop {
+            let resolved = tokio::select! {
+                resolved = config::resolve_env(self.sources.as_ref(), &self.spec.namespace, &spec.env, &spec.env_from) => resolved,
+                _ = stopped(stop) => return None,
+            };
+            let given = resolved.and_then(|env| Ok((env, config::mounted_dirs(&self.volumes_root(), &self.spec.volumes, &spec.mounts)?)));
+            let error = match given {
+                Ok(given) => return Some(given),
+                Err(error) => error.0,
+            };
+            self.event(Some(slot), EventKind::Warning, "Failed", format!("Error: {error}"));
+            self.set(slot, |c| c.state = ContainerState::waiting("CreateContainerConfigError", Some(error)));
+            tokio::select! {
+                () = tokio::time::sleep(retries.next_delay(Duration::ZERO)) => {}
+                _ = stopped(stop) => return None,
+            }
+        }
     }
 
     /// One run of a container: its log, the guest, its exit (killed when the pod is stopped).
@@ -571,9 +666,9 @@ impl PodContext {
         &self,
         spec: &ContainerSpec,
         prepared: &Prepared,
+        (env, dirs): (Vec<(String, String)>, Vec<config::MountedDir>),
         restart_count: u32,
         slot: Slot,
-        container_id: &str,
         stop: &mut watch::Receiver<Option<StopCause>>,
     ) -> Result<Exit, String> {
         let log = self
@@ -585,7 +680,8 @@ impl PodContext {
             prepared,
             ContainerConfig {
                 args: spec.argv.clone(),
-                env: spec.env.clone(),
+                env,
+                dirs,
                 memory_limit_bytes: spec.memory_limit_bytes,
                 cpu_limit_millicores: spec.cpu_limit_millicores,
                 log,
@@ -594,7 +690,7 @@ impl PodContext {
         );
         self.set(slot, |c| {
             c.restart_count = restart_count;
-            c.container_id = Some(container_id.to_string());
+            c.container_id = Some(self.container_id(spec, restart_count));
             c.state = ContainerState::Running { started_at: container.started_at() };
         });
         self.event(Some(slot), EventKind::Normal, "Started", format!("Started container {}", spec.name));
@@ -686,6 +782,7 @@ impl PodSpec {
             active_deadline: None,
             start_time: None,
             termination_grace: spec::DEFAULT_TERMINATION_GRACE,
+            volumes: Vec::new(),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! What the node takes from a Pod object (as the API stores it, JSON): its
-//! identity, restart policy, deadline, and per container the image, argv,
-//! environment, memory limit and CPU limit. Fields the node cannot honour for one
-//! container (an `env` entry with `valueFrom`, a bad quantity) become that
-//! container's configuration error, reported as kubelet's
+//! identity, restart policy, deadline, volumes, and per container the
+//! image, argv, environment (with its ConfigMap and Secret references, see
+//! [`super::config`]), volume mounts, memory limit and CPU limit. Fields the
+//! node cannot honour for one container (an unsupported `valueFrom`, a
+//! mount of a volume type the node does not provide, a bad quantity)
+//! become that container's configuration error, reported as kubelet's
 //! `CreateContainerConfigError`, instead of failing the whole pod.
 
 use std::time::Duration;
@@ -11,6 +13,7 @@ use chrono::{DateTime, Utc};
 use kapsel_api::Quantity;
 use serde_json::Value;
 
+use super::config::{self, EnvFrom, EnvValue, Mount, VolumeSpec};
 use super::status::{Termination, parse_time};
 
 /// `spec.restartPolicy`.
@@ -85,6 +88,8 @@ pub struct PodSpec {
     pub start_time: Option<DateTime<Utc>>,
     /// `spec.terminationGracePeriodSeconds` (30 s when not set).
     pub termination_grace: Duration,
+    /// The volumes the node provides (ConfigMaps, Secrets, emptyDirs).
+    pub volumes: Vec<VolumeSpec>,
 }
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -97,7 +102,12 @@ pub struct ContainerSpec {
     pub image: String,
     /// The program name (from the image), then `command`, then `args`.
     pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
+    /// `env`, in order; resolved at every start.
+    pub env: Vec<(String, EnvValue)>,
+    /// `envFrom`, in order.
+    pub env_from: Vec<EnvFrom>,
+    /// `volumeMounts`.
+    pub mounts: Vec<Mount>,
     /// `resources.limits.memory` in bytes.
     pub memory_limit_bytes: Option<u64>,
     /// `resources.limits.cpu` in millicores.
@@ -169,8 +179,12 @@ impl PodSpec {
                 problem: format!("must be a non-negative integer, not {value}"),
             })?,
         };
-        let init_containers = containers(spec, "initContainers")?;
-        let mut containers = containers(spec, "containers")?;
+        let (volumes, unsupported) = config::volumes(spec);
+        let mut init_containers = containers(pod, spec, "initContainers")?;
+        let mut containers = containers(pod, spec, "containers")?;
+        for container in init_containers.iter_mut().chain(containers.iter_mut()) {
+            check_mounts(container, &volumes, &unsupported);
+        }
         if containers.is_empty() {
             return Err(SpecError::NoContainers);
         }
@@ -188,19 +202,36 @@ impl PodSpec {
             active_deadline,
             start_time,
             termination_grace,
+            volumes,
         })
     }
 }
 
-fn containers(spec: &Value, field: &str) -> Result<Vec<ContainerSpec>, SpecError> {
+/// A container that mounts a volume the pod does not have, or one of a type
+/// the node does not provide, cannot start: its configuration error says why.
+fn check_mounts(container: &mut ContainerSpec, volumes: &[VolumeSpec], unsupported: &std::collections::BTreeMap<String, String>) {
+    for mount in &container.mounts {
+        let problem = match unsupported.get(&mount.volume) {
+            Some(problem) => format!("volume {:?}: {problem}", mount.volume),
+            None if !volumes.iter().any(|v| v.name == mount.volume) => format!("volumeMounts: the pod has no volume {:?}", mount.volume),
+            None => continue,
+        };
+        container.config_error = Some(match container.config_error.take() {
+            Some(earlier) => format!("{earlier}; {problem}"),
+            None => problem,
+        });
+    }
+}
+
+fn containers(pod: &Value, spec: &Value, field: &str) -> Result<Vec<ContainerSpec>, SpecError> {
     let Some(items) = spec.get(field).filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
     let items = items.as_array().ok_or_else(|| SpecError::Invalid { field: format!("spec.{field}"), problem: "must be a list".into() })?;
-    items.iter().enumerate().map(|(index, item)| container(item, &format!("spec.{field}[{index}]"))).collect()
+    items.iter().enumerate().map(|(index, item)| container(pod, item, &format!("spec.{field}[{index}]"))).collect()
 }
 
-fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
+fn container(pod: &Value, item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
     let text = |key: &str| item.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
     let name = text("name").ok_or_else(|| SpecError::Invalid { field: format!("{field}.name"), problem: "required".into() })?;
     let image = text("image").ok_or_else(|| SpecError::Invalid { field: format!("{field}.image"), problem: "required".into() })?;
@@ -222,12 +253,22 @@ fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
             problems.push("an env entry has no name".into());
             continue;
         };
-        if var.get("valueFrom").is_some_and(|v| !v.is_null()) {
-            problems.push(format!("env {name}: valueFrom is not supported on this node"));
-            continue;
+        match config::env_value(pod, var) {
+            Ok(value) => env.push((name.to_string(), value)),
+            Err(problem) => problems.push(format!("env {name}: {problem}")),
         }
-        env.push((name.to_string(), var.get("value").and_then(Value::as_str).unwrap_or_default().to_string()));
     }
+    let mut env_from = Vec::new();
+    for (index, entry) in item.get("envFrom").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        match config::env_from(entry) {
+            Ok(from) => env_from.push(from),
+            Err(problem) => problems.push(format!("envFrom[{index}]: {problem}")),
+        }
+    }
+    let mounts = config::mounts(item).unwrap_or_else(|problem| {
+        problems.push(problem);
+        Vec::new()
+    });
 
     // A limit that does not read is the container's problem, not the pod's.
     let mut limit = |resource: &str, read: fn(&Value) -> Result<u64, String>| match item.get("resources")?.get("limits")?.get(resource)? {
@@ -242,6 +283,8 @@ fn container(item: &Value, field: &str) -> Result<ContainerSpec, SpecError> {
         image: image.to_string(),
         argv,
         env,
+        env_from,
+        mounts,
         memory_limit_bytes,
         cpu_limit_millicores,
         config_error: (!problems.is_empty()).then(|| problems.join("; ")),
@@ -350,7 +393,8 @@ mod tests {
         assert_eq!(spec.init_containers[0].argv, ["setup"]);
         let main = &spec.containers[0];
         assert_eq!(main.argv, ["hello", "run", "--loud", "x"]);
-        assert_eq!(main.env, [("GREETING".to_string(), "hi".to_string()), ("EMPTY".to_string(), String::new())]);
+        let literal = |name: &str, value: &str| (name.to_string(), EnvValue::Literal(value.to_string()));
+        assert_eq!(main.env, [literal("GREETING", "hi"), literal("EMPTY", "")]);
         assert_eq!(main.memory_limit_bytes, Some(32 << 20));
         assert_eq!(main.cpu_limit_millicores, Some(250));
         assert_eq!(main.config_error, None);
@@ -363,14 +407,56 @@ mod tests {
         let bad_policy =
             json!({"metadata": {"uid": "u"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "a"}]}});
         assert!(matches!(PodSpec::from_pod(&bad_policy), Err(SpecError::Invalid { field, .. }) if field == "spec.restartPolicy"));
-        let from_secret = json!({"metadata": {"uid": "u"}, "spec": {"containers": [{
-            "name": "a", "image": "a",
-            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
-            "resources": {"limits": {"memory": "much"}}
-        }]}});
-        let spec = PodSpec::from_pod(&from_secret).unwrap();
+        let unsupported = json!({"metadata": {"uid": "u"}, "spec": {
+            "volumes": [{"name": "disk", "hostPath": {"path": "/etc"}}],
+            "containers": [{
+                "name": "a", "image": "a",
+                "env": [{"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}],
+                "volumeMounts": [{"name": "disk", "mountPath": "/etc"}, {"name": "nowhere", "mountPath": "/x"}],
+                "resources": {"limits": {"memory": "much"}}
+            }]
+        }});
+        let spec = PodSpec::from_pod(&unsupported).unwrap();
         let problem = spec.containers[0].config_error.as_deref().unwrap();
-        assert!(problem.contains("env TOKEN: valueFrom is not supported"), "{problem}");
+        assert!(problem.contains("env CPU: valueFrom: only configMapKeyRef, secretKeyRef and fieldRef"), "{problem}");
         assert!(problem.contains("resources.limits.memory"), "{problem}");
+        assert!(problem.contains("volume \"disk\": volume type hostPath is not supported"), "{problem}");
+        assert!(problem.contains("the pod has no volume \"nowhere\""), "{problem}");
+    }
+
+    #[test]
+    fn configuration_references_are_read() {
+        let pod = json!({"metadata": {"uid": "u", "name": "web", "namespace": "dev", "labels": {"app": "shop"}}, "spec": {
+            "nodeName": "n1",
+            "volumes": [
+                {"name": "conf", "configMap": {"name": "settings", "items": [{"key": "app.toml", "path": "etc/app.toml"}]}},
+                {"name": "creds", "secret": {"secretName": "db", "optional": true}},
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "escape", "configMap": {"name": "x", "items": [{"key": "k", "path": "../../etc/passwd"}]}}
+            ],
+            "containers": [{
+                "name": "a", "image": "a",
+                "env": [
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}
+                ],
+                "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+                "volumeMounts": [{"name": "conf", "mountPath": "/config", "readOnly": true}, {"name": "scratch", "mountPath": "/tmp"}]
+            }, {
+                "name": "b", "image": "b", "volumeMounts": [{"name": "escape", "mountPath": "/e"}]
+            }]
+        }});
+        let spec = PodSpec::from_pod(&pod).unwrap();
+        let main = &spec.containers[0];
+        assert_eq!(main.config_error, None);
+        let secret = config::ConfigRef { kind: config::ConfigKind::Secret, name: "db".into() };
+        assert_eq!(main.env[0].1, EnvValue::Key { source: secret, key: "password".into(), optional: false });
+        assert_eq!(main.env[1].1, EnvValue::Literal("web".into()));
+        assert_eq!(main.env[2].1, EnvValue::Literal("shop".into()));
+        assert_eq!(main.env_from[0].prefix, "CFG_");
+        assert_eq!(spec.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["conf", "creds", "scratch"]);
+        let escape = spec.containers[1].config_error.as_deref().unwrap();
+        assert!(escape.contains("must be a relative path without '..'"), "{escape}");
     }
 }

@@ -1,17 +1,19 @@
 //! What the integration tests share: a runtime on a temporary data
-//! directory with fast back-off, and an [`Images`] source that serves the
-//! sample workloads built by the crate's build script.
+//! directory with fast back-off, and a [`Sources`] that serves the sample
+//! workloads built by the crate's build script and the ConfigMaps and
+//! Secrets a test puts in it.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kapsel_node::pod::config::{ConfigData, ConfigKind};
 use kapsel_node::runtime::digest_of;
-use kapsel_node::{EXAMPLE_WORKLOADS_DIR, Images, PodWorker, Runtime, RuntimeConfig};
+use kapsel_node::{EXAMPLE_WORKLOADS_DIR, PodWorker, Runtime, RuntimeConfig, Sources};
 use serde_json::Value;
 
 /// The bytes of a sample workload (`hello`, `fail`, `worker`, `memhog`, `spin`).
@@ -36,6 +38,8 @@ pub struct WorkloadImages {
     /// Image names to digests.
     tags: HashMap<String, String>,
     pub fetches: AtomicUsize,
+    /// ConfigMaps and Secrets by kind, namespace and name.
+    configs: Mutex<HashMap<(ConfigKind, String, String), ConfigData>>,
 }
 
 impl WorkloadImages {
@@ -50,13 +54,19 @@ impl WorkloadImages {
         Arc::new(images)
     }
 
+    /// Puts (or replaces) a ConfigMap or Secret.
+    pub fn put_config(&self, kind: ConfigKind, namespace: &str, name: &str, entries: &[(&str, &str)]) {
+        let data = entries.iter().map(|(key, value)| (key.to_string(), value.as_bytes().to_vec())).collect();
+        self.configs.lock().unwrap().insert((kind, namespace.to_string(), name.to_string()), data);
+    }
+
     pub fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
 }
 
 #[async_trait::async_trait]
-impl Images for WorkloadImages {
+impl Sources for WorkloadImages {
     async fn resolve(&self, _namespace: &str, image: &str) -> anyhow::Result<String> {
         let name = image.split(':').next().unwrap_or(image);
         self.tags.get(name).cloned().ok_or_else(|| anyhow::anyhow!("image {image:?} not found"))
@@ -65,6 +75,10 @@ impl Images for WorkloadImages {
     async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         self.blobs.get(digest).cloned().ok_or_else(|| anyhow::anyhow!("blob {digest} not found"))
+    }
+
+    async fn config(&self, kind: ConfigKind, namespace: &str, name: &str) -> anyhow::Result<Option<ConfigData>> {
+        Ok(self.configs.lock().unwrap().get(&(kind, namespace.to_string(), name.to_string())).cloned())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed commands (`kubectl create namespace`,
-//! `kubectl create quota`) send. The envelope is the 4-byte magic `k8s\0`
+//! `kubectl create quota`, `kubectl create configmap|secret`) send. The envelope is the 4-byte magic `k8s\0`
 //! and a `runtime.Unknown` holding the type and the encoded object
 //! (messages from `k8s-pb`); the object is turned into the JSON the rest
 //! of the server works on. Kinds without a converter here get a 415 that
@@ -44,15 +44,54 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             }
             json!({"metadata": metadata(quota.metadata.unwrap_or_default()), "spec": spec_json})
         }
+        ("v1", "ConfigMap") => {
+            let config_map = core::ConfigMap::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
+            let mut object = json!({"metadata": metadata(config_map.metadata.unwrap_or_default())});
+            if !config_map.data.is_empty() {
+                object["data"] = json!(config_map.data);
+            }
+            if !config_map.binary_data.is_empty() {
+                object["binaryData"] = base64_map(config_map.binary_data);
+            }
+            if let Some(immutable) = config_map.immutable {
+                object["immutable"] = json!(immutable);
+            }
+            object
+        }
+        ("v1", "Secret") => {
+            let secret = core::Secret::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
+            let mut object = json!({"metadata": metadata(secret.metadata.unwrap_or_default())});
+            if !secret.data.is_empty() {
+                object["data"] = base64_map(secret.data);
+            }
+            if !secret.string_data.is_empty() {
+                object["stringData"] = json!(secret.string_data);
+            }
+            if let Some(kind) = secret.r#type.filter(|t| !t.is_empty()) {
+                object["type"] = json!(kind);
+            }
+            if let Some(immutable) = secret.immutable {
+                object["immutable"] = json!(immutable);
+            }
+            object
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "Kapsel accepts protobuf bodies only for v1 Namespace and ResourceQuota (got {api_version} {kind}); send application/json or application/yaml"
+                "Kapsel accepts protobuf bodies only for v1 Namespace, ResourceQuota, ConfigMap and Secret (got {api_version} {kind}); send application/json or application/yaml"
             )));
         }
     };
     object["apiVersion"] = Value::String(api_version);
     object["kind"] = Value::String(kind);
     Ok(object)
+}
+
+/// Bytes by key as JSON holds them: base64 strings.
+fn base64_map(map: std::collections::BTreeMap<String, Vec<u8>>) -> Value {
+    use base64::Engine as _;
+    Value::Object(
+        map.into_iter().map(|(key, bytes)| (key, Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)))).collect(),
+    )
 }
 
 /// The client-settable parts of `ObjectMeta`; server-owned fields are set by the server.
@@ -108,6 +147,31 @@ mod tests {
         };
         let object = decode(&envelope("Namespace", namespace.encode_to_vec())).unwrap();
         assert_eq!(object, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dev", "labels": {"team": "a"}}}));
+    }
+
+    #[test]
+    fn decodes_a_secret_and_a_config_map_as_kubectl_sends_them() {
+        let secret = core::Secret {
+            metadata: Some(meta::ObjectMeta { name: Some("db".into()), ..Default::default() }),
+            data: [("password".to_string(), b"hunter2".to_vec())].into(),
+            r#type: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let object = decode(&envelope("Secret", secret.encode_to_vec())).unwrap();
+        assert_eq!(
+            object,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}, "type": "Opaque"})
+        );
+        let config_map = core::ConfigMap {
+            metadata: Some(meta::ObjectMeta { name: Some("settings".into()), ..Default::default() }),
+            data: [("color".to_string(), "blue".to_string())].into(),
+            binary_data: [("logo".to_string(), vec![0xff, 0])].into(),
+            immutable: Some(true),
+        };
+        let object = decode(&envelope("ConfigMap", config_map.encode_to_vec())).unwrap();
+        assert_eq!(object["data"], json!({"color": "blue"}));
+        assert_eq!(object["binaryData"], json!({"logo": "/wA="}));
+        assert_eq!(object["immutable"], json!(true));
     }
 
     #[test]

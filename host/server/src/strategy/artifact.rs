@@ -1,9 +1,15 @@
 //! `Artifact`: its images are written by pushes only (`crate::artifacts`),
 //! so an artifact leads only to bytes its own namespace pushed; tags may
-//! point at its images.
+//! point at its images. An artifact uses the bytes of its images of its
+//! namespace's quota as `kapsel.io/artifact-storage`: each image counts its
+//! full size, though the blob store keeps one copy of equal bytes — what a
+//! namespace pushed is what it is charged.
 
 use async_trait::async_trait;
-use kapsel_api::kinds::artifact::ARTIFACT;
+use kapsel_api::Quantity;
+use kapsel_api::kinds::artifact::{ARTIFACT, ARTIFACT_STORAGE, ArtifactSpec};
+use kapsel_api::kinds::resource_quota::Usage;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use super::{Strategy, forbidden};
@@ -19,6 +25,17 @@ pub struct Artifacts;
 
 #[async_trait]
 impl Strategy for Artifacts {
+    fn usage(&self, artifact: &Value, usage: &mut Usage) {
+        // An artifact that does not parse uses no bytes; sizes beyond i64::MAX count as i64::MAX.
+        let spec: ArtifactSpec = artifact.get("spec").and_then(|spec| ArtifactSpec::deserialize(spec).ok()).unwrap_or_default();
+        let bytes = spec.images.iter().map(|image| Quantity::from_units(i64::try_from(image.size).unwrap_or(i64::MAX))).sum();
+        usage.insert(ARTIFACT_STORAGE.into(), bytes);
+    }
+
+    fn usage_names(&self) -> &'static [&'static str] {
+        &[ARTIFACT_STORAGE]
+    }
+
     async fn prepare_for_create(
         &self,
         _app: &App,

@@ -6,9 +6,14 @@
 //! goes (at once, graceful, finalized), and whether admission policies
 //! review it. The generic write path ([`crate::objects`]) calls these steps
 //! in order; a kind without special rules uses [`Plain`] and has nothing to
-//! write. [`of`] is the one place that says which kind has which strategy.
+//! write. The kind's rules outside writes are here too: what its objects
+//! use of quota-tracked resources and what a quota requires them to say
+//! (as Kubernetes' quota evaluators), and what a tenant may not read of
+//! them. [`of`] is the one place that says which kind has which strategy.
 
 mod artifact;
+mod config;
+mod event;
 mod namespace;
 mod plugin;
 mod pod;
@@ -19,9 +24,12 @@ use async_trait::async_trait;
 use kapsel_api::ResourceType;
 use kapsel_api::kinds::admission_policy::{ADMISSION_POLICY, CLUSTER_ADMISSION_POLICY};
 use kapsel_api::kinds::artifact::ARTIFACT;
+use kapsel_api::kinds::config::{CONFIG_MAP, SECRET};
+use kapsel_api::kinds::event::EVENT;
 use kapsel_api::kinds::namespace::NAMESPACE;
 use kapsel_api::kinds::plugin::PLUGIN;
 use kapsel_api::kinds::pod::POD;
+use kapsel_api::kinds::resource_quota::Usage;
 use kapsel_api::kinds::token::TOKEN;
 use kapsel_api::{FieldError, object};
 use kapsel_store::Key;
@@ -60,6 +68,33 @@ pub trait Strategy: Send + Sync + 'static {
     fn admitted(&self) -> bool {
         true
     }
+
+    /// What an object of the kind uses of quota-tracked resources besides
+    /// its count (`count/<plural>`, which every object uses), added to `usage`.
+    fn usage(&self, _object: &Value, _usage: &mut Usage) {}
+
+    /// The resources [`Strategy::usage`] may name, so that counting a
+    /// namespace's usage of some resources reads only the kinds that use them.
+    fn usage_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The quota-tracked resources that a write of `new` over `old` (`None`:
+    /// a create) leaves unspecified for what it adds, and that a quota
+    /// limiting them requires it to specify (Kubernetes: every new container
+    /// of a pod sets the requests and limits of cpu and memory a quota limits).
+    fn unspecified_for_quota(&self, _new: &Value, _old: Option<&Value>) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// Whether `object` is hidden from `identity` (not an IT admin) though
+    /// the caller may read the kind where the object is.
+    fn hidden_from(&self, _identity: &Identity, _object: &Value) -> bool {
+        false
+    }
+
+    /// Removes from `object` what `identity` (not an IT admin) may not read of it.
+    fn redact(&self, _identity: &Identity, _object: &mut Value) {}
 
     /// On create, before validation: defaults and server-owned fields. May
     /// return a secret the create answer shows once (see [`Strategy::answer_create`]).
@@ -125,6 +160,12 @@ pub fn of(resource: &ResourceType) -> &'static dyn Strategy {
         &plugin::Plugins
     } else if is(&ARTIFACT) {
         &artifact::Artifacts
+    } else if is(&CONFIG_MAP) {
+        &config::CONFIG_MAPS
+    } else if is(&SECRET) {
+        &config::SECRETS
+    } else if is(&EVENT) {
+        &event::Events
     } else if is(&CLUSTER_ADMISSION_POLICY) {
         &policy::CLUSTER_POLICIES
     } else if is(&ADMISSION_POLICY) {

@@ -2,7 +2,8 @@
 //! network driver in charge, under the driver's failure policy, recorded in
 //! annotations only the platform writes. Deleting one marks it
 //! `Terminating`; the namespace controller (`controllers::namespace`)
-//! deletes its contents, releases its network and then the namespace.
+//! deletes its contents, releases its network and then the namespace. A
+//! tenant sees only the namespaces it holds a role in.
 
 use async_trait::async_trait;
 use kapsel_api::kinds::namespace::NAMESPACE;
@@ -24,6 +25,10 @@ pub struct Namespaces;
 
 #[async_trait]
 impl Strategy for Namespaces {
+    fn hidden_from(&self, identity: &Identity, namespace: &Value) -> bool {
+        !object::name(namespace).is_some_and(|name| identity.sees_namespace(name))
+    }
+
     async fn prepare_for_create(
         &self,
         _app: &App,

@@ -5,10 +5,20 @@
 //! namespace pushed. Its size and class are fixed at create, its node once
 //! bound. A bound pod that has not ended is deleted gracefully: marked, then
 //! stopped and removed by its node within the grace period.
+//!
+//! Of its namespace's quota, a pod that has not ended uses 1 of `pods` and
+//! its effective requests and limits (the larger of its containers' sum and
+//! its largest init container, as Kubernetes computes them; a request left
+//! out is its limit) as `requests.cpu` (also `cpu`), `requests.memory`
+//! (also `memory`), `limits.cpu`, `limits.memory`, and the storage its
+//! generic ephemeral volumes claim as `requests.storage`; a pod that has
+//! ended uses only its count. A quota limiting cpu or memory requires every
+//! new container to set it.
 
 use async_trait::async_trait;
 use kapsel_api::kinds::pod::{self, MAX_GRACE_SECONDS, POD, qos_class};
-use kapsel_api::{FieldError, object};
+use kapsel_api::kinds::resource_quota::{COMPUTE_RESOURCES, Usage};
+use kapsel_api::{FieldError, Quantity, object};
 use kapsel_store::StoreError;
 use serde_json::{Value, json};
 
@@ -20,11 +30,74 @@ use crate::error::ApiError;
 /// How many times marking a pod for deletion is tried when it changes meanwhile.
 const MARK_RETRIES: usize = 5;
 
+/// The quota names that need every new container of a pod to set a
+/// request or a limit: (quota name, `requests` or `limits`, resource).
+const NEEDS_SPECIFIED: [(&str, &str, &str); 6] = [
+    ("requests.cpu", "requests", "cpu"),
+    ("cpu", "requests", "cpu"),
+    ("requests.memory", "requests", "memory"),
+    ("memory", "requests", "memory"),
+    ("limits.cpu", "limits", "cpu"),
+    ("limits.memory", "limits", "memory"),
+];
+
 #[derive(Debug)]
 pub struct Pods;
 
 #[async_trait]
 impl Strategy for Pods {
+    fn usage(&self, pod: &Value, usage: &mut Usage) {
+        if pod::has_ended(pod) {
+            return;
+        }
+        usage.insert("pods".into(), Quantity::from_units(1));
+        let (requests, limits) = pod::effective_resources(pod);
+        for (name, quantity) in requests {
+            if matches!(name.as_str(), "cpu" | "memory") {
+                usage.insert(format!("requests.{name}"), quantity);
+                usage.insert(name, quantity);
+            }
+        }
+        for (name, quantity) in limits {
+            if matches!(name.as_str(), "cpu" | "memory") {
+                usage.insert(format!("limits.{name}"), quantity);
+            }
+        }
+        let storage: Quantity =
+            ephemeral_claims(pod).filter_map(|claim| claim.pointer("/spec/resources/requests/storage").and_then(Quantity::from_json)).sum();
+        if storage != Quantity::default() {
+            usage.insert("requests.storage".into(), storage);
+        }
+    }
+
+    fn usage_names(&self) -> &'static [&'static str] {
+        COMPUTE_RESOURCES
+    }
+
+    fn unspecified_for_quota(&self, pod: &Value, old: Option<&Value>) -> Vec<&'static str> {
+        let containers = |pod: &Value| -> Vec<Value> {
+            ["containers", "initContainers"]
+                .iter()
+                .filter_map(|field| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        let existing: Vec<Value> = old.map(containers).unwrap_or_default();
+        let added: Vec<(Usage, Usage)> = containers(pod)
+            .iter()
+            .filter(|c| !existing.iter().any(|e| e.get("name") == c.get("name")))
+            .map(pod::container_resources)
+            .collect();
+        NEEDS_SPECIFIED
+            .iter()
+            .filter(|(_, field, resource)| {
+                added.iter().any(|(requests, limits)| !if *field == "requests" { requests } else { limits }.contains_key(*resource))
+            })
+            .map(|(name, _, _)| *name)
+            .collect()
+    }
+
     async fn prepare_for_create(
         &self,
         app: &App,
@@ -106,6 +179,15 @@ impl Strategy for Pods {
         }
         Err(ApiError::conflict(&POD, name, "the pod kept changing while it was being deleted: delete it again"))
     }
+}
+
+/// The volume claim templates of a pod's generic ephemeral volumes.
+fn ephemeral_claims(pod: &Value) -> impl Iterator<Item = &Value> {
+    pod.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|volume| volume.pointer("/ephemeral/volumeClaimTemplate"))
 }
 
 /// A pod runs images its namespace pushed: one no Artifact has is refused
