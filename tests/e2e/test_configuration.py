@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from kapsel_e2e import push_image, tenant_kubeconfig, create_token
 
@@ -90,3 +91,16 @@ def test_a_pod_reads_its_config_map_and_secret_as_env_and_files(server, tmp_path
     editor = tenant_kubeconfig(server, create_token(server, "ed", {"shop": "edit"}), tmp_path / "ed.yaml")
     shown = json.loads(ok(server.kubectl("get", "secret", "db", "-n", "shop", "-o", "json", kubeconfig=editor)))
     assert shown["data"]["password"] == "aHVudGVyMg==", shown
+
+
+def test_the_configured_example_runs_as_documented(server):
+    """examples/configured.yaml (used by docs/configuration.md), applied with `kapsel apply`."""
+    push_image(server, "default", "hello:1")
+    example = Path(__file__).resolve().parents[2] / "examples" / "configured.yaml"
+    applied = ok(server.kapsel("apply", "-f", str(example)))
+    assert applied.split() == ["configmap/settings", "created", "secret/db", "created", "pod/reader", "created"], applied
+    pod = wait_for_phase(server, "default", "reader", {"Succeeded", "Failed"})
+    log = ok(server.kapsel("logs", "reader"))
+    assert pod["status"]["phase"] == "Succeeded", log
+    for line in ("APP_color=blue", "DB_PASSWORD=hunter2", "/etc/app/app.toml: port = 8080", "/run/creds/password: hunter2"):
+        assert line in log, log
