@@ -6,17 +6,25 @@
 //! The runtime measures the time the guest itself runs: wasmtime's call
 //! hook marks each entry into guest code (the start of a run, a return from
 //! a host call) and each exit (a host call, an epoch check, the end of the
-//! run), and [`CpuThrottle::ran`] adds what lies between — the wall time the
+//! run), and the store's [`CpuMeter`] adds what lies between to the
+//! container's [`CpuThrottle`] — the wall time the
 //! guest held its thread, which is the CPU time it used (on a loaded machine
 //! more, which only throttles more); time spent waiting in the host (a
 //! `sleep`, reading stdin) is not counted. At every epoch tick
-//! the epoch callback asks [`CpuThrottle::hold_until`] whether the quota is
+//! the epoch callback asks [`CpuMeter::hold_until`] whether the quota is
 //! spent: if so the guest yields with a sleep until the period it has paid
 //! for ends. Overrunning the quota (a guest checks only at epoch ticks, so it
 //! can run up to a tick past it) is a debt paid in the next periods, so the
 //! average over time is the limit; quota left unused in a period is lost.
+//!
+//! A container that serves HTTP runs one store per request, at the same
+//! time: their meters share the container's one account, so all its
+//! requests together are held to its limit, as the threads of a cgroup are.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::lock;
 
 /// Linux's default CFS period (`cpu.cfs_period_us`).
 pub const DEFAULT_PERIOD: Duration = Duration::from_millis(100);
@@ -43,8 +51,6 @@ pub struct CpuThrottle {
     period_start: Instant,
     /// Guest time counted against the current period; past the quota it is a debt.
     used: Duration,
-    /// Since when the guest has been running, while it is.
-    running_since: Option<Instant>,
     /// How often, and how long in all, the guest was held.
     throttled: u64,
     throttled_for: Duration,
@@ -59,23 +65,8 @@ impl CpuThrottle {
             period,
             period_start: now,
             used: Duration::ZERO,
-            running_since: None,
             throttled: 0,
             throttled_for: Duration::ZERO,
-        }
-    }
-
-    /// The guest starts (or resumes) running at `now`.
-    pub fn resumed(&mut self, now: Instant) {
-        self.running_since = Some(now);
-    }
-
-    /// The guest stops running at `now` (it calls the host, or reaches an
-    /// epoch check): the time since it resumed is counted. Nothing is
-    /// counted when it was not running.
-    pub fn paused(&mut self, now: Instant) {
-        if let Some(since) = self.running_since.take() {
-            self.ran(now.saturating_duration_since(since), now);
         }
     }
 
@@ -119,6 +110,47 @@ impl CpuThrottle {
     }
 }
 
+/// One store's view of its container's [`CpuThrottle`]: it marks when this
+/// store's guest runs and counts that time into the account it shares with
+/// the container's other stores.
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    account: Arc<Mutex<CpuThrottle>>,
+    /// Since when this store's guest has been running, while it is.
+    running_since: Option<Instant>,
+}
+
+impl CpuMeter {
+    /// A meter counting into `account`.
+    pub fn new(account: Arc<Mutex<CpuThrottle>>) -> CpuMeter {
+        CpuMeter { account, running_since: None }
+    }
+
+    /// The guest starts (or resumes) running at `now`.
+    pub fn resumed(&mut self, now: Instant) {
+        self.running_since = Some(now);
+    }
+
+    /// The guest stops running at `now` (it calls the host, or reaches an
+    /// epoch check): the time since it resumed is counted. Nothing is
+    /// counted when it was not running.
+    pub fn paused(&mut self, now: Instant) {
+        if let Some(since) = self.running_since.take() {
+            lock(&self.account).ran(now.saturating_duration_since(since), now);
+        }
+    }
+
+    /// [`CpuThrottle::hold_until`] of the shared account.
+    pub fn hold_until(&self, now: Instant) -> Option<Instant> {
+        lock(&self.account).hold_until(now)
+    }
+
+    /// [`CpuThrottle::throttled`] of the shared account.
+    pub fn throttled(&self) -> (u64, Duration) {
+        lock(&self.account).throttled()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,10 +166,14 @@ mod tests {
         assert!(quota(u64::MAX, Duration::MAX).is_some(), "no overflow");
     }
 
+    fn meter(quota: Duration, period: Duration, now: Instant) -> CpuMeter {
+        CpuMeter::new(Arc::new(Mutex::new(CpuThrottle::new(quota, period, now))))
+    }
+
     #[test]
     fn the_quota_spent_holds_the_guest_to_the_end_of_the_period() {
         let t0 = Instant::now();
-        let mut cpu = CpuThrottle::new(25 * MS, 100 * MS, t0);
+        let mut cpu = meter(25 * MS, 100 * MS, t0);
         // 20 ms run in ticks of 10 ms: under the quota.
         cpu.resumed(t0);
         cpu.paused(t0 + 10 * MS);
@@ -174,13 +210,13 @@ mod tests {
     #[test]
     fn unused_quota_is_lost_and_waiting_in_the_host_is_not_counted() {
         let t0 = Instant::now();
-        let mut cpu = CpuThrottle::new(25 * MS, 100 * MS, t0);
+        let mut cpu = meter(25 * MS, 100 * MS, t0);
         // Idle for 10 periods: no credit builds up.
         cpu.resumed(t0 + 1000 * MS);
         cpu.paused(t0 + 1030 * MS);
         assert_eq!(cpu.hold_until(t0 + 1030 * MS), Some(t0 + 1100 * MS));
         // A guest that sleeps in the host between short runs is never held.
-        let mut sleeper = CpuThrottle::new(25 * MS, 100 * MS, t0);
+        let mut sleeper = meter(25 * MS, 100 * MS, t0);
         for second in 0..5u32 {
             let at = t0 + second * 1000 * MS;
             sleeper.resumed(at);
@@ -190,5 +226,21 @@ mod tests {
         // Pausing twice counts once.
         sleeper.paused(t0 + 6000 * MS);
         assert_eq!(sleeper.hold_until(t0 + 6000 * MS), None);
+    }
+
+    #[test]
+    fn the_stores_of_one_container_share_its_quota() {
+        let t0 = Instant::now();
+        let account = Arc::new(Mutex::new(CpuThrottle::new(25 * MS, 100 * MS, t0)));
+        let (mut first, mut second) = (CpuMeter::new(account.clone()), CpuMeter::new(account));
+        // Two requests run side by side for 15 ms each: 30 ms of the 25 ms quota.
+        first.resumed(t0);
+        second.resumed(t0);
+        first.paused(t0 + 15 * MS);
+        assert_eq!(first.hold_until(t0 + 15 * MS), None);
+        second.paused(t0 + 15 * MS);
+        assert_eq!(second.hold_until(t0 + 15 * MS), Some(t0 + 100 * MS));
+        assert_eq!(first.hold_until(t0 + 15 * MS), Some(t0 + 100 * MS), "both are held");
+        assert_eq!(first.throttled().0, 2);
     }
 }

@@ -1,6 +1,7 @@
 //! The container runtime: runs a pod's Wasm component (a `wasi:cli/run`
 //! command) in its own wasmtime [`Store`], the way a container runtime runs
-//! a process.
+//! a process — or serves HTTP with it, when the component is a `wasi:http`
+//! proxy (it exports `wasi:http/incoming-handler`).
 //!
 //! A [`Runtime`] owns one wasmtime [`Engine`] for pods, with epoch
 //! interruption driven by a ticker thread: every tick a running guest yields
@@ -20,12 +21,24 @@
 //! hook counts the time its guest runs, and once a period's quota is spent
 //! the epoch callback makes it yield with a sleep until the period ends.
 //! [`Container::wait`] gives its [`Exit`].
+//!
+//! A proxy component is pre-instantiated as a [`ProxyPre`] and run with
+//! [`Runtime::serve`] ([`http`]): the container runs until it is killed or
+//! its deadline passes, and its [`HttpHandler`] answers each request from a
+//! fresh instance in a store of its own, made as [`Runtime::start`] makes
+//! a command's (the same WASI context, log, epoch yields and CPU account);
+//! the instances of one container draw their memory from one budget, its
+//! memory limit. Pods run with wasmtime's on-demand allocator, not the
+//! pooling one: containers' memory limits differ (up to wasm32's 4 GiB) and
+//! a pool sizes every slot for the largest, reserving it up front for each
+//! runtime, while instantiating on demand costs about 18 µs instead of 12 —
+//! little beside a request.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,11 +49,18 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::CompileCache;
-use crate::cpu::{self, CpuThrottle};
+use crate::cpu::{self, CpuMeter, CpuThrottle};
 use crate::lock;
 use crate::logs::{DEFAULT_BUDGET_BYTES, DEFAULT_MAX_FILE_BYTES, LogFile, LogSource, Logs};
+use crate::serving::Servers;
+
+pub mod http;
+
+pub use http::{HttpHandler, MAX_CONCURRENT_REQUESTS};
 
 /// How a node's runtime is set up. [`RuntimeConfig::new`] gives kubelet's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +147,9 @@ pub enum PrepareError {
         #[source]
         source: anyhow::Error,
     },
-    #[error("{digest} is not a command: it does not export wasi:cli/run (its exports: {exports})")]
+    #[error(
+        "{digest} is neither a command nor an HTTP server: it exports neither wasi:cli/run nor wasi:http/incoming-handler (its exports: {exports})"
+    )]
     NotACommand { digest: String, exports: String },
     #[error("{digest} needs imports this node does not provide")]
     Unlinkable {
@@ -146,7 +168,7 @@ impl PrepareError {
 }
 
 /// A node's container runtime. Cheap to clone; clones share the engine,
-/// the compiled components and the logs.
+/// the compiled components, the logs and the table of pods serving HTTP.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -158,6 +180,7 @@ struct Inner {
     linker: Linker<ContainerState>,
     cache: CompileCache,
     logs: Logs,
+    servers: Servers,
     /// Prepared components by digest; a cell is filled once, by whoever asks first.
     prepared: Mutex<HashMap<String, Arc<OnceCell<Prepared>>>>,
     /// Tells the epoch ticker to end when the runtime goes.
@@ -188,6 +211,7 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.into()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(e.into()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(e.into()))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop, tick) = (engine.clone(), ticker_stop.clone(), config.epoch_tick.max(Duration::from_millis(1)));
@@ -208,6 +232,7 @@ impl Runtime {
                 config,
                 engine,
                 linker,
+                servers: Servers::default(),
                 prepared: Mutex::default(),
                 ticker_stop,
             }),
@@ -223,9 +248,15 @@ impl Runtime {
         &self.inner.logs
     }
 
+    /// The pods serving HTTP on this runtime (the pod worker keeps it).
+    pub fn servers(&self) -> &Servers {
+        &self.inner.servers
+    }
+
     /// The component of `digest` (`sha256:<hex>`), ready to start: from
     /// memory, else from the disk cache, else `fetch`ed (its bytes must have
-    /// that digest), checked to be a `wasi:cli` command, compiled and cached.
+    /// that digest), checked to be a `wasi:cli` command or a `wasi:http`
+    /// proxy ([`Prepared::serves_http`]), compiled and cached.
     /// `fetch` is awaited only when neither cache has the component.
     pub async fn prepare<F>(&self, digest: &str, fetch: F) -> Result<Prepared, PrepareError>
     where
@@ -275,37 +306,82 @@ impl Runtime {
         Ok(component)
     }
 
-    /// Checks that `component` is a command this node can link, and pre-instantiates it.
+    /// Checks that `component` is a command or an HTTP proxy this node can
+    /// link, and pre-instantiates it. A component exporting both
+    /// `wasi:http/incoming-handler` and `wasi:cli/run` is a server.
     fn link(&self, digest: &str, component: &Component) -> Result<Prepared, PrepareError> {
         let engine = &self.inner.engine;
         let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
-        if !exports.iter().any(|name| name.starts_with("wasi:cli/run@0.2.")) {
+        let exports_any = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
+        let (serves_http, runs) = (exports_any("wasi:http/incoming-handler@0.2."), exports_any("wasi:cli/run@0.2."));
+        if !serves_http && !runs {
             let exports = if exports.is_empty() { "none".to_string() } else { exports.join(", ") };
             return Err(PrepareError::NotACommand { digest: digest.to_string(), exports });
         }
         let unlinkable = |source: wasmtime::Error| PrepareError::Unlinkable { digest: digest.to_string(), source: source.into() };
         let pre = self.inner.linker.instantiate_pre(component).map_err(unlinkable)?;
-        let pre = CommandPre::new(pre).map_err(|e| PrepareError::NotACommand { digest: digest.to_string(), exports: format!("{e:#}") })?;
-        Ok(Prepared { digest: digest.to_string(), pre, engine: engine.clone() })
+        let not_runnable = |e: wasmtime::Error| PrepareError::NotACommand { digest: digest.to_string(), exports: format!("{e:#}") };
+        let entry = if serves_http {
+            Entry::Proxy(ProxyPre::new(pre).map_err(not_runnable)?)
+        } else {
+            Entry::Command(CommandPre::new(pre).map_err(not_runnable)?)
+        };
+        Ok(Prepared { digest: digest.to_string(), entry, engine: engine.clone() })
     }
 
     /// Starts a run of `prepared` on a tokio task (call it within a tokio
     /// runtime). The run ends when the guest returns from `wasi:cli/run` or
-    /// exits, traps, outgrows its memory limit, passes its deadline, or is killed.
+    /// exits, traps, outgrows its memory limit, passes its deadline, or is
+    /// killed. A component that serves HTTP is run with [`Runtime::serve`]
+    /// instead; given one, the run ends at once with an error.
     pub fn start(&self, prepared: &Prepared, config: ContainerConfig) -> Container {
         let started_at = Utc::now();
-        if !Engine::same(&prepared.engine, &self.inner.engine) {
-            // Compiled code belongs to the engine that compiled it.
-            let message = format!("{} was prepared by another runtime", prepared.digest);
-            config.log.close();
-            return Container::ended(Exit {
-                exit_code: EXIT_CODE_TRAP,
-                reason: ExitReason::Error,
-                message,
-                started_at,
-                finished_at: Utc::now(),
-            });
+        let pre = match &prepared.entry {
+            Entry::Command(pre) => pre.clone(),
+            Entry::Proxy(_) => {
+                let message = format!("{} serves HTTP (wasi:http/incoming-handler): it is served, not run", prepared.digest);
+                return Container::failed_to_start(config.log, message, started_at);
+            }
+        };
+        if let Err(message) = self.check_engine(prepared) {
+            return Container::failed_to_start(config.log, message, started_at);
         }
+        let recipe = self.recipe(&config);
+        let mut store = match recipe.store(&self.inner.engine) {
+            Ok(store) => store,
+            Err(message) => return Container::failed_to_start(config.log, message, started_at),
+        };
+
+        let (kill, killed) = watch::channel(false);
+        let (exited, exit) = watch::channel(None);
+        let log = config.log;
+        let deadline = config.deadline;
+        tokio::spawn(async move {
+            let outcome = run(&pre, &mut store, killed, deadline).await;
+            let finished_at = Utc::now();
+            let exit = classify(outcome, store.data().limiter.oom_message(), started_at, finished_at);
+            if let Some(cpu) = &store.data().cpu {
+                let (times, held) = cpu.throttled();
+                tracing::debug!(times, ?held, "a CPU-limited container's run ended; it was throttled");
+            }
+            drop(store);
+            log.close();
+            exited.send_replace(Some(exit));
+        });
+        Container { kill, exit, started_at, server: None }
+    }
+
+    /// Compiled code belongs to the engine that compiled it.
+    fn check_engine(&self, prepared: &Prepared) -> Result<(), String> {
+        if Engine::same(&prepared.engine, &self.inner.engine) {
+            Ok(())
+        } else {
+            Err(format!("{} was prepared by another runtime", prepared.digest))
+        }
+    }
+
+    /// What the stores of a container with `config` are made from.
+    fn recipe(&self, config: &ContainerConfig) -> StoreRecipe {
         let (limit, defaulted) = match config.memory_limit_bytes {
             Some(bytes) => (Some(bytes), false),
             None => (self.inner.config.default_memory_limit_bytes, true),
@@ -315,63 +391,70 @@ impl Runtime {
         let cpu = config
             .cpu_limit_millicores
             .and_then(|millicores| cpu::quota(millicores, period))
-            .map(|quota| CpuThrottle::new(quota, period, Instant::now()));
-        let mut wasi = WasiCtxBuilder::new();
-        for dir in &config.dirs {
-            let perms = if dir.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
-            if let Err(error) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
-                config.log.close();
-                return Container::ended(Exit {
-                    exit_code: EXIT_CODE_TRAP,
-                    reason: ExitReason::Error,
-                    message: format!("giving the container its directory {}: {error:#}", dir.guest),
-                    started_at,
-                    finished_at: Utc::now(),
-                });
-            }
+            .map(|quota| Arc::new(Mutex::new(CpuThrottle::new(quota, period, Instant::now()))));
+        StoreRecipe {
+            args: config.args.clone(),
+            env: config.env.clone(),
+            dirs: config.dirs.clone(),
+            log: config.log.clone(),
+            memory: Arc::new(MemoryBudget::new(limit, defaulted && limit.is_some())),
+            cpu,
         }
-        wasi.args(&config.args)
-            .envs(&config.env)
-            .stdout(config.log.output(LogSource::Stdout))
-            .stderr(config.log.output(LogSource::Stderr))
+    }
+}
+
+/// What the stores of one container are made from: a command's one store,
+/// or a server's store of every request (which share its memory budget and
+/// CPU account).
+#[derive(Debug)]
+struct StoreRecipe {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dirs: Vec<crate::pod::config::MountedDir>,
+    log: LogFile,
+    memory: Arc<MemoryBudget>,
+    /// The CPU account of a container with a CPU limit.
+    cpu: Option<Arc<Mutex<CpuThrottle>>>,
+}
+
+impl StoreRecipe {
+    /// A fresh store: a WASI context granting nothing ambient (the
+    /// arguments, environment and volumes; stdout and stderr to the log),
+    /// the memory limiter, and a yield at every epoch tick — fairness, and
+    /// a point where a kill takes effect — or the CPU limit's hold. Fails
+    /// when a volume's directory cannot be opened.
+    fn store(&self, engine: &Engine) -> Result<Store<ContainerState>, String> {
+        let mut wasi = WasiCtxBuilder::new();
+        for dir in &self.dirs {
+            let perms = if dir.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|error| format!("giving the container its directory {}: {error:#}", dir.guest))?;
+        }
+        wasi.args(&self.args)
+            .envs(&self.env)
+            .stdout(self.log.output(LogSource::Stdout))
+            .stderr(self.log.output(LogSource::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let limited = cpu.is_some();
         let state = ContainerState {
             wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            outgoing_http: OutgoingHttpDenied,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit, defaulted: defaulted && limit.is_some(), used: 0, refused: None },
-            cpu,
+            limiter: MemoryLimiter::new(self.memory.clone()),
+            cpu: self.cpu.clone().map(CpuMeter::new),
         };
-        let mut store = Store::new(&self.inner.engine, state);
+        let limited = state.cpu.is_some();
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
-        // Yield to the executor at every epoch tick: fairness, and a point where a kill takes effect.
         store.set_epoch_deadline(1);
         if limited {
             limit_cpu(&mut store);
         } else {
             store.epoch_deadline_async_yield_and_update(1);
         }
-
-        let (kill, killed) = watch::channel(false);
-        let (exited, exit) = watch::channel(None);
-        let pre = prepared.pre.clone();
-        let log = config.log;
-        let deadline = config.deadline;
-        tokio::spawn(async move {
-            let outcome = run(&pre, &mut store, killed, deadline).await;
-            let finished_at = Utc::now();
-            let exit = classify(outcome, store.data(), started_at, finished_at);
-            if let Some(cpu) = &store.data().cpu {
-                let (times, held) = cpu.throttled();
-                tracing::debug!(times, ?held, "a CPU-limited container's run ended; it was throttled");
-            }
-            drop(store);
-            log.close();
-            exited.send_replace(Some(exit));
-        });
-        Container { kill, exit, started_at }
+        Ok(store)
     }
 }
 
@@ -385,14 +468,30 @@ impl fmt::Debug for Inner {
 #[derive(Clone)]
 pub struct Prepared {
     digest: String,
-    pre: CommandPre<ContainerState>,
+    entry: Entry,
     engine: Engine,
+}
+
+/// How a prepared component is entered.
+#[derive(Clone)]
+enum Entry {
+    /// A `wasi:cli/run` command, for [`Runtime::start`].
+    Command(CommandPre<ContainerState>),
+    /// A `wasi:http` proxy, for [`Runtime::serve`].
+    Proxy(ProxyPre<ContainerState>),
 }
 
 impl Prepared {
     /// The digest of the component's bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Whether the component is an HTTP server (it exports
+    /// `wasi:http/incoming-handler`), to be run with [`Runtime::serve`]
+    /// rather than [`Runtime::start`].
+    pub fn serves_http(&self) -> bool {
+        matches!(self.entry, Entry::Proxy(_))
     }
 }
 
@@ -422,18 +521,45 @@ pub struct ContainerConfig {
     pub deadline: Option<tokio::time::Instant>,
 }
 
-/// A running (or finished) container. Dropping it kills the guest.
+/// A running (or finished) container. Dropping it kills the guest (a
+/// server stops taking requests, and those in progress are stopped).
 #[derive(Debug)]
 pub struct Container {
     kill: watch::Sender<bool>,
     exit: watch::Receiver<Option<Exit>>,
     started_at: DateTime<Utc>,
+    /// The requests' way in, for a container serving HTTP.
+    server: Option<http::ServerHandle>,
 }
 
 impl Container {
     /// A container whose run is already over.
     fn ended(exit: Exit) -> Container {
-        Container { kill: watch::Sender::new(false), started_at: exit.started_at, exit: watch::Sender::new(Some(exit)).subscribe() }
+        Container {
+            kill: watch::Sender::new(false),
+            started_at: exit.started_at,
+            exit: watch::Sender::new(Some(exit)).subscribe(),
+            server: None,
+        }
+    }
+
+    /// A container that could not start: ended at once, with an error saying why.
+    fn failed_to_start(log: LogFile, message: String, started_at: DateTime<Utc>) -> Container {
+        log.close();
+        Container::ended(Exit { exit_code: EXIT_CODE_TRAP, reason: ExitReason::Error, message, started_at, finished_at: Utc::now() })
+    }
+
+    /// For a container run with [`Runtime::serve`]: its handler once it can
+    /// take requests (its first instance was made within its limits), or
+    /// `None` when it ended first. `None` at once for a command.
+    pub async fn serving(&self) -> Option<HttpHandler> {
+        let server = self.server.as_ref()?;
+        let mut exit = self.exit.clone();
+        tokio::select! {
+            biased;
+            ready = server.ready() => ready.then(|| server.handler()),
+            _ = exit.wait_for(Option::is_some) => None,
+        }
     }
 
     /// When the run started.
@@ -528,13 +654,15 @@ impl fmt::Display for ExitReason {
     }
 }
 
-/// The host state of one container's store.
+/// The host state of one container's store (a command's, or one request's of a server).
 struct ContainerState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outgoing_http: OutgoingHttpDenied,
     table: ResourceTable,
     limiter: MemoryLimiter,
-    /// The CPU account of a container with a CPU limit.
-    cpu: Option<CpuThrottle>,
+    /// The CPU meter of a container with a CPU limit.
+    cpu: Option<CpuMeter>,
 }
 
 impl fmt::Debug for ContainerState {
@@ -549,18 +677,87 @@ impl WasiView for ContainerState {
     }
 }
 
-/// Caps the guest's linear memory (all memories together). Growing past the
-/// cap is refused with an error that stops the guest at once — the node's
-/// OOM killer — and remembered, so the exit is reported as `OOMKilled`.
+impl WasiHttpView for ContainerState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outgoing_http }
+    }
+}
+
+/// Refuses every outgoing request a guest makes (`wasi:http/outgoing-handler`):
+/// pods have no network. Which services a pod may call is for the service
+/// routing of issue 13 to decide; until then the guest's request fails with
+/// `HTTP-request-denied`, which it can handle.
+#[derive(Debug, Clone, Copy)]
+struct OutgoingHttpDenied;
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutgoingHttpDenied {
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _response_errors: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<(hyper::Response<wasmtime_wasi_http::WasiBody>, OutgoingIo)>> + Send> {
+        Box::new(std::future::ready(Err(wasmtime_wasi_http::Error::HttpRequestDenied)))
+    }
+}
+
+/// The future `send_request` gives back alongside a response, for errors on its connection.
+type OutgoingIo = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+/// The memory one container may hold: its limit, and what its stores hold
+/// together (a command has one store; a server one per request in progress).
 #[derive(Debug)]
-struct MemoryLimiter {
+struct MemoryBudget {
     limit: Option<usize>,
     /// The limit is the node's default: the container sets none.
     defaulted: bool,
-    /// Bytes of linear memory the guest holds.
-    used: usize,
-    /// The size a refused growth asked for.
-    refused: Option<usize>,
+    /// Bytes of linear memory the container's stores hold.
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    fn new(limit: Option<usize>, defaulted: bool) -> MemoryBudget {
+        MemoryBudget { limit, defaulted, used: AtomicUsize::new(0) }
+    }
+
+    /// Takes `bytes` more if the limit allows; otherwise the total that was asked for.
+    fn take(&self, bytes: usize) -> Result<(), usize> {
+        let mut asked = 0;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                asked = used.saturating_add(bytes);
+                self.limit.is_none_or(|limit| asked <= limit).then_some(asked)
+            })
+            .map(drop)
+            .map_err(|_| asked)
+    }
+
+    /// Gives back `bytes` a store held.
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Caps a store's linear memory (all memories together) by drawing every
+/// growth from its container's [`MemoryBudget`], and gives what it drew
+/// back when the store goes. Growing past the budget is refused with an
+/// error that stops the guest at once — the node's OOM killer — and
+/// remembered, so the exit is reported as `OOMKilled` (for a command) or
+/// the request answered 500 or 503 (for a server).
+#[derive(Debug)]
+struct MemoryLimiter {
+    budget: Arc<MemoryBudget>,
+    /// Bytes of linear memory this store holds.
+    held: usize,
+    /// The growth that was refused.
+    refused: Option<Refusal>,
+}
+
+/// A refused growth: what the store would have held, and the container in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    store: usize,
+    container: usize,
 }
 
 /// The error that stops a guest growing past its memory limit.
@@ -571,17 +768,43 @@ struct MemoryLimitExceeded {
     wanted: usize,
 }
 
+impl MemoryLimiter {
+    fn new(budget: Arc<MemoryBudget>) -> MemoryLimiter {
+        MemoryLimiter { budget, held: 0, refused: None }
+    }
+
+    /// What a command is told when it was stopped for its memory: `None` when it was not.
+    fn oom_message(&self) -> Option<String> {
+        let (refused, limit) = (self.refused?, self.budget.limit?);
+        let (limit, wanted) = (bytes_text(limit), bytes_text(refused.container));
+        Some(if self.budget.defaulted {
+            format!("the container exceeded the node's default memory limit of {limit} (it sets no limits.memory; it asked for {wanted})")
+        } else {
+            format!("the container exceeded its memory limit of {limit} (it asked for {wanted})")
+        })
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
+    }
+}
+
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let wanted = self.used.saturating_add(desired.saturating_sub(current));
-        if let Some(limit) = self.limit
-            && wanted > limit
-        {
-            self.refused = Some(wanted);
-            return Err(MemoryLimitExceeded { limit, wanted }.into());
+        let growth = desired.saturating_sub(current);
+        match self.budget.take(growth) {
+            Ok(()) => {
+                self.held = self.held.saturating_add(growth);
+                Ok(true)
+            }
+            Err(container) => {
+                self.refused = Some(Refusal { store: self.held.saturating_add(growth), container });
+                let limit = self.budget.limit.unwrap_or(usize::MAX);
+                Err(MemoryLimitExceeded { limit, wanted: container }.into())
+            }
         }
-        self.used = wanted;
-        Ok(true)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -618,9 +841,10 @@ fn limit_cpu(store: &mut Store<ContainerState>) {
     });
 }
 
-/// How the guest's task ended, before classification.
-enum Outcome {
-    Finished(wasmtime::Result<Result<(), ()>>),
+/// How a guest's run ended, before classification: it finished (`T`
+/// says how), or the container was stopped first.
+enum Outcome<T = wasmtime::Result<Result<(), ()>>> {
+    Finished(T),
     Killed,
     DeadlineExceeded,
 }
@@ -635,31 +859,35 @@ async fn run(
         let command = pre.instantiate_async(&mut *store).await?;
         command.wasi_cli_run().call_run(&mut *store).await
     };
+    until_stopped(guest, &mut killed, deadline).await
+}
+
+/// Runs `guest` until it finishes, `killed` turns true (or its sender goes:
+/// a dropped `Container` kills its guest too), or `deadline` passes.
+/// Dropping the guest's future unwinds its fiber; its store is then free again.
+async fn until_stopped<T>(
+    guest: impl Future<Output = T>,
+    killed: &mut watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
+) -> Outcome<T> {
     let deadline = async {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,
             None => std::future::pending().await,
         }
     };
-    // Dropping the guest's future (when killed) unwinds its fiber; the store is then free again.
     tokio::select! {
         biased;
-        // A dropped `Container` (sender gone) kills the guest too.
         _ = killed.wait_for(|killed| *killed) => Outcome::Killed,
         () = deadline => Outcome::DeadlineExceeded,
         result = guest => Outcome::Finished(result),
     }
 }
 
-fn classify(outcome: Outcome, state: &ContainerState, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> Exit {
+/// How a run ended; `oom` is the limiter's word when the guest was stopped for its memory.
+fn classify(outcome: Outcome, oom: Option<String>, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> Exit {
     let exit = |exit_code, reason, message: String| Exit { exit_code, reason, message, started_at, finished_at };
-    if let (Some(wanted), Some(limit)) = (state.limiter.refused, state.limiter.limit) {
-        let (limit, wanted) = (bytes_text(limit), bytes_text(wanted));
-        let message = if state.limiter.defaulted {
-            format!("the container exceeded the node's default memory limit of {limit} (it sets no limits.memory; it asked for {wanted})")
-        } else {
-            format!("the container exceeded its memory limit of {limit} (it asked for {wanted})")
-        };
+    if let Some(message) = oom {
         return exit(EXIT_CODE_KILLED, ExitReason::OOMKilled, message);
     }
     match outcome {
@@ -758,18 +986,41 @@ mod tests {
         assert!(matches!(check_component_header("d", b"\0as"), Err(PrepareError::NotWasm { .. })));
     }
 
+    fn budget(limit: Option<usize>) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget::new(limit, false))
+    }
+
     #[test]
     fn the_limiter_counts_all_memories_and_remembers_a_refusal() {
-        let mut limiter = MemoryLimiter { limit: Some(10 << 20), defaulted: false, used: 0, refused: None };
+        let mut limiter = MemoryLimiter::new(budget(Some(10 << 20)));
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
         assert!(limiter.memory_growing(4 << 20, 6 << 20, None).unwrap());
-        assert!(limiter.refused.is_none());
+        assert!(limiter.refused.is_none() && limiter.oom_message().is_none());
         let error = limiter.memory_growing(6 << 20, 7 << 20, None).unwrap_err();
         assert!(error.to_string().contains("memory limit of 10485760 bytes exceeded"), "{error}");
-        assert_eq!(limiter.refused, Some(11 << 20));
-        let mut unlimited = MemoryLimiter { limit: None, defaulted: false, used: 0, refused: None };
+        assert_eq!(limiter.refused, Some(Refusal { store: 11 << 20, container: 11 << 20 }));
+        assert_eq!(limiter.oom_message().unwrap(), "the container exceeded its memory limit of 10Mi (it asked for 11Mi)");
+        let mut unlimited = MemoryLimiter::new(budget(None));
         assert!(unlimited.memory_growing(0, 1 << 32, None).unwrap());
+    }
+
+    #[test]
+    fn the_stores_of_a_container_share_its_budget_and_give_back_what_they_held() {
+        let shared = budget(Some(10 << 20));
+        let mut first = MemoryLimiter::new(shared.clone());
+        let mut second = MemoryLimiter::new(shared.clone());
+        assert!(first.memory_growing(0, 6 << 20, None).unwrap());
+        // The second store alone would fit; beside the first it does not.
+        assert!(second.memory_growing(0, 6 << 20, None).is_err());
+        assert_eq!(second.refused, Some(Refusal { store: 6 << 20, container: 12 << 20 }));
+        assert_eq!(shared.used.load(Ordering::Acquire), 6 << 20, "a refusal takes nothing");
+        drop(first);
+        assert_eq!(shared.used.load(Ordering::Acquire), 0, "a store gives back what it held when it goes");
+        let mut third = MemoryLimiter::new(shared.clone());
+        assert!(third.memory_growing(0, 6 << 20, None).unwrap());
+        drop((second, third));
+        assert_eq!(shared.used.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -221,7 +221,12 @@ async fn modules_and_non_commands_are_refused_clearly() {
     assert!(error.to_string().contains("is a core WebAssembly module, not a component"), "{error}");
     let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
     let error = runtime.prepare(&digest_of(&empty_component), async { Ok(empty_component.clone()) }).await.unwrap_err();
-    assert!(error.to_string().contains("is not a command: it does not export wasi:cli/run (its exports: none)"), "{error}");
+    assert!(
+        error.to_string().contains(
+            "is neither a command nor an HTTP server: it exports neither wasi:cli/run nor wasi:http/incoming-handler (its exports: none)"
+        ),
+        "{error}"
+    );
     let text = b"#!/bin/sh\necho hi\n".to_vec();
     let error = runtime.prepare(&digest_of(&text), async { Ok(text.clone()) }).await.unwrap_err();
     assert!(error.to_string().ends_with("is not a WebAssembly file"), "{error}");

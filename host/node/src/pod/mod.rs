@@ -13,6 +13,14 @@
 //! restarted or not as the policy says, its restart count carried on
 //! ([`spec::EarlierRun`]).
 //!
+//! A main container whose component serves HTTP (a `wasi:http` proxy) is
+//! served rather than run ([`crate::Runtime::serve`]): it is `Running` — and
+//! so ready — once its first instance is made, and while it is the pod is
+//! listed in the runtime's [`crate::Servers`] with its labels, for the
+//! node's ingress to route requests to (until the container stops or the
+//! pod ends). An init container must run to completion, so one whose
+//! component serves HTTP cannot start (`CreateContainerError`).
+//!
 //! Each container runs under its `limits.memory` and `limits.cpu`; one
 //! without a memory limit gets the node's default
 //! ([`crate::RuntimeConfig::default_memory_limit_bytes`]), and its status
@@ -49,6 +57,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::lock;
 use crate::runtime::{ContainerConfig, Exit, ExitReason, Prepared, Runtime};
+use crate::serving::ServingPod;
 use backoff::{Backoff, go_duration};
 use spec::{ContainerSpec, PodSpec, RestartPolicy};
 use status::{ContainerRecord, ContainerState, Limits, Phase, PodRecord, Termination};
@@ -332,7 +341,10 @@ impl std::fmt::Debug for PodContext {
 /// containers killed (they went with the task's future), and is logged —
 /// the node's other pods and its agent carry on.
 async fn guard(context: Arc<PodContext>, running: tokio::task::JoinHandle<()>, done: watch::Sender<bool>) {
-    if let Err(error) = running.await {
+    let ended = running.await;
+    // Whatever way the run ended, the pod serves no more.
+    context.runtime.servers().remove_pod(&context.spec.namespace, &context.spec.uid);
+    if let Err(error) = ended {
         let message = if error.is_panic() { panic_message(error.into_panic().as_ref()) } else { "its task was cancelled".into() };
         tracing::error!(pod = %context.pod_ref(), panic = %message, "a pod's worker failed; the pod is failed, the node's other pods go on");
         context.request_stop(StopCause::Stopped);
@@ -474,6 +486,19 @@ async fn run_container(context: &PodContext, slot: Slot) -> Outcome {
             _ = stopped(&mut stop) => return Outcome::Stopped,
         };
         match pulled {
+            Ok(prepared) if matches!(slot, Slot::Init(_)) && prepared.serves_http() => {
+                let message = format!(
+                    "image {:?} ({}) serves HTTP (wasi:http/incoming-handler); an init container must be a command (wasi:cli/run) that runs to completion",
+                    spec.image,
+                    prepared.digest()
+                );
+                context.event(Some(slot), EventKind::Warning, "Failed", format!("Error: CreateContainerError: {message}"));
+                context.set(slot, |c| c.state = ContainerState::waiting("CreateContainerError", Some(message)));
+                tokio::select! {
+                    () = tokio::time::sleep(pulls.next_delay(Duration::ZERO)) => {}
+                    _ = stopped(&mut stop) => return Outcome::Stopped,
+                }
+            }
             Ok(prepared) => {
                 let message = format!("Image {:?} ({}) ready in {:?}", spec.image, prepared.digest(), pulling.elapsed());
                 context.event(Some(slot), EventKind::Normal, "Pulled", message);
@@ -661,7 +686,10 @@ impl PodContext {
         }
     }
 
-    /// One run of a container: its log, the guest, its exit (killed when the pod is stopped).
+    /// One run of a container: its log, the guest, its exit (killed when the
+    /// pod is stopped). A container that serves HTTP is `Running` once it
+    /// can take requests, and a main one is listed in the runtime's
+    /// [`crate::Servers`] from then until its run ends.
     async fn run_once(
         &self,
         spec: &ContainerSpec,
@@ -676,18 +704,37 @@ impl PodContext {
             .logs()
             .create(&self.spec.uid, &spec.name, restart_count)
             .map_err(|e| format!("creating the container's log: {e}"))?;
-        let container = self.runtime.start(
-            prepared,
-            ContainerConfig {
-                args: spec.argv.clone(),
-                env,
-                dirs,
-                memory_limit_bytes: spec.memory_limit_bytes,
-                cpu_limit_millicores: spec.cpu_limit_millicores,
-                log,
-                deadline: self.deadline,
-            },
-        );
+        let config = ContainerConfig {
+            args: spec.argv.clone(),
+            env,
+            dirs,
+            memory_limit_bytes: spec.memory_limit_bytes,
+            cpu_limit_millicores: spec.cpu_limit_millicores,
+            log,
+            deadline: self.deadline,
+        };
+        let container = if prepared.serves_http() { self.runtime.serve(prepared, config) } else { self.runtime.start(prepared, config) };
+        // At once for a command; for a server, once its first instance is made (or it ended, or the pod is stopping).
+        let handler = tokio::select! {
+            biased;
+            _ = stopped(stop) => None,
+            handler = container.serving() => handler,
+        };
+        // Listed while it runs — from before its status says so, so that a Ready pod is listed —
+        // and no longer once the pod is being stopped: its requests go elsewhere.
+        let mut serving = match (slot, handler) {
+            (Slot::Main(index), Some(handler)) => {
+                let pod = ServingPod::new(
+                    self.spec.namespace.clone(),
+                    self.spec.name.clone(),
+                    self.spec.uid.clone(),
+                    self.spec.labels.clone(),
+                    handler,
+                );
+                Some(self.runtime.servers().register(index, pod))
+            }
+            _ => None,
+        };
         self.set(slot, |c| {
             c.restart_count = restart_count;
             c.container_id = Some(self.container_id(spec, restart_count));
@@ -697,6 +744,7 @@ impl PodContext {
         tokio::select! {
             exit = container.wait() => Ok(exit),
             cause = stopped(stop) => {
+                drop(serving.take());
                 if cause == StopCause::Stopped {
                     self.event(Some(slot), EventKind::Normal, "Killing", format!("Stopping container {}", spec.name));
                 }
@@ -776,6 +824,7 @@ impl PodSpec {
             uid: kapsel_api::object::meta_str(pod, "uid").unwrap_or_default().to_string(),
             name: kapsel_api::object::name(pod).unwrap_or_default().to_string(),
             namespace: kapsel_api::object::namespace(pod).unwrap_or("default").to_string(),
+            labels: std::collections::BTreeMap::new(),
             restart_policy: RestartPolicy::Never,
             init_containers: Vec::new(),
             containers: Vec::new(),

@@ -1,5 +1,5 @@
 //! What the node takes from a Pod object (as the API stores it, JSON): its
-//! identity, restart policy, deadline, volumes, and per container the
+//! identity and labels, restart policy, deadline, volumes, and per container the
 //! image, argv, environment (with its ConfigMap and Secret references, see
 //! [`super::config`]), volume mounts, memory limit and CPU limit. Fields the
 //! node cannot honour for one container (an unsupported `valueFrom`, a
@@ -7,6 +7,7 @@
 //! become that container's configuration error, reported as kubelet's
 //! `CreateContainerConfigError`, instead of failing the whole pod.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +80,8 @@ pub struct PodSpec {
     pub uid: String,
     pub name: String,
     pub namespace: String,
+    /// `metadata.labels` (a value that is not a string is left out).
+    pub labels: BTreeMap<String, String>,
     pub restart_policy: RestartPolicy,
     pub init_containers: Vec<ContainerSpec>,
     pub containers: Vec<ContainerSpec>,
@@ -196,6 +199,7 @@ impl PodSpec {
             uid: uid.to_string(),
             name: kapsel_api::object::name(pod).unwrap_or_default().to_string(),
             namespace: kapsel_api::object::namespace(pod).unwrap_or("default").to_string(),
+            labels: labels(pod),
             restart_policy,
             init_containers,
             containers,
@@ -207,9 +211,18 @@ impl PodSpec {
     }
 }
 
+/// The pod's `metadata.labels` whose values are strings.
+fn labels(pod: &Value) -> BTreeMap<String, String> {
+    kapsel_api::object::labels(pod)
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+        .collect()
+}
+
 /// A container that mounts a volume the pod does not have, or one of a type
 /// the node does not provide, cannot start: its configuration error says why.
-fn check_mounts(container: &mut ContainerSpec, volumes: &[VolumeSpec], unsupported: &std::collections::BTreeMap<String, String>) {
+fn check_mounts(container: &mut ContainerSpec, volumes: &[VolumeSpec], unsupported: &BTreeMap<String, String>) {
     for mount in &container.mounts {
         let problem = match unsupported.get(&mount.volume) {
             Some(problem) => format!("volume {:?}: {problem}", mount.volume),
@@ -371,7 +384,7 @@ mod tests {
     #[test]
     fn a_pod_is_read_with_kubernetes_defaults() {
         let pod = json!({
-            "metadata": {"name": "hello", "uid": "u-1"},
+            "metadata": {"name": "hello", "uid": "u-1", "labels": {"app": "hello", "odd": 7}},
             "spec": {
                 "initContainers": [{"name": "setup", "image": "setup:1"}],
                 "containers": [{
@@ -386,6 +399,7 @@ mod tests {
         });
         let spec = PodSpec::from_pod(&pod).unwrap();
         assert_eq!(spec.namespace, "default");
+        assert_eq!(spec.labels, BTreeMap::from([("app".to_string(), "hello".to_string())]), "string values only");
         assert_eq!(spec.restart_policy, RestartPolicy::Always);
         assert_eq!(spec.active_deadline, Some(Duration::from_secs(30)));
         assert_eq!(spec.termination_grace, DEFAULT_TERMINATION_GRACE);

@@ -16,7 +16,7 @@ use kapsel_node::runtime::digest_of;
 use kapsel_node::{EXAMPLE_WORKLOADS_DIR, PodWorker, Runtime, RuntimeConfig, Sources};
 use serde_json::Value;
 
-/// The bytes of a sample workload (`hello`, `fail`, `worker`, `memhog`, `spin`).
+/// The bytes of a sample workload (`hello`, `fail`, `worker`, `memhog`, `spin`, `http-hello`).
 pub fn workload(name: &str) -> Vec<u8> {
     let path = Path::new(EXAMPLE_WORKLOADS_DIR).join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -45,7 +45,7 @@ pub struct WorkloadImages {
 impl WorkloadImages {
     pub fn new() -> Arc<Self> {
         let mut images = WorkloadImages::default();
-        for name in ["hello", "fail", "worker", "memhog", "spin"] {
+        for name in ["hello", "fail", "worker", "memhog", "spin", "http-hello"] {
             let bytes = workload(name);
             let digest = digest_of(&bytes);
             images.tags.insert(name.to_string(), digest.clone());
