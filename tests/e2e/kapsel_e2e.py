@@ -113,6 +113,9 @@ class KapselServer:
                "--listen", f"127.0.0.1:{self.port}"]
         if self.datastore:
             cmd += ["--datastore", self.datastore]
+        if "--ingress-listen" not in self.extra_args:
+            # Servers run side by side: each local node's ingress on a free port (its Node's kapsel.io/ingress says which).
+            cmd += ["--ingress-listen", "127.0.0.1:0"]
         return cmd + self.extra_args
 
     def spawn(self) -> subprocess.Popen:

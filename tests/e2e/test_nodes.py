@@ -45,7 +45,7 @@ class NodeAgent:
         self.proc = subprocess.Popen(
             [str(KAPSEL_BIN), "node", "--server", server.url, "--token", token,
              "--certificate-authority", str(server.ca), "--name", name, "--listen", "127.0.0.1:0",
-             "--data-dir", str(server.workdir / f"node-{name}"), *flags],
+             "--ingress-listen", "127.0.0.1:0", "--data-dir", str(server.workdir / f"node-{name}"), *flags],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=child_env(), cwd=server.workdir,
         )

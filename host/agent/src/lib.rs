@@ -41,10 +41,18 @@
 //! Pod logs are held to a budget for the whole node (`--log-budget`, 1 GiB):
 //! past it the oldest ended runs' logs go first (see `kapsel_node::logs`).
 //!
+//! Ingress: the agent serves tenants' Services over plain HTTP on
+//! `--ingress-listen` (default `127.0.0.1:8080`), routing by `Host:
+//! <service>.<namespace>` or the path `/<namespace>/<service>/…` to the
+//! ready serving pods of this node that the Service selects ([`ingress`]),
+//! and publishes the address in its Node's `kapsel.io/ingress` annotation.
+//!
 //! Deleting a pod that runs here is graceful: the supervisor marks it
 //! (`deletionTimestamp`), the agent stops it within its grace period and
 //! then deletes the object.
 
+mod follow;
+mod ingress;
 mod logs;
 mod pods;
 
@@ -55,6 +63,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use kapsel_api::Quantity;
 use kapsel_api::kinds::lease::{AGENT_CERTIFICATE_ANNOTATION, AGENT_ENDPOINT_ANNOTATION, AGENT_SECRET_ANNOTATION, NODE_LEASE_NAMESPACE};
+use kapsel_api::kinds::node::INGRESS_ANNOTATION;
 use kapsel_client::{ApiFailure, Client};
 use kapsel_node::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
@@ -84,6 +93,11 @@ pub struct NodeArgs {
     /// is unspecified, this host's address on the route to the supervisor).
     #[arg(long)]
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Where the node's ingress serves tenants' Services over plain HTTP (`Host: <service>.<namespace>`
+    /// or the path `/<namespace>/<service>/…`; port 0: any free port). Published in the Node's
+    /// `kapsel.io/ingress` annotation.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub ingress_listen: std::net::SocketAddr,
     /// Seconds between lease renewals (the supervisor counts a node lost after 10 s without one).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub lease_interval: u64,
@@ -113,6 +127,8 @@ pub struct AgentConfig {
     pub lease_interval: Duration,
     pub listen: std::net::SocketAddr,
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Where the ingress listens (`--ingress-listen`).
+    pub ingress_listen: std::net::SocketAddr,
     /// The budget of all pod logs together, in bytes (`--log-budget`).
     pub log_budget_bytes: u64,
     /// The memory limit of a container that sets none, in bytes (`--default-memory-limit`).
@@ -156,6 +172,7 @@ impl AgentConfig {
             lease_interval: Duration::from_secs(flags.lease_interval),
             listen: flags.listen,
             advertise_address: flags.advertise_address,
+            ingress_listen: flags.ingress_listen,
             log_budget_bytes,
             default_memory_limit_bytes,
             supervisor_linger: flags.supervisor_linger.map(Duration::from_secs),
@@ -236,6 +253,8 @@ fn now_micros() -> String {
 #[derive(Debug, Clone)]
 struct LogEndpoint {
     address: std::net::SocketAddr,
+    /// Where the ingress listens, as published (`http://IP:PORT`).
+    ingress: String,
     certificate: String,
     secret: String,
 }
@@ -268,6 +287,12 @@ async fn register(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint)
     match client.get(&path).await {
         Ok(mut node) => {
             node["metadata"]["labels"] = json!(config.labels);
+            let metadata = kapsel_api::object::metadata_mut(&mut node);
+            let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+            if !annotations.is_object() {
+                *annotations = json!({});
+            }
+            annotations[INGRESS_ANNOTATION] = json!(endpoint.ingress);
             node["spec"]["taints"] = json!(config.taints);
             let updated = client.put(&path, &node).await.context("updating the node")?;
             let mut with_status = updated;
@@ -277,7 +302,7 @@ async fn register(client: &Client, config: &AgentConfig, endpoint: &LogEndpoint)
         Err(error) if not_found(&error) => {
             let node = json!({
                 "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": config.name, "labels": config.labels},
+                "metadata": {"name": config.name, "labels": config.labels, "annotations": {INGRESS_ANNOTATION: endpoint.ingress}},
                 "spec": {"taints": config.taints},
                 "status": node_status(config, endpoint),
             });
@@ -354,8 +379,21 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     let (certificate, tls) = kapsel_daemon::tls::self_signed(&format!("kapsel-node {}", config.name), vec![ip.to_string()])
         .context("making the log endpoint's certificate")?;
     let listener = kapsel_daemon::tls::TlsListener::new(listener, tls)?;
-    let endpoint = LogEndpoint { address: std::net::SocketAddr::new(ip, bound.port()), certificate, secret: new_secret() };
+    let ingress_listener = tokio::net::TcpListener::bind(config.ingress_listen)
+        .await
+        .with_context(|| format!("binding {} for the ingress (--ingress-listen)", config.ingress_listen))?;
+    let ingress_bound = ingress_listener.local_addr()?;
+    let ingress_ip = if ingress_bound.ip().is_unspecified() { ip } else { ingress_bound.ip() };
+    let endpoint = LogEndpoint {
+        address: std::net::SocketAddr::new(ip, bound.port()),
+        ingress: format!("http://{}", std::net::SocketAddr::new(ingress_ip, ingress_bound.port())),
+        certificate,
+        secret: new_secret(),
+    };
     tokio::spawn(logs::serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
+    let services = ingress::Services::default();
+    tokio::spawn(ingress::follow_services(client.clone(), services.clone(), stopping.clone()));
+    tokio::spawn(ingress::Ingress::new(services, runtime.servers().clone()).serve(ingress_listener, stopping.clone()));
     let holder = format!("{}/{}", config.name, agent_id(&config.data_dir)?);
     // The node is this agent's once it holds the node's lease.
     let mut lease = None;
@@ -387,7 +425,7 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
             }
         }
     }
-    tracing::info!(node = %config.name, capacity = ?config.capacity, logs = %endpoint.address, "node registered");
+    tracing::info!(node = %config.name, capacity = ?config.capacity, logs = %endpoint.address, ingress = %endpoint.ingress, "node registered");
     // The pod loop catches a panic about one pod itself; should it ever panic as a whole, it is started again
     // (its pods stop with it, and the new loop takes them over from their status, as a restarted agent does).
     let (pods_client, node, pods_stopping) = (client.clone(), config.name.clone(), stopping.clone());
@@ -483,6 +521,7 @@ mod tests {
             data_dir: "d".into(),
             lease_interval: 2,
             listen: "127.0.0.1:0".parse().unwrap(),
+            ingress_listen: "127.0.0.1:0".parse().unwrap(),
             advertise_address: None,
             log_budget: "1Gi".into(),
             default_memory_limit: "512Mi".into(),

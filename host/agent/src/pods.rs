@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
 use kapsel_api::kinds::artifact::{ARTIFACT, ArtifactSpec, ImageReference};
 use kapsel_api::kinds::config::{CONFIG_MAP, SECRET, config_map_data, secret_data};
 use kapsel_api::kinds::event::{self, EventType};
@@ -26,6 +25,7 @@ use kapsel_node::{PodWorker, Runtime};
 use serde_json::{Value, json};
 
 use super::not_found;
+use crate::follow::{Seen, follow};
 
 /// The supervisor as the source of what pods use: an image is resolved
 /// through its namespace's `Artifact`, and its bytes are fetched through
@@ -297,42 +297,16 @@ async fn report_failure(client: Client, pod: Value, panic: String) {
 
 /// Follows the pods bound to `node` (list, then watch; again after a
 /// watch ends) and runs them, until `stopping`; then stops them all.
-pub(super) async fn sync_pods(client: Client, node: String, runtime: Runtime, mut stopping: tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn sync_pods(client: Client, node: String, runtime: Runtime, stopping: tokio::sync::watch::Receiver<bool>) {
     let sources = Arc::new(SupervisorSources { client: client.clone(), sources: Mutex::default() });
     let mut pods = PodSync { client: client.clone(), runtime, sources, running: HashMap::new() };
-    let selector = format!("fieldSelector=spec.nodeName%3D{node}");
-    loop {
-        let followed = async {
-            let list = client.get(&format!("/api/v1/pods?{selector}")).await?;
-            pods.resync(list.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default());
-            let revision = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string();
-            let mut events = std::pin::pin!(
-                client.watch(&format!("/api/v1/pods?{selector}&watch=true&resourceVersion={revision}&timeoutSeconds=300")).await?
-            );
-            while let Some(event) = events.next().await {
-                let event = event?;
-                let pod = event.get("object").cloned().unwrap_or_default();
-                match event.get("type").and_then(Value::as_str) {
-                    Some("DELETED") => pods.stop_guarded(object::meta_str(&pod, "uid").unwrap_or_default(), true),
-                    Some("ADDED" | "MODIFIED") => pods.take_guarded(&pod),
-                    Some("ERROR") => bail!("the watch failed: {}", pod.get("message").and_then(Value::as_str).unwrap_or_default()),
-                    _ => {}
-                }
-            }
-            anyhow::Ok(())
-        };
-        let outcome = tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            outcome = followed => outcome,
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(node = %node, error = format!("{error:#}"), "following the node's pods failed; listing them again");
-            tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
+    let collection = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}");
+    follow(&client, &collection, "the node's pods", stopping, |seen| match seen {
+        Seen::Listed(items) => pods.resync(&items),
+        Seen::Changed(pod) => pods.take_guarded(&pod),
+        Seen::Deleted(pod) => pods.stop_guarded(object::meta_str(&pod, "uid").unwrap_or_default(), true),
+    })
+    .await;
     let uids: Vec<String> = pods.running.keys().cloned().collect();
     for uid in uids {
         pods.stop_guarded(&uid, false);

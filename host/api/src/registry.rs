@@ -126,6 +126,7 @@ pub static ALL: &[&ResourceType] = &[
     &kinds::artifact::ARTIFACT,
     &kinds::config::CONFIG_MAP,
     &kinds::config::SECRET,
+    &kinds::service::SERVICE,
 ];
 
 /// The kind served at `group`/`version` under the plural `resource`.

@@ -11,7 +11,8 @@
 //! (with its embedded node) and times pods from create to `Running` as a
 //! watch reports it, creating them at `--rate`. `kapsel bench plugin` measures a scheduler extension in-process: compile,
 //! deserialize from the compile cache, load, `update-nodes`, and per-pod
-//! `filter`/`score` against N nodes.
+//! `filter`/`score` against N nodes. `kapsel bench http` measures serving
+//! through a node's ingress (`bench_http`).
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum BenchCommand {
     Schedule(ScheduleBenchArgs),
     /// Pod start latency: create → Running as a watcher sees it, on `kapsel serve`'s embedded node.
     PodStart(PodStartBenchArgs),
+    /// Requests/s and latency through a node's ingress to an HTTP service, beside a native hyper server.
+    Http(crate::bench_http::HttpBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,11 +145,12 @@ pub async fn run(connection: &ConnectionArgs, command: BenchCommand) -> anyhow::
         BenchCommand::Admission(args) => admission(args).await,
         BenchCommand::Schedule(args) => schedule(args).await,
         BenchCommand::PodStart(args) => pod_start(args).await,
+        BenchCommand::Http(args) => crate::bench_http::run(args).await,
     }
 }
 
 /// A `kapsel serve` child process, killed when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: tokio::process::Child,
     data_dir: tempfile::TempDir,
 }
@@ -159,11 +163,12 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn start_server(datastore: Option<&str>) -> anyhow::Result<(ServerProcess, Client)> {
+pub(crate) async fn start_server(datastore: Option<&str>) -> anyhow::Result<(ServerProcess, Client)> {
     let data_dir = tempfile::tempdir().context("creating a data directory for the bench server")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command.arg("serve").arg("--data-dir").arg(data_dir.path()).arg("--listen").arg(format!("127.0.0.1:{port}"));
+    command.arg("--ingress-listen").arg("127.0.0.1:0");
     if let Some(url) = datastore {
         command.arg("--datastore").arg(url);
     }
@@ -211,7 +216,7 @@ async fn bench_namespace(client: &Client, namespace: &str) -> anyhow::Result<()>
 }
 
 /// Pushes `bytes` as `NAME:1` into `namespace`.
-async fn push_image(client: &Client, namespace: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) async fn push_image(client: &Client, namespace: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     let path = format!("/apis/kapsel.io/v1alpha1/namespaces/{namespace}/artifacts/{name}/push?tag=1");
     client
         .send(reqwest::Method::POST, &path, Some(("application/wasm", bytes.to_vec())))
@@ -810,28 +815,32 @@ async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn pod_start(args: PodStartBenchArgs) -> anyhow::Result<ExitCode> {
-    use futures::StreamExt as _;
-    use std::collections::HashMap;
-    anyhow::ensure!(args.pods > 0, "--pods must be positive");
-    let (_server, client) = start_server(None).await?;
-    // The embedded node registers a moment after the API answers.
+/// Waits until the embedded node is registered and Ready (a moment after the API answers); returns it.
+pub(crate) async fn wait_for_node(client: &Client) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let nodes = client.get("/api/v1/nodes").await?;
-        let ready = nodes["items"].as_array().into_iter().flatten().any(|n| {
+        let ready = nodes["items"].as_array().into_iter().flatten().find(|n| {
             n.pointer("/status/conditions")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")
         });
-        if ready {
-            break;
+        if let Some(node) = ready {
+            return Ok(node.clone());
         }
         anyhow::ensure!(Instant::now() < deadline, "the embedded node did not become ready within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn pod_start(args: PodStartBenchArgs) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt as _;
+    use std::collections::HashMap;
+    anyhow::ensure!(args.pods > 0, "--pods must be positive");
+    let (_server, client) = start_server(None).await?;
+    wait_for_node(&client).await?;
     let namespace = "bench-start";
     client.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await?;
     push_image(&client, namespace, "worker", kapsel_node::WORKER).await?;

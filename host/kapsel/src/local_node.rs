@@ -45,6 +45,8 @@ pub struct LocalAgent {
     pub linger: Duration,
     /// The memory limit of a container that sets none (`kapsel node --default-memory-limit`).
     pub default_memory_limit: String,
+    /// Where the agent's ingress listens (`kapsel node --ingress-listen`).
+    pub ingress_listen: std::net::SocketAddr,
 }
 
 impl LocalAgent {
@@ -120,6 +122,8 @@ impl LocalAgent {
             .arg(self.linger.as_secs().to_string())
             .arg("--default-memory-limit")
             .arg(&self.default_memory_limit)
+            .arg("--ingress-listen")
+            .arg(self.ingress_listen.to_string())
             // The token travels in the environment, not on the command line others can read.
             .env("KAPSEL_TOKEN", &context.token)
             .env_remove("KAPSEL_SERVER")

@@ -6,6 +6,7 @@
 //! the supervisor to its own host's agent ([`local_node`]).
 
 mod bench;
+mod bench_http;
 mod commands;
 mod local_node;
 mod output;
@@ -106,6 +107,11 @@ struct ServeArgs {
     /// The memory limit this host's node agent gives a container that sets no `limits.memory` (after LimitRange defaults), as a quantity.
     #[arg(long, default_value = "512Mi")]
     local_node_default_memory_limit: String,
+    /// Where this host's node agent serves tenants' Services over plain HTTP (`curl -H 'Host: web.dev'
+    /// http://127.0.0.1:8080/` or `curl http://127.0.0.1:8080/dev/web/`); port 0: any free port, published
+    /// in the Node's `kapsel.io/ingress` annotation.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingress_listen: SocketAddr,
     /// Seconds a node stays lost (no lease renewal for 10 s) before its pods are marked Failed.
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
@@ -179,7 +185,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     local_node::stop_recorded(&args.data_dir.join(kapsel_server::serve::NODE_DIR));
                     None
                 } else {
-                    Some(local_node(args.node_name, Duration::from_secs(args.local_node_linger), args.local_node_default_memory_limit)?)
+                    let agent = local_node::LocalAgent {
+                        program: std::env::current_exe().context("finding this binary, to run the node agent")?,
+                        linger: Duration::from_secs(args.local_node_linger),
+                        default_memory_limit: args.local_node_default_memory_limit,
+                        ingress_listen: args.ingress_listen,
+                    };
+                    Some(local_node(args.node_name, agent)?)
                 },
                 max_watches_per_identity: usize::try_from(args.max_watches_per_identity).unwrap_or(usize::MAX),
                 max_namespace_policies: args.max_namespace_policies,
@@ -214,15 +226,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// run from this binary as a child process that outlives the supervisor
 /// ([`local_node`]), reaching the server over HTTPS with the node token
 /// serve issues it.
-fn local_node(name: Option<String>, linger: Duration, default_memory_limit: String) -> anyhow::Result<kapsel_server::serve::LocalNode> {
+fn local_node(name: Option<String>, supervisor: local_node::LocalAgent) -> anyhow::Result<kapsel_server::serve::LocalNode> {
     let name = match name {
         Some(name) => name,
         None => kapsel_agent::host_name()?,
     };
     kapsel_api::validation::dns1123_subdomain(&name).map_err(|e| anyhow::anyhow!("--node-name {name:?}: {e}"))?;
-    kapsel_agent::at_least_a_mebibyte(&default_memory_limit, "--local-node-default-memory-limit")?;
-    let program = std::env::current_exe().context("finding this binary, to run the node agent")?;
-    let supervisor = local_node::LocalAgent { program, linger, default_memory_limit };
+    kapsel_agent::at_least_a_mebibyte(&supervisor.default_memory_limit, "--local-node-default-memory-limit")?;
     let agent = std::sync::Arc::new(move |context: kapsel_server::serve::LocalNodeContext| {
         let supervisor = supervisor.clone();
         Box::pin(async move { supervisor.supervise(context).await }) as futures::future::BoxFuture<'static, anyhow::Result<()>>

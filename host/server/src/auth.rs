@@ -309,6 +309,8 @@ fn node_allows(verb: Verb, resource: &ResourceType) -> bool {
         ("", "Pod") => verb != Verb::Create,
         ("", "Event") => verb != Verb::Delete,
         (kapsel_api::KAPSEL_GROUP, "Artifact") => verb.is_read(),
+        // The ingress routes to Services by name.
+        ("", "Service") => verb.is_read(),
         // One at a time, those its pods use (checked against the pods bound to it).
         ("", "ConfigMap" | "Secret") => verb == Verb::Get,
         _ => false,

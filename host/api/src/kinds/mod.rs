@@ -14,6 +14,7 @@ pub mod plugin;
 pub mod pod;
 pub mod resource_class;
 pub mod resource_quota;
+pub mod service;
 pub mod token;
 pub mod workload_template;
 

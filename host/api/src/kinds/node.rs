@@ -8,6 +8,10 @@ use super::{check_quantities, roundtrip, text_at, typed};
 use crate::registry::{Column, ResourceType, Scope, TenantAccess};
 use crate::validation::{FieldError, dns1123_subdomain};
 
+/// The annotation in which a node agent publishes where its ingress
+/// listens (`http://IP:PORT`): requests to tenants' Services enter there.
+pub const INGRESS_ANNOTATION: &str = "kapsel.io/ingress";
+
 pub static NODE: ResourceType = ResourceType {
     group: "",
     version: "v1",

@@ -1,6 +1,7 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed commands (`kubectl create namespace`,
-//! `kubectl create quota`, `kubectl create configmap|secret`) send. The envelope is the 4-byte magic `k8s\0`
+//! `kubectl create quota`, `kubectl create configmap|secret`, `kubectl
+//! create service`, `kubectl expose`) send. The envelope is the 4-byte magic `k8s\0`
 //! and a `runtime.Unknown` holding the type and the encoded object
 //! (messages from `k8s-pb`); the object is turned into the JSON the rest
 //! of the server works on. Kinds without a converter here get a 415 that
@@ -75,9 +76,44 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             }
             object
         }
+        ("v1", "Service") => {
+            let service = core::Service::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
+            let spec = service.spec.unwrap_or_default();
+            let ports: Vec<Value> = spec
+                .ports
+                .into_iter()
+                .map(|port| {
+                    let mut json = Map::new();
+                    let mut put = |key: &str, value: Option<Value>| {
+                        if let Some(value) = value {
+                            json.insert(key.into(), value);
+                        }
+                    };
+                    put("name", port.name.filter(|n| !n.is_empty()).map(Value::String));
+                    put("protocol", port.protocol.filter(|p| !p.is_empty()).map(Value::String));
+                    put("port", port.port.map(|p| json!(p)));
+                    put(
+                        "targetPort",
+                        port.target_port.and_then(|target| match target.r#type {
+                            Some(1) => target.str_val.map(Value::String),
+                            _ => target.int_val.map(|p| json!(p)),
+                        }),
+                    );
+                    Value::Object(json)
+                })
+                .collect();
+            let mut spec_json = json!({"ports": ports});
+            if !spec.selector.is_empty() {
+                spec_json["selector"] = json!(spec.selector);
+            }
+            if let Some(kind) = spec.r#type.filter(|t| !t.is_empty()) {
+                spec_json["type"] = json!(kind);
+            }
+            json!({"metadata": metadata(service.metadata.unwrap_or_default()), "spec": spec_json})
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "Kapsel accepts protobuf bodies only for v1 Namespace, ResourceQuota, ConfigMap and Secret (got {api_version} {kind}); send application/json or application/yaml"
+                "Kapsel accepts protobuf bodies only for v1 Namespace, ResourceQuota, ConfigMap, Secret and Service (got {api_version} {kind}); send application/json or application/yaml"
             )));
         }
     };

@@ -1,0 +1,95 @@
+"""Serving end to end: a pod whose component serves wasi:http runs on the
+local node, Ready; `kubectl expose` puts a Service in front of it; the
+node's ingress (its address in the Node's `kapsel.io/ingress` annotation)
+routes `Host: <service>.<namespace>` and `/<namespace>/<service>/…` to it
+with the proxy headers, spreads requests over the pods the Service selects,
+and answers 404 / 503 with a body that says why."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from kapsel_e2e import push_image
+
+PATIENCE = 30.0
+
+
+def ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result.stdout
+
+
+def ingress_of(server) -> str:
+    nodes = server.api("GET", "/api/v1/nodes").json()["items"]
+    urls = [n["metadata"].get("annotations", {}).get("kapsel.io/ingress") for n in nodes]
+    urls = [u for u in urls if u]
+    assert urls, nodes
+    return urls[0]
+
+
+def serving_pod(name: str, labels: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": {
+        "containers": [{"name": "main", "image": "http-hello:1", "resources": {"limits": {"memory": "64Mi"}},
+                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}
+
+
+def wait_ready(server, namespace: str, name: str) -> dict:
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        pod = server.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}").json()
+        conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        if conditions.get("Ready") == "True":
+            return pod
+        assert time.monotonic() < deadline, pod
+        time.sleep(0.2)
+
+
+def get_until(url: str, wanted, **kwargs) -> requests.Response:
+    """GETs `url` until `wanted(response)` (the ingress learns of a new Service by its watch)."""
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        response = requests.get(url, timeout=10, **kwargs)
+        if wanted(response):
+            return response
+        assert time.monotonic() < deadline, (response.status_code, response.text)
+        time.sleep(0.2)
+
+
+def test_a_service_routes_to_its_ready_pods_through_the_ingress(server):
+    ok(server.kubectl("create", "ns", "shop"))
+    push_image(server, "shop", "http-hello:1", sample="http-hello")
+    for name in ("web-1", "web-2"):
+        r = server.api("POST", "/api/v1/namespaces/shop/pods", json=serving_pod(name, {"app": "web"}))
+        assert r.status_code == 201, r.text
+    for name in ("web-1", "web-2"):
+        pod = wait_ready(server, "shop", name)
+        assert pod["status"]["phase"] == "Running", pod["status"]
+    ok(server.kubectl("expose", "pod", "web-1", "-n", "shop", "--port", "80", "--name", "web", "--selector", "app=web"))
+    ingress = ingress_of(server)
+
+    # By host name (any port), then by path with the prefix removed.
+    first = get_until(f"{ingress}/", lambda r: r.status_code == 200, headers={"Host": "web.shop:8080"})
+    assert first.text.startswith("Hello from web-"), first.text
+    seen = {requests.get(f"{ingress}/", headers={"Host": "web.shop"}, timeout=10).text.strip() for _ in range(10)}
+    assert seen == {"Hello from web-1", "Hello from web-2"}, seen
+    echoed = requests.get(f"{ingress}/shop/web/echo-headers?x=1", timeout=10)
+    assert echoed.status_code == 200, echoed.text
+    headers = dict(line.split(": ", 1) for line in echoed.text.splitlines() if ": " in line)
+    assert headers.get("x-forwarded-prefix") == "/shop/web", echoed.text
+    assert headers.get("x-forwarded-for") == "127.0.0.1", echoed.text
+    assert headers.get("x-forwarded-proto") == "http", echoed.text
+    assert headers.get("forwarded", "").startswith("for=127.0.0.1;"), echoed.text
+
+    # A name that is no service: 404; a service that selects no ready pod: 503 saying so.
+    missing = requests.get(f"{ingress}/", headers={"Host": "nothing.shop"}, timeout=10)
+    assert missing.status_code == 404 and 'service "nothing" not found in namespace "shop"' in missing.text, missing.text
+    ok(server.kubectl("create", "service", "clusterip", "empty", "-n", "shop", "--tcp", "80:8080"))
+    empty = get_until(f"{ingress}/shop/empty/", lambda r: r.status_code != 404)
+    assert empty.status_code == 503 and "has no ready pod" in empty.text, empty.text
+
+    # The pods go: the service answers 503.
+    ok(server.kubectl("delete", "pod", "web-1", "web-2", "-n", "shop", "--grace-period", "0"))
+    gone = get_until(f"{ingress}/", lambda r: r.status_code == 503, headers={"Host": "web.shop"})
+    assert "service shop/web has no ready pod" in gone.text, gone.text
