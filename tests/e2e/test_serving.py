@@ -7,7 +7,9 @@ and answers 404 / 503 with a body that says why."""
 
 from __future__ import annotations
 
+import socket
 import time
+from urllib.parse import urlsplit
 
 import requests
 
@@ -88,6 +90,15 @@ def test_a_service_routes_to_its_ready_pods_through_the_ingress(server):
     ok(server.kubectl("create", "service", "clusterip", "empty", "-n", "shop", "--tcp", "80:8080"))
     empty = get_until(f"{ingress}/shop/empty/", lambda r: r.status_code != 404)
     assert empty.status_code == 503 and "has no ready pod" in empty.text, empty.text
+
+    # A client that opens many connections and sends nothing does not stop others.
+    address = urlsplit(ingress)
+    idle = [socket.create_connection((address.hostname, address.port)) for _ in range(200)]
+    try:
+        assert requests.get(f"{ingress}/", headers={"Host": "web.shop"}, timeout=10).text.startswith("Hello from web-")
+    finally:
+        for connection in idle:
+            connection.close()
 
     # The pods go: the service answers 503.
     ok(server.kubectl("delete", "pod", "web-1", "web-2", "-n", "shop", "--grace-period", "0"))

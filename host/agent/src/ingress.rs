@@ -9,7 +9,9 @@
 //! standard proxy headers: `Forwarded`, `X-Forwarded-For` (appended),
 //! `X-Forwarded-Host`, `X-Forwarded-Proto`, and for the path form
 //! `X-Forwarded-Prefix`. A name that is no service is 404, a service with no
-//! ready pod 503, each with a plain-text body that says so.
+//! ready pod 503, each with a plain-text body that says so. A client holds
+//! at most [`MAX_CONNECTIONS`] connections open together with everyone else
+//! (more wait to be accepted), and has 10 s to send a request's headers.
 //!
 //! The Services come from the supervisor (followed: list, then watch); the
 //! pods are the ones serving on this node ([`kapsel_node::Servers`]).
@@ -27,7 +29,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kapsel_api::kinds::service::{selector, selects};
 use kapsel_api::object;
 use kapsel_client::Client;
@@ -35,6 +37,14 @@ use kapsel_node::{Servers, ServingPod};
 use serde_json::Value;
 
 use crate::follow::{Seen, follow};
+
+/// The most connections the ingress holds open at once; past it, new ones
+/// wait in the listen queue until one closes.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a client has to send a request's headers (a connection that
+/// dribbles them, or sends nothing, is closed then).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The body of an ingress answer: the pod's, or the ingress's own.
 type AnswerBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -112,11 +122,16 @@ impl Ingress {
 
     /// Serves HTTP/1 and HTTP/2 (prior knowledge) on `listener` until `stopping`.
     pub async fn serve(self, listener: tokio::net::TcpListener, mut stopping: tokio::sync::watch::Receiver<bool>) {
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
                 _ = stopping.wait_for(|stop| *stop) => return,
-                accepted = listener.accept() => accepted,
+                accepted = async {
+                    let permit = connections.clone().acquire_owned().await;
+                    (permit, listener.accept().await)
+                } => accepted,
             };
+            let (Ok(permit), accepted) = accepted else { return };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -129,13 +144,14 @@ impl Ingress {
             let _ = stream.set_nodelay(true);
             let ingress = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
                     let ingress = ingress.clone();
                     async move { Ok::<_, Infallible>(ingress.route(request, peer).await) }
                 });
-                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+                let served = builder.serve_connection(TokioIo::new(stream), service).await;
                 if let Err(error) = served {
                     tracing::debug!(%peer, error = %error, "an ingress connection ended with an error");
                 }
