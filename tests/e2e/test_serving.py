@@ -104,3 +104,39 @@ def test_a_service_routes_to_its_ready_pods_through_the_ingress(server):
     ok(server.kubectl("delete", "pod", "web-1", "web-2", "-n", "shop", "--grace-period", "0"))
     gone = get_until(f"{ingress}/", lambda r: r.status_code == 503, headers={"Host": "web.shop"})
     assert "service shop/web has no ready pod" in gone.text, gone.text
+
+
+def test_a_service_spreads_requests_over_pods_on_two_nodes(start_server):
+    from test_nodes import NodeAgent
+
+    server = start_server("supervisor", extra_args=["--no-local-node"])
+    agents = [NodeAgent(server, name) for name in ("n1", "n2")]
+    try:
+        push_image(server, "default", "http-hello:1", sample="http-hello")
+        for name, node in (("web-a", "n1"), ("web-b", "n2"), ("other", "n2")):
+            manifest = serving_pod(name, {"app": "web" if name != "other" else "other"})
+            manifest["spec"]["nodeName"] = node
+            r = server.api("POST", "/api/v1/namespaces/default/pods", json=manifest)
+            assert r.status_code == 201, r.text
+        for name in ("web-a", "web-b", "other"):
+            wait_ready(server, "default", name)
+        service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}
+        assert server.api("POST", "/api/v1/namespaces/default/services", json=service).status_code == 201
+        nodes = {n["metadata"]["name"]: n["metadata"]["annotations"]["kapsel.io/ingress"]
+                 for n in server.api("GET", "/api/v1/nodes").json()["items"]}
+        # Either node's ingress reaches the pods of both.
+        for node, ingress in nodes.items():
+            get_until(f"{ingress}/", lambda r: r.status_code == 200, headers={"Host": "web.default"})
+            deadline = time.monotonic() + PATIENCE
+            seen: set[str] = set()
+            while seen != {"Hello from web-a", "Hello from web-b"}:
+                assert time.monotonic() < deadline, (node, seen)
+                seen.add(requests.get(f"{ingress}/default/web/", timeout=10).text.strip())
+        # The forwarding header reaches no pod its service does not select.
+        other_uid = server.api("GET", "/api/v1/namespaces/default/pods/other").json()["metadata"]["uid"]
+        forged = requests.get(f"{nodes['n2']}/", headers={"X-Kapsel-Backend": f"default/web/{other_uid}"}, timeout=10)
+        assert forged.status_code == 503 and "is not serving on this node" in forged.text, forged.text
+    finally:
+        for agent in agents:
+            agent.stop()

@@ -13,10 +13,14 @@
 //! at most [`MAX_CONNECTIONS`] connections open together with everyone else
 //! (more wait to be accepted), and has 10 s to send a request's headers.
 //!
-//! The Services come from the supervisor (followed: list, then watch); the
-//! pods are the ones serving on this node ([`kapsel_node::Servers`]).
-//! Serving pods on other nodes are not reached from here yet: a request
-//! goes to the pods of the node whose ingress it reaches.
+//! The Services, the pods and the nodes come from the supervisor (each
+//! followed: list, then watch). A service's backends are the serving pods
+//! of this node it selects ([`kapsel_node::Servers`]) and the ready pods it
+//! selects on other nodes; a request for one of those goes to that node's
+//! ingress (its Node's `kapsel.io/ingress`) with the header
+//! `X-Kapsel-Backend: <namespace>/<service>/<pod uid>`, which delivers it
+//! to that pod as it is — and only if the service selects it there too, so
+//! the header reaches no pod that no service fronts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -30,6 +34,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use kapsel_api::kinds::node::INGRESS_ANNOTATION;
 use kapsel_api::kinds::service::{selector, selects};
 use kapsel_api::object;
 use kapsel_client::Client;
@@ -47,7 +52,7 @@ pub const MAX_CONNECTIONS: usize = 4096;
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The body of an ingress answer: the pod's, or the ingress's own.
-type AnswerBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type AnswerBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A Service's selector: the labels a pod needs to be one of its backends.
 type Selector = BTreeMap<String, String>;
@@ -91,11 +96,135 @@ pub async fn follow_services(client: Client, services: Services, stopping: tokio
     follow(&client, "/api/v1/services", "services", stopping, |seen| services.apply(seen)).await;
 }
 
+/// A pod's namespace and uid.
+type PodKey = (String, String);
+
+/// A ready pod of another node.
+#[derive(Debug, Clone)]
+struct RemotePod {
+    namespace: String,
+    uid: String,
+    labels: BTreeMap<String, String>,
+    node: String,
+}
+
+/// The ready pods of other nodes, by namespace and uid, and where each
+/// node's ingress listens: what a request can be forwarded to.
+#[derive(Debug, Clone, Default)]
+pub struct Elsewhere {
+    pods: Arc<RwLock<HashMap<PodKey, RemotePod>>>,
+    ingresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
+}
+
+impl Elsewhere {
+    /// A pod of another node than `own`, when it is ready to take requests.
+    fn remote(own: &str, pod: &Value) -> Option<(PodKey, RemotePod)> {
+        let node = kapsel_api::kinds::pod::bound_node(pod).filter(|node| *node != own)?;
+        let ready = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if !ready || kapsel_api::kinds::pod::has_ended(pod) || object::meta_str(pod, "deletionTimestamp").is_some() {
+            return None;
+        }
+        let (namespace, uid) = (object::namespace(pod)?.to_string(), object::meta_str(pod, "uid")?.to_string());
+        let labels = object::labels(pod).into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect();
+        Some(((namespace.clone(), uid.clone()), RemotePod { namespace, uid, labels, node: node.to_string() }))
+    }
+
+    fn apply_pod(&self, own: &str, seen: Seen) {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        let key = |pod: &Value| Some((object::namespace(pod)?.to_string(), object::meta_str(pod, "uid")?.to_string()));
+        match seen {
+            Seen::Listed(items) => *pods = items.iter().filter_map(|pod| Elsewhere::remote(own, pod)).collect(),
+            Seen::Changed(pod) => match Elsewhere::remote(own, &pod) {
+                Some((key, entry)) => {
+                    pods.insert(key, entry);
+                }
+                None => {
+                    if let Some(key) = key(&pod) {
+                        pods.remove(&key);
+                    }
+                }
+            },
+            Seen::Deleted(pod) => {
+                if let Some(key) = key(&pod) {
+                    pods.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn apply_node(&self, seen: Seen) {
+        let ingress = |node: &Value| -> Option<(String, SocketAddr)> {
+            let url = node.pointer("/metadata/annotations").and_then(|a| a.get(INGRESS_ANNOTATION)).and_then(Value::as_str)?;
+            Some((object::name(node)?.to_string(), url.strip_prefix("http://")?.parse().ok()?))
+        };
+        let mut ingresses = self.ingresses.write().unwrap_or_else(|p| p.into_inner());
+        match seen {
+            Seen::Listed(items) => *ingresses = items.iter().filter_map(ingress).collect(),
+            Seen::Changed(node) => match ingress(&node) {
+                Some((name, address)) => {
+                    ingresses.insert(name, address);
+                }
+                None => {
+                    if let Some(name) = object::name(&node) {
+                        ingresses.remove(name);
+                    }
+                }
+            },
+            Seen::Deleted(node) => {
+                if let Some(name) = object::name(&node) {
+                    ingresses.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The ready pods of other nodes in `namespace` that `selector` selects, with their node's ingress.
+    fn backends(&self, namespace: &str, selector: &Selector) -> Vec<(String, SocketAddr)> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        let ingresses = self.ingresses.read().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(String, SocketAddr)> = pods
+            .values()
+            .filter(|pod| pod.namespace == namespace && selects(selector, &pod.labels))
+            .filter_map(|pod| Some((pod.uid.clone(), *ingresses.get(&pod.node)?)))
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// Keeps `elsewhere` current from the supervisor (every pod, every node) until `stopping`.
+pub async fn follow_elsewhere(client: Client, node: String, elsewhere: Elsewhere, stopping: tokio::sync::watch::Receiver<bool>) {
+    let pods = {
+        let (client, elsewhere, stopping) = (client.clone(), elsewhere.clone(), stopping.clone());
+        async move { follow(&client, "/api/v1/pods", "pods of other nodes", stopping, |seen| elsewhere.apply_pod(&node, seen)).await }
+    };
+    let nodes = async { follow(&client, "/api/v1/nodes", "nodes", stopping.clone(), |seen| elsewhere.apply_node(seen)).await };
+    tokio::join!(pods, nodes);
+}
+
+/// The header that delivers a forwarded request to one pod: `<namespace>/<service>/<pod uid>`.
+const BACKEND_HEADER: &str = "x-kapsel-backend";
+
+/// Where a request for a service goes.
+enum Backend {
+    Here(Arc<ServingPod>),
+    /// A pod of another node (its uid), through that node's ingress.
+    There(String, SocketAddr),
+}
+
 /// What the ingress routes with.
 #[derive(Clone)]
 pub struct Ingress {
     services: Services,
     servers: Servers,
+    elsewhere: Elsewhere,
+    /// Forwards requests to other nodes' ingresses (keep-alive connections, pooled).
+    forwarder: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
     /// Turns: the next pod of a service's ready pods.
     turn: Arc<AtomicUsize>,
 }
@@ -116,8 +245,9 @@ struct Route {
 }
 
 impl Ingress {
-    pub fn new(services: Services, servers: Servers) -> Ingress {
-        Ingress { services, servers, turn: Arc::new(AtomicUsize::new(0)) }
+    pub fn new(services: Services, servers: Servers, elsewhere: Elsewhere) -> Ingress {
+        let forwarder = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        Ingress { services, servers, elsewhere, forwarder, turn: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// Serves HTTP/1 and HTTP/2 (prior knowledge) on `listener` until `stopping`.
@@ -161,6 +291,9 @@ impl Ingress {
 
     /// Answers one request: the chosen pod's answer, or the ingress's 404/503.
     async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<AnswerBody> {
+        if request.headers().contains_key(BACKEND_HEADER) {
+            return self.deliver(request).await;
+        }
         let Some(route) = route_of(&request) else {
             return plain(
                 StatusCode::NOT_FOUND,
@@ -170,26 +303,71 @@ impl Ingress {
         let Some(wanted) = self.services.selector(&route.namespace, &route.service) else {
             return plain(StatusCode::NOT_FOUND, format!("service {:?} not found in namespace {:?}\n", route.service, route.namespace));
         };
-        let ready: Vec<Arc<ServingPod>> =
-            self.servers.serving(&route.namespace).into_iter().filter(|pod| selects(&wanted, &pod.labels)).collect();
-        if ready.is_empty() {
+        let mut backends: Vec<Backend> =
+            self.servers.serving(&route.namespace).into_iter().filter(|pod| selects(&wanted, &pod.labels)).map(Backend::Here).collect();
+        backends.extend(self.elsewhere.backends(&route.namespace, &wanted).into_iter().map(|(uid, address)| Backend::There(uid, address)));
+        if backends.is_empty() {
             let selector = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "service {}/{} has no ready pod to take the request (selector {}) on this node\n",
+                    "service {}/{} has no ready pod to take the request (selector {})\n",
                     route.namespace,
                     route.service,
                     if selector.is_empty() { "none: it selects no pod".into() } else { selector }
                 ),
             );
         }
-        let pod = ready[self.turn.fetch_add(1, Ordering::Relaxed) % ready.len()].clone();
-        let request = forwarded(request, &route, peer);
-        pod.handle(request)
-            .await
-            .map(|body| body.map_err(|error| Box::new(error) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % backends.len();
+        let mut request = forwarded(request, &route, peer);
+        match &backends[turn] {
+            Backend::Here(pod) => answer(pod.handle(request).await),
+            Backend::There(uid, address) => {
+                let backend = format!("{}/{}/{uid}", route.namespace, route.service);
+                let Ok(value) = HeaderValue::from_str(&backend) else {
+                    return plain(StatusCode::BAD_GATEWAY, "the backend's name is not a header value\n".into());
+                };
+                request.headers_mut().insert(BACKEND_HEADER, value);
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+                match format!("http://{address}{path}").parse::<Uri>() {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(_) => return plain(StatusCode::BAD_REQUEST, "the request's path is not a valid URI\n".into()),
+                }
+                match self.forwarder.request(request).await {
+                    Ok(response) => response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()),
+                    Err(error) => plain(StatusCode::BAD_GATEWAY, format!("the pod's node at {address} did not answer: {error}\n")),
+                }
+            }
+        }
     }
+
+    /// A request another node's ingress forwarded for one of this node's
+    /// pods: delivered as it is, if the service it names selects that pod here.
+    async fn deliver(&self, mut request: Request<Incoming>) -> Response<AnswerBody> {
+        let named = request.headers_mut().remove(BACKEND_HEADER).and_then(|v| v.to_str().ok().map(str::to_string)).unwrap_or_default();
+        let mut parts = named.splitn(3, '/');
+        let (Some(namespace), Some(service), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+            return plain(StatusCode::BAD_REQUEST, format!("{BACKEND_HEADER} must be <namespace>/<service>/<pod uid>\n"));
+        };
+        let Some(wanted) = self.services.selector(namespace, service) else {
+            return plain(StatusCode::NOT_FOUND, format!("service {service:?} not found in namespace {namespace:?}\n"));
+        };
+        let pod = self.servers.serving(namespace).into_iter().find(|pod| pod.uid == uid && selects(&wanted, &pod.labels));
+        match pod {
+            Some(pod) => answer(pod.handle(request).await),
+            None => {
+                plain(StatusCode::SERVICE_UNAVAILABLE, format!("pod {uid} of service {namespace}/{service} is not serving on this node\n"))
+            }
+        }
+    }
+}
+
+/// A boxed error of an answer's body.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pod's answer as the ingress sends it.
+fn answer(response: Response<kapsel_node::HyperOutgoingBody>) -> Response<AnswerBody> {
+    response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync())
 }
 
 /// A plain-text answer of the ingress's own.

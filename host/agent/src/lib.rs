@@ -44,8 +44,9 @@
 //! Ingress: the agent serves tenants' Services over plain HTTP on
 //! `--ingress-listen` (default `127.0.0.1:8080`), routing by `Host:
 //! <service>.<namespace>` or the path `/<namespace>/<service>/…` to the
-//! ready serving pods of this node that the Service selects ([`ingress`]),
-//! and publishes the address in its Node's `kapsel.io/ingress` annotation.
+//! ready pods the Service selects, on this node or through another node's
+//! ingress ([`ingress`]), and publishes the address in its Node's
+//! `kapsel.io/ingress` annotation.
 //!
 //! Deleting a pod that runs here is graceful: the supervisor marks it
 //! (`deletionTimestamp`), the agent stops it within its grace period and
@@ -393,7 +394,9 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     tokio::spawn(logs::serve_logs(listener, runtime.logs().clone(), endpoint.secret.clone(), stopping.clone()));
     let services = ingress::Services::default();
     tokio::spawn(ingress::follow_services(client.clone(), services.clone(), stopping.clone()));
-    tokio::spawn(ingress::Ingress::new(services, runtime.servers().clone()).serve(ingress_listener, stopping.clone()));
+    let elsewhere = ingress::Elsewhere::default();
+    tokio::spawn(ingress::follow_elsewhere(client.clone(), config.name.clone(), elsewhere.clone(), stopping.clone()));
+    tokio::spawn(ingress::Ingress::new(services, runtime.servers().clone(), elsewhere).serve(ingress_listener, stopping.clone()));
     let holder = format!("{}/{}", config.name, agent_id(&config.data_dir)?);
     // The node is this agent's once it holds the node's lease.
     let mut lease = None;

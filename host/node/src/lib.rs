@@ -32,6 +32,8 @@ pub use runtime::{
     Container, ContainerConfig, Exit, ExitReason, HttpHandler, PrepareError, Prepared, Runtime, RuntimeConfig, RuntimeError,
 };
 pub use serving::{Servers, ServingPod};
+/// The body of a serving pod's answer.
+pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// The directory holding the built sample workloads (`hello.wasm`,
 /// `fail.wasm`, `worker.wasm`, `memhog.wasm`, `spin.wasm`, `http-hello.wasm`), for tests and demos.
