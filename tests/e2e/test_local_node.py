@@ -86,8 +86,11 @@ def test_an_agent_that_dies_is_started_again(start_server):
     second = wait_for("a new agent", lambda: (server.agent_pid() != first and server.agent_alive()) and server.agent_pid())
     assert second != first
     # The new agent takes the pod over (a run in progress when its agent went counts as a restart).
-    pod = wait_for("the worker running again", lambda: running_worker(server))
-    assert pod["status"]["containerStatuses"][0]["restartCount"] >= 1, pod["status"]
+    # Until the new agent reports, the pod's status is still the old agent's (Running, no restart): wait for the takeover.
+    def taken_over():
+        pod = running_worker(server)
+        return pod if pod and pod["status"]["containerStatuses"][0]["restartCount"] >= 1 else None
+    pod = wait_for("the worker running again, taken over by the new agent", taken_over)
     node = server.api("GET", "/api/v1/nodes").json()["items"][0]
     ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"][0]
     assert ready["status"] == "True", node["status"]
