@@ -21,8 +21,7 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpHello {
             "/echo" => echo(request, response_out),
             "/echo-headers" => {
                 let headers = request.headers().entries();
-                let text: String =
-                    headers.iter().map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value))).collect();
+                let text: String = headers.iter().map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value))).collect();
                 respond(response_out, |out| out.write_all(text.as_bytes()));
             }
             _ => {
