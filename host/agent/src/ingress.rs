@@ -17,7 +17,8 @@
 //! followed: list, then watch). A service's backends are the serving pods
 //! of this node it selects ([`kapsel_node::Servers`]) and the ready pods it
 //! selects on other nodes; a request for one of those goes to that node's
-//! ingress (its Node's `kapsel.io/ingress`) with the header
+//! ingress (its Node's `kapsel.io/ingress`, used only when at the node's
+//! registered `InternalIP`) with the header
 //! `X-Kapsel-Backend: <namespace>/<service>/<pod uid>`, which delivers it
 //! to that pod as it is — and only if the service selects it there too, so
 //! the header reaches no pod that no service fronts.
@@ -158,9 +159,15 @@ impl Elsewhere {
     }
 
     fn apply_node(&self, seen: Seen) {
+        // Only an ingress at the node's registered address is forwarded to: a node's annotation
+        // cannot send other nodes' requests anywhere else (and a loopback-only ingress of another host is not reached).
         let ingress = |node: &Value| -> Option<(String, SocketAddr)> {
             let url = node.pointer("/metadata/annotations").and_then(|a| a.get(INGRESS_ANNOTATION)).and_then(Value::as_str)?;
-            Some((object::name(node)?.to_string(), url.strip_prefix("http://")?.parse().ok()?))
+            let address: SocketAddr = url.strip_prefix("http://")?.parse().ok()?;
+            let registered = node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten().any(|a| {
+                a["type"] == "InternalIP" && a["address"].as_str().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) == Some(address.ip())
+            });
+            registered.then(|| (object::name(node).unwrap_or_default().to_string(), address))
         };
         let mut ingresses = self.ingresses.write().unwrap_or_else(|p| p.into_inner());
         match seen {
@@ -469,6 +476,28 @@ mod tests {
         assert!(route_of(&request("localhost", "/only-one")).is_none());
         assert!(route_of(&request("127.0.0.1", "/Dev/web")).is_none(), "names are DNS labels");
         assert!(route_of(&request("[::1]:8080", "/dev/web")).is_some());
+    }
+
+    #[test]
+    fn only_an_ingress_at_the_nodes_registered_address_is_forwarded_to() {
+        let node = |name: &str, ingress: &str, internal: &str| {
+            serde_json::json!({"metadata": {"name": name, "annotations": {INGRESS_ANNOTATION: ingress}},
+                "status": {"addresses": [{"type": "InternalIP", "address": internal}]}})
+        };
+        let elsewhere = Elsewhere::default();
+        elsewhere.apply_node(Seen::Listed(vec![
+            node("honest", "http://10.0.0.5:8080", "10.0.0.5"),
+            node("elsewhere", "http://169.254.169.254:80", "10.0.0.6"),
+            node("loopback", "http://127.0.0.1:8080", "10.0.0.7"),
+        ]));
+        let known: Vec<String> = elsewhere.ingresses.read().unwrap().keys().cloned().collect();
+        assert_eq!(known, ["honest"]);
+        let pod = serde_json::json!({"metadata": {"namespace": "dev", "name": "web", "uid": "u1", "labels": {"app": "web"}},
+            "spec": {"nodeName": "honest"}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        elsewhere.apply_pod("me", Seen::Changed(pod));
+        let selector: Selector = [("app".to_string(), "web".to_string())].into();
+        assert_eq!(elsewhere.backends("dev", &selector), [("u1".to_string(), "10.0.0.5:8080".parse().unwrap())]);
+        assert!(elsewhere.backends("other", &selector).is_empty());
     }
 
     #[test]
