@@ -140,3 +140,22 @@ def test_a_service_spreads_requests_over_pods_on_two_nodes(start_server):
     finally:
         for agent in agents:
             agent.stop()
+
+
+def test_a_pod_that_does_not_answer_in_time_gets_a_504_and_others_go_on(start_server):
+    server = start_server("slow", extra_args=["--ingress-request-timeout", "1"])
+    push_image(server, "default", "http-hello:1", sample="http-hello")
+    r = server.api("POST", "/api/v1/namespaces/default/pods", json=serving_pod("slow", {"app": "slow"}))
+    assert r.status_code == 201, r.text
+    wait_ready(server, "default", "slow")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "slow"},
+               "spec": {"selector": {"app": "slow"}, "ports": [{"port": 80}]}}
+    assert server.api("POST", "/api/v1/namespaces/default/services", json=service).status_code == 201
+    ingress = ingress_of(server)
+    get_until(f"{ingress}/default/slow/", lambda r: r.status_code == 200)
+    started = time.monotonic()
+    late = requests.get(f"{ingress}/default/slow/sleep?ms=20000", timeout=30)
+    assert late.status_code == 504 and "did not answer within 1 s" in late.text, late.text
+    assert time.monotonic() - started < 10
+    # Its instance was stopped with the request; the pod answers the next one.
+    assert requests.get(f"{ingress}/default/slow/", timeout=10).text == "Hello from slow\n"

@@ -11,7 +11,9 @@
 //! `X-Forwarded-Prefix`. A name that is no service is 404, a service with no
 //! ready pod 503, each with a plain-text body that says so. A client holds
 //! at most [`MAX_CONNECTIONS`] connections open together with everyone else
-//! (more wait to be accepted), and has 10 s to send a request's headers.
+//! (more wait to be accepted), and has 10 s to send a request's headers; a
+//! pod has `--ingress-request-timeout` (60 s) to start answering, or the
+//! client gets a 504 and the request's instance is stopped.
 //!
 //! The Services, the pods and the nodes come from the supervisor (each
 //! followed: list, then watch). A service's backends are the serving pods
@@ -234,6 +236,8 @@ pub struct Ingress {
     forwarder: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
     /// Turns: the next pod of a service's ready pods.
     turn: Arc<AtomicUsize>,
+    /// How long a pod has to start answering (`--ingress-request-timeout`).
+    request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -252,9 +256,21 @@ struct Route {
 }
 
 impl Ingress {
-    pub fn new(services: Services, servers: Servers, elsewhere: Elsewhere) -> Ingress {
+    pub fn new(services: Services, servers: Servers, elsewhere: Elsewhere, request_timeout: std::time::Duration) -> Ingress {
         let forwarder = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-        Ingress { services, servers, elsewhere, forwarder, turn: Arc::new(AtomicUsize::new(0)) }
+        Ingress { services, servers, elsewhere, forwarder, turn: Arc::new(AtomicUsize::new(0)), request_timeout }
+    }
+
+    /// A pod's answer, or a 504 when it has not started answering within the request timeout
+    /// (the request's instance is then dropped, which stops it).
+    async fn in_time(&self, answering: impl Future<Output = Response<AnswerBody>>) -> Response<AnswerBody> {
+        match tokio::time::timeout(self.request_timeout, answering).await {
+            Ok(response) => response,
+            Err(_) => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the pod did not answer within {} s (the ingress's request timeout)\n", self.request_timeout.as_secs_f64()),
+            ),
+        }
     }
 
     /// Serves HTTP/1 and HTTP/2 (prior knowledge) on `listener` until `stopping`.
@@ -328,7 +344,7 @@ impl Ingress {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) % backends.len();
         let mut request = forwarded(request, &route, peer);
         match &backends[turn] {
-            Backend::Here(pod) => answer(pod.handle(request).await),
+            Backend::Here(pod) => self.in_time(async { answer(pod.handle(request).await) }).await,
             Backend::There(uid, address) => {
                 let backend = format!("{}/{}/{uid}", route.namespace, route.service);
                 let Ok(value) = HeaderValue::from_str(&backend) else {
@@ -340,10 +356,13 @@ impl Ingress {
                     Ok(uri) => *request.uri_mut() = uri,
                     Err(_) => return plain(StatusCode::BAD_REQUEST, "the request's path is not a valid URI\n".into()),
                 }
-                match self.forwarder.request(request).await {
-                    Ok(response) => response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()),
-                    Err(error) => plain(StatusCode::BAD_GATEWAY, format!("the pod's node at {address} did not answer: {error}\n")),
-                }
+                self.in_time(async {
+                    match self.forwarder.request(request).await {
+                        Ok(response) => response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()),
+                        Err(error) => plain(StatusCode::BAD_GATEWAY, format!("the pod's node at {address} did not answer: {error}\n")),
+                    }
+                })
+                .await
             }
         }
     }
@@ -361,7 +380,7 @@ impl Ingress {
         };
         let pod = self.servers.serving(namespace).into_iter().find(|pod| pod.uid == uid && selects(&wanted, &pod.labels));
         match pod {
-            Some(pod) => answer(pod.handle(request).await),
+            Some(pod) => self.in_time(async { answer(pod.handle(request).await) }).await,
             None => {
                 plain(StatusCode::SERVICE_UNAVAILABLE, format!("pod {uid} of service {namespace}/{service} is not serving on this node\n"))
             }

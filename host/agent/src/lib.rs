@@ -99,6 +99,10 @@ pub struct NodeArgs {
     /// `kapsel.io/ingress` annotation.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub ingress_listen: std::net::SocketAddr,
+    /// Seconds a pod has to start answering a request through the ingress; past it the client gets a
+    /// 504 and the request's instance is stopped.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ingress_request_timeout: u64,
     /// Seconds between lease renewals (the supervisor counts a node lost after 10 s without one).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub lease_interval: u64,
@@ -130,6 +134,8 @@ pub struct AgentConfig {
     pub advertise_address: Option<std::net::IpAddr>,
     /// Where the ingress listens (`--ingress-listen`).
     pub ingress_listen: std::net::SocketAddr,
+    /// How long a pod has to start answering through the ingress (`--ingress-request-timeout`).
+    pub ingress_request_timeout: Duration,
     /// The budget of all pod logs together, in bytes (`--log-budget`).
     pub log_budget_bytes: u64,
     /// The memory limit of a container that sets none, in bytes (`--default-memory-limit`).
@@ -174,6 +180,7 @@ impl AgentConfig {
             listen: flags.listen,
             advertise_address: flags.advertise_address,
             ingress_listen: flags.ingress_listen,
+            ingress_request_timeout: Duration::from_secs(flags.ingress_request_timeout),
             log_budget_bytes,
             default_memory_limit_bytes,
             supervisor_linger: flags.supervisor_linger.map(Duration::from_secs),
@@ -396,7 +403,8 @@ pub async fn run(client: Client, config: AgentConfig, mut stopping: tokio::sync:
     tokio::spawn(ingress::follow_services(client.clone(), services.clone(), stopping.clone()));
     let elsewhere = ingress::Elsewhere::default();
     tokio::spawn(ingress::follow_elsewhere(client.clone(), config.name.clone(), elsewhere.clone(), stopping.clone()));
-    tokio::spawn(ingress::Ingress::new(services, runtime.servers().clone(), elsewhere).serve(ingress_listener, stopping.clone()));
+    let ingress = ingress::Ingress::new(services, runtime.servers().clone(), elsewhere, config.ingress_request_timeout);
+    tokio::spawn(ingress.serve(ingress_listener, stopping.clone()));
     let holder = format!("{}/{}", config.name, agent_id(&config.data_dir)?);
     // The node is this agent's once it holds the node's lease.
     let mut lease = None;
@@ -525,6 +533,7 @@ mod tests {
             lease_interval: 2,
             listen: "127.0.0.1:0".parse().unwrap(),
             ingress_listen: "127.0.0.1:0".parse().unwrap(),
+            ingress_request_timeout: 60,
             advertise_address: None,
             log_budget: "1Gi".into(),
             default_memory_limit: "512Mi".into(),

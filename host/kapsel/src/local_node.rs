@@ -47,6 +47,8 @@ pub struct LocalAgent {
     pub default_memory_limit: String,
     /// Where the agent's ingress listens (`kapsel node --ingress-listen`).
     pub ingress_listen: std::net::SocketAddr,
+    /// Seconds a pod has to start answering through it (`kapsel node --ingress-request-timeout`).
+    pub ingress_request_timeout: u64,
 }
 
 impl LocalAgent {
@@ -124,6 +126,8 @@ impl LocalAgent {
             .arg(&self.default_memory_limit)
             .arg("--ingress-listen")
             .arg(self.ingress_listen.to_string())
+            .arg("--ingress-request-timeout")
+            .arg(self.ingress_request_timeout.to_string())
             // The token travels in the environment, not on the command line others can read.
             .env("KAPSEL_TOKEN", &context.token)
             .env_remove("KAPSEL_SERVER")

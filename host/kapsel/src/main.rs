@@ -112,6 +112,9 @@ struct ServeArgs {
     /// in the Node's `kapsel.io/ingress` annotation.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress_listen: SocketAddr,
+    /// Seconds a pod has to start answering a request through this host's ingress (then 504).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ingress_request_timeout: u64,
     /// Seconds a node stays lost (no lease renewal for 10 s) before its pods are marked Failed.
     #[arg(long, default_value_t = 30)]
     node_pod_grace: u64,
@@ -190,6 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         linger: Duration::from_secs(args.local_node_linger),
                         default_memory_limit: args.local_node_default_memory_limit,
                         ingress_listen: args.ingress_listen,
+                        ingress_request_timeout: args.ingress_request_timeout,
                     };
                     Some(local_node(args.node_name, agent)?)
                 },

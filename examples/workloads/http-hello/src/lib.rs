@@ -4,7 +4,8 @@
 //! set). Two paths show what reaches it: `/echo-headers` lists the
 //! request's headers, one `name: value` per line, and `/echo` streams the
 //! request's body back as it arrives (so a request whose body stays open
-//! keeps its instance busy). Each request runs in a fresh instance: nothing
+//! keeps its instance busy), and `/sleep?ms=N` waits N milliseconds (at most
+//! a minute) before it answers, as a slow backend would. Each request runs in a fresh instance: nothing
 //! is kept between requests.
 
 use std::io::Write as _;
@@ -19,6 +20,11 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpHello {
         let path = path_with_query.split('?').next().unwrap_or_default();
         match path {
             "/echo" => echo(request, response_out),
+            "/sleep" => {
+                let ms = path_with_query.split_once("ms=").and_then(|(_, n)| n.split('&').next()?.parse::<u64>().ok()).unwrap_or(1000);
+                wasip2::clocks::monotonic_clock::subscribe_duration(ms.min(60_000) * 1_000_000).block();
+                respond(response_out, |out| out.write_all(b"slept\n"));
+            }
             "/echo-headers" => {
                 let headers = request.headers().entries();
                 let text: String = headers.iter().map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value))).collect();
