@@ -65,9 +65,14 @@ def test_a_service_routes_to_its_ready_pods_through_the_ingress(server):
     for name in ("web-1", "web-2"):
         r = server.api("POST", "/api/v1/namespaces/shop/pods", json=serving_pod(name, {"app": "web"}))
         assert r.status_code == 201, r.text
+    addresses = set()
     for name in ("web-1", "web-2"):
         pod = wait_ready(server, "shop", name)
         assert pod["status"]["phase"] == "Running", pod["status"]
+        # Its address from the network driver (namespace-ipam) stays through the node's status reports.
+        assert pod["status"].get("podIP", "").startswith("10.64."), pod["status"]
+        addresses.add(pod["status"]["podIP"])
+    assert len(addresses) == 2, addresses
     ok(server.kubectl("expose", "pod", "web-1", "-n", "shop", "--port", "80", "--name", "web", "--selector", "app=web"))
     ingress = ingress_of(server)
 

@@ -31,6 +31,7 @@ pub mod objects;
 pub mod operation;
 pub mod patch;
 pub mod plugins;
+pub mod pod_network;
 pub mod quota;
 pub mod reflector;
 pub mod scheduler;

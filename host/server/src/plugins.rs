@@ -652,9 +652,12 @@ async fn recorded_networks(store: &Store, plugin: &str) -> Result<BTreeMap<Strin
         }
         let name = object::name(&namespace).unwrap_or_default().to_string();
         let mut pods = BTreeMap::new();
+        // The driver knows a pod by its uid (`crate::pod_network`); a pod that ended gave its address back.
         for pod in store.list(&POD.store_key(), Some(&name)).await?.objects {
-            if let (Some(pod_name), Some(ip)) = (object::name(&pod), pod.pointer("/status/podIP").and_then(Value::as_str)) {
-                pods.insert(pod_name.to_string(), ip.to_string());
+            if let (Some(uid), Some(ip)) = (object::meta_str(&pod, "uid"), pod.pointer("/status/podIP").and_then(Value::as_str))
+                && !kapsel_api::kinds::pod::has_ended(&pod)
+            {
+                pods.insert(uid.to_string(), ip.to_string());
             }
         }
         networks.insert(name, Network { segment: Segment { cidr: cidr.into(), gateway: gateway.into() }, pods });

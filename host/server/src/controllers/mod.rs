@@ -33,6 +33,8 @@ pub fn start(app: &App) {
         .start(app, |app| async move { app.plugins.flush_status().await });
     Periodic::new("quota-resync", crate::quota::RESYNC_INTERVAL).start(app, crate::quota::resync);
     Periodic::new("blob-collection", crate::artifacts::BLOB_COLLECTION_INTERVAL).start(app, crate::artifacts::collect_blobs);
+    let releasing = app.clone();
+    supervise("pod-address-release", app.stopping.clone(), move || crate::pod_network::release(releasing.clone()));
 }
 
 /// A controller that runs a pass every `period`, the first at once, until

@@ -150,6 +150,13 @@ enum BindOutcome {
         node: String,
         requeue: Option<Arc<Value>>,
     },
+    /// Not written: the network driver has no address for the pod; it waits
+    /// (set aside) until the cluster changes.
+    Wait {
+        key: PodKey,
+        node: String,
+        pod: Arc<Value>,
+    },
 }
 
 /// What a cycle decided for one pod.
@@ -247,9 +254,9 @@ async fn schedule(
             match decision {
                 Decision::Bind { pod, node } => {
                     let permit = watches.during(in_flight.clone().acquire_owned()).await.expect("the semaphore is never closed");
-                    let (store, outcomes) = (store.clone(), outcomes.clone());
+                    let (store, outcomes, plugins) = (store.clone(), outcomes.clone(), plugins.clone());
                     tokio::spawn(async move {
-                        let outcome = bind(&store, pod, node).await;
+                        let outcome = attach_and_bind(&store, &plugins, pod, node).await;
                         drop(permit);
                         let _ = outcomes.send(outcome);
                     });
@@ -538,6 +545,14 @@ impl Cluster {
                     self.queue.add(key, pod);
                 }
             }
+            BindOutcome::Wait { key, node, pod } => {
+                stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+                if self.placed.get(&key).is_some_and(|p| p.node == node) {
+                    self.unaccount(&key);
+                    self.snapshot_stale = true;
+                }
+                self.queue.set_aside(key, pod);
+            }
         }
     }
 
@@ -744,10 +759,35 @@ fn set_scheduled_condition(pod: &mut Value, status: &str, reason: &str, message:
     }
 }
 
-/// Writes the binding of `pod` to `node` — `spec.nodeName` and
-/// `PodScheduled`, guarded by the pod's revision — then a `Scheduled` Event. On a conflict the
-/// pod is read again and, if it is still unbound, bound with its new version.
-async fn bind(store: &Store, mut pod: Arc<Value>, node: String) -> BindOutcome {
+/// Gives `pod` its address from the network driver (`crate::pod_network`)
+/// and binds it with it; a pod the driver has no address for waits, set
+/// aside with `PodScheduled=False` (`NetworkUnavailable`) until the cluster
+/// changes, and an address given to a pod whose binding was not written is
+/// given back.
+async fn attach_and_bind(store: &Store, plugins: &PluginRegistry, pod: Arc<Value>, node: String) -> BindOutcome {
+    let key = key_of(&pod);
+    let address = match crate::pod_network::attach(plugins, &pod).await {
+        Ok(address) => address,
+        Err(message) => {
+            report_unschedulable(store.clone(), pod.clone(), crate::pod_network::NETWORK_UNAVAILABLE, message).await;
+            return BindOutcome::Wait { key, node, pod };
+        }
+    };
+    let outcome = bind(store, pod.clone(), node, address.as_deref()).await;
+    if address.is_some()
+        && !matches!(outcome, BindOutcome::Bound)
+        && let Some(uid) = object::meta_str(&pod, "uid")
+    {
+        crate::pod_network::detach(plugins, &key.0, uid).await;
+    }
+    outcome
+}
+
+/// Writes the binding of `pod` to `node` — `spec.nodeName`, `PodScheduled`
+/// and the pod's `address` from the network driver, guarded by the pod's
+/// revision — then a `Scheduled` Event. On a conflict the pod is read again
+/// and, if it is still unbound, bound with its new version.
+async fn bind(store: &Store, mut pod: Arc<Value>, node: String, address: Option<&str>) -> BindOutcome {
     let key = key_of(&pod);
     let store_key = Key::new(POD.store_key(), key.0.clone(), key.1.clone());
     let forget = |requeue: Option<Arc<Value>>| BindOutcome::Forget { key: key.clone(), node: node.clone(), requeue };
@@ -755,6 +795,12 @@ async fn bind(store: &Store, mut pod: Arc<Value>, node: String) -> BindOutcome {
         let mut bound = (*pod).clone();
         bound["spec"]["nodeName"] = json!(node);
         set_scheduled_condition(&mut bound, "True", "", "");
+        if let Some(address) = address
+            && let Some(status) = bound.get_mut("status").and_then(Value::as_object_mut)
+        {
+            status.insert("podIP".into(), json!(address));
+            status.insert("podIPs".into(), json!([{"ip": address}]));
+        }
         let message = format!("Successfully assigned {}/{} to {node}", key.0, key.1);
         let expected_revision = object::resource_version(&pod).and_then(Result::ok);
         // The event follows the binding (one write each keeps the group commit's batches plain).
