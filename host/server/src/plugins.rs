@@ -585,13 +585,12 @@ pub async fn install_defaults(store: &Store) -> Result<(), StoreError> {
 /// Runs a call on the network driver in charge, if any. `Ok(None)`: no
 /// driver, or the call failed under `Ignore`.
 pub async fn network_call<R: Send + 'static>(
-    app: &App,
+    plugins: &PluginRegistry,
     operation: String,
     call: impl FnOnce(&mut NetworkDriver) -> Result<R, PluginError> + Send + 'static,
 ) -> Result<Option<(String, R)>, PluginFailure> {
-    let Some(driver) = app.plugins.network_driver() else { return Ok(None) };
-    let answer = app
-        .plugins
+    let Some(driver) = plugins.network_driver() else { return Ok(None) };
+    let answer = plugins
         .invoke(&driver, operation, |hosted| match hosted {
             Hosted::Network(network) => call(network),
             other => Err(PluginError::Rejected(format!("not a network driver but a {}", other.world()))),

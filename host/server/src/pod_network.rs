@@ -18,12 +18,11 @@ use futures::StreamExt as _;
 use kapsel_api::kinds::pod::{POD, has_ended};
 use kapsel_api::object;
 use kapsel_plugins::network::{NetworkError, describe};
-use kapsel_plugins::{Hosted, PluginError};
 use kapsel_store::ChangeType;
 use serde_json::Value;
 
 use crate::App;
-use crate::plugins::PluginRegistry;
+use crate::plugins::{PluginRegistry, network_call};
 use crate::reflector::{self, Event};
 
 /// The reason of a pod's `PodScheduled=False` while the driver has no address for it.
@@ -33,23 +32,15 @@ pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
 /// charge, the namespace has no network, or the call failed under `Ignore`);
 /// `Err` with the words the pod waits with.
 pub async fn attach(plugins: &PluginRegistry, pod: &Value) -> Result<Option<String>, String> {
-    let Some(driver) = plugins.network_driver() else { return Ok(None) };
     let (Some(namespace), Some(uid)) = (object::namespace(pod), object::meta_str(pod, "uid")) else { return Ok(None) };
     let (namespace, uid) = (namespace.to_string(), uid.to_string());
     let operation = format!("giving pod {namespace}/{} an address", object::name(pod).unwrap_or_default());
     let (calling_namespace, calling_uid) = (namespace.clone(), uid.clone());
-    let answer = plugins
-        .invoke(&driver, operation, move |hosted| match hosted {
-            Hosted::Network(network) => network.attach_pod(&calling_namespace, &calling_uid),
-            other => Err(PluginError::Rejected(format!("not a network driver but a {}", other.world()))),
-        })
-        .await;
-    match answer {
-        Ok(None) => Ok(None),
-        Ok(Some(Ok(address))) => Ok(Some(address)),
-        Ok(Some(Err(NetworkError::UnknownNamespace))) => Ok(None),
-        Ok(Some(Err(refused))) => {
-            Err(format!("network driver {:?} gives namespace {namespace:?} no address for the pod: {}", driver.name, describe(&refused)))
+    match network_call(plugins, operation, move |driver| driver.attach_pod(&calling_namespace, &calling_uid)).await {
+        Ok(None) | Ok(Some((_, Err(NetworkError::UnknownNamespace)))) => Ok(None),
+        Ok(Some((_, Ok(address)))) => Ok(Some(address)),
+        Ok(Some((driver, Err(refused)))) => {
+            Err(format!("network driver {driver:?} gives namespace {namespace:?} no address for the pod: {}", describe(&refused)))
         }
         Err(failure) => Err(format!("network driver {:?} failed: {}", failure.plugin, failure.error)),
     }
@@ -57,17 +48,11 @@ pub async fn attach(plugins: &PluginRegistry, pod: &Value) -> Result<Option<Stri
 
 /// Gives the address of the pod `uid` of `namespace` back to the driver (nothing to do without one).
 pub async fn detach(plugins: &PluginRegistry, namespace: &str, uid: &str) {
-    let Some(driver) = plugins.network_driver() else { return };
     let (calling_namespace, calling_uid) = (namespace.to_string(), uid.to_string());
-    let answer = plugins
-        .invoke(&driver, format!("releasing the address of pod {uid} in {namespace}"), move |hosted| match hosted {
-            Hosted::Network(network) => network.detach_pod(&calling_namespace, &calling_uid),
-            other => Err(PluginError::Rejected(format!("not a network driver but a {}", other.world()))),
-        })
-        .await;
-    match answer {
-        Ok(None | Some(Ok(()))) | Ok(Some(Err(NetworkError::UnknownNamespace))) => {}
-        Ok(Some(Err(refused))) => {
+    let operation = format!("releasing the address of pod {uid} in {namespace}");
+    match network_call(plugins, operation, move |driver| driver.detach_pod(&calling_namespace, &calling_uid)).await {
+        Ok(None | Some((_, Ok(())))) | Ok(Some((_, Err(NetworkError::UnknownNamespace)))) => {}
+        Ok(Some((_, Err(refused)))) => {
             tracing::warn!(namespace, uid, error = %describe(&refused), "the network driver did not release a pod's address")
         }
         Err(failure) => tracing::warn!(namespace, uid, error = %failure.error, "releasing a pod's address failed"),

@@ -151,7 +151,7 @@ async fn give_networks(app: &App) -> Result<(), StoreError> {
         }
         let name = object::name(&namespace).unwrap_or_default().to_string();
         let creating = name.clone();
-        let answer = plugins::network_call(app, format!("creating the network of namespace {name:?}"), move |driver| {
+        let answer = plugins::network_call(&app.plugins, format!("creating the network of namespace {name:?}"), move |driver| {
             driver.create_network(&creating)
         })
         .await;
